@@ -1,0 +1,691 @@
+//! routes.yaml → a validated, immutable [`Snapshot`]. Every error names
+//! `file:line:col` and the key path; the request path never touches raw YAML.
+
+pub mod duration;
+mod locate;
+pub mod raw;
+
+use crate::canon::Method;
+use crate::classify::{self, Classifier, Override, Pattern, Risk, RouteRules};
+use crate::policy::{Agent, Glob, Profile};
+use http::{HeaderName, HeaderValue};
+use locate::Locator;
+use raw::RawConfig;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configuration error with its place in the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}:{line}:{col}: {path}{sep}{message}", sep = if path.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub path: String,
+    pub message: String,
+}
+
+/// Where secrets named by `*_env` come from (the process env, or a test's map).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Embedded(PathBuf),
+    Redis { url: String, key_prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub pepper: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Batch,
+    Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    pub fsync: Fsync,
+    pub rotate_bytes: u64,
+    pub checkpoint: Option<(u64, Vec<u8>)>,
+    pub redact_query: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_parked_body_bytes: u64,
+    pub max_result_bytes: u64,
+    pub max_pending_per_agent: u32,
+    pub approval_ttl: Duration,
+    pub approval_retention: Duration,
+    pub header_timeout: Duration,
+    pub request_deadline: Duration,
+    pub max_header_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub name: String,
+    pub token_sha256: [u8; 32],
+    pub roles: Vec<String>,
+}
+
+/// The upstream's credential: never logged, never in `Debug`.
+#[derive(Clone)]
+pub struct Inject {
+    pub header: HeaderName,
+    pub value: HeaderValue,
+}
+
+impl std::fmt::Debug for Inject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inject {{ header: {}, value: <redacted> }}", self.header)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub https: bool,
+    pub authority: http::uri::Authority,
+    /// The URL's path without a trailing slash ("" for none).
+    pub base_path: String,
+    pub ca_file: Option<PathBuf>,
+    pub inject: Option<Inject>,
+    pub tenant_header: Option<HeaderName>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+/// The forwarding half of a route (the classifying half is in `classifier.routes`, same index).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: usize,
+    pub strip_prefix: bool,
+    pub allow_encoded_slash: bool,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub file: PathBuf,
+    pub policy_version: Arc<str>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub node: String,
+    pub tls: Option<TlsFiles>,
+    pub admin_tls: Option<TlsFiles>,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub webhook_url: Option<String>,
+    pub operators: Vec<Operator>,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+    pub classifier: Classifier,
+    pub profiles: BTreeMap<String, Arc<Profile>>,
+    pub agents: HashMap<String, Arc<Agent>>,
+    /// Route prefixes shadowed by a longer one: (shorter, longer).
+    pub shadows: Vec<(String, String)>,
+}
+
+struct Ctx<'a> {
+    file: String,
+    dir: PathBuf,
+    loc: Locator,
+    env: EnvLookup<'a>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let (line, col) = self.loc.find(path);
+        ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+    fn duration(&self, path: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => duration::parse(s).map_err(|e| self.err(path, e)),
+        }
+    }
+    /// A secret from `*_env` or `*_file`: exactly one must be given.
+    fn secret(&self, path: &str, env: &Option<String>, file: &Option<String>) -> Result<String, ConfigError> {
+        match (env, file) {
+            (Some(_), Some(_)) => Err(self.err(path, "give either the `_env` or the `_file` key, not both")),
+            (None, None) => Err(self.err(path, "needs a `_env` or `_file` key")),
+            (Some(name), None) => {
+                let key = leaf_key(path, "_env");
+                (self.env)(name).ok_or_else(|| self.err(&key, format!("environment variable `{name}` is not set")))
+            }
+            (None, Some(f)) => {
+                let key = leaf_key(path, "_file");
+                let p = self.resolve(f);
+                std::fs::read_to_string(&p)
+                    .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+                    .map_err(|e| self.err(&key, format!("cannot read `{}`: {e}", p.display())))
+            }
+        }
+    }
+}
+
+fn leaf_key(path: &str, suffix: &str) -> String {
+    let leaf = if path.ends_with("inject") { "value" } else { "url" };
+    format!("{path}.{leaf}{suffix}")
+}
+
+impl Snapshot {
+    pub fn load(file: &Path) -> Result<Snapshot, ConfigError> {
+        Self::load_with(file, &process_env)
+    }
+
+    pub fn load_with(file: &Path, env: EnvLookup) -> Result<Snapshot, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.display().to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: format!("cannot read the config: {e}"),
+        })?;
+        Self::parse(file, &text, env)
+    }
+
+    pub fn parse(file: &Path, text: &str, env: EnvLookup) -> Result<Snapshot, ConfigError> {
+        let name = file.display().to_string();
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let msg = e.to_string();
+            let msg = match msg.rfind(" at line ") {
+                Some(i) => msg[..i].to_string(),
+                None => msg,
+            };
+            let (path, message) = match msg.split_once(": ") {
+                Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
+                _ => (String::new(), msg),
+            };
+            ConfigError { file: name.clone(), line, col, path, message }
+        })?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let ctx = Ctx {
+            file: name,
+            dir: if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir },
+            loc: Locator::new(text),
+            env,
+        };
+        compile(&ctx, raw, file)
+    }
+}
+
+fn policy_version(raw: &RawConfig) -> String {
+    let normal = serde_json::to_vec(raw).expect("config serialises");
+    format!("sha256:{}", hex::encode(Sha256::digest(&normal)))
+}
+
+fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError> {
+    let policy_version = policy_version(&raw);
+    let listen: SocketAddr = raw.listen.parse().map_err(|e| c.err("listen", format!("`{}`: {e}", raw.listen)))?;
+    let admin_listen: SocketAddr = raw
+        .admin_listen
+        .parse()
+        .map_err(|e| c.err("admin_listen", format!("`{}`: {e}", raw.admin_listen)))?;
+    if !admin_listen.ip().is_loopback() && raw.admin_tls.is_none() {
+        return Err(c.err("admin_listen", "admin_tls is required when the admin listener is not on loopback"));
+    }
+    let tls_files = |t: &raw::RawTls| TlsFiles { cert: c.resolve(&t.cert), key: c.resolve(&t.key) };
+    let node = raw.node.clone().unwrap_or_else(hostname);
+
+    let store = compile_store(c, &raw.store)?;
+    let audit = compile_audit(c, &raw.audit)?;
+    let limits = compile_limits(c, &raw.limits)?;
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| c.err(&format!("trusted_proxies[{i}]"), format!("`{s}` is not a CIDR")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let webhook_url = match raw.notify.as_ref().and_then(|n| n.webhook.as_ref()) {
+        Some(w) => Some(c.secret("notify.webhook", &w.url_env, &w.url_file)?),
+        None => None,
+    };
+    let operators = compile_operators(c, &raw.operators)?;
+
+    let mut up_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (name, u) in &raw.upstreams {
+        up_index.insert(name.clone(), upstreams.len());
+        upstreams.push(compile_upstream(c, name, u)?);
+    }
+
+    let global_sensitive = raw
+        .sensitive_paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Pattern::new(p).map_err(|e| c.err(&format!("sensitive_paths[{i}]"), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut routes = Vec::new();
+    let mut rules = Vec::new();
+    let mut explicit_names: HashMap<String, String> = HashMap::new();
+    for (ri, r) in raw.routes.iter().enumerate() {
+        let at = format!("routes[{ri}]");
+        let prefix = check_prefix(&r.prefix).map_err(|e| c.err(&format!("{at}.prefix"), e))?;
+        if routes.iter().any(|x: &Route| x.prefix == prefix) {
+            return Err(c.err(&format!("{at}.prefix"), format!("prefix `{prefix}` is already routed")));
+        }
+        if classify::under_prefix("/_portcullis", &prefix) || classify::under_prefix(&prefix, "/_portcullis") {
+            return Err(c.err(&format!("{at}.prefix"), "routes may not overlap /_portcullis/"));
+        }
+        let upstream = *up_index
+            .get(&r.upstream)
+            .ok_or_else(|| c.err(&format!("{at}.upstream"), format!("unknown upstream `{}`", r.upstream)))?;
+        let unknown_deny = match r.unknown_paths.as_deref() {
+            None | Some("classify") => false,
+            Some("deny") => true,
+            Some(o) => return Err(c.err(&format!("{at}.unknown_paths"), format!("`{o}`: expected classify or deny"))),
+        };
+        let tool_prefix = r.tool_prefix.clone().unwrap_or_else(|| r.upstream.clone());
+        if tool_prefix.is_empty() || tool_prefix.contains(['*', ' ']) {
+            return Err(c.err(&format!("{at}.tool_prefix"), "must be a non-empty name without `*` or spaces"));
+        }
+        let mut overrides = Vec::new();
+        for (ti, t) in r.tools.iter().enumerate() {
+            let tat = format!("{at}.tools[{ti}]");
+            let (method, template) = parse_match(&t.match_).map_err(|e| c.err(&format!("{tat}.match"), e))?;
+            let pattern = Pattern::new(template).map_err(|e| c.err(&format!("{tat}.match"), e))?;
+            if !classify::under_prefix(template, &prefix) {
+                return Err(c.err(&format!("{tat}.match"), format!("`{template}` is not under the route prefix `{prefix}`")));
+            }
+            let risk = match &t.risk {
+                Some(s) => Risk::parse(s).ok_or_else(|| c.err(&format!("{tat}.risk"), format!("`{s}`: expected low, medium, high or critical")))?,
+                None => method.map_or(Risk::Low, Risk::of_method),
+            };
+            let name = match &t.name {
+                Some(n) => {
+                    if n.is_empty() || n.contains(['*', ' ']) {
+                        return Err(c.err(&format!("{tat}.name"), "must be a non-empty name without `*` or spaces"));
+                    }
+                    if let Some(prev) = explicit_names.insert(n.clone(), tat.clone()) {
+                        return Err(c.err(&format!("{tat}.name"), format!("duplicate tool name `{n}` (first at {prev})")));
+                    }
+                    n.clone()
+                }
+                None => classify::generated_name(&tool_prefix, &prefix, template, method.unwrap_or(Method::Get)),
+            };
+            let approval_ttl = match &t.approval_ttl {
+                Some(s) => Some(duration::parse(s).map_err(|e| c.err(&format!("{tat}.approval_ttl"), e))?),
+                None => None,
+            };
+            overrides.push(Override { method, pattern, name: name.into(), risk, approval_ttl, description: t.description.clone() });
+        }
+        let sensitive = r
+            .sensitive_paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Pattern::new(p).map_err(|e| c.err(&format!("{at}.sensitive_paths[{i}]"), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rule = RouteRules::new(prefix.clone(), tool_prefix, unknown_deny, overrides, &r.paths, sensitive)
+            .map_err(|(i, e)| c.err(&format!("{at}.paths[{i}]"), e))?;
+        rules.push(rule);
+        routes.push(Route { prefix, upstream, strip_prefix: r.strip_prefix, allow_encoded_slash: r.allow_encoded_slash });
+    }
+    let mut shadows = Vec::new();
+    for a in &routes {
+        for b in &routes {
+            if a.prefix != b.prefix && classify::under_prefix(&b.prefix, &a.prefix) {
+                shadows.push((a.prefix.clone(), b.prefix.clone()));
+            }
+        }
+    }
+    let classifier = Classifier::new(rules, global_sensitive);
+
+    let profiles = compile_profiles(c, &raw.profiles)?;
+    let agents = compile_agents(c, &raw.agents, &profiles, &upstreams)?;
+
+    Ok(Snapshot {
+        file: file.to_path_buf(),
+        policy_version: policy_version.into(),
+        listen,
+        admin_listen,
+        node,
+        tls: raw.tls.as_ref().map(tls_files),
+        admin_tls: raw.admin_tls.as_ref().map(tls_files),
+        store,
+        audit,
+        limits,
+        trusted_proxies,
+        webhook_url,
+        operators,
+        upstreams,
+        routes,
+        classifier,
+        profiles,
+        agents,
+        shadows,
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "portcullis".into())
+}
+
+/// `/tickets`, `/api/v2` or `/`: absolute, no trailing slash, no parameters.
+fn check_prefix(p: &str) -> Result<String, String> {
+    if p == "/" {
+        return Ok(p.into());
+    }
+    if !p.starts_with('/') || p.ends_with('/') {
+        return Err(format!("`{p}` must start with `/` and not end with one"));
+    }
+    classify::check_template(p)?;
+    if p.contains('{') {
+        return Err(format!("`{p}`: a prefix cannot hold parameters"));
+    }
+    Ok(p.into())
+}
+
+/// `"POST /tickets/{id}/refund"` or `"* /x"`.
+fn parse_match(s: &str) -> Result<(Option<Method>, &str), String> {
+    let (m, t) = s
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| format!("`{s}`: expected `METHOD /template`"))?;
+    let t = t.trim();
+    let method = if m == "*" {
+        None
+    } else {
+        Some(Method::parse(m).ok_or_else(|| format!("`{m}` is not a method portcullis forwards (GET HEAD POST PUT PATCH DELETE OPTIONS or *)"))?)
+    };
+    Ok((method, t))
+}
+
+fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+    let kind = match (&s.embedded, &s.redis) {
+        (Some(_), Some(_)) => return Err(c.err("store", "choose one of `embedded` and `redis`")),
+        (_, Some(r)) => {
+            let url = c.secret("store.redis", &r.url_env, &r.url_file)?;
+            StoreKind::Redis { url, key_prefix: r.key_prefix.clone() }
+        }
+        (Some(p), None) => StoreKind::Embedded(c.resolve(p)),
+        (None, None) => StoreKind::Embedded(c.resolve("data/portcullis.redb")),
+    };
+    let pepper = match &s.token_pepper_env {
+        Some(name) => Some(
+            (c.env)(name)
+                .ok_or_else(|| c.err("store.token_pepper_env", format!("environment variable `{name}` is not set")))?
+                .into_bytes(),
+        ),
+        None => None,
+    };
+    Ok(StoreConfig { kind, pepper })
+}
+
+fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError> {
+    let fsync = match a.fsync.as_deref() {
+        None | Some("batch") => Fsync::Batch,
+        Some("always") => Fsync::Always,
+        Some(o) => return Err(c.err("audit.fsync", format!("`{o}`: expected batch or always"))),
+    };
+    let checkpoint = match &a.checkpoint {
+        Some(cp) => {
+            if cp.every == 0 {
+                return Err(c.err("audit.checkpoint.every", "must be at least 1"));
+            }
+            let key = (c.env)(&cp.key_env)
+                .ok_or_else(|| c.err("audit.checkpoint.key_env", format!("environment variable `{}` is not set", cp.key_env)))?;
+            Some((cp.every, key.into_bytes()))
+        }
+        None => None,
+    };
+    Ok(AuditConfig {
+        path: c.resolve(a.path.as_deref().unwrap_or("data/audit.jsonl")),
+        fsync,
+        rotate_bytes: a.rotate_bytes.unwrap_or(104_857_600),
+        checkpoint,
+        redact_query: a
+            .redact_query
+            .clone()
+            .unwrap_or_else(|| ["access_token", "api_key", "token", "signature"].map(String::from).to_vec()),
+    })
+}
+
+fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
+    let limits = Limits {
+        max_body_bytes: l.max_body_bytes.unwrap_or(10_485_760),
+        max_parked_body_bytes: l.max_parked_body_bytes.unwrap_or(1_048_576),
+        max_result_bytes: l.max_result_bytes.unwrap_or(1_048_576),
+        max_pending_per_agent: l.max_pending_per_agent.unwrap_or(100),
+        approval_ttl: c.duration("limits.approval_ttl", &l.approval_ttl, Duration::from_secs(3600))?,
+        approval_retention: c.duration("limits.approval_retention", &l.approval_retention, Duration::from_secs(7 * 86400))?,
+        header_timeout: c.duration("limits.header_timeout", &l.header_timeout, Duration::from_secs(10))?,
+        request_deadline: c.duration("limits.request_deadline", &l.request_deadline, Duration::from_secs(60))?,
+        max_header_bytes: l.max_header_bytes.unwrap_or(65_536),
+    };
+    if limits.max_header_bytes < 8192 {
+        return Err(c.err("limits.max_header_bytes", "must be at least 8192"));
+    }
+    for (k, d) in [("header_timeout", limits.header_timeout), ("request_deadline", limits.request_deadline), ("approval_ttl", limits.approval_ttl)] {
+        if d.is_zero() {
+            return Err(c.err(&format!("limits.{k}"), "must be more than zero"));
+        }
+    }
+    Ok(limits)
+}
+
+fn compile_operators(c: &Ctx, ops: &[raw::RawOperator]) -> Result<Vec<Operator>, ConfigError> {
+    let mut out: Vec<Operator> = Vec::new();
+    for (i, o) in ops.iter().enumerate() {
+        let at = format!("operators[{i}]");
+        if out.iter().any(|x| x.name == o.name) {
+            return Err(c.err(&format!("{at}.name"), format!("duplicate operator `{}`", o.name)));
+        }
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&o.token_sha256, &mut hash)
+            .map_err(|_| c.err(&format!("{at}.token_sha256"), "expected 64 hex digits (see `portcullis operators new-token`)"))?;
+        for (ri, r) in o.roles.iter().enumerate() {
+            if !matches!(r.as_str(), "viewer" | "approver" | "admin") {
+                return Err(c.err(&format!("{at}.roles[{ri}]"), format!("`{r}`: expected viewer, approver or admin")));
+            }
+        }
+        out.push(Operator { name: o.name.clone(), token_sha256: hash, roles: o.roles.clone() });
+    }
+    Ok(out)
+}
+
+fn header_name(c: &Ctx, path: &str, s: &str) -> Result<HeaderName, ConfigError> {
+    let h = HeaderName::from_bytes(s.as_bytes()).map_err(|_| c.err(path, format!("`{s}` is not a header name")))?;
+    if s.contains('_') {
+        return Err(c.err(path, "header names with `_` are refused by the proxy"));
+    }
+    Ok(h)
+}
+
+fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstream, ConfigError> {
+    let at = format!("upstreams.{name}");
+    let url: http::Uri = u.url.parse().map_err(|e| c.err(&format!("{at}.url"), format!("`{}`: {e}", u.url)))?;
+    let https = match url.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(c.err(&format!("{at}.url"), "must be an http:// or https:// URL")),
+    };
+    let authority = url.authority().cloned().ok_or_else(|| c.err(&format!("{at}.url"), "has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(c.err(&format!("{at}.url"), "credentials in the URL are not allowed; use `inject`"));
+    }
+    if url.query().is_some() {
+        return Err(c.err(&format!("{at}.url"), "a query is not allowed in an upstream URL"));
+    }
+    let base_path = url.path().trim_end_matches('/').to_string();
+    let inject = match &u.inject {
+        Some(i) => {
+            let header = header_name(c, &format!("{at}.inject.header"), &i.header)?;
+            let value = c.secret(&format!("{at}.inject"), &i.value_env, &i.value_file)?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| c.err(&format!("{at}.inject"), "the credential is not a valid header value"))?;
+            value.set_sensitive(true);
+            Some(Inject { header, value })
+        }
+        None => None,
+    };
+    let tenant_header = match &u.tenant_header {
+        Some(h) => Some(header_name(c, &format!("{at}.tenant_header"), h)?),
+        None => None,
+    };
+    let connect_timeout = c.duration(&format!("{at}.timeouts.connect"), &u.timeouts.connect, Duration::from_secs(2))?;
+    let response_timeout = c.duration(&format!("{at}.timeouts.response"), &u.timeouts.response, Duration::from_secs(30))?;
+    let ca_file = u.ca_file.as_ref().map(|f| c.resolve(f));
+    if let Some(f) = &ca_file {
+        if !https {
+            return Err(c.err(&format!("{at}.ca_file"), "ca_file needs an https:// url"));
+        }
+        if let Err(e) = std::fs::metadata(f) {
+            return Err(c.err(&format!("{at}.ca_file"), format!("cannot read `{}`: {e}", f.display())));
+        }
+    }
+    Ok(Upstream { name: name.into(), https, authority, base_path, ca_file, inject, tenant_header, connect_timeout, response_timeout })
+}
+
+fn compile_profiles(c: &Ctx, raw: &BTreeMap<String, raw::RawProfile>) -> Result<BTreeMap<String, Arc<Profile>>, ConfigError> {
+    let globs = |path: String, v: &Option<Vec<String>>| -> Result<Vec<Glob>, ConfigError> {
+        let v = v.as_deref().unwrap_or_default();
+        v.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.is_empty() {
+                    Err(c.err(&format!("{path}[{i}]"), "empty pattern"))
+                } else {
+                    Ok(Glob(s.clone()))
+                }
+            })
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        let at = format!("profiles.{name}");
+        let admin = p.admin.unwrap_or(false);
+        if admin
+            && (p.tools.is_some() || p.resources.is_some() || p.max_risk.is_some() || p.approval.is_some() || p.deny.is_some() || p.rate_limit.is_some())
+        {
+            return Err(c.err(&format!("{at}.admin"), "an admin profile takes no other keys"));
+        }
+        let max_risk = match p.max_risk.as_deref() {
+            None => Risk::Low,
+            Some(s) => match Risk::parse(s) {
+                Some(r) if r != Risk::Critical => r,
+                _ => return Err(c.err(&format!("{at}.max_risk"), format!("`{s}`: expected low, medium or high"))),
+            },
+        };
+        if let Some(res) = &p.resources {
+            for (i, r) in res.iter().enumerate() {
+                Pattern::new(&r.replace("{tenant}", "t")).map_err(|e| c.err(&format!("{at}.resources[{i}]"), e))?;
+            }
+        }
+        if let Some(rl) = &p.rate_limit {
+            if rl.per_minute == 0 {
+                return Err(c.err(&format!("{at}.rate_limit.per_minute"), "must be at least 1"));
+            }
+        }
+        out.insert(
+            name.clone(),
+            Arc::new(Profile {
+                name: name.clone(),
+                admin,
+                tools: globs(format!("{at}.tools"), &p.tools)?,
+                resources: p.resources.clone(),
+                max_risk,
+                approval: globs(format!("{at}.approval"), &p.approval)?,
+                deny: globs(format!("{at}.deny"), &p.deny)?,
+                rate_per_minute: p.rate_limit.as_ref().map(|r| r.per_minute),
+            }),
+        );
+    }
+    Ok(out)
+}
+
+pub fn valid_tenant(t: &str) -> bool {
+    (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn compile_agents(
+    c: &Ctx,
+    raw: &BTreeMap<String, raw::RawAgent>,
+    profiles: &BTreeMap<String, Arc<Profile>>,
+    upstreams: &[Upstream],
+) -> Result<HashMap<String, Arc<Agent>>, ConfigError> {
+    let mut out = HashMap::new();
+    for (id, a) in raw {
+        let at = format!("agents.{id}");
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(c.err(&at, format!("agent id `{id}` must match [A-Za-z0-9._-]+")));
+        }
+        let profile = profiles
+            .get(&a.profile)
+            .cloned()
+            .ok_or_else(|| c.err(&format!("{at}.profile"), format!("unknown profile `{}`", a.profile)))?;
+        if let Some(t) = &a.tenant {
+            if !valid_tenant(t) {
+                return Err(c.err(&format!("{at}.tenant"), format!("`{t}` must match [A-Za-z0-9._-]{{1,64}}")));
+            }
+        } else if let Some(u) = upstreams.iter().find(|u| u.tenant_header.is_some()) {
+            return Err(c.err(&at, format!("agent has no tenant but upstream `{}` sets a tenant_header", u.name)));
+        }
+        if a.tenant.is_none() && profile.resources.iter().flatten().any(|r| r.contains("{tenant}")) {
+            return Err(c.err(&at, format!("profile `{}` scopes resources by {{tenant}} but the agent has no tenant", a.profile)));
+        }
+        let resources = match &profile.resources {
+            Some(rs) => Some(
+                rs.iter()
+                    .map(|r| Pattern::new(&r.replace("{tenant}", a.tenant.as_deref().unwrap_or_default())))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| c.err(&format!("profiles.{}.resources", a.profile), e))?,
+            ),
+            None => None,
+        };
+        out.insert(
+            id.clone(),
+            Arc::new(Agent { id: id.clone(), profile, tenant: a.tenant.clone(), owner: a.owner.clone(), resources }),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

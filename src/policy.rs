@@ -1,0 +1,281 @@
+//! `decide`: the one pure function that says allow, deny or park. No I/O; every entry
+//! point (proxy, replay, explain, policy tests) calls it with the same inputs.
+
+use crate::classify::{Pattern, Risk, Tool};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A tool-name pattern: exact, or `*` for any run of characters (dots included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(pub String);
+
+impl Glob {
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    // Iterative wildcard match with single backtrack point: O(len(p) * len(s)) worst case.
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+pub fn any_match(globs: &[Glob], name: &str) -> bool {
+    globs.iter().any(|g| g.matches(name))
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub admin: bool,
+    pub tools: Vec<Glob>,
+    /// Raw resource templates; `{tenant}` is expanded per agent.
+    pub resources: Option<Vec<String>>,
+    pub max_risk: Risk,
+    pub approval: Vec<Glob>,
+    pub deny: Vec<Glob>,
+    pub rate_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    pub profile: Arc<Profile>,
+    pub tenant: Option<String>,
+    pub owner: Option<String>,
+    /// The profile's `resources` with this agent's tenant filled in.
+    pub resources: Option<Vec<Pattern>>,
+}
+
+/// What the credential in use narrows the profile to.
+#[derive(Debug, Clone, Default)]
+pub struct Narrowing {
+    pub tools: Option<Vec<Glob>>,
+    pub max_risk: Option<Risk>,
+}
+
+/// Operational switches in force (from the store).
+#[derive(Debug, Clone, Default)]
+pub struct Switches {
+    pub paused_all: bool,
+    pub paused_agents: HashSet<String>,
+    pub paused_tools: Vec<Glob>,
+    pub paused_tenants: HashSet<String>,
+    pub disabled_agents: HashSet<String>,
+    pub draft_only: bool,
+}
+
+pub struct Input<'a> {
+    pub agent: &'a Agent,
+    pub narrowing: &'a Narrowing,
+    pub tool: &'a Tool,
+    pub path: &'a str,
+    pub switches: &'a Switches,
+    /// An operator already approved this exact request (replay).
+    pub approved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// `rule` names what granted it: `admin`, `tools`, `approved`.
+    Allow { rule: &'static str },
+    Deny { reason: &'static str, detail: String },
+    Park,
+}
+
+impl Decision {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::Park => "park",
+        }
+    }
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Decision::Allow { rule } => rule,
+            Decision::Deny { reason, .. } => reason,
+            Decision::Park => "approval_required",
+        }
+    }
+}
+
+fn deny(reason: &'static str, detail: String) -> Decision {
+    Decision::Deny { reason, detail }
+}
+
+/// The gate. First match wins; see DESIGN.md "Identity, then the gate".
+pub fn decide(i: &Input) -> Decision {
+    let (a, p, t, s) = (i.agent, &i.agent.profile, i.tool, i.switches);
+    let name = &*t.name;
+    if s.disabled_agents.contains(&a.id) {
+        return deny("agent_disabled", format!("agent `{}` is disabled", a.id));
+    }
+    if s.paused_all {
+        return deny("paused", "all agent traffic is paused".into());
+    }
+    if s.paused_agents.contains(&a.id) {
+        return deny("paused", format!("agent `{}` is paused", a.id));
+    }
+    if let Some(tenant) = &a.tenant {
+        if s.paused_tenants.contains(tenant) {
+            return deny("paused", format!("tenant `{tenant}` is paused"));
+        }
+    }
+    if any_match(&s.paused_tools, name) {
+        return deny("paused", format!("tool `{name}` is paused"));
+    }
+    if any_match(&p.deny, name) {
+        return deny("profile_deny", format!("profile `{}` denies `{name}`", p.name));
+    }
+    if let Some(tools) = &i.narrowing.tools {
+        if !any_match(tools, name) {
+            return deny("token_scope", format!("this credential is not scoped to `{name}`"));
+        }
+    }
+    if let Some(res) = &a.resources {
+        if !res.iter().any(|r| r.matches(i.path)) {
+            return deny("out_of_scope", format!("`{}` is outside the resources of profile `{}`", i.path, p.name));
+        }
+    }
+    if any_match(&p.approval, name) {
+        return if i.approved { Decision::Allow { rule: "approved" } } else { Decision::Park };
+    }
+    if p.admin {
+        return Decision::Allow { rule: "admin" };
+    }
+    if any_match(&p.tools, name) {
+        let mut ceiling = p.max_risk;
+        if let Some(r) = i.narrowing.max_risk {
+            ceiling = ceiling.min(r);
+        }
+        if s.draft_only {
+            ceiling = ceiling.min(Risk::Low);
+        }
+        if t.risk <= ceiling {
+            return Decision::Allow { rule: "tools" };
+        }
+        let reason = if s.draft_only && t.risk > Risk::Low && t.risk <= p.max_risk.min(i.narrowing.max_risk.unwrap_or(Risk::Critical)) {
+            "draft_only"
+        } else {
+            "risk_ceiling"
+        };
+        let why = if reason == "draft_only" { "draft-only mode allows only low".to_string() } else { format!("the ceiling is {ceiling}") };
+        return deny(reason, format!("`{name}` is {} risk; {why}", t.risk));
+    }
+    deny("not_granted", format!("profile `{}` does not grant `{name}`", p.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> Profile {
+        Profile {
+            name: "drafter".into(),
+            admin: false,
+            tools: vec![Glob("tickets.get".into()), Glob("tickets.list".into()), Glob("tickets.comments.*".into()), Glob("tickets.update".into()), Glob("tickets.delete".into())],
+            resources: None,
+            max_risk: Risk::Medium,
+            approval: vec![Glob("tickets.refund".into())],
+            deny: vec![Glob("*.purge".into())],
+            rate_per_minute: None,
+        }
+    }
+
+    fn agent(p: Profile, resources: Option<Vec<&str>>) -> Agent {
+        Agent {
+            id: "bot".into(),
+            profile: Arc::new(p),
+            tenant: Some("acme".into()),
+            owner: None,
+            resources: resources.map(|r| r.into_iter().map(|t| Pattern::new(t).unwrap()).collect()),
+        }
+    }
+
+    fn tool(name: &str, risk: Risk) -> Tool {
+        Tool { name: name.into(), risk, template: "/x".into(), route: 0, approval_ttl: None }
+    }
+
+    #[test]
+    fn precedence_table() {
+        let admin = Profile { name: "ops".into(), admin: true, tools: vec![], max_risk: Risk::Low, ..profile() };
+        let paused_all = Switches { paused_all: true, ..Default::default() };
+        let paused_agent = Switches { paused_agents: ["bot".to_string()].into(), ..Default::default() };
+        let paused_tenant = Switches { paused_tenants: ["acme".to_string()].into(), ..Default::default() };
+        let paused_tool = Switches { paused_tools: vec![Glob("tickets.*".into())], ..Default::default() };
+        let disabled = Switches { disabled_agents: ["bot".to_string()].into(), ..Default::default() };
+        let draft = Switches { draft_only: true, ..Default::default() };
+        let none = Switches::default();
+        let narrow_tools = Narrowing { tools: Some(vec![Glob("tickets.get".into())]), max_risk: None };
+        let narrow_low = Narrowing { tools: None, max_risk: Some(Risk::Low) };
+        let wide = Narrowing::default();
+        let scoped = agent(profile(), Some(vec!["/tickets/{*rest}"]));
+        let plain = agent(profile(), None);
+        let adm = agent(admin, None);
+        let empty = agent(Profile { tools: vec![], approval: vec![], ..profile() }, None);
+        type Row<'a> = (&'a str, &'a Agent, &'a Narrowing, Tool, &'a str, &'a Switches, bool, &'a str);
+        let rows: Vec<Row> = vec![
+            ("disabled beats everything", &adm, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &disabled, false, "agent_disabled"),
+            ("global pause", &adm, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_all, false, "paused"),
+            ("agent pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_agent, false, "paused"),
+            ("tenant pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_tenant, false, "paused"),
+            ("tool pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_tool, false, "paused"),
+            ("pause beats approved replay", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &paused_tool, true, "paused"),
+            ("profile deny beats admin-less grant", &plain, &wide, tool("tickets.purge", Risk::Low), "/tickets/1", &none, false, "profile_deny"),
+            ("token scope", &plain, &narrow_tools, tool("tickets.list", Risk::Low), "/tickets", &none, false, "token_scope"),
+            ("token scope before approval", &plain, &narrow_tools, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, false, "token_scope"),
+            ("out of scope", &scoped, &wide, tool("tickets.get", Risk::Low), "/users/1", &none, false, "out_of_scope"),
+            ("in scope", &scoped, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &none, false, "allow:tools"),
+            ("approval parks", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, false, "park"),
+            ("approved replay allowed", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, true, "allow:approved"),
+            ("approval parks even in draft-only", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &draft, false, "park"),
+            ("admin allows anything", &adm, &wide, tool("anything.delete", Risk::Critical), "/x", &none, false, "allow:admin"),
+            ("admin ignores draft-only", &adm, &wide, tool("anything.delete", Risk::High), "/x", &draft, false, "allow:admin"),
+            ("granted within ceiling", &plain, &wide, tool("tickets.update", Risk::Medium), "/tickets/1", &none, false, "allow:tools"),
+            ("glob crosses dots", &plain, &wide, tool("tickets.comments.x.create", Risk::Medium), "/tickets/1", &none, false, "allow:tools"),
+            ("above profile ceiling", &plain, &wide, tool("tickets.delete", Risk::High), "/tickets/1", &none, false, "risk_ceiling"),
+            ("above token ceiling", &plain, &narrow_low, tool("tickets.update", Risk::Medium), "/tickets/1", &none, false, "risk_ceiling"),
+            ("draft-only", &plain, &wide, tool("tickets.update", Risk::Medium), "/tickets/1", &draft, false, "draft_only"),
+            ("draft-only still allows low", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &draft, false, "allow:tools"),
+            ("draft-only does not mask a ceiling", &plain, &wide, tool("tickets.delete", Risk::High), "/tickets/1", &draft, false, "risk_ceiling"),
+            ("not granted", &plain, &wide, tool("users.list", Risk::Low), "/users", &none, false, "not_granted"),
+            ("scoped by default", &empty, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &none, false, "not_granted"),
+        ];
+        for (what, a, n, t, path, s, approved, want) in rows {
+            let d = decide(&Input { agent: a, narrowing: n, tool: &t, path, switches: s, approved });
+            let got = match &d {
+                Decision::Allow { rule } => format!("allow:{rule}"),
+                Decision::Park => "park".into(),
+                Decision::Deny { reason, .. } => reason.to_string(),
+            };
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [("tickets.*", "tickets.comments.create", true), ("*.delete", "a.b.delete", true), ("*.delete", "a.deleted", false), ("tickets.get", "tickets.get", true), ("tickets.get", "tickets.gets", false), ("*", "x", true), ("a*b*c", "aXbYc", true), ("a*b*c", "aXbY", false)];
+        for (p, s, want) in cases {
+            assert_eq!(Glob(p.into()).matches(s), want, "{p} {s}");
+        }
+    }
+}
