@@ -1,1 +1,26 @@
-fn main() {}
+//! The `portcullis` binary: parse the CLI, set up logging and TLS, run, exit.
+
+use clap::Parser;
+use portcullis::cli::{self, Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        LogFormat::Pretty => fmt.init(),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(cli::run(cli));
+    std::process::exit(code);
+}

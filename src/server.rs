@@ -1,0 +1,165 @@
+//! Listeners: bind, optional inbound TLS (rustls), HTTP/1.1 + HTTP/2 via hyper-util's
+//! auto builder with header-read timeouts, and graceful shutdown with a bounded drain.
+
+use crate::admin;
+use crate::app::App;
+use crate::config::{Snapshot, TlsFiles};
+use crate::error::Error;
+use crate::proxy::{self, Conn};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+/// How long in-flight requests get to finish after SIGTERM/SIGINT.
+const DRAIN: Duration = Duration::from_secs(30);
+
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("tls {what}: {e}"));
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| fail(&files.cert.display().to_string(), &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&files.cert.display().to_string(), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| fail(&files.key.display().to_string(), &e))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail("versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail("certificate", &e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn builder(snap: &Snapshot) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(snap.limits.header_timeout)
+        .max_buf_size(snap.limits.max_header_bytes.max(8192) as usize)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(snap.limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Proxy,
+    Admin,
+}
+
+/// Runs both listeners until a shutdown signal, then drains.
+pub async fn serve(app: Arc<App>) -> Result<(), Error> {
+    let live = app.live.load_full();
+    let snap = &live.snap;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
+    };
+    let proxy_l = bind(snap.listen).await?;
+    let admin_l = bind(snap.admin_listen).await?;
+    let proxy_tls = snap.tls.as_ref().map(tls_acceptor).transpose()?;
+    let admin_tls = snap.admin_tls.as_ref().map(tls_acceptor).transpose()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    info!(
+        proxy = %proxy_l.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        admin = %admin_l.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
+        "listening"
+    );
+    let a = tokio::spawn(accept_loop(app.clone(), proxy_l, proxy_tls, Side::Proxy, stop_rx.clone(), graceful.clone()));
+    let b = tokio::spawn(accept_loop(app.clone(), admin_l, admin_tls, Side::Admin, stop_rx, graceful.clone()));
+    shutdown_signal().await;
+    info!("shutting down: no new connections, draining in-flight requests");
+    app.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(a, b);
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    match tokio::time::timeout(DRAIN, graceful.shutdown()).await {
+        Ok(()) => info!("drained"),
+        Err(_) => warn!(after_s = DRAIN.as_secs(), "drain bound reached; closing remaining connections"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    side: Side,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let graceful = graceful.clone();
+        tokio::spawn(async move {
+            let live = app.live.load_full();
+            let b = builder(&live.snap);
+            let handshake = live.snap.limits.header_timeout;
+            drop(live);
+            let conn = Conn { peer, https: tls.is_some() };
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(match side {
+                        Side::Proxy => proxy::handle(app, conn, req).await,
+                        Side::Admin => admin::handle(app, conn, req).await,
+                    })
+                }
+            });
+            match tls {
+                None => {
+                    let c = b.serve_connection(TokioIo::new(stream), svc);
+                    let _ = graceful.watch(c.into_owned()).await;
+                }
+                Some(acc) => {
+                    let s = match tokio::time::timeout(handshake, acc.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    };
+                    let c = b.serve_connection(TokioIo::new(s), svc);
+                    let _ = graceful.watch(c.into_owned()).await;
+                }
+            }
+        });
+    }
+}
