@@ -1,18 +1,28 @@
-//! Shared runtime state: the configuration in force (swapped whole on reload) with
-//! the upstream clients built from it.
+//! Shared runtime state: the configuration in force (swapped whole on reload) with the
+//! clients and rate limiters built from it, the store, and the caches in front of it.
 
 use crate::config::Snapshot;
 use crate::error::Error;
+use crate::identity::Credentials;
+use crate::store::{Event, Store};
+use crate::switchboard::Switchboard;
 use crate::upstream::{self, HttpsClient};
 use arc_swap::ArcSwap;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{info, warn};
 
 /// One configuration and everything derived from it; immutable once built.
 pub struct Live {
     pub snap: Snapshot,
     pub clients: Vec<HttpsClient>,
+    /// Per-agent token buckets (per replica), from the profile's `rate_limit`.
+    pub limiters: HashMap<String, DefaultDirectRateLimiter>,
 }
 
 impl Live {
@@ -22,7 +32,15 @@ impl Live {
             .iter()
             .map(|u| upstream::build_client(u).map_err(|e| Error::Internal(format!("upstream `{}`: {e}", u.name))))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Live { snap, clients })
+        let limiters = snap
+            .agents
+            .values()
+            .filter_map(|a| {
+                let n = NonZeroU32::new(a.profile.rate_per_minute?)?;
+                Some((a.id.clone(), RateLimiter::direct(Quota::per_minute(n))))
+            })
+            .collect();
+        Ok(Live { snap, clients, limiters })
     }
 }
 
@@ -30,14 +48,73 @@ pub struct App {
     pub live: ArcSwap<Live>,
     pub config_path: PathBuf,
     pub draining: AtomicBool,
+    pub store: Store,
+    pub creds: Credentials,
+    pub switches: Switchboard,
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {
-    pub fn new(live: Live, config_path: PathBuf) -> Arc<App> {
-        Arc::new(App { live: ArcSwap::from_pointee(live), config_path, draining: AtomicBool::new(false) })
+    /// Opens the store and starts the task that applies invalidations to the caches.
+    pub async fn start(snap: Snapshot, config_path: PathBuf) -> Result<Arc<App>, Error> {
+        let store = Store::open(&snap.store, &snap.node).await?;
+        let live = Live::new(snap)?;
+        let app = Arc::new(App {
+            live: ArcSwap::from_pointee(live),
+            config_path,
+            draining: AtomicBool::new(false),
+            store,
+            creds: Credentials::default(),
+            switches: Switchboard::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        let mut rx = app.store.events();
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            loop {
+                let ev = rx.recv().await;
+                let Some(app) = weak.upgrade() else { return };
+                match ev {
+                    Ok(Event::Switches) => app.switches.invalidate(),
+                    Ok(Event::Token(id)) => app.creds.invalidate(&id),
+                    Ok(Event::Resync) | Err(RecvError::Lagged(_)) => {
+                        app.switches.invalidate();
+                        app.creds.clear();
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(app)
     }
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn pepper(&self) -> Option<Vec<u8>> {
+        self.live.load().snap.store.pepper.clone()
+    }
+
+    /// Re-reads the config file; swaps it in only if it is valid whole.
+    /// Returns (old, new) policy versions.
+    pub async fn reload(&self) -> Result<(String, String), Error> {
+        let _g = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let snap = tokio::task::spawn_blocking(move || Snapshot::load(&path))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let snap = match snap {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "reload refused; the previous configuration stays in force");
+                return Err(e.into());
+            }
+        };
+        let live = Live::new(snap)?;
+        let new = live.snap.policy_version.to_string();
+        let old = self.live.swap(Arc::new(live)).snap.policy_version.to_string();
+        info!(old_policy_version = %old, policy_version = %new, "configuration reloaded");
+        Ok((old, new))
     }
 }

@@ -1,7 +1,7 @@
 //! Command-line verbs (clap). `serve`, `check` and `demo` run locally; runtime verbs
 //! talk to the admin API.
 
-use crate::app::{App, Live};
+use crate::app::App;
 use crate::config::{self, Snapshot};
 use crate::error::Error;
 use crate::{demo, server, tooltable};
@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> i32 {
 
 async fn serve(path: PathBuf) -> Result<(), Error> {
     let snap = Snapshot::load(&path)?;
-    let app = App::new(Live::new(snap)?, path);
+    let app = App::start(snap, path).await?;
     server::serve(app).await
 }
 
@@ -90,6 +90,6 @@ async fn demo() -> Result<(), Error> {
     println!("  curl -s -X POST http://{listen}/tickets/42/refund");
     println!("  curl -s http://{listen}/nowhere            # no_route: never forwarded");
     println!("  curl -s --path-as-is http://{listen}/tickets/../admin/users   # refused: dot segment\n");
-    let app = App::new(Live::new(snap)?, file);
+    let app = App::start(snap, file).await?;
     server::serve(app).await
 }

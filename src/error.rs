@@ -52,6 +52,8 @@ pub enum Error {
     #[error("the request did not complete within {}ms", .0.as_millis())]
     Deadline(Duration),
     #[error("{0}")]
+    NotImplemented(String),
+    #[error("{0}")]
     Internal(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -72,6 +74,7 @@ impl Error {
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Error::GatewayTimeout { .. } | Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::Internal(_) | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,6 +96,7 @@ impl Error {
             Error::BadGateway { .. } => "upstream_unreachable",
             Error::GatewayTimeout { .. } => "upstream_timeout",
             Error::Deadline(_) => "request_deadline",
+            Error::NotImplemented(_) => "approval_required",
             Error::Internal(_) | Error::Config(_) => "internal",
         }
     }
@@ -112,13 +116,16 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::BadGateway { .. } => "bad_gateway",
             Error::GatewayTimeout { .. } | Error::Deadline(_) => "gateway_timeout",
+            Error::NotImplemented(_) => "not_implemented",
             Error::Internal(_) | Error::Config(_) => "internal",
         }
     }
 
     /// `deny` when the request was refused, `error` when the proxy or upstream failed.
     pub fn decision(&self) -> &'static str {
-        if self.status().is_server_error() {
+        if matches!(self, Error::NotImplemented(_)) {
+            "park"
+        } else if self.status().is_server_error() {
             "error"
         } else {
             "deny"

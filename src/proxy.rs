@@ -7,6 +7,8 @@ use crate::canon::{self, Canonical};
 use crate::classify::{Tool, Unclassified};
 use crate::config::Snapshot;
 use crate::error::{Denial, Error};
+use crate::internal;
+use crate::policy::{decide, Decision, Input};
 use crate::upstream::{self, Origin};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -67,8 +69,10 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     let live = app.live.load_full();
     let snap = &live.snap;
     let c: Canonical = canon::canonicalize(req.method(), req.uri(), req.version(), req.headers())?;
+    let pepper = snap.store.pepper.as_deref();
+    let who = app.creds.authenticate(&app.store, pepper, &snap.agents, req.headers()).await?;
     if canon_is_internal(&c.path) {
-        return Err(Error::NotFound);
+        return internal::handle(app, &live, &who, &c).await;
     }
     let tool = match snap.classifier.classify(c.method, &c.path) {
         Ok(t) => t,
@@ -81,14 +85,45 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     if c.encoded_slash && !route.allow_encoded_slash {
         return Err(Error::BadRequest { reason: "encoded_slash", detail: "an encoded `/` is not accepted on this route".into() });
     }
+    let switches = app.switches.current(&app.store).await?;
+    let decision = decide(&Input {
+        agent: &who.agent,
+        narrowing: &who.token.narrowing,
+        tool: &tool,
+        path: &c.path,
+        switches: &switches,
+        approved: false,
+    });
+    info!(request_id, agent.id = %who.agent.id, tool.name = %tool.name, risk = %tool.risk, decision = decision.label(), reason = decision.reason(), "decided");
+    match decision {
+        Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
+        Decision::Park => {
+            return Err(Error::NotImplemented(format!("`{}` needs an operator's approval; parking is not available in this build", tool.name)))
+        }
+        Decision::Allow { .. } => {}
+    }
+    if let Some(l) = live.limiters.get(&who.agent.id) {
+        if let Err(not_until) = l.check() {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(Error::TooMany {
+                reason: "rate_limited",
+                detail: format!("agent `{}` is over its rate limit", who.agent.id),
+                retry_after: wait.as_secs().max(1),
+            });
+        }
+    }
+    if let Some(max) = who.token.record.max_calls {
+        if !app.store.spend_call(&who.token.record.id, max).await? {
+            return Err(Error::TooMany { reason: "token_budget", detail: format!("this credential's {max} calls are spent"), retry_after: 3600 });
+        }
+    }
     let limit = snap.limits.max_body_bytes;
     if content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
-    info!(request_id, tool.name = %tool.name, risk = %tool.risk, decision = "allow", "forwarding");
     let up = &snap.upstreams[route.upstream];
     let (_client_ip, forwarded_for) = client_origin(snap, conn.peer.ip(), req.headers());
-    let origin = Origin { forwarded_for: &forwarded_for, https: conn.https, tenant: None, request_id };
+    let origin = Origin { forwarded_for: &forwarded_for, https: conn.https, tenant: who.agent.tenant.as_deref(), request_id };
     let (parts, incoming) = req.into_parts();
     let mut out = Request::new(upstream::boxed(Capped::new(incoming, limit)));
     *out.method_mut() = c.method.to_http();

@@ -1,0 +1,195 @@
+//! Dry-run decisions: `explain` (CLI and `GET /explain`), `portcullis test` policy
+//! files, and per-agent tool listings — all through the same canon, classify and decide.
+
+use crate::canon;
+use crate::classify::Unclassified;
+use crate::config::Snapshot;
+use crate::error::Error;
+use crate::policy::{decide, Agent, Decision, Input, Narrowing, Switches};
+use crate::tooltable;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub agent: String,
+    pub method: String,
+    pub path: String,
+    pub tool: Option<String>,
+    pub risk: Option<String>,
+    pub template: Option<String>,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub decision: String,
+    pub reason: String,
+    pub detail: String,
+    pub policy_version: String,
+}
+
+/// Explains `METHOD TARGET` for `agent` under `switches` (no token narrowing).
+pub fn explain(snap: &Snapshot, switches: &Switches, agent: &str, method: &str, target: &str) -> Result<Explanation, Error> {
+    let a = snap
+        .agents
+        .get(agent)
+        .ok_or_else(|| Error::BadRequest { reason: "unknown_agent", detail: format!("no agent `{agent}` in the config") })?;
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|_| Error::BadRequest { reason: "bad_target", detail: format!("`{target}` is not a request target") })?;
+    let m = http::Method::from_bytes(method.as_bytes()).map_err(|_| Error::MethodNotAllowed(method.to_string()))?;
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::HOST, http::HeaderValue::from_static("portcullis.explain"));
+    let c = canon::canonicalize(&m, &uri, http::Version::HTTP_11, &h)?;
+    let mut e = Explanation {
+        agent: agent.into(),
+        method: c.method.as_str().into(),
+        path: c.path_and_query(),
+        tool: None,
+        risk: None,
+        template: None,
+        route: None,
+        upstream: None,
+        decision: "deny".into(),
+        reason: String::new(),
+        detail: String::new(),
+        policy_version: snap.policy_version.to_string(),
+    };
+    let tool = match snap.classifier.classify(c.method, &c.path) {
+        Ok(t) => t,
+        Err(Unclassified::NoRoute) => {
+            e.reason = "no_route".into();
+            e.detail = format!("no route serves `{}`", c.path);
+            return Ok(e);
+        }
+        Err(Unclassified::UnknownPath(r)) => {
+            e.reason = "unknown_path".into();
+            e.route = Some(snap.routes[r].prefix.clone());
+            e.detail = format!("`{}` is not a known path of route `{}`", c.path, snap.routes[r].prefix);
+            return Ok(e);
+        }
+    };
+    let route = &snap.routes[tool.route];
+    e.tool = Some(tool.name.to_string());
+    e.risk = Some(tool.risk.to_string());
+    e.template = Some(tool.template.to_string());
+    e.route = Some(route.prefix.clone());
+    e.upstream = Some(snap.upstreams[route.upstream].name.clone());
+    let d = decide(&Input { agent: a, narrowing: &Narrowing::default(), tool: &tool, path: &c.path, switches, approved: false });
+    e.decision = d.label().into();
+    e.reason = d.reason().into();
+    e.detail = match d {
+        Decision::Deny { detail, .. } => detail,
+        Decision::Park => format!("`{}` waits for an operator's approval", tool.name),
+        Decision::Allow { rule } => format!("allowed by the profile's `{rule}` rule"),
+    };
+    Ok(e)
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(f, "agent:    {}", self.agent)?;
+        writeln!(f, "request:  {} {}", self.method, self.path)?;
+        writeln!(f, "tool:     {} (risk {}, template {})", o(&self.tool), o(&self.risk), o(&self.template))?;
+        writeln!(f, "route:    {} → upstream {}", o(&self.route), o(&self.upstream))?;
+        writeln!(f, "decision: {} ({})", self.decision, self.reason)?;
+        writeln!(f, "because:  {}", self.detail)?;
+        write!(f, "policy:   {}", self.policy_version)
+    }
+}
+
+/// What an agent may call (`allow`) or request (`park`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolEntry {
+    pub tool: String,
+    pub method: String,
+    pub template: String,
+    pub risk: String,
+    pub posture: String,
+}
+
+pub fn agent_tools(snap: &Snapshot, agent: &Agent, narrowing: &Narrowing, switches: &Switches) -> Vec<ToolEntry> {
+    let mut out: Vec<ToolEntry> = Vec::new();
+    for row in tooltable::rows(snap) {
+        let Ok(tool) = snap.classifier.classify(crate::canon::Method::parse(&row.method).unwrap_or(crate::canon::Method::Get), &tooltable::sample_path(&row.template)) else {
+            continue;
+        };
+        let path = tooltable::sample_path(&row.template);
+        let d = decide(&Input { agent, narrowing, tool: &tool, path: &path, switches, approved: false });
+        let posture = match d {
+            Decision::Allow { .. } => "allow",
+            Decision::Park => "approval",
+            Decision::Deny { .. } => continue,
+        };
+        out.push(ToolEntry { tool: row.tool, method: row.method, template: row.template, risk: row.risk, posture: posture.into() });
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCase {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub agent: String,
+    pub request: String,
+    pub expect: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PolicyFile {
+    List(Vec<PolicyCase>),
+    Doc(PolicyDoc),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    tests: Vec<PolicyCase>,
+}
+
+pub fn parse_cases(file: &str, text: &str) -> Result<Vec<PolicyCase>, String> {
+    match serde_yaml::from_str::<PolicyFile>(text) {
+        Ok(PolicyFile::List(v)) | Ok(PolicyFile::Doc(PolicyDoc { tests: v })) => Ok(v),
+        Err(_) => {
+            // Re-parse strictly for a precise message.
+            serde_yaml::from_str::<Vec<PolicyCase>>(text).map_err(|e| format!("{file}: {e}"))?;
+            Err(format!("{file}: expected a list of cases or `tests:`"))
+        }
+    }
+}
+
+/// Runs policy cases; returns the report and whether all passed.
+pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
+    let mut out = String::new();
+    let mut failed = 0;
+    for (i, c) in cases.iter().enumerate() {
+        let label = c.name.clone().unwrap_or_else(|| format!("#{} {} {}", i + 1, c.agent, c.request));
+        let got = match c.request.trim().split_once(' ') {
+            Some((m, p)) => explain(snap, &Switches::default(), &c.agent, m.trim(), p.trim()).map_err(|e| e.to_string()),
+            None => Err(format!("`{}`: expected `METHOD /path`", c.request)),
+        };
+        let ok = match &got {
+            Ok(e) => e.decision == c.expect && c.reason.as_ref().is_none_or(|r| *r == e.reason),
+            Err(_) => false,
+        };
+        if ok {
+            out.push_str(&format!("ok    {label}\n"));
+        } else {
+            failed += 1;
+            out.push_str(&format!("FAIL  {label}\n"));
+            let want = match &c.reason {
+                Some(r) => format!("{} ({r})", c.expect),
+                None => c.expect.clone(),
+            };
+            out.push_str(&format!("  - expected: {want}\n"));
+            match got {
+                Ok(e) => out.push_str(&format!("  + got:      {} ({}) — tool {}, risk {}: {}\n", e.decision, e.reason, e.tool.unwrap_or_default(), e.risk.unwrap_or_default(), e.detail)),
+                Err(e) => out.push_str(&format!("  + error:    {e}\n")),
+            }
+        }
+    }
+    out.push_str(&format!("{} passed, {} failed\n", cases.len() - failed, failed));
+    (out, failed == 0)
+}

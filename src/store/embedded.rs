@@ -1,0 +1,191 @@
+//! The embedded backend: one redb file, durable on every commit, single node.
+
+use super::{unavailable, Event, SwitchChange, SwitchState, TokenRecord, SCHEMA_VERSION};
+use crate::error::Error;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const CALLS: TableDefinition<&str, u64> = TableDefinition::new("token_calls");
+const SWITCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("switches");
+
+pub struct Embedded {
+    db: Arc<Database>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Embedded {
+    pub async fn open(path: &Path) -> Result<Embedded, Error> {
+        let path = path.to_path_buf();
+        let db = tokio::task::spawn_blocking(move || -> Result<Database, Error> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+            }
+            let db = Database::create(&path).map_err(|e| Error::Internal(format!("cannot open the store {}: {e}", path.display())))?;
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut meta = tx.open_table(META).map_err(unavailable)?;
+                let found = meta.get("schema").map_err(unavailable)?.map(|g| g.value());
+                match found {
+                    Some(v) if v > SCHEMA_VERSION => {
+                        return Err(Error::Internal(format!(
+                            "the store {} was written by schema {v}; this build knows {SCHEMA_VERSION}",
+                            path.display()
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        meta.insert("schema", SCHEMA_VERSION).map_err(unavailable)?;
+                    }
+                }
+                tx.open_table(TOKENS).map_err(unavailable)?;
+                tx.open_table(CALLS).map_err(unavailable)?;
+                tx.open_table(SWITCHES).map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(db)
+        })
+        .await
+        .map_err(unavailable)??;
+        let (events, _) = broadcast::channel(1024);
+        Ok(Embedded { db: Arc::new(db), events })
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+    }
+
+    pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(t).map_err(unavailable)?;
+        let id = t.id.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(TOKENS).map_err(unavailable)?.insert(id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await?;
+        let _ = self.events.send(Event::Token(t.id.clone()));
+        Ok(())
+    }
+
+    pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(TOKENS).map_err(unavailable)?;
+            match t.get(id.as_str()).map_err(unavailable)? {
+                Some(g) => Ok(Some(serde_json::from_slice(g.value()).map_err(unavailable)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(TOKENS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                out.push(serde_json::from_slice(v.value()).map_err(unavailable)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
+        let key = id.to_string();
+        let found = self
+            .blocking(move |db| {
+                let tx = db.begin_write().map_err(unavailable)?;
+                let found = {
+                    let mut t = tx.open_table(TOKENS).map_err(unavailable)?;
+                    let rec: Option<TokenRecord> = match t.get(key.as_str()).map_err(unavailable)? {
+                        Some(g) => Some(serde_json::from_slice(g.value()).map_err(unavailable)?),
+                        None => None,
+                    };
+                    match rec {
+                        Some(mut r) => {
+                            r.revoked = true;
+                            let bytes = serde_json::to_vec(&r).map_err(unavailable)?;
+                            t.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                tx.commit().map_err(unavailable)?;
+                Ok(found)
+            })
+            .await?;
+        let _ = self.events.send(Event::Token(id.to_string()));
+        Ok(found)
+    }
+
+    pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let ok = {
+                let mut t = tx.open_table(CALLS).map_err(unavailable)?;
+                let n = t.get(id.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                if n >= max {
+                    false
+                } else {
+                    t.insert(id.as_str(), n + 1).map_err(unavailable)?;
+                    true
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(ok)
+        })
+        .await
+    }
+
+    pub async fn switches(&self) -> Result<SwitchState, Error> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(SWITCHES).map_err(unavailable)?;
+            match t.get("state").map_err(unavailable)? {
+                Some(g) => serde_json::from_slice(g.value()).map_err(unavailable),
+                None => Ok(SwitchState::default()),
+            }
+        })
+        .await
+    }
+
+    pub async fn apply(&self, c: &SwitchChange) -> Result<(), Error> {
+        let c = c.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut t = tx.open_table(SWITCHES).map_err(unavailable)?;
+                let mut s: SwitchState = match t.get("state").map_err(unavailable)? {
+                    Some(g) => serde_json::from_slice(g.value()).map_err(unavailable)?,
+                    None => SwitchState::default(),
+                };
+                c.apply_to(&mut s);
+                let bytes = serde_json::to_vec(&s).map_err(unavailable)?;
+                t.insert("state", bytes.as_slice()).map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await?;
+        let _ = self.events.send(Event::Switches);
+        Ok(())
+    }
+}

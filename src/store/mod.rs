@@ -1,0 +1,242 @@
+//! The state store: credentials and switches (approvals join later), behind one type
+//! with two backends — `embedded` (redb, single node) and `redis` (shared by replicas).
+//! Both pass the same conformance suite (`tests/store_conformance.rs`).
+
+mod embedded;
+mod redis;
+
+use crate::classify::Risk;
+use crate::config::{StoreConfig, StoreKind};
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use tokio::sync::broadcast;
+
+/// The store layout this build writes; a store marked with a newer one is refused.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// A credential as kept at rest: the secret's hash only, never the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub agent: String,
+    /// Hex SHA-256 (or HMAC-SHA256 with the pepper) of the secret.
+    pub hash: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_risk: Option<Risk>,
+    #[serde(default)]
+    pub max_calls: Option<u64>,
+    #[serde(default)]
+    pub revoked: bool,
+    pub issued_by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    All,
+    Agent,
+    Tool,
+    Tenant,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        Some(match s {
+            "all" => Scope::All,
+            "agent" => Scope::Agent,
+            "tool" => Scope::Tool,
+            "tenant" => Scope::Tenant,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::All => "all",
+            Scope::Agent => "agent",
+            Scope::Tool => "tool",
+            Scope::Tenant => "tenant",
+        }
+    }
+}
+
+/// The switches as stored (plain sets; the gate compiles tool patterns).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchState {
+    pub paused_all: bool,
+    pub paused_agents: BTreeSet<String>,
+    pub paused_tools: BTreeSet<String>,
+    pub paused_tenants: BTreeSet<String>,
+    pub disabled_agents: BTreeSet<String>,
+    pub draft_only: bool,
+}
+
+impl SwitchState {
+    pub fn to_policy(&self) -> crate::policy::Switches {
+        crate::policy::Switches {
+            paused_all: self.paused_all,
+            paused_agents: self.paused_agents.iter().cloned().collect(),
+            paused_tools: self.paused_tools.iter().map(|t| crate::policy::Glob(t.clone())).collect(),
+            paused_tenants: self.paused_tenants.iter().cloned().collect(),
+            disabled_agents: self.disabled_agents.iter().cloned().collect(),
+            draft_only: self.draft_only,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchChange {
+    Pause(Scope, String),
+    Resume(Scope, String),
+    Disable(String),
+    Enable(String),
+    DraftOnly(bool),
+}
+
+impl SwitchChange {
+    /// Applies the change to an in-memory state (used by the embedded backend).
+    pub fn apply_to(&self, s: &mut SwitchState) {
+        match self {
+            SwitchChange::Pause(Scope::All, _) => s.paused_all = true,
+            SwitchChange::Resume(Scope::All, _) => s.paused_all = false,
+            SwitchChange::Pause(scope, t) => {
+                target_set(s, *scope).insert(t.clone());
+            }
+            SwitchChange::Resume(scope, t) => {
+                target_set(s, *scope).remove(t);
+            }
+            SwitchChange::Disable(a) => {
+                s.disabled_agents.insert(a.clone());
+            }
+            SwitchChange::Enable(a) => {
+                s.disabled_agents.remove(a);
+            }
+            SwitchChange::DraftOnly(on) => s.draft_only = *on,
+        }
+    }
+}
+
+fn target_set(s: &mut SwitchState, scope: Scope) -> &mut BTreeSet<String> {
+    match scope {
+        Scope::Agent => &mut s.paused_agents,
+        Scope::Tool => &mut s.paused_tools,
+        Scope::Tenant => &mut s.paused_tenants,
+        Scope::All => unreachable!("`all` is a flag, not a set"),
+    }
+}
+
+/// An invalidation: something another node (or this one) changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Switches,
+    Token(String),
+    /// The invalidation feed was (re)established: anything cached may be stale.
+    Resync,
+}
+
+pub enum Store {
+    Embedded(embedded::Embedded),
+    Redis(redis::RedisStore),
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    tracing::error!(error = %e, "store error");
+    Error::Unavailable { reason: "store_unavailable", detail: "the state store is unavailable; nothing was forwarded".into() }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the configured backend and checks its schema version.
+    pub async fn open(cfg: &StoreConfig, node: &str) -> Result<Store, Error> {
+        match &cfg.kind {
+            StoreKind::Embedded(path) => Ok(Store::Embedded(embedded::Embedded::open(path).await?)),
+            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(redis::RedisStore::open(url, key_prefix, node).await?)),
+        }
+    }
+
+    /// Invalidations from every node sharing this store (including this one).
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        match self {
+            Store::Embedded(s) => s.events(),
+            Store::Redis(s) => s.events(),
+        }
+    }
+
+    /// Whether invalidations are live: caches may be trusted only while this is true.
+    pub fn feed_live(&self) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+            Store::Redis(s) => s.feed_live(),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.ping().await,
+            Store::Redis(s) => s.ping().await,
+        }
+    }
+
+    pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.put_token(t).await,
+            Store::Redis(s) => s.put_token(t).await,
+        }
+    }
+
+    pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
+        match self {
+            Store::Embedded(s) => s.get_token(id).await,
+            Store::Redis(s) => s.get_token(id).await,
+        }
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let mut v = match self {
+            Store::Embedded(s) => s.list_tokens().await,
+            Store::Redis(s) => s.list_tokens().await,
+        }?;
+        v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then(a.id.cmp(&b.id)));
+        Ok(v)
+    }
+
+    /// Marks a token revoked; false if there is no such token.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
+        match self {
+            Store::Embedded(s) => s.revoke_token(id).await,
+            Store::Redis(s) => s.revoke_token(id).await,
+        }
+    }
+
+    /// Spends one call of a token's budget atomically; false once `max` are spent.
+    pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
+        match self {
+            Store::Embedded(s) => s.spend_call(id, max).await,
+            Store::Redis(s) => s.spend_call(id, max).await,
+        }
+    }
+
+    pub async fn switches(&self) -> Result<SwitchState, Error> {
+        match self {
+            Store::Embedded(s) => s.switches().await,
+            Store::Redis(s) => s.switches().await,
+        }
+    }
+
+    pub async fn apply(&self, c: &SwitchChange) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.apply(c).await,
+            Store::Redis(s) => s.apply(c).await,
+        }
+    }
+}

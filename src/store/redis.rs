@@ -1,0 +1,247 @@
+//! The redis backend: `ConnectionManager` for commands, one pub/sub connection for
+//! invalidations, and a heartbeat so a silent feed is noticed within a second.
+
+use super::{unavailable, Event, Scope, SwitchChange, SwitchState, TokenRecord, SCHEMA_VERSION};
+use crate::error::Error;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tracing::warn;
+
+/// How often each node publishes a heartbeat on the invalidation channel.
+const HEARTBEAT: Duration = Duration::from_millis(250);
+/// A feed silent for longer than this is not trusted.
+const STALE_AFTER: Duration = Duration::from_millis(1000);
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    events: broadcast::Sender<Event>,
+    /// Milliseconds since `epoch` when the feed last delivered anything.
+    last_seen: Arc<AtomicU64>,
+    epoch: Instant,
+    spend: redis::Script,
+}
+
+impl RedisStore {
+    pub async fn open(url: &str, prefix: &str, node: &str) -> Result<RedisStore, Error> {
+        let client = redis::Client::open(url).map_err(|e| Error::Internal(format!("redis url: {e}")))?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = ConnectionManager::new_with_config(client.clone(), cfg)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot reach redis: {e}")))?;
+        // `<prefix>schema` holds the newest layout any node wrote; data keys are versioned.
+        let schema_key = format!("{prefix}schema");
+        let _: bool = conn.set_nx(&schema_key, SCHEMA_VERSION).await.map_err(unavailable)?;
+        let found: u64 = conn.get(&schema_key).await.map_err(unavailable)?;
+        if found > SCHEMA_VERSION {
+            return Err(Error::Internal(format!("the redis store was written by schema {found}; this build knows {SCHEMA_VERSION}")));
+        }
+        let prefix = format!("{prefix}v{SCHEMA_VERSION}:");
+        let (events, _) = broadcast::channel(1024);
+        let epoch = Instant::now();
+        let s = RedisStore {
+            conn,
+            prefix,
+            events,
+            last_seen: Arc::new(AtomicU64::new(0)),
+            epoch,
+            spend: redis::Script::new(
+                "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
+            ),
+        };
+        s.spawn_feed(client, node.to_string());
+        Ok(s)
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        self.key("events")
+    }
+
+    /// Subscriber with reconnect, plus the heartbeat publisher.
+    fn spawn_feed(&self, client: redis::Client, node: String) {
+        let channel = self.channel();
+        let events = self.events.clone();
+        let last_seen = self.last_seen.clone();
+        let epoch = self.epoch;
+        tokio::spawn(async move {
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut ps) => {
+                        if ps.subscribe(&channel).await.is_ok() {
+                            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            let _ = events.send(Event::Resync);
+                            let mut stream = ps.on_message();
+                            loop {
+                                match tokio::time::timeout(STALE_AFTER, stream.next()).await {
+                                    Ok(Some(msg)) => {
+                                        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                                        let payload: String = msg.get_payload().unwrap_or_default();
+                                        if payload == "switches" {
+                                            let _ = events.send(Event::Switches);
+                                        } else if let Some(id) = payload.strip_prefix("token:") {
+                                            let _ = events.send(Event::Token(id.to_string()));
+                                        }
+                                    }
+                                    Ok(None) | Err(_) => break,
+                                }
+                            }
+                        }
+                        warn!("redis invalidation feed lost; caches bypassed until it is back");
+                    }
+                    Err(e) => warn!(error = %e, "redis invalidation feed: cannot connect"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        let mut conn = self.conn.clone();
+        let channel = self.channel();
+        tokio::spawn(async move {
+            let beat = format!("hb:{node}");
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let _: Result<i64, _> = conn.publish(&channel, &beat).await;
+            }
+        });
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn feed_live(&self) -> bool {
+        let seen = self.last_seen.load(Ordering::Relaxed);
+        seen != 0 && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen) < STALE_AFTER.as_millis() as u64
+    }
+
+    async fn publish(&self, what: &str) {
+        let mut c = self.conn.clone();
+        let _: Result<i64, _> = c.publish(self.channel(), what).await;
+    }
+
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(t).map_err(unavailable)?;
+        let _: () = redis::pipe()
+            .atomic()
+            .set(self.key(&format!("token:{}", t.id)), json)
+            .sadd(self.key("tokens"), &t.id)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        self.publish(&format!("token:{}", t.id)).await;
+        Ok(())
+    }
+
+    pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
+        let mut c = self.conn.clone();
+        let (json, revoked): (Option<String>, Option<String>) = redis::pipe()
+            .get(self.key(&format!("token:{id}")))
+            .get(self.key(&format!("revoked:{id}")))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        match json {
+            Some(j) => {
+                let mut t: TokenRecord = serde_json::from_str(&j).map_err(unavailable)?;
+                t.revoked |= revoked.is_some();
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c.smembers(self.key("tokens")).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(t) = self.get_token(&id).await? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
+        let mut c = self.conn.clone();
+        let exists: bool = c.exists(self.key(&format!("token:{id}"))).await.map_err(unavailable)?;
+        if !exists {
+            return Ok(false);
+        }
+        let _: () = c.set(self.key(&format!("revoked:{id}")), 1).await.map_err(unavailable)?;
+        self.publish(&format!("token:{id}")).await;
+        Ok(true)
+    }
+
+    pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
+        let mut c = self.conn.clone();
+        let ok: i64 = self.spend.key(self.key(&format!("calls:{id}"))).arg(max).invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(ok == 1)
+    }
+
+    pub async fn switches(&self) -> Result<SwitchState, Error> {
+        let mut c = self.conn.clone();
+        let (all, agents, tools, tenants, disabled, draft): (Option<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String>, Option<String>) =
+            redis::pipe()
+                .get(self.key("sw:paused_all"))
+                .smembers(self.key("sw:paused_agents"))
+                .smembers(self.key("sw:paused_tools"))
+                .smembers(self.key("sw:paused_tenants"))
+                .smembers(self.key("sw:disabled_agents"))
+                .get(self.key("sw:draft_only"))
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+        Ok(SwitchState {
+            paused_all: all.as_deref() == Some("1"),
+            paused_agents: agents.into_iter().collect(),
+            paused_tools: tools.into_iter().collect(),
+            paused_tenants: tenants.into_iter().collect(),
+            disabled_agents: disabled.into_iter().collect(),
+            draft_only: draft.as_deref() == Some("1"),
+        })
+    }
+
+    pub async fn apply(&self, ch: &SwitchChange) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let set = |s: Scope| match s {
+            Scope::Agent => "sw:paused_agents",
+            Scope::Tool => "sw:paused_tools",
+            Scope::Tenant => "sw:paused_tenants",
+            Scope::All => "sw:paused_all",
+        };
+        let r: Result<(), _> = match ch {
+            SwitchChange::Pause(Scope::All, _) => c.set(self.key("sw:paused_all"), "1").await,
+            SwitchChange::Resume(Scope::All, _) => c.del(self.key("sw:paused_all")).await,
+            SwitchChange::Pause(s, t) => c.sadd(self.key(set(*s)), t).await,
+            SwitchChange::Resume(s, t) => c.srem(self.key(set(*s)), t).await,
+            SwitchChange::Disable(a) => c.sadd(self.key("sw:disabled_agents"), a).await,
+            SwitchChange::Enable(a) => c.srem(self.key("sw:disabled_agents"), a).await,
+            SwitchChange::DraftOnly(true) => c.set(self.key("sw:draft_only"), "1").await,
+            SwitchChange::DraftOnly(false) => c.del(self.key("sw:draft_only")).await,
+        };
+        r.map_err(unavailable)?;
+        self.publish("switches").await;
+        Ok(())
+    }
+}
