@@ -1,33 +1,308 @@
-//! Operator-facing API on `admin_listen`: health and readiness (more in later issues).
+//! The operator API on `admin_listen`: `handle_*` per endpoint, one role check, one
+//! error mapping. Agent credentials are refused here; every change names its operator.
 
 use crate::app::App;
 use crate::body::{self, Body};
+use crate::classify::Risk;
+use crate::config::duration;
 use crate::error::Error;
+use crate::explain;
+use crate::identity::{self, IssueRequest, AGENT_PREFIX};
 use crate::proxy::{new_request_id, Conn};
-use http::{Request, Response, StatusCode};
+use crate::store::{now_ms, Scope, SwitchChange, TokenRecord};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use std::sync::Arc;
+use tracing::info;
+
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Viewer,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
 
 pub async fn handle(app: Arc<App>, _conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = new_request_id();
-    let r = route(&app, &req).await;
-    let mut resp = r.unwrap_or_else(|e| e.to_response(&request_id));
+    let mut resp = route(&app, req).await.unwrap_or_else(|e| e.to_response(&request_id));
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
 }
 
-async fn route(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
-    match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/healthz") => Ok(body::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ("GET", "/readyz") => {
-            if app.is_draining() {
-                Err(Error::Unavailable { reason: "draining", detail: "shutting down".into() })
-            } else {
-                Ok(body::json_response(StatusCode::OK, &serde_json::json!({"status": "ready", "policy_version": &*app.live.load().snap.policy_version})))
+fn ok(v: Value) -> Result<Response<Body>, Error> {
+    Ok(body::json_response(StatusCode::OK, &v))
+}
+
+/// The operator behind a request, if it holds `role`.
+fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Error> {
+    let token = identity::bearer(req.headers()).ok_or(Error::Unauthorized)?;
+    if token.starts_with(AGENT_PREFIX) {
+        return Err(Error::Forbidden("agent credentials are not accepted on the admin API".into()));
+    }
+    let presented = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes()));
+    let live = app.live.load();
+    let mut found = None;
+    for op in &live.snap.operators {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(&op.token_sha256[..], &presented[..])) {
+            found = Some(op);
+        }
+    }
+    let op = found.ok_or(Error::Unauthorized)?;
+    if !op.roles.iter().any(|r| r == role.as_str()) {
+        return Err(Error::Forbidden(format!("operator `{}` lacks the `{}` role", op.name, role.as_str())));
+    }
+    Ok(op.name.clone())
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Error> {
+    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| Error::BadRequest { reason: "bad_body", detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes") })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest { reason: "bad_json", detail: e.to_string() })
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let q = req.uri().query()?;
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return Some(percent_decode(v));
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
             }
         }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let m = req.method().clone();
+    match (&m, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
+        (&Method::GET, ["readyz"]) => handle_readyz(app).await,
+        (&Method::GET, ["policy"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let live = app.live.load();
+            ok(json!({"policy_version": &*live.snap.policy_version, "file": live.snap.file.display().to_string(), "node": live.snap.node}))
+        }
+        (&Method::POST, ["reload"]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            let (old, new) = app.reload().await?;
+            info!(operator = %op, old_policy_version = %old, policy_version = %new, "reload by operator");
+            ok(json!({"old_policy_version": old, "policy_version": new}))
+        }
+        (&Method::POST, ["tokens"]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            handle_issue(app, op, read_json(req).await?).await
+        }
+        (&Method::GET, ["tokens"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let list: Vec<Value> = app.store.list_tokens().await?.iter().map(token_json).collect();
+            ok(json!({"tokens": list}))
+        }
+        (&Method::DELETE, ["tokens", id]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            if !app.store.revoke_token(id).await? {
+                return Err(Error::NotFound);
+            }
+            app.creds.invalidate(id);
+            info!(operator = %op, credential = %id, "token revoked");
+            ok(json!({"id": id, "revoked": true}))
+        }
+        (&Method::POST, ["agents", id, verb @ ("disable" | "enable")]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            if !app.live.load().snap.agents.contains_key(*id) {
+                return Err(Error::NotFound);
+            }
+            let change = if *verb == "disable" { SwitchChange::Disable(id.to_string()) } else { SwitchChange::Enable(id.to_string()) };
+            apply(app, &op, change).await
+        }
+        (&Method::POST, [verb @ ("pause" | "resume")]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            let b: PauseBody = read_json(req).await?;
+            let scope = Scope::parse(&b.scope)
+                .ok_or_else(|| Error::BadRequest { reason: "bad_scope", detail: format!("`{}`: expected all, agent, tool or tenant", b.scope) })?;
+            let target = b.target.unwrap_or_default();
+            if scope != Scope::All && target.is_empty() {
+                return Err(Error::BadRequest { reason: "missing_target", detail: format!("scope `{}` needs a target", b.scope) });
+            }
+            let change = if *verb == "pause" { SwitchChange::Pause(scope, target) } else { SwitchChange::Resume(scope, target) };
+            apply(app, &op, change).await
+        }
+        (&Method::POST, ["mode"]) => {
+            let op = operator(app, &req, Role::Admin)?;
+            let b: ModeBody = read_json(req).await?;
+            apply(app, &op, SwitchChange::DraftOnly(b.draft_only)).await
+        }
+        (&Method::GET, ["switches"]) => {
+            operator(app, &req, Role::Viewer)?;
+            ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
+        }
+        (&Method::GET, ["explain"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let need = |n: &str| query_param(&req, n).ok_or_else(|| Error::BadRequest { reason: "missing_parameter", detail: format!("`{n}` is required") });
+            let (agent, method, path) = (need("agent")?, need("method")?, need("path")?);
+            let switches = app.switches.current(&app.store).await?;
+            let e = explain::explain(&app.live.load().snap, &switches, &agent, &method, &path)?;
+            ok(serde_json::to_value(e).unwrap_or_default())
+        }
+        (&Method::GET, ["tools"]) => {
+            operator(app, &req, Role::Viewer)?;
+            handle_tools(app, query_param(&req, "agent")).await
+        }
         _ => Err(Error::NotFound),
+    }
+}
+
+async fn handle_readyz(app: &App) -> Result<Response<Body>, Error> {
+    if app.is_draining() {
+        return Err(Error::Unavailable { reason: "draining", detail: "shutting down".into() });
+    }
+    app.store.ping().await?;
+    ok(json!({"status": "ready", "policy_version": &*app.live.load().snap.policy_version}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    scope: String,
+    #[serde(default)]
+    target: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeBody {
+    draft_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    agent: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+    #[serde(default)]
+    max_risk: Option<String>,
+    #[serde(default)]
+    max_calls: Option<u64>,
+}
+
+async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Body>, Error> {
+    app.store.apply(&change).await?;
+    app.switches.invalidate();
+    info!(operator = %op, change = ?change, "switch changed");
+    ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+fn token_json(t: &TokenRecord) -> Value {
+    let now = now_ms();
+    let state = if t.revoked {
+        "revoked"
+    } else if now >= t.expires_at_ms {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": t.id, "agent": t.agent, "state": state, "created_at": rfc3339(t.created_at_ms),
+        "expires_at": rfc3339(t.expires_at_ms), "tools": t.tools, "max_risk": t.max_risk,
+        "max_calls": t.max_calls, "issued_by": t.issued_by,
+    })
+}
+
+async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Body>, Error> {
+    let live = app.live.load_full();
+    let agent = live
+        .snap
+        .agents
+        .get(&b.agent)
+        .ok_or_else(|| Error::BadRequest { reason: "unknown_agent", detail: format!("no agent `{}` in the config", b.agent) })?;
+    let ttl = duration::parse(b.ttl.as_deref().unwrap_or("24h")).map_err(|e| Error::BadRequest { reason: "bad_ttl", detail: e })?;
+    if ttl.is_zero() {
+        return Err(Error::BadRequest { reason: "bad_ttl", detail: "ttl must be more than zero".into() });
+    }
+    let max_risk = match b.max_risk.as_deref() {
+        None => None,
+        Some(s) => Some(Risk::parse(s).ok_or_else(|| Error::BadRequest { reason: "bad_risk", detail: format!("`{s}`: expected low, medium, high or critical") })?),
+    };
+    if let Some(tools) = &b.tools {
+        if tools.iter().any(|t| t.is_empty()) {
+            return Err(Error::BadRequest { reason: "bad_tools", detail: "empty tool pattern".into() });
+        }
+    }
+    if b.max_calls == Some(0) {
+        return Err(Error::BadRequest { reason: "bad_max_calls", detail: "max_calls must be at least 1".into() });
+    }
+    let issued = identity::issue(
+        live.snap.store.pepper.as_deref(),
+        IssueRequest { agent: agent.id.clone(), ttl_ms: ttl.as_millis() as u64, tools: b.tools, max_risk, max_calls: b.max_calls, issued_by: op.clone() },
+    );
+    app.store.put_token(&issued.record).await?;
+    info!(operator = %op, agent.id = %agent.id, credential = %issued.record.id, "token issued");
+    Ok(body::json_response(
+        StatusCode::CREATED,
+        &json!({"id": issued.record.id, "secret": issued.token, "agent": agent.id, "expires_at": rfc3339(issued.record.expires_at_ms)}),
+    ))
+}
+
+async fn handle_tools(app: &App, agent: Option<String>) -> Result<Response<Body>, Error> {
+    let live = app.live.load_full();
+    match agent {
+        Some(a) => {
+            let agent = live.snap.agents.get(&a).ok_or(Error::NotFound)?;
+            let switches = app.switches.current(&app.store).await?;
+            let tools = explain::agent_tools(&live.snap, agent, &Default::default(), &switches);
+            ok(json!({"agent": a, "policy_version": &*live.snap.policy_version, "tools": tools}))
+        }
+        None => {
+            let rows: Vec<Value> = crate::tooltable::rows(&live.snap)
+                .into_iter()
+                .map(|r| json!({"tool": r.tool, "method": r.method, "template": r.template, "risk": r.risk, "route": r.route, "upstream": r.upstream, "allow": r.allow, "park": r.park, "deny": r.deny}))
+                .collect();
+            ok(json!({"policy_version": &*live.snap.policy_version, "tools": rows}))
+        }
     }
 }

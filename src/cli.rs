@@ -1,11 +1,15 @@
-//! Command-line verbs (clap). `serve`, `check` and `demo` run locally; runtime verbs
-//! talk to the admin API.
+//! Command-line verbs (clap). `serve`, `check`, `explain`, `test` and `demo` run
+//! locally; runtime verbs talk to the admin API so they work on one node or many.
 
+use crate::admin_client::AdminClient;
 use crate::app::App;
 use crate::config::{self, Snapshot};
 use crate::error::Error;
-use crate::{demo, server, tooltable};
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::policy::Switches;
+use crate::{demo, explain, identity, server, tooltable};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::Method;
+use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -24,6 +28,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the admin API is and how to authenticate to it.
+#[derive(Args, Debug, Clone)]
+pub struct AdminOpts {
+    /// Admin API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:9090", env = "PORTCULLIS_ADMIN")]
+    pub admin: String,
+    /// File holding the operator token (else PORTCULLIS_OPERATOR_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the proxy and admin listeners.
@@ -36,8 +51,101 @@ pub enum Cmd {
         #[arg(long, default_value = "routes.yaml")]
         config: PathBuf,
     },
+    /// Dry-run one request for an agent: tool, risk, decision and the rule that decided it.
+    Explain {
+        #[arg(long, default_value = "routes.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        agent: String,
+        method: String,
+        path: String,
+    },
+    /// Run policy unit tests (allow/deny/park expectations); exit 1 on any failure.
+    Test {
+        #[arg(long, default_value = "routes.yaml")]
+        config: PathBuf,
+        file: PathBuf,
+    },
     /// Run the proxy with the bundled config in front of a bundled demo API.
     Demo,
+    /// Operator credentials.
+    Operators {
+        #[command(subcommand)]
+        cmd: OperatorsCmd,
+    },
+    /// Agent credentials.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Disable or enable an agent.
+    Agents {
+        #[command(subcommand)]
+        cmd: AgentsCmd,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Pause traffic: all | agent ID | tool PATTERN | tenant ID.
+    Pause {
+        scope: String,
+        target: Option<String>,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Resume traffic paused with `pause`.
+    Resume {
+        scope: String,
+        target: Option<String>,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Draft-only mode: only low-risk tools run.
+    Mode {
+        /// `draft-only`
+        mode: String,
+        /// on | off
+        state: String,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+    /// Re-read the config on the node behind --admin.
+    Reload {
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorsCmd {
+    /// Print a new operator secret and the hash to paste into routes.yaml.
+    NewToken { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Issue a credential for AGENT (the secret is printed once).
+    Issue {
+        agent: String,
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Narrow to these tool patterns (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tools: Option<Vec<String>>,
+        #[arg(long)]
+        max_risk: Option<String>,
+        #[arg(long)]
+        max_calls: Option<u64>,
+    },
+    List,
+    Revoke { token_id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentsCmd {
+    Disable { id: String },
+    Enable { id: String },
 }
 
 /// Runs a verb; the returned code is the process exit code.
@@ -45,15 +153,84 @@ pub async fn run(cli: Cli) -> i32 {
     let r = match cli.cmd {
         Cmd::Serve { config } => serve(config).await,
         Cmd::Check { config } => check(config),
+        Cmd::Explain { config, agent, method, path } => explain_cmd(config, &agent, &method, &path),
+        Cmd::Test { config, file } => policy_test(config, file),
         Cmd::Demo => demo().await,
+        Cmd::Operators { cmd: OperatorsCmd::NewToken { name } } => {
+            new_operator(&name);
+            Ok(())
+        }
+        Cmd::Tokens { cmd, admin } => tokens(cmd, admin).await,
+        Cmd::Agents { cmd, admin } => {
+            let (id, verb) = match &cmd {
+                AgentsCmd::Disable { id } => (id, "disable"),
+                AgentsCmd::Enable { id } => (id, "enable"),
+            };
+            remote(&admin, Method::POST, &format!("/agents/{id}/{verb}"), None).await
+        }
+        Cmd::Pause { scope, target, admin } => remote(&admin, Method::POST, "/pause", Some(json!({"scope": scope, "target": target}))).await,
+        Cmd::Resume { scope, target, admin } => remote(&admin, Method::POST, "/resume", Some(json!({"scope": scope, "target": target}))).await,
+        Cmd::Mode { mode, state, admin } => {
+            if mode != "draft-only" || !matches!(state.as_str(), "on" | "off") {
+                Err(Error::Internal("usage: portcullis mode draft-only on|off".into()))
+            } else {
+                remote(&admin, Method::POST, "/mode", Some(json!({"draft_only": state == "on"}))).await
+            }
+        }
+        Cmd::Reload { admin } => remote(&admin, Method::POST, "/reload", None).await,
     };
     match r {
         Ok(()) => 0,
+        Err(Error::Internal(m)) if m == "policy tests failed" => 1,
         Err(e) => {
             eprintln!("error: {e}");
             1
         }
     }
+}
+
+async fn remote(admin: &AdminOpts, m: Method, path: &str, body: Option<serde_json::Value>) -> Result<(), Error> {
+    let v = AdminClient::new(&admin.admin, admin.token_file.as_ref())?.call(m, path, body).await?;
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
+async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
+    let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+    match cmd {
+        TokensCmd::Issue { agent, ttl, tools, max_risk, max_calls } => {
+            let v = c
+                .call(Method::POST, "/tokens", Some(json!({"agent": agent, "ttl": ttl, "tools": tools, "max_risk": max_risk, "max_calls": max_calls})))
+                .await?;
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            println!("{}", s("secret"));
+            eprintln!("id {} for agent {agent}, expires {} — the secret above is shown once", s("id"), s("expires_at"));
+            Ok(())
+        }
+        TokensCmd::List => {
+            let v = c.call(Method::GET, "/tokens", None).await?;
+            println!("{:<34} {:<20} {:<8} {:<22} ISSUED_BY", "ID", "AGENT", "STATE", "EXPIRES");
+            for t in v.get("tokens").and_then(|t| t.as_array()).into_iter().flatten() {
+                let s = |k: &str| t.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
+                println!("{:<34} {:<20} {:<8} {:<22} {}", s("id"), s("agent"), s("state"), s("expires_at"), s("issued_by"));
+            }
+            Ok(())
+        }
+        TokensCmd::Revoke { token_id } => {
+            c.call(Method::DELETE, &format!("/tokens/{token_id}"), None).await?;
+            println!("revoked {token_id}");
+            Ok(())
+        }
+    }
+}
+
+fn new_operator(name: &str) {
+    let secret = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
+    let hash = identity::sha256_hex(&secret);
+    println!("secret (give to {name}; shown once): {secret}");
+    println!("routes.yaml:");
+    println!("  operators:");
+    println!("    - {{ name: {name}, token_sha256: \"{hash}\", roles: [viewer, approver] }}");
 }
 
 async fn serve(path: PathBuf) -> Result<(), Error> {
@@ -68,12 +245,35 @@ fn check(path: PathBuf) -> Result<(), Error> {
     Ok(())
 }
 
+fn explain_cmd(path: PathBuf, agent: &str, method: &str, target: &str) -> Result<(), Error> {
+    let snap = Snapshot::load(&path)?;
+    let e = explain::explain(&snap, &Switches::default(), agent, method, target)?;
+    println!("{e}");
+    Ok(())
+}
+
+fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
+    let snap = Snapshot::load(&path)?;
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
+    let cases = explain::parse_cases(&file.display().to_string(), &text).map_err(Error::Internal)?;
+    let (report, passed) = explain::run_cases(&snap, &cases);
+    print!("{report}");
+    if passed {
+        Ok(())
+    } else {
+        Err(Error::Internal("policy tests failed".into()))
+    }
+}
+
 async fn demo() -> Result<(), Error> {
     let api = demo::start_api().await.map_err(|e| Error::Internal(format!("demo API: {e}")))?;
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
     let file = dir.join("routes.yaml");
-    let text = demo::ROUTES_YAML.replace("http://127.0.0.1:7000/v2", &format!("http://{api}/v2"));
+    let operator = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
+    let text = demo::ROUTES_YAML
+        .replace("http://127.0.0.1:7000/v2", &format!("http://{api}/v2"))
+        .replace(demo::DEMO_OPERATOR_HASH, &identity::sha256_hex(&operator));
     std::fs::write(&file, &text).map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
     let env = |name: &str| match name {
         "TICKETS_API_KEY" => Some(demo::DEMO_UPSTREAM_KEY.to_string()),
@@ -81,15 +281,25 @@ async fn demo() -> Result<(), Error> {
     };
     let snap = Snapshot::load_with(&file, &env)?;
     let (listen, admin) = (snap.listen, snap.admin_listen);
+    let app = App::start(snap, file.clone()).await?;
+    let issued = identity::issue(
+        None,
+        identity::IssueRequest { agent: "support-bot".into(), ttl_ms: 86_400_000, tools: None, max_risk: None, max_calls: None, issued_by: "demo".into() },
+    );
+    app.store.put_token(&issued.record).await?;
+    let t = &issued.token;
     println!("portcullis demo: tickets API on {api}, proxy on http://{listen}, admin on http://{admin}");
-    println!("config: {} (a copy of the bundled routes.yaml)\n", file.display());
-    print!("{}", tooltable::render(&snap));
-    println!("\ntry:");
-    println!("  curl -s http://{listen}/tickets/42");
-    println!("  curl -s -X POST http://{listen}/tickets/42/comments -d '{{\"body\":\"hi\"}}'");
-    println!("  curl -s -X POST http://{listen}/tickets/42/refund");
-    println!("  curl -s http://{listen}/nowhere            # no_route: never forwarded");
-    println!("  curl -s --path-as-is http://{listen}/tickets/../admin/users   # refused: dot segment\n");
-    let app = App::start(snap, file).await?;
+    println!("config: {} (the bundled routes.yaml)\n", file.display());
+    print!("{}", tooltable::render(&app.live.load().snap));
+    println!("\nagent token for support-bot (profile support-drafter): {t}");
+    println!("operator token (demo-operator): export PORTCULLIS_OPERATOR_TOKEN={operator}\n");
+    println!("try:");
+    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/tickets/42                 # allow (low)");
+    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/comments -d '{{\"body\":\"hi\"}}'   # allow (medium)");
+    println!("  curl -s -H 'Authorization: Bearer {t}' -X DELETE http://{listen}/tickets/42       # deny: profile_deny");
+    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/refund  # critical: needs approval");
+    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/admin/users                 # deny: not_granted (sensitive)");
+    println!("  curl -s http://{listen}/tickets/42                                                  # 401: no credential");
+    println!("  portcullis mode draft-only on --admin http://{admin}   # then retry the comment: draft_only\n");
     server::serve(app).await
 }

@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 /// The bundled example configuration.
 pub const ROUTES_YAML: &str = include_str!("../routes.yaml");
 
+/// The placeholder operator hash in routes.yaml; `demo` swaps in a fresh operator's.
+pub const DEMO_OPERATOR_HASH: &str = "8ac3ba6a5ce4ee9dcbf8b48a8afd3fde0e45a3a1d1ae8bbd2c3a3f2b7b5e8e3c";
+
 /// The upstream credential the demo injects (the agent never sees it).
 pub const DEMO_UPSTREAM_KEY: &str = "Bearer demo-upstream-key";
 

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod store;
 pub mod switchboard;
 pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod demo;

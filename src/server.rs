@@ -80,12 +80,14 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
         admin = %admin_l.local_addr().map_err(|e| Error::Internal(e.to_string()))?,
         "listening"
     );
+    let reloader = tokio::spawn(reload_triggers(app.clone()));
     let a = tokio::spawn(accept_loop(app.clone(), proxy_l, proxy_tls, Side::Proxy, stop_rx.clone(), graceful.clone()));
     let b = tokio::spawn(accept_loop(app.clone(), admin_l, admin_tls, Side::Admin, stop_rx, graceful.clone()));
     shutdown_signal().await;
     info!("shutting down: no new connections, draining in-flight requests");
     app.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
+    reloader.abort();
     let _ = tokio::join!(a, b);
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     match tokio::time::timeout(DRAIN, graceful.shutdown()).await {
@@ -93,6 +95,26 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
         Err(_) => warn!(after_s = DRAIN.as_secs(), "drain bound reached; closing remaining connections"),
     }
     Ok(())
+}
+
+/// SIGHUP and a change to the config file both reload; a bad file is refused and logged.
+async fn reload_triggers(app: Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = mtime(&app.config_path);
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let by_signal = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+            _ = tick.tick() => false,
+        };
+        let now = mtime(&app.config_path);
+        if by_signal || now != seen {
+            seen = now;
+            let _ = app.reload().await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
