@@ -26,7 +26,12 @@ async fn setup() -> Fixture {
     let proxy = Proxy::start(&cfg, &[]);
     let token = proxy.agent_token("bot").await;
     let host = proxy.addr.to_string();
-    Fixture { up, proxy, token, host }
+    Fixture {
+        up,
+        proxy,
+        token,
+        host,
+    }
 }
 
 impl Fixture {
@@ -49,17 +54,37 @@ impl Fixture {
                 Err(e) => failures.push(format!("{what}: {e}")),
             }
         }
-        assert!(failures.is_empty(), "requests not refused as expected:\n{}", failures.join("\n"));
-        assert_eq!(self.up.hits(), 0, "the upstream received refused requests: {:#?}", self.up.seen());
+        assert!(
+            failures.is_empty(),
+            "requests not refused as expected:\n{}",
+            failures.join("\n")
+        );
+        assert_eq!(
+            self.up.hits(),
+            0,
+            "the upstream received refused requests: {:#?}",
+            self.up.seen()
+        );
     }
 
     /// Sends one request that must be forwarded; returns the target the upstream saw.
     async fn expect_forwarded(&self, target: &[u8]) -> String {
         let before = self.up.hits();
         let r = raw_request(self.proxy.addr, &self.req("GET", target, "")).await;
-        assert_eq!(r.status, 200, "{:?} should be forwarded; got {}", String::from_utf8_lossy(target), r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} should be forwarded; got {}",
+            String::from_utf8_lossy(target),
+            r.text()
+        );
         assert_eq!(r.header("portcullis-decision"), Some("allow"));
-        assert_eq!(self.up.hits(), before + 1, "{:?} did not reach the upstream once", String::from_utf8_lossy(target));
+        assert_eq!(
+            self.up.hits(),
+            before + 1,
+            "{:?} did not reach the upstream once",
+            String::from_utf8_lossy(target)
+        );
         self.up.last().target
     }
 }
@@ -109,7 +134,10 @@ async fn encoded_backslash_percent_semicolon_hash_dot_nul_and_controls_refused()
         b"/api/a%1fb",
         b"/api/a%7Fb",
     ];
-    let cases: Vec<_> = targets.iter().map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, ""))).collect();
+    let cases: Vec<_> = targets
+        .iter()
+        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .collect();
     f.expect_refused(400, &cases).await;
 }
 
@@ -135,11 +163,24 @@ async fn raw_backslash_semicolon_and_non_ascii_refused() {
 #[tokio::test]
 async fn raw_control_and_invalid_utf8_bytes_refused_and_not_forwarded() {
     let f = setup().await;
-    for t in [&b"/api/a\x01b"[..], b"/api/a\x7fb", b"/api/a\x00b", b"/api/a\x1bb", b"/api/a\xffb", b"/api/a\xc3b"] {
+    for t in [
+        &b"/api/a\x01b"[..],
+        b"/api/a\x7fb",
+        b"/api/a\x00b",
+        b"/api/a\x1bb",
+        b"/api/a\xffb",
+        b"/api/a\xc3b",
+    ] {
         let r = try_raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
         // Refused: either a 400, or the connection is closed without an answer.
         if let Ok(r) = r {
-            assert_eq!(r.status, 400, "{:?}: {}", String::from_utf8_lossy(t), r.text());
+            assert_eq!(
+                r.status,
+                400,
+                "{:?}: {}",
+                String::from_utf8_lossy(t),
+                r.text()
+            );
         }
     }
     assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
@@ -161,7 +202,10 @@ async fn dot_segments_and_empty_segments_refused() {
         b"/api/x//",
         b"/api/x//y",
     ];
-    let cases: Vec<_> = targets.iter().map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, ""))).collect();
+    let cases: Vec<_> = targets
+        .iter()
+        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .collect();
     f.expect_refused(400, &cases).await;
 }
 
@@ -173,11 +217,20 @@ async fn authority_form_star_and_foreign_absolute_form_refused() {
         400,
         &[
             case("authority-form", f.req("GET", b"example.com:80", "")),
-            case("authority-form naming the proxy", f.req("GET", own.as_bytes(), "")),
+            case(
+                "authority-form naming the proxy",
+                f.req("GET", own.as_bytes(), ""),
+            ),
             case("OPTIONS *", f.req("OPTIONS", b"*", "")),
             case("GET *", f.req("GET", b"*", "")),
-            case("absolute-form, other authority", f.req("GET", b"http://evil.example/api/x", "")),
-            case("absolute-form, other port", f.req("GET", b"http://127.0.0.1:1/api/x", "")),
+            case(
+                "absolute-form, other authority",
+                f.req("GET", b"http://evil.example/api/x", ""),
+            ),
+            case(
+                "absolute-form, other port",
+                f.req("GET", b"http://127.0.0.1:1/api/x", ""),
+            ),
         ],
     )
     .await;
@@ -187,15 +240,24 @@ async fn authority_form_star_and_foreign_absolute_form_refused() {
 async fn absolute_form_naming_the_host_is_forwarded_as_origin_form() {
     let f = setup().await;
     let target = format!("http://{}/api/x?y=1", f.host);
-    assert_eq!(f.expect_forwarded(target.as_bytes()).await, "/base/api/x?y=1");
+    assert_eq!(
+        f.expect_forwarded(target.as_bytes()).await,
+        "/base/api/x?y=1"
+    );
 }
 
 #[tokio::test]
 async fn duplicate_or_missing_host_refused() {
     let f = setup().await;
     let auth = Proxy::auth_line(&f.token);
-    let dup = format!("GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: {0}\r\n{auth}Connection: close\r\n\r\n", f.host);
-    let dup_other = format!("GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n", f.host);
+    let dup = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: {0}\r\n{auth}Connection: close\r\n\r\n",
+        f.host
+    );
+    let dup_other = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n",
+        f.host
+    );
     let missing11 = format!("GET /api/x HTTP/1.1\r\n{auth}Connection: close\r\n\r\n");
     let missing10 = format!("GET /api/x HTTP/1.0\r\n{auth}\r\n");
     f.expect_refused(
@@ -216,13 +278,35 @@ async fn method_overrides_refused() {
     f.expect_refused(
         400,
         &[
-            case("X-HTTP-Method-Override", f.req("GET", b"/api/x", "X-HTTP-Method-Override: DELETE\r\n")),
-            case("X-HTTP-Method", f.req("GET", b"/api/x", "X-HTTP-Method: DELETE\r\n")),
-            case("X-Method-Override", f.req("GET", b"/api/x", "X-Method-Override: DELETE\r\n")),
-            case("override on POST", f.req("POST", b"/api/x", "X-HTTP-Method-Override: PUT\r\nContent-Length: 0\r\n")),
+            case(
+                "X-HTTP-Method-Override",
+                f.req("GET", b"/api/x", "X-HTTP-Method-Override: DELETE\r\n"),
+            ),
+            case(
+                "X-HTTP-Method",
+                f.req("GET", b"/api/x", "X-HTTP-Method: DELETE\r\n"),
+            ),
+            case(
+                "X-Method-Override",
+                f.req("GET", b"/api/x", "X-Method-Override: DELETE\r\n"),
+            ),
+            case(
+                "override on POST",
+                f.req(
+                    "POST",
+                    b"/api/x",
+                    "X-HTTP-Method-Override: PUT\r\nContent-Length: 0\r\n",
+                ),
+            ),
             case("_method query", f.req("GET", b"/api/x?_method=DELETE", "")),
-            case("_method second param", f.req("GET", b"/api/x?a=1&_method=DELETE", "")),
-            case("%5Fmethod (decodes to _method)", f.req("GET", b"/api/x?%5Fmethod=DELETE", "")),
+            case(
+                "_method second param",
+                f.req("GET", b"/api/x?a=1&_method=DELETE", ""),
+            ),
+            case(
+                "%5Fmethod (decodes to _method)",
+                f.req("GET", b"/api/x?%5Fmethod=DELETE", ""),
+            ),
         ],
     )
     .await;
@@ -234,8 +318,14 @@ async fn header_names_with_underscore_refused() {
     f.expect_refused(
         400,
         &[
-            case("X_Tenant_Id", f.req("GET", b"/api/x", "X_Tenant_Id: evil\r\n")),
-            case("X_Forwarded_For", f.req("GET", b"/api/x", "X_Forwarded_For: 10.0.0.1\r\n")),
+            case(
+                "X_Tenant_Id",
+                f.req("GET", b"/api/x", "X_Tenant_Id: evil\r\n"),
+            ),
+            case(
+                "X_Forwarded_For",
+                f.req("GET", b"/api/x", "X_Forwarded_For: 10.0.0.1\r\n"),
+            ),
             case("Some_Header", f.req("GET", b"/api/x", "Some_Header: 1\r\n")),
         ],
     )
@@ -251,13 +341,23 @@ async fn upgrade_refused() {
         &[
             // raw_get adds `Connection: close`; an Upgrade header alone must already be refused.
             case("Upgrade: websocket", f.req("GET", b"/api/x", ws)),
-            case("Upgrade: h2c", f.req("GET", b"/api/x", "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n")),
+            case(
+                "Upgrade: h2c",
+                f.req(
+                    "GET",
+                    b"/api/x",
+                    "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+                ),
+            ),
         ],
     )
     .await;
     // And with the usual `Connection: Upgrade` too.
     let auth = Proxy::auth_line(&f.token);
-    let req = format!("GET /api/x HTTP/1.1\r\nHost: {}\r\n{auth}Connection: Upgrade\r\n{ws}\r\n", f.host);
+    let req = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {}\r\n{auth}Connection: Upgrade\r\n{ws}\r\n",
+        f.host
+    );
     let r = raw_request(f.proxy.addr, req.as_bytes()).await;
     assert_refusal("Connection: Upgrade + Upgrade: websocket", &r, 400);
     assert_eq!(f.up.hits(), 0);
@@ -288,13 +388,22 @@ async fn unreserved_escapes_decoded_others_kept_trailing_slash_kept() {
     assert_eq!(f.expect_forwarded(b"/api/%61dmin").await, "/base/api/admin");
     assert_eq!(f.expect_forwarded(b"/api/%41%42c").await, "/base/api/ABc");
     assert_eq!(f.expect_forwarded(b"/api/%7Euser").await, "/base/api/~user");
-    assert_eq!(f.expect_forwarded(b"/api/caf%C3%A9").await, "/base/api/caf%C3%A9");
-    assert_eq!(f.expect_forwarded(b"/api/caf%c3%a9").await, "/base/api/caf%c3%a9");
+    assert_eq!(
+        f.expect_forwarded(b"/api/caf%C3%A9").await,
+        "/base/api/caf%C3%A9"
+    );
+    assert_eq!(
+        f.expect_forwarded(b"/api/caf%c3%a9").await,
+        "/base/api/caf%c3%a9"
+    );
     assert_eq!(f.expect_forwarded(b"/api/a%20b").await, "/base/api/a%20b");
     assert_eq!(f.expect_forwarded(b"/api/items/").await, "/base/api/items/");
     assert_eq!(f.expect_forwarded(b"/api/items").await, "/base/api/items");
     assert_eq!(f.expect_forwarded(b"/api").await, "/base/api");
-    assert_eq!(f.expect_forwarded(b"/api/x?q=1&r=two").await, "/base/api/x?q=1&r=two");
+    assert_eq!(
+        f.expect_forwarded(b"/api/x?q=1&r=two").await,
+        "/base/api/x?q=1&r=two"
+    );
     // Decoding makes `/%61pi/..` the same as `/api/..`: routed by the decoded form.
     assert_eq!(f.expect_forwarded(b"/%61pi/x").await, "/base/api/x");
 }
@@ -302,7 +411,15 @@ async fn unreserved_escapes_decoded_others_kept_trailing_slash_kept() {
 #[tokio::test]
 async fn path_under_no_route_is_403_no_route_and_not_forwarded() {
     let f = setup().await;
-    for t in [&b"/nowhere"[..], b"/nowhere/x", b"/apix", b"/ap", b"/", b"/API/x", b"/%61pix"] {
+    for t in [
+        &b"/nowhere"[..],
+        b"/nowhere/x",
+        b"/apix",
+        b"/ap",
+        b"/",
+        b"/API/x",
+        b"/%61pix",
+    ] {
         let r = raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
         let what = String::from_utf8_lossy(t);
         assert_eq!(assert_refusal(&what, &r, 403), "no_route", "{what}");
@@ -325,9 +442,15 @@ async fn internal_prefix_is_never_forwarded() {
         let what = String::from_utf8_lossy(t);
         // Whatever the proxy answers itself, it is not the upstream's echo.
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
-            assert!(v.get("target").is_none(), "{what} reached the upstream: {v}");
+            assert!(
+                v.get("target").is_none(),
+                "{what} reached the upstream: {v}"
+            );
         }
-        assert!(r.header("x-request-id").is_some(), "{what}: no X-Request-Id");
+        assert!(
+            r.header("x-request-id").is_some(),
+            "{what}: no X-Request-Id"
+        );
     }
     assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
     // The same proxy does forward a normal request (the fixture is live).
@@ -345,10 +468,16 @@ async fn refused_request_on_a_keep_alive_connection_forwards_nothing() {
         f.host
     );
     let mut s = tokio::net::TcpStream::connect(f.proxy.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, two.as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, two.as_bytes())
+        .await
+        .unwrap();
     let all = read_to_eof(&mut s).await;
     let resps = parse_pipelined(&all);
-    assert!(!resps.is_empty(), "no response at all: {:?}", String::from_utf8_lossy(&all));
+    assert!(
+        !resps.is_empty(),
+        "no response at all: {:?}",
+        String::from_utf8_lossy(&all)
+    );
     assert_refusal("first (encoded dot segment)", &resps[0], 400);
     let forwarded: Vec<String> = f.up.seen().into_iter().map(|s| s.target).collect();
     if resps.len() > 1 {

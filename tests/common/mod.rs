@@ -155,7 +155,11 @@ pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((proxy, admin))
 }
 
-fn drain_into(mut r: impl Read + Send + 'static, logs: Arc<Mutex<String>>, ready: Option<std::sync::mpsc::Sender<String>>) {
+fn drain_into(
+    mut r: impl Read + Send + 'static,
+    logs: Arc<Mutex<String>>,
+    ready: Option<std::sync::mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(&mut r);
         let mut buf = Vec::new();
@@ -184,7 +188,11 @@ impl Proxy {
     }
 
     /// Like [`Proxy::start`], first writing `files` (paths relative to the config's dir).
-    pub fn start_with_files(config_yaml: &str, env: &[(&str, &str)], files: &[(&str, &[u8])]) -> Proxy {
+    pub fn start_with_files(
+        config_yaml: &str,
+        env: &[(&str, &str)],
+        files: &[(&str, &[u8])],
+    ) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, bytes) in files {
             let p = dir.path().join(name);
@@ -232,7 +240,14 @@ impl Proxy {
             }
         };
         let (addr, admin) = parse_listening(&line).expect("listening line");
-        Proxy { child, dir, config_path, addr, admin, logs }
+        Proxy {
+            child,
+            dir,
+            config_path,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -296,7 +311,9 @@ impl Proxy {
             .header("content-type", "application/json")
             .body(full(body))
             .unwrap();
-        let resp = send(self.admin, req).await.expect("POST /tokens on the admin listener");
+        let resp = send(self.admin, req)
+            .await
+            .expect("POST /tokens on the admin listener");
         if resp.status == 404 {
             return String::new();
         }
@@ -307,7 +324,10 @@ impl Proxy {
             resp.text()
         );
         let v = resp.json();
-        let secret = v["secret"].as_str().unwrap_or_else(|| panic!("no `secret` in {v}")).to_string();
+        let secret = v["secret"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `secret` in {v}"))
+            .to_string();
         if secret.starts_with("pcx_") {
             secret
         } else {
@@ -373,7 +393,12 @@ impl RssSampler {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        RssSampler { stop, peak, samples, handle: Some(handle) }
+        RssSampler {
+            stop,
+            peak,
+            samples,
+            handle: Some(handle),
+        }
     }
 
     /// Stops sampling; returns (peak KiB, number of samples).
@@ -382,7 +407,10 @@ impl RssSampler {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-        (self.peak.load(Ordering::Relaxed), self.samples.load(Ordering::Relaxed))
+        (
+            self.peak.load(Ordering::Relaxed),
+            self.samples.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -404,7 +432,13 @@ const CHUNK: usize = PERIOD * 256;
 
 fn template() -> &'static Bytes {
     static T: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    T.get_or_init(|| Bytes::from((0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect::<Vec<u8>>()))
+    T.get_or_init(|| {
+        Bytes::from(
+            (0..CHUNK + PERIOD)
+                .map(|i| (i % PERIOD) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    })
 }
 
 /// Whether `data`, found at stream offset `offset`, carries the pattern.
@@ -434,7 +468,10 @@ pub struct PatternBody {
 
 impl PatternBody {
     pub fn new(len: u64, exact_size: bool) -> PatternBody {
-        PatternBody { left: len, exact_size }
+        PatternBody {
+            left: len,
+            exact_size,
+        }
     }
 }
 
@@ -442,7 +479,10 @@ impl http_body::Body for PatternBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.left == 0 {
             return Poll::Ready(None);
         }
@@ -512,18 +552,30 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// The body as JSON; panics with the body text if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("status {} body is not JSON ({e}): {:?}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {:?}",
+                self.status,
+                self.text()
+            )
+        })
     }
     /// The `reason` field of a JSON body, if any.
     pub fn reason(&self) -> Option<String> {
@@ -547,14 +599,24 @@ impl Resp {
 
 fn headers_vec(h: &http::HeaderMap) -> Vec<(String, String)> {
     h.iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }
 
 async fn collect(resp: Response<Incoming>) -> Result<Resp, BoxError> {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Resp { status: parts.status.as_u16(), version: parts.version, headers: headers_vec(&parts.headers), body })
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: headers_vec(&parts.headers),
+        body,
+    })
 }
 
 /// Sends one HTTP/1.1 request on a new connection to `addr`. The request must carry its
@@ -581,7 +643,10 @@ where
 
 /// A request builder aimed at the proxy: `Host` = its address, bearer token if non-empty.
 pub fn request(method: &str, addr: SocketAddr, path: &str, token: &str) -> http::request::Builder {
-    let mut b = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     if !token.is_empty() {
         b = b.header("authorization", format!("Bearer {token}"));
     }
@@ -590,9 +655,12 @@ pub fn request(method: &str, addr: SocketAddr, path: &str, token: &str) -> http:
 
 /// `GET path` through the proxy with the agent token (if any).
 pub async fn get(addr: SocketAddr, path: &str, token: &str) -> Resp {
-    send(addr, request("GET", addr, path, token).body(empty()).unwrap())
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    send(
+        addr,
+        request("GET", addr, path, token).body(empty()).unwrap(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 // ---- raw socket client ----
@@ -627,7 +695,11 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
     let (status, version, headers, head_len) = loop {
         let n = s.read(&mut tmp).await?;
         if n == 0 {
-            return Err(format!("connection closed before a complete response head ({} bytes)", buf.len()).into());
+            return Err(format!(
+                "connection closed before a complete response head ({} bytes)",
+                buf.len()
+            )
+            .into());
         }
         buf.extend_from_slice(&tmp[..n]);
         let mut hs = [httparse::EMPTY_HEADER; 128];
@@ -636,9 +708,18 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
             let headers: Vec<(String, String)> = r
                 .headers
                 .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
-            let version = if r.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+            let version = if r.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
             break (r.code.unwrap_or(0), version, headers, len);
         }
     };
@@ -656,7 +737,8 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
             body.extend_from_slice(&tmp[..n]);
         }
         body.truncate(cl);
-    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         let mut raw = body;
         let mut out = Vec::new();
         loop {
@@ -664,9 +746,12 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
             let mut pos = 0;
             let mut done = false;
             loop {
-                let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") else { break };
+                let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
                 let size_line = std::str::from_utf8(&raw[pos..pos + eol])?;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)?;
                 let need = pos + eol + 2 + size + 2;
                 if size == 0 {
                     done = true;
@@ -698,7 +783,12 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
             body.extend_from_slice(&tmp[..n]);
         }
     }
-    Ok(Resp { status, version, headers, body: Bytes::from(body) })
+    Ok(Resp {
+        status,
+        version,
+        headers,
+        body: Bytes::from(body),
+    })
 }
 
 /// A complete raw request: `METHOD TARGET HTTP/1.1`, `Host`, the token, `extra` header
@@ -734,13 +824,17 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().expect("CA key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "portcullis test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test CA");
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        TestCa { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA cert") }
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA cert"),
+        }
     }
 
     pub fn pem(&self) -> String {
@@ -751,10 +845,16 @@ impl TestCa {
     pub fn issue(&self) -> IssuedCert {
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("leaf params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+        IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
     }
 }
 
@@ -769,7 +869,9 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn tls_server_config(cert: &IssuedCert, alpn: &[&[u8]]) -> rustls::ServerConfig {
-    let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().expect("cert pem");
+    let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert pem");
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key pem");
     let mut cfg = rustls::ServerConfig::builder_with_provider(ring())
         .with_safe_default_protocol_versions()
@@ -797,7 +899,12 @@ pub fn tls_client_config(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
 
 /// Sends one request over TLS to `addr` (server name `localhost`), offering `alpn`.
 /// Speaks HTTP/2 if the server picked `h2`, else HTTP/1.1. Returns the negotiated ALPN.
-pub async fn send_tls(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]], req: Request<Body>) -> Result<(Option<Vec<u8>>, Resp), BoxError> {
+pub async fn send_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    req: Request<Body>,
+) -> Result<(Option<Vec<u8>>, Resp), BoxError> {
     let cfg = Arc::new(tls_client_config(ca_pem, alpn));
     let fut = async move {
         let tcp = TcpStream::connect(addr).await?;
@@ -806,7 +913,9 @@ pub async fn send_tls(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]], req: Reque
             .await?;
         let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
         let resp = if negotiated.as_deref() == Some(b"h2") {
-            let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+            let (mut tx, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -872,7 +981,11 @@ pub struct Seen {
 
 impl Seen {
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.header_all(name).first().copied()
@@ -915,14 +1028,17 @@ impl Upstream {
     pub async fn start_tls(behaviour: Behaviour) -> Upstream {
         let ca = TestCa::new();
         let leaf = ca.issue();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_server_config(&leaf, &[b"http/1.1"])));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tls_server_config(&leaf, &[b"http/1.1"])));
         let mut u = Self::start_inner(behaviour, Some(acceptor)).await;
         u.ca_pem = Some(ca.pem());
         u
     }
 
     async fn start_inner(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let (release, _) = watch::channel(false);
         let state = Arc::new(UpState {
@@ -935,7 +1051,9 @@ impl Upstream {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 let tls = tls.clone();
@@ -944,7 +1062,9 @@ impl Upstream {
                         let st = st.clone();
                         service_fn(move |req| {
                             let st = st.clone();
-                            async move { Ok::<_, std::convert::Infallible>(handle_upstream(st, req).await) }
+                            async move {
+                                Ok::<_, std::convert::Infallible>(handle_upstream(st, req).await)
+                            }
                         })
                     };
                     let mut b = hyper::server::conn::http1::Builder::new();
@@ -962,12 +1082,21 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, ca_pem: None, state, task }
+        Upstream {
+            addr,
+            ca_pem: None,
+            state,
+            task,
+        }
     }
 
     /// `http://ADDR` or `https://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        let scheme = if self.ca_pem.is_some() { "https" } else { "http" };
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 
@@ -986,7 +1115,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("the upstream saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
     }
 
     /// Lets held ([`Behaviour::Hold`]) requests answer, now and from now on.
@@ -1003,13 +1135,24 @@ impl Upstream {
     /// Waits (bounded) until no recorded request is still reading its body.
     pub async fn wait_bodies_settled(&self, bound: Duration) -> bool {
         let st = self.state.clone();
-        poll_until_async(bound, || st.seen.lock().unwrap().iter().all(|s| s.body_state != BodyState::Reading)).await
+        poll_until_async(bound, || {
+            st.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.body_state != BodyState::Reading)
+        })
+        .await
     }
 }
 
 async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| parts.uri.to_string());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.to_string());
     let idx = {
         let mut seen = st.seen.lock().unwrap();
         seen.push(Seen {
@@ -1030,7 +1173,10 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
         st.seen.lock().unwrap()[idx].body_state = BodyState::Complete;
         let mut r = Response::new(pattern_body(n, true));
         r.headers_mut().insert("content-length", n.into());
-        r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/octet-stream"));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
         return r;
     }
 
@@ -1089,7 +1235,10 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
         }),
     };
     let mut r = Response::new(full(serde_json::to_vec(&v).unwrap()));
-    r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -1105,16 +1254,23 @@ pub fn dead_port() -> SocketAddr {
 /// `Portcullis-Decision: deny` and an `X-Request-Id`. Returns the reason.
 pub fn check_refusal(r: &Resp, status: u16) -> Result<String, String> {
     if r.status != status {
-        return Err(format!("status {} (want {status}); body: {:?}", r.status, r.text()));
+        return Err(format!(
+            "status {} (want {status}); body: {:?}",
+            r.status,
+            r.text()
+        ));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&r.body).map_err(|e| format!("body is not JSON ({e}): {:?}", r.text()))?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| format!("body is not JSON ({e}): {:?}", r.text()))?;
     let reason = match v.get("reason").and_then(|x| x.as_str()) {
         Some(s) if !s.is_empty() => s.to_string(),
         _ => return Err(format!("no `reason` in {v}")),
     };
     if r.header("portcullis-decision") != Some("deny") {
-        return Err(format!("Portcullis-Decision is {:?}, want deny", r.header("portcullis-decision")));
+        return Err(format!(
+            "Portcullis-Decision is {:?}, want deny",
+            r.header("portcullis-decision")
+        ));
     }
     if r.header("x-request-id").is_none() {
         return Err("no X-Request-Id header".into());
@@ -1133,11 +1289,18 @@ pub fn parse_pipelined(mut buf: &[u8]) -> Vec<Resp> {
     while !buf.is_empty() {
         let mut hs = [httparse::EMPTY_HEADER; 128];
         let mut r = httparse::Response::new(&mut hs);
-        let Ok(httparse::Status::Complete(len)) = r.parse(buf) else { break };
+        let Ok(httparse::Status::Complete(len)) = r.parse(buf) else {
+            break;
+        };
         let headers: Vec<(String, String)> = r
             .headers
             .iter()
-            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
         let cl = headers
             .iter()
