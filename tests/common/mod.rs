@@ -366,7 +366,7 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Samples a process's VmRSS every 20 ms on a thread until stopped; keeps the peak.
+/// Samples a process's VmRSS every 2 ms on a thread until stopped; keeps the peak.
 pub struct RssSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
     peak: Arc<std::sync::atomic::AtomicU64>,
@@ -381,8 +381,8 @@ impl RssSampler {
         let samples = Arc::new(AtomicUsize::new(0));
         let (s, p, n) = (stop.clone(), peak.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
-            // Bounded: at most 10 minutes of sampling.
-            for _ in 0..30_000 {
+            // Bounded: at most ~10 minutes of sampling.
+            for _ in 0..300_000 {
                 if s.load(Ordering::Relaxed) {
                     return;
                 }
@@ -390,7 +390,7 @@ impl RssSampler {
                     p.fetch_max(kib, Ordering::Relaxed);
                     n.fetch_add(1, Ordering::Relaxed);
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(2));
             }
         });
         RssSampler {
