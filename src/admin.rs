@@ -39,7 +39,9 @@ impl Role {
 
 pub async fn handle(app: Arc<App>, _conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = new_request_id();
-    let mut resp = route(&app, req).await.unwrap_or_else(|e| e.to_response(&request_id));
+    let mut resp = route(&app, req)
+        .await
+        .unwrap_or_else(|e| e.to_response(&request_id));
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -54,19 +56,30 @@ fn ok(v: Value) -> Result<Response<Body>, Error> {
 fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Error> {
     let token = identity::bearer(req.headers()).ok_or(Error::Unauthorized)?;
     if token.starts_with(AGENT_PREFIX) {
-        return Err(Error::Forbidden("agent credentials are not accepted on the admin API".into()));
+        return Err(Error::Forbidden(
+            "agent credentials are not accepted on the admin API".into(),
+        ));
     }
-    let presented = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes()));
+    let presented = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
+        token.as_bytes(),
+    ));
     let live = app.live.load();
     let mut found = None;
     for op in &live.snap.operators {
-        if bool::from(subtle::ConstantTimeEq::ct_eq(&op.token_sha256[..], &presented[..])) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            &op.token_sha256[..],
+            &presented[..],
+        )) {
             found = Some(op);
         }
     }
     let op = found.ok_or(Error::Unauthorized)?;
     if !op.roles.iter().any(|r| r == role.as_str()) {
-        return Err(Error::Forbidden(format!("operator `{}` lacks the `{}` role", op.name, role.as_str())));
+        return Err(Error::Forbidden(format!(
+            "operator `{}` lacks the `{}` role",
+            op.name,
+            role.as_str()
+        )));
     }
     Ok(op.name.clone())
 }
@@ -75,9 +88,15 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
     let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|_| Error::BadRequest { reason: "bad_body", detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes") })?
+        .map_err(|_| Error::BadRequest {
+            reason: "bad_body",
+            detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes"),
+        })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest { reason: "bad_json", detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest {
+        reason: "bad_json",
+        detail: e.to_string(),
+    })
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -119,7 +138,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         (&Method::GET, ["policy"]) => {
             operator(app, &req, Role::Viewer)?;
             let live = app.live.load();
-            ok(json!({"policy_version": &*live.snap.policy_version, "file": live.snap.file.display().to_string(), "node": live.snap.node}))
+            ok(
+                json!({"policy_version": &*live.snap.policy_version, "file": live.snap.file.display().to_string(), "node": live.snap.node}),
+            )
         }
         (&Method::POST, ["reload"]) => {
             let op = operator(app, &req, Role::Admin)?;
@@ -133,7 +154,13 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::GET, ["tokens"]) => {
             operator(app, &req, Role::Viewer)?;
-            let list: Vec<Value> = app.store.list_tokens().await?.iter().map(token_json).collect();
+            let list: Vec<Value> = app
+                .store
+                .list_tokens()
+                .await?
+                .iter()
+                .map(token_json)
+                .collect();
             ok(json!({"tokens": list}))
         }
         (&Method::DELETE, ["tokens", id]) => {
@@ -150,19 +177,32 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             if !app.live.load().snap.agents.contains_key(*id) {
                 return Err(Error::NotFound);
             }
-            let change = if *verb == "disable" { SwitchChange::Disable(id.to_string()) } else { SwitchChange::Enable(id.to_string()) };
+            let change = if *verb == "disable" {
+                SwitchChange::Disable(id.to_string())
+            } else {
+                SwitchChange::Enable(id.to_string())
+            };
             apply(app, &op, change).await
         }
         (&Method::POST, [verb @ ("pause" | "resume")]) => {
             let op = operator(app, &req, Role::Admin)?;
             let b: PauseBody = read_json(req).await?;
-            let scope = Scope::parse(&b.scope)
-                .ok_or_else(|| Error::BadRequest { reason: "bad_scope", detail: format!("`{}`: expected all, agent, tool or tenant", b.scope) })?;
+            let scope = Scope::parse(&b.scope).ok_or_else(|| Error::BadRequest {
+                reason: "bad_scope",
+                detail: format!("`{}`: expected all, agent, tool or tenant", b.scope),
+            })?;
             let target = b.target.unwrap_or_default();
             if scope != Scope::All && target.is_empty() {
-                return Err(Error::BadRequest { reason: "missing_target", detail: format!("scope `{}` needs a target", b.scope) });
+                return Err(Error::BadRequest {
+                    reason: "missing_target",
+                    detail: format!("scope `{}` needs a target", b.scope),
+                });
             }
-            let change = if *verb == "pause" { SwitchChange::Pause(scope, target) } else { SwitchChange::Resume(scope, target) };
+            let change = if *verb == "pause" {
+                SwitchChange::Pause(scope, target)
+            } else {
+                SwitchChange::Resume(scope, target)
+            };
             apply(app, &op, change).await
         }
         (&Method::POST, ["mode"]) => {
@@ -176,7 +216,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::GET, ["explain"]) => {
             operator(app, &req, Role::Viewer)?;
-            let need = |n: &str| query_param(&req, n).ok_or_else(|| Error::BadRequest { reason: "missing_parameter", detail: format!("`{n}` is required") });
+            let need = |n: &str| {
+                query_param(&req, n).ok_or_else(|| Error::BadRequest {
+                    reason: "missing_parameter",
+                    detail: format!("`{n}` is required"),
+                })
+            };
             let (agent, method, path) = (need("agent")?, need("method")?, need("path")?);
             let switches = app.switches.current(&app.store).await?;
             let e = explain::explain(&app.live.load().snap, &switches, &agent, &method, &path)?;
@@ -192,7 +237,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
 
 async fn handle_readyz(app: &App) -> Result<Response<Body>, Error> {
     if app.is_draining() {
-        return Err(Error::Unavailable { reason: "draining", detail: "shutting down".into() });
+        return Err(Error::Unavailable {
+            reason: "draining",
+            detail: "shutting down".into(),
+        });
     }
     app.store.ping().await?;
     ok(json!({"status": "ready", "policy_version": &*app.live.load().snap.policy_version}))
@@ -234,7 +282,8 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 fn token_json(t: &TokenRecord) -> Value {
@@ -259,26 +308,52 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
         .snap
         .agents
         .get(&b.agent)
-        .ok_or_else(|| Error::BadRequest { reason: "unknown_agent", detail: format!("no agent `{}` in the config", b.agent) })?;
-    let ttl = duration::parse(b.ttl.as_deref().unwrap_or("24h")).map_err(|e| Error::BadRequest { reason: "bad_ttl", detail: e })?;
+        .ok_or_else(|| Error::BadRequest {
+            reason: "unknown_agent",
+            detail: format!("no agent `{}` in the config", b.agent),
+        })?;
+    let ttl =
+        duration::parse(b.ttl.as_deref().unwrap_or("24h")).map_err(|e| Error::BadRequest {
+            reason: "bad_ttl",
+            detail: e,
+        })?;
     if ttl.is_zero() {
-        return Err(Error::BadRequest { reason: "bad_ttl", detail: "ttl must be more than zero".into() });
+        return Err(Error::BadRequest {
+            reason: "bad_ttl",
+            detail: "ttl must be more than zero".into(),
+        });
     }
     let max_risk = match b.max_risk.as_deref() {
         None => None,
-        Some(s) => Some(Risk::parse(s).ok_or_else(|| Error::BadRequest { reason: "bad_risk", detail: format!("`{s}`: expected low, medium, high or critical") })?),
+        Some(s) => Some(Risk::parse(s).ok_or_else(|| Error::BadRequest {
+            reason: "bad_risk",
+            detail: format!("`{s}`: expected low, medium, high or critical"),
+        })?),
     };
     if let Some(tools) = &b.tools {
         if tools.iter().any(|t| t.is_empty()) {
-            return Err(Error::BadRequest { reason: "bad_tools", detail: "empty tool pattern".into() });
+            return Err(Error::BadRequest {
+                reason: "bad_tools",
+                detail: "empty tool pattern".into(),
+            });
         }
     }
     if b.max_calls == Some(0) {
-        return Err(Error::BadRequest { reason: "bad_max_calls", detail: "max_calls must be at least 1".into() });
+        return Err(Error::BadRequest {
+            reason: "bad_max_calls",
+            detail: "max_calls must be at least 1".into(),
+        });
     }
     let issued = identity::issue(
         live.snap.store.pepper.as_deref(),
-        IssueRequest { agent: agent.id.clone(), ttl_ms: ttl.as_millis() as u64, tools: b.tools, max_risk, max_calls: b.max_calls, issued_by: op.clone() },
+        IssueRequest {
+            agent: agent.id.clone(),
+            ttl_ms: ttl.as_millis() as u64,
+            tools: b.tools,
+            max_risk,
+            max_calls: b.max_calls,
+            issued_by: op.clone(),
+        },
     );
     app.store.put_token(&issued.record).await?;
     info!(operator = %op, agent.id = %agent.id, credential = %issued.record.id, "token issued");

@@ -18,19 +18,35 @@ pub struct AdminClient {
 impl AdminClient {
     pub fn new(base: &str, token_file: Option<&PathBuf>) -> Result<AdminClient, Error> {
         let token = match token_file {
-            Some(f) => std::fs::read_to_string(f).map_err(|e| Error::Internal(format!("{}: {e}", f.display())))?.trim().to_string(),
-            None => std::env::var("PORTCULLIS_OPERATOR_TOKEN")
-                .map_err(|_| Error::Internal("set PORTCULLIS_OPERATOR_TOKEN or pass --token-file".into()))?,
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| Error::Internal(format!("{}: {e}", f.display())))?
+                .trim()
+                .to_string(),
+            None => std::env::var("PORTCULLIS_OPERATOR_TOKEN").map_err(|_| {
+                Error::Internal("set PORTCULLIS_OPERATOR_TOKEN or pass --token-file".into())
+            })?,
         };
-        Ok(AdminClient { base: base.trim_end_matches('/').to_string(), token })
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
     }
 
     /// Sends one request; a non-2xx answer becomes an error carrying the server's reason.
-    pub async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, Error> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = tls_config(None).map_err(Error::Internal)?;
-        let conn = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client: Client<_, body::Body> = Client::builder(TokioExecutor::new()).build(conn);
         let mut req = Request::builder()
             .method(method)
@@ -44,13 +60,28 @@ impl AdminClient {
             None => body::empty(),
         };
         let req = req.body(b).map_err(|e| Error::Internal(e.to_string()))?;
-        let resp = client.request(req).await.map_err(|e| Error::Internal(format!("admin API at {}: {e}", self.base)))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| Error::Internal(format!("admin API at {}: {e}", self.base)))?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| Error::Internal(e.to_string()))?.to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .to_bytes();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            let why = v.get("detail").or_else(|| v.get("error")).and_then(|d| d.as_str()).unwrap_or("no detail");
-            return Err(Error::Internal(format!("admin API answered {status}: {why}")));
+            let why = v
+                .get("detail")
+                .or_else(|| v.get("error"))
+                .and_then(|d| d.as_str())
+                .unwrap_or("no detail");
+            return Err(Error::Internal(format!(
+                "admin API answered {status}: {why}"
+            )));
         }
         Ok(v)
     }

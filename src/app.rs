@@ -30,7 +30,10 @@ impl Live {
         let clients = snap
             .upstreams
             .iter()
-            .map(|u| upstream::build_client(u).map_err(|e| Error::Internal(format!("upstream `{}`: {e}", u.name))))
+            .map(|u| {
+                upstream::build_client(u)
+                    .map_err(|e| Error::Internal(format!("upstream `{}`: {e}", u.name)))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let limiters = snap
             .agents
@@ -40,7 +43,11 @@ impl Live {
                 Some((a.id.clone(), RateLimiter::direct(Quota::per_minute(n))))
             })
             .collect();
-        Ok(Live { snap, clients, limiters })
+        Ok(Live {
+            snap,
+            clients,
+            limiters,
+        })
     }
 }
 
@@ -113,7 +120,12 @@ impl App {
         };
         let live = Live::new(snap)?;
         let new = live.snap.policy_version.to_string();
-        let old = self.live.swap(Arc::new(live)).snap.policy_version.to_string();
+        let old = self
+            .live
+            .swap(Arc::new(live))
+            .snap
+            .policy_version
+            .to_string();
         info!(old_policy_version = %old, policy_version = %new, "configuration reloaded");
         Ok((old, new))
     }

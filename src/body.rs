@@ -24,8 +24,10 @@ pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body
     bytes.push(b'\n');
     let mut r = Response::new(full(bytes));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -44,7 +46,11 @@ pub struct Capped<B> {
 
 impl<B> Capped<B> {
     pub fn new(inner: B, limit: u64) -> Self {
-        Capped { inner, seen: 0, limit }
+        Capped {
+            inner,
+            seen: 0,
+            limit,
+        }
     }
 }
 
@@ -56,7 +62,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             let this = &mut *self;
             match Pin::new(&mut this.inner).poll_frame(cx) {

@@ -84,7 +84,11 @@ impl Canonical {
     }
 }
 
-const OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+const OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 fn bad(reason: &'static str, detail: impl Into<String>) -> Error {
     Error::BadRequest {
@@ -109,10 +113,16 @@ pub fn canonicalize(
 
     let path = uri.path();
     if uri.scheme().is_none() && uri.authority().is_some() {
-        return Err(bad("authority_form", "authority-form request targets are not accepted"));
+        return Err(bad(
+            "authority_form",
+            "authority-form request targets are not accepted",
+        ));
     }
     if !path.starts_with('/') {
-        return Err(bad("bad_target", "the request target must be an absolute path"));
+        return Err(bad(
+            "bad_target",
+            "the request target must be an absolute path",
+        ));
     }
     let (path, encoded_slash) = canonical_path(path)?;
     let query = match uri.query() {
@@ -135,14 +145,21 @@ fn host_of(uri: &Uri, version: Version, headers: &HeaderMap) -> Result<String, E
         return Err(bad("duplicate_host", "more than one Host header"));
     }
     let host = match host {
-        Some(h) => Some(h.to_str().map_err(|_| bad("bad_host", "Host is not ASCII"))?),
+        Some(h) => Some(
+            h.to_str()
+                .map_err(|_| bad("bad_host", "Host is not ASCII"))?,
+        ),
         None => None,
     };
     let authority = uri.authority().map(|a| a.as_str());
     let chosen = match (host, authority) {
         (Some(h), Some(a)) => {
             if !h.eq_ignore_ascii_case(a) {
-                let what = if version == Version::HTTP_2 { ":authority" } else { "the absolute-form target's authority" };
+                let what = if version == Version::HTTP_2 {
+                    ":authority"
+                } else {
+                    "the absolute-form target's authority"
+                };
                 return Err(bad("host_mismatch", format!("{what} differs from Host")));
             }
             h
@@ -161,10 +178,16 @@ fn check_headers(headers: &HeaderMap) -> Result<(), Error> {
     for name in headers.keys() {
         let n = name.as_str();
         if n.contains('_') {
-            return Err(bad("underscore_header", format!("header names may not contain `_` ({n})")));
+            return Err(bad(
+                "underscore_header",
+                format!("header names may not contain `_` ({n})"),
+            ));
         }
         if OVERRIDE_HEADERS.contains(&n) {
-            return Err(bad("method_override", format!("method-override header {n} is not accepted")));
+            return Err(bad(
+                "method_override",
+                format!("method-override header {n} is not accepted"),
+            ));
         }
         if n == "upgrade" {
             return Err(bad("upgrade", "protocol upgrades are not proxied"));
@@ -188,7 +211,11 @@ fn is_unreserved(b: u8) -> bool {
 
 /// pchar minus `;` (and minus `%`, handled by the caller).
 fn is_path_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
 }
 
 fn raw_refusal(b: u8) -> Error {
@@ -197,15 +224,24 @@ fn raw_refusal(b: u8) -> Error {
         b';' => bad("semicolon", "a raw `;` is not accepted"),
         0..=0x1f | 0x7f => bad("control_byte", "control bytes are not accepted"),
         0x80..=0xff => bad("non_ascii", "non-ASCII bytes must be percent-encoded"),
-        _ => bad("bad_character", format!("`{}` is not accepted in a request target", b as char)),
+        _ => bad(
+            "bad_character",
+            format!("`{}` is not accepted in a request target", b as char),
+        ),
     }
 }
 
 /// Reads `%XX` at `i`; returns the byte it encodes.
 fn escape_at(s: &[u8], i: usize) -> Result<u8, Error> {
-    match (s.get(i + 1).copied().and_then(hex_val), s.get(i + 2).copied().and_then(hex_val)) {
+    match (
+        s.get(i + 1).copied().and_then(hex_val),
+        s.get(i + 2).copied().and_then(hex_val),
+    ) {
         (Some(h), Some(l)) => Ok(h << 4 | l),
-        _ => Err(bad("bad_escape", "a `%` that is not followed by two hex digits")),
+        _ => Err(bad(
+            "bad_escape",
+            "a `%` that is not followed by two hex digits",
+        )),
     }
 }
 
@@ -225,10 +261,20 @@ fn canonical_path(path: &str) -> Result<(String, bool), Error> {
                 }
                 b'.' => return Err(bad("encoded_dot", "an encoded `.` is not accepted")),
                 b'\\' => return Err(bad("encoded_backslash", "an encoded `\\` is not accepted")),
-                b'%' => return Err(bad("encoded_percent", "an encoded `%` (double encoding) is not accepted")),
+                b'%' => {
+                    return Err(bad(
+                        "encoded_percent",
+                        "an encoded `%` (double encoding) is not accepted",
+                    ))
+                }
                 b';' => return Err(bad("encoded_semicolon", "an encoded `;` is not accepted")),
                 b'#' => return Err(bad("encoded_hash", "an encoded `#` is not accepted")),
-                0..=0x1f | 0x7f => return Err(bad("encoded_control", "an encoded NUL or control byte is not accepted")),
+                0..=0x1f | 0x7f => {
+                    return Err(bad(
+                        "encoded_control",
+                        "an encoded NUL or control byte is not accepted",
+                    ))
+                }
                 v if is_unreserved(v) => out.push(v as char),
                 _ => out.push_str(&path[i..i + 3]),
             }
@@ -244,7 +290,10 @@ fn canonical_path(path: &str) -> Result<(String, bool), Error> {
     let segs: Vec<&str> = out[1..].split('/').collect();
     for (n, seg) in segs.iter().enumerate() {
         if *seg == "." || *seg == ".." {
-            return Err(bad("dot_segment", "`.` and `..` path segments are not accepted"));
+            return Err(bad(
+                "dot_segment",
+                "`.` and `..` path segments are not accepted",
+            ));
         }
         if seg.is_empty() && n + 1 != segs.len() {
             return Err(bad("empty_segment", "`//` is not accepted"));
@@ -278,7 +327,10 @@ fn canonical_query(q: &str) -> Result<String, Error> {
     for pair in out.split('&') {
         let name = pair.split('=').next().unwrap_or("");
         if name.eq_ignore_ascii_case("_method") {
-            return Err(bad("method_override", "a `_method` query parameter is not accepted"));
+            return Err(bad(
+                "method_override",
+                "a `_method` query parameter is not accepted",
+            ));
         }
     }
     Ok(out)
@@ -295,10 +347,18 @@ mod tests {
     fn canon_h(method: &str, target: &str, hs: &[(&str, &str)]) -> Result<Canonical, Error> {
         let mut headers = HeaderMap::new();
         for (k, v) in hs {
-            headers.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_bytes(v.as_bytes()).unwrap());
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
         }
         let uri: Uri = target.parse().unwrap();
-        canonicalize(&http::Method::from_bytes(method.as_bytes()).unwrap(), &uri, Version::HTTP_11, &headers)
+        canonicalize(
+            &http::Method::from_bytes(method.as_bytes()).unwrap(),
+            &uri,
+            Version::HTTP_11,
+            &headers,
+        )
     }
 
     fn reason(r: Result<Canonical, Error>) -> String {
@@ -328,7 +388,11 @@ mod tests {
         ];
         for (target, path, query) in cases {
             let c = canon("GET", target).unwrap_or_else(|e| panic!("{target}: {e:?}"));
-            assert_eq!((c.path.as_str(), c.query.as_deref()), (path, query), "{target}");
+            assert_eq!(
+                (c.path.as_str(), c.query.as_deref()),
+                (path, query),
+                "{target}"
+            );
         }
         assert!(canon("GET", "/a%2Fb").unwrap().encoded_slash);
         assert!(!canon("GET", "/a/b").unwrap().encoded_slash);
@@ -369,15 +433,30 @@ mod tests {
     #[test]
     fn refused_raw_bytes() {
         // Bytes `Uri` itself would refuse are refused by hyper before us; these get through it.
-        for (target, want) in [("/a\\b", "backslash"), ("/a{b", "bad_character"), ("/a|b", "bad_character"), ("/a^b", "bad_character")] {
+        for (target, want) in [
+            ("/a\\b", "backslash"),
+            ("/a{b", "bad_character"),
+            ("/a|b", "bad_character"),
+            ("/a^b", "bad_character"),
+        ] {
             if let Ok(uri) = target.parse::<Uri>() {
                 let mut h = HeaderMap::new();
                 h.insert("host", "p".parse().unwrap());
-                assert_eq!(reason(canonicalize(&http::Method::GET, &uri, Version::HTTP_11, &h)), want, "{target}");
+                assert_eq!(
+                    reason(canonicalize(&http::Method::GET, &uri, Version::HTTP_11, &h)),
+                    want,
+                    "{target}"
+                );
             }
         }
-        assert_eq!(reason(canonical_path("/caf\u{e9}").map(|_| canon("GET", "/").unwrap())), "non_ascii");
-        assert_eq!(reason(canonical_path("/a\x01").map(|_| canon("GET", "/").unwrap())), "control_byte");
+        assert_eq!(
+            reason(canonical_path("/caf\u{e9}").map(|_| canon("GET", "/").unwrap())),
+            "non_ascii"
+        );
+        assert_eq!(
+            reason(canonical_path("/a\x01").map(|_| canon("GET", "/").unwrap())),
+            "control_byte"
+        );
     }
 
     #[test]
@@ -389,9 +468,18 @@ mod tests {
             (&[], "missing_host"),
             (&[("host", "a"), ("host", "b")], "duplicate_host"),
             (&[("host", "a"), ("x_tenant_id", "x")], "underscore_header"),
-            (&[("host", "a"), ("x-http-method-override", "DELETE")], "method_override"),
-            (&[("host", "a"), ("x-http-method", "DELETE")], "method_override"),
-            (&[("host", "a"), ("x-method-override", "DELETE")], "method_override"),
+            (
+                &[("host", "a"), ("x-http-method-override", "DELETE")],
+                "method_override",
+            ),
+            (
+                &[("host", "a"), ("x-http-method", "DELETE")],
+                "method_override",
+            ),
+            (
+                &[("host", "a"), ("x-method-override", "DELETE")],
+                "method_override",
+            ),
             (&[("host", "a"), ("upgrade", "websocket")], "upgrade"),
             (&[("host", "u@a")], "bad_host"),
         ];
@@ -406,6 +494,9 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(canonicalize(&http::Method::GET, &uri, Version::HTTP_2, &h).is_ok());
         h.insert("host", "other.test".parse().unwrap());
-        assert_eq!(reason(canonicalize(&http::Method::GET, &uri, Version::HTTP_2, &h)), "host_mismatch");
+        assert_eq!(
+            reason(canonicalize(&http::Method::GET, &uri, Version::HTTP_2, &h)),
+            "host_mismatch"
+        );
     }
 }

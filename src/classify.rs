@@ -84,7 +84,10 @@ impl Pattern {
         check_template(text)?;
         let mut router = matchit::Router::new();
         router.insert(text, ()).map_err(|e| e.to_string())?;
-        if let Some(bare) = text.strip_suffix('}').and_then(|t| t.rfind("/{*").map(|i| &t[..i])) {
+        if let Some(bare) = text
+            .strip_suffix('}')
+            .and_then(|t| t.rfind("/{*").map(|i| &t[..i]))
+        {
             let bare = if bare.is_empty() { "/" } else { bare };
             let _ = router.insert(bare, ());
             if bare != "/" {
@@ -108,10 +111,9 @@ pub fn check_template(t: &str) -> Result<(), String> {
     }
     let segs: Vec<&str> = t[1..].split('/').collect();
     for (i, s) in segs.iter().enumerate() {
-        if s.starts_with(':') {
+        if let Some(name) = s.strip_prefix(':') {
             return Err(format!(
-                "template `{t}`: `{s}` is a literal in matchit 0.9; write `{{{}}}`",
-                &s[1..]
+                "template `{t}`: `{s}` is a literal in matchit 0.9; write `{{{name}}}`"
             ));
         }
         if s.is_empty() && i + 1 != segs.len() {
@@ -194,7 +196,10 @@ impl RouteRules {
         for (i, p) in paths.iter().enumerate() {
             check_template(p).map_err(|e| (i, e))?;
             if !under_prefix(p, &prefix) {
-                return Err((i, format!("template `{p}` is not under the route prefix `{prefix}`")));
+                return Err((
+                    i,
+                    format!("template `{p}` is not under the route prefix `{prefix}`"),
+                ));
             }
             known_router
                 .insert(p.as_str(), known.len())
@@ -268,7 +273,10 @@ impl Classifier {
     /// The route that owns `path`: the longest prefix on whole segments.
     pub fn route_of(&self, path: &str) -> Option<usize> {
         if let Some(c) = self.by_first.get(first_segment(path)) {
-            if let Some(&i) = c.iter().find(|&&i| under_prefix(path, &self.routes[i].prefix)) {
+            if let Some(&i) = c
+                .iter()
+                .find(|&&i| under_prefix(path, &self.routes[i].prefix))
+            {
                 return Some(i);
             }
         }
@@ -302,7 +310,13 @@ impl Classifier {
     }
 
     /// First override, else known template, else (if allowed) the id heuristic.
-    fn match_in(&self, route: usize, m: Method, path: &str, strict: bool) -> Result<Tool, Unclassified> {
+    fn match_in(
+        &self,
+        route: usize,
+        m: Method,
+        path: &str,
+        strict: bool,
+    ) -> Result<Tool, Unclassified> {
         let r = &self.routes[route];
         let mm = if m == Method::Head { Method::Get } else { m };
         for o in &r.overrides {
@@ -349,7 +363,11 @@ fn variants(path: &str) -> Vec<String> {
             out.push(s.to_string());
         }
     };
-    let no_slash = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
+    let no_slash = if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    };
     push(no_slash, &mut out);
     let last_start = no_slash.rfind('/').map_or(0, |i| i + 1);
     if let Some(dot) = no_slash[last_start..].find('.') {
@@ -358,7 +376,9 @@ fn variants(path: &str) -> Vec<String> {
         }
     }
     if path.bytes().any(|b| b.is_ascii_uppercase()) {
-        let base: Vec<String> = std::iter::once(path.to_string()).chain(out.iter().cloned()).collect();
+        let base: Vec<String> = std::iter::once(path.to_string())
+            .chain(out.iter().cloned())
+            .collect();
         for b in base {
             push(&b.to_ascii_lowercase(), &mut out);
         }
@@ -405,7 +425,8 @@ fn is_id(s: &str) -> bool {
         && matches!(b[0], b'0'..=b'7')
         && b.iter().all(|c| {
             let c = c.to_ascii_uppercase();
-            c.is_ascii_digit() || (c.is_ascii_uppercase() && !matches!(c, b'I' | b'L' | b'O' | b'U'))
+            c.is_ascii_digit()
+                || (c.is_ascii_uppercase() && !matches!(c, b'I' | b'L' | b'O' | b'U'))
         })
 }
 
@@ -438,7 +459,11 @@ fn names_for(tool_prefix: &str, prefix: &str, template: &str) -> [Arc<str>; VERB
 }
 
 fn name_base(tool_prefix: &str, prefix: &str, template: &str) -> String {
-    let rest = if prefix == "/" { template } else { &template[prefix.len().min(template.len())..] };
+    let rest = if prefix == "/" {
+        template
+    } else {
+        &template[prefix.len().min(template.len())..]
+    };
     let mut name = tool_prefix.to_string();
     for seg in rest.split('/') {
         if seg.is_empty() || seg.starts_with('{') {
@@ -453,7 +478,10 @@ fn name_base(tool_prefix: &str, prefix: &str, template: &str) -> String {
 /// `<tool_prefix>.<static segments after the prefix>.<verb>`.
 pub fn generated_name(tool_prefix: &str, prefix: &str, template: &str, m: Method) -> String {
     let base = name_base(tool_prefix, prefix, template);
-    format!("{base}.{}", VERB_NAMES[verb_index(m, ends_in_param(template))])
+    format!(
+        "{base}.{}",
+        VERB_NAMES[verb_index(m, ends_in_param(template))]
+    )
 }
 
 #[cfg(test)]
@@ -477,33 +505,141 @@ mod tests {
             vec![Pattern::new("/tickets/{id}/export").unwrap()],
         )
         .unwrap();
-        let strict = RouteRules::new("/billing/v1".into(), "billing".into(), true, vec![], &["/billing/v1/invoices/{id}".into()], vec![]).unwrap();
-        Classifier::new(vec![tickets, strict], vec![Pattern::new("/admin/{*rest}").unwrap(), Pattern::new("/tickets/secret/{*rest}").unwrap()])
+        let strict = RouteRules::new(
+            "/billing/v1".into(),
+            "billing".into(),
+            true,
+            vec![],
+            &["/billing/v1/invoices/{id}".into()],
+            vec![],
+        )
+        .unwrap();
+        Classifier::new(
+            vec![tickets, strict],
+            vec![
+                Pattern::new("/admin/{*rest}").unwrap(),
+                Pattern::new("/tickets/secret/{*rest}").unwrap(),
+            ],
+        )
     }
 
     #[test]
     fn names_verbs_and_default_risks() {
         let c = classifier();
         let cases = [
-            (Method::Get, "/tickets/42", "tickets.get", Risk::Low, "/tickets/{id}"),
-            (Method::Head, "/tickets/42", "tickets.get", Risk::Low, "/tickets/{id}"),
-            (Method::Get, "/tickets", "tickets.list", Risk::Low, "/tickets"),
-            (Method::Post, "/tickets/42/comments", "tickets.comments.create", Risk::Medium, "/tickets/{id}/comments"),
-            (Method::Patch, "/tickets/42", "tickets.update", Risk::Medium, "/tickets/{id}"),
-            (Method::Delete, "/tickets/42", "tickets.delete", Risk::High, "/tickets/{id}"),
-            (Method::Post, "/tickets/42/close", "tickets.close.create", Risk::Medium, "/tickets/{id}/close"),
-            (Method::Get, "/tickets/42/attachments/3", "tickets.attachments.get", Risk::Low, "/tickets/{id}/attachments/{id}"),
-            (Method::Get, "/tickets/0190d6f4-8a6b-7c3e-9d1a-2b3c4d5e6f70", "tickets.get", Risk::Low, "/tickets/{id}"),
-            (Method::Get, "/tickets/01ARZ3NDEKTSV4RRFFQ69G5FAV", "tickets.get", Risk::Low, "/tickets/{id}"),
-            (Method::Get, "/tickets/deadbeefdeadbeef", "tickets.get", Risk::Low, "/tickets/{id}"),
-            (Method::Get, "/tickets/42/v1.2", "tickets.v1_2.list", Risk::Low, "/tickets/{id}/v1.2"),
-            (Method::Post, "/tickets/42/refund", "tickets.refund", Risk::Critical, "/tickets/{id}/refund"),
-            (Method::Get, "/tickets/42/export", "tickets.export.list", Risk::High, "/tickets/{id}/export"),
-            (Method::Options, "/tickets", "tickets.options", Risk::Low, "/tickets"),
+            (
+                Method::Get,
+                "/tickets/42",
+                "tickets.get",
+                Risk::Low,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Head,
+                "/tickets/42",
+                "tickets.get",
+                Risk::Low,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Get,
+                "/tickets",
+                "tickets.list",
+                Risk::Low,
+                "/tickets",
+            ),
+            (
+                Method::Post,
+                "/tickets/42/comments",
+                "tickets.comments.create",
+                Risk::Medium,
+                "/tickets/{id}/comments",
+            ),
+            (
+                Method::Patch,
+                "/tickets/42",
+                "tickets.update",
+                Risk::Medium,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Delete,
+                "/tickets/42",
+                "tickets.delete",
+                Risk::High,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Post,
+                "/tickets/42/close",
+                "tickets.close.create",
+                Risk::Medium,
+                "/tickets/{id}/close",
+            ),
+            (
+                Method::Get,
+                "/tickets/42/attachments/3",
+                "tickets.attachments.get",
+                Risk::Low,
+                "/tickets/{id}/attachments/{id}",
+            ),
+            (
+                Method::Get,
+                "/tickets/0190d6f4-8a6b-7c3e-9d1a-2b3c4d5e6f70",
+                "tickets.get",
+                Risk::Low,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Get,
+                "/tickets/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+                "tickets.get",
+                Risk::Low,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Get,
+                "/tickets/deadbeefdeadbeef",
+                "tickets.get",
+                Risk::Low,
+                "/tickets/{id}",
+            ),
+            (
+                Method::Get,
+                "/tickets/42/v1.2",
+                "tickets.v1_2.list",
+                Risk::Low,
+                "/tickets/{id}/v1.2",
+            ),
+            (
+                Method::Post,
+                "/tickets/42/refund",
+                "tickets.refund",
+                Risk::Critical,
+                "/tickets/{id}/refund",
+            ),
+            (
+                Method::Get,
+                "/tickets/42/export",
+                "tickets.export.list",
+                Risk::High,
+                "/tickets/{id}/export",
+            ),
+            (
+                Method::Options,
+                "/tickets",
+                "tickets.options",
+                Risk::Low,
+                "/tickets",
+            ),
         ];
         for (m, p, name, risk, tpl) in cases {
             let t = c.classify(m, p).unwrap();
-            assert_eq!((&*t.name, t.risk, &*t.template), (name, risk, tpl), "{m:?} {p}");
+            assert_eq!(
+                (&*t.name, t.risk, &*t.template),
+                (name, risk, tpl),
+                "{m:?} {p}"
+            );
         }
     }
 
@@ -517,22 +653,57 @@ mod tests {
             "/tickets/42/REFUND.json/",
         ] {
             let t = c.classify(Method::Post, p).unwrap();
-            assert_eq!((&*t.name, t.risk), ("tickets.refund", Risk::Critical), "{p}");
+            assert_eq!(
+                (&*t.name, t.risk),
+                ("tickets.refund", Risk::Critical),
+                "{p}"
+            );
         }
-        assert_eq!(c.classify(Method::Get, "/tickets/42/Export").unwrap().risk, Risk::High);
-        assert_eq!(c.classify(Method::Get, "/tickets/secret").unwrap().risk, Risk::High);
-        assert_eq!(c.classify(Method::Get, "/tickets/secret/").unwrap().risk, Risk::High);
-        assert_eq!(c.classify(Method::Get, "/tickets/Secret.txt").unwrap().risk, Risk::High);
+        assert_eq!(
+            c.classify(Method::Get, "/tickets/42/Export").unwrap().risk,
+            Risk::High
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/tickets/secret").unwrap().risk,
+            Risk::High
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/tickets/secret/").unwrap().risk,
+            Risk::High
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/tickets/Secret.txt").unwrap().risk,
+            Risk::High
+        );
     }
 
     #[test]
     fn whole_segment_prefixes_and_unknown_paths() {
         let c = classifier();
-        assert_eq!(c.classify(Method::Get, "/ticketsX").unwrap_err(), Unclassified::NoRoute);
-        assert_eq!(c.classify(Method::Get, "/").unwrap_err(), Unclassified::NoRoute);
-        assert_eq!(c.classify(Method::Get, "/billing/v1/invoices/7").unwrap().name.as_ref(), "billing.invoices.get");
-        assert_eq!(c.classify(Method::Get, "/billing/v1/other").unwrap_err(), Unclassified::UnknownPath(1));
-        assert_eq!(c.classify(Method::Get, "/billing/v1/invoices/7/").unwrap_err(), Unclassified::UnknownPath(1));
+        assert_eq!(
+            c.classify(Method::Get, "/ticketsX").unwrap_err(),
+            Unclassified::NoRoute
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/").unwrap_err(),
+            Unclassified::NoRoute
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/billing/v1/invoices/7")
+                .unwrap()
+                .name
+                .as_ref(),
+            "billing.invoices.get"
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/billing/v1/other").unwrap_err(),
+            Unclassified::UnknownPath(1)
+        );
+        assert_eq!(
+            c.classify(Method::Get, "/billing/v1/invoices/7/")
+                .unwrap_err(),
+            Unclassified::UnknownPath(1)
+        );
     }
 
     #[test]

@@ -13,7 +13,11 @@ use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "portcullis", version, about = "Put AI agents on real APIs without handing them the keys")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Put AI agents on real APIs without handing them the keys"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
@@ -32,7 +36,11 @@ pub enum LogFormat {
 #[derive(Args, Debug, Clone)]
 pub struct AdminOpts {
     /// Admin API base URL.
-    #[arg(long, default_value = "http://127.0.0.1:9090", env = "PORTCULLIS_ADMIN")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9090",
+        env = "PORTCULLIS_ADMIN"
+    )]
     pub admin: String,
     /// File holding the operator token (else PORTCULLIS_OPERATOR_TOKEN).
     #[arg(long)]
@@ -68,6 +76,12 @@ pub enum Cmd {
     },
     /// Run the proxy with the bundled config in front of a bundled demo API.
     Demo,
+    /// Run only the demo tickets API (used by docker-compose.yml).
+    #[command(hide = true)]
+    DemoApi {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: std::net::SocketAddr,
+    },
     /// Operator credentials.
     Operators {
         #[command(subcommand)]
@@ -139,7 +153,9 @@ pub enum TokensCmd {
         max_calls: Option<u64>,
     },
     List,
-    Revoke { token_id: String },
+    Revoke {
+        token_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,10 +169,25 @@ pub async fn run(cli: Cli) -> i32 {
     let r = match cli.cmd {
         Cmd::Serve { config } => serve(config).await,
         Cmd::Check { config } => check(config),
-        Cmd::Explain { config, agent, method, path } => explain_cmd(config, &agent, &method, &path),
+        Cmd::Explain {
+            config,
+            agent,
+            method,
+            path,
+        } => explain_cmd(config, &agent, &method, &path),
         Cmd::Test { config, file } => policy_test(config, file),
         Cmd::Demo => demo().await,
-        Cmd::Operators { cmd: OperatorsCmd::NewToken { name } } => {
+        Cmd::DemoApi { listen } => match demo::start_api_on(listen).await {
+            Ok(addr) => {
+                println!("demo tickets API on http://{addr}");
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+            Err(e) => Err(Error::Internal(format!("demo API: {e}"))),
+        },
+        Cmd::Operators {
+            cmd: OperatorsCmd::NewToken { name },
+        } => {
             new_operator(&name);
             Ok(())
         }
@@ -168,13 +199,45 @@ pub async fn run(cli: Cli) -> i32 {
             };
             remote(&admin, Method::POST, &format!("/agents/{id}/{verb}"), None).await
         }
-        Cmd::Pause { scope, target, admin } => remote(&admin, Method::POST, "/pause", Some(json!({"scope": scope, "target": target}))).await,
-        Cmd::Resume { scope, target, admin } => remote(&admin, Method::POST, "/resume", Some(json!({"scope": scope, "target": target}))).await,
+        Cmd::Pause {
+            scope,
+            target,
+            admin,
+        } => {
+            remote(
+                &admin,
+                Method::POST,
+                "/pause",
+                Some(json!({"scope": scope, "target": target})),
+            )
+            .await
+        }
+        Cmd::Resume {
+            scope,
+            target,
+            admin,
+        } => {
+            remote(
+                &admin,
+                Method::POST,
+                "/resume",
+                Some(json!({"scope": scope, "target": target})),
+            )
+            .await
+        }
         Cmd::Mode { mode, state, admin } => {
             if mode != "draft-only" || !matches!(state.as_str(), "on" | "off") {
-                Err(Error::Internal("usage: portcullis mode draft-only on|off".into()))
+                Err(Error::Internal(
+                    "usage: portcullis mode draft-only on|off".into(),
+                ))
             } else {
-                remote(&admin, Method::POST, "/mode", Some(json!({"draft_only": state == "on"}))).await
+                remote(
+                    &admin,
+                    Method::POST,
+                    "/mode",
+                    Some(json!({"draft_only": state == "on"})),
+                )
+                .await
             }
         }
         Cmd::Reload { admin } => remote(&admin, Method::POST, "/reload", None).await,
@@ -189,8 +252,15 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn remote(admin: &AdminOpts, m: Method, path: &str, body: Option<serde_json::Value>) -> Result<(), Error> {
-    let v = AdminClient::new(&admin.admin, admin.token_file.as_ref())?.call(m, path, body).await?;
+async fn remote(
+    admin: &AdminOpts,
+    m: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(), Error> {
+    let v = AdminClient::new(&admin.admin, admin.token_file.as_ref())?
+        .call(m, path, body)
+        .await?;
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     Ok(())
 }
@@ -198,26 +268,57 @@ async fn remote(admin: &AdminOpts, m: Method, path: &str, body: Option<serde_jso
 async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
     let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
     match cmd {
-        TokensCmd::Issue { agent, ttl, tools, max_risk, max_calls } => {
+        TokensCmd::Issue {
+            agent,
+            ttl,
+            tools,
+            max_risk,
+            max_calls,
+        } => {
             let v = c
                 .call(Method::POST, "/tokens", Some(json!({"agent": agent, "ttl": ttl, "tools": tools, "max_risk": max_risk, "max_calls": max_calls})))
                 .await?;
-            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(|x| x.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             println!("{}", s("secret"));
-            eprintln!("id {} for agent {agent}, expires {} — the secret above is shown once", s("id"), s("expires_at"));
+            eprintln!(
+                "id {} for agent {agent}, expires {} — the secret above is shown once",
+                s("id"),
+                s("expires_at")
+            );
             Ok(())
         }
         TokensCmd::List => {
             let v = c.call(Method::GET, "/tokens", None).await?;
-            println!("{:<34} {:<20} {:<8} {:<22} ISSUED_BY", "ID", "AGENT", "STATE", "EXPIRES");
-            for t in v.get("tokens").and_then(|t| t.as_array()).into_iter().flatten() {
+            println!(
+                "{:<34} {:<20} {:<8} {:<22} ISSUED_BY",
+                "ID", "AGENT", "STATE", "EXPIRES"
+            );
+            for t in v
+                .get("tokens")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let s = |k: &str| t.get(k).and_then(|x| x.as_str()).unwrap_or("-").to_string();
-                println!("{:<34} {:<20} {:<8} {:<22} {}", s("id"), s("agent"), s("state"), s("expires_at"), s("issued_by"));
+                println!(
+                    "{:<34} {:<20} {:<8} {:<22} {}",
+                    s("id"),
+                    s("agent"),
+                    s("state"),
+                    s("expires_at"),
+                    s("issued_by")
+                );
             }
             Ok(())
         }
         TokensCmd::Revoke { token_id } => {
-            c.call(Method::DELETE, &format!("/tokens/{token_id}"), None).await?;
+            c.call(Method::DELETE, &format!("/tokens/{token_id}"), None)
+                .await?;
             println!("revoked {token_id}");
             Ok(())
         }
@@ -254,8 +355,10 @@ fn explain_cmd(path: PathBuf, agent: &str, method: &str, target: &str) -> Result
 
 fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
     let snap = Snapshot::load(&path)?;
-    let text = std::fs::read_to_string(&file).map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
-    let cases = explain::parse_cases(&file.display().to_string(), &text).map_err(Error::Internal)?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
+    let cases =
+        explain::parse_cases(&file.display().to_string(), &text).map_err(Error::Internal)?;
     let (report, passed) = explain::run_cases(&snap, &cases);
     print!("{report}");
     if passed {
@@ -266,15 +369,19 @@ fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
 }
 
 async fn demo() -> Result<(), Error> {
-    let api = demo::start_api().await.map_err(|e| Error::Internal(format!("demo API: {e}")))?;
+    let api = demo::start_api()
+        .await
+        .map_err(|e| Error::Internal(format!("demo API: {e}")))?;
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
     let file = dir.join("routes.yaml");
     let operator = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
     let text = demo::ROUTES_YAML
         .replace("http://127.0.0.1:7000/v2", &format!("http://{api}/v2"))
         .replace(demo::DEMO_OPERATOR_HASH, &identity::sha256_hex(&operator));
-    std::fs::write(&file, &text).map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
+    std::fs::write(&file, &text)
+        .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
     let env = |name: &str| match name {
         "TICKETS_API_KEY" => Some(demo::DEMO_UPSTREAM_KEY.to_string()),
         other => config::process_env(other),
@@ -284,11 +391,20 @@ async fn demo() -> Result<(), Error> {
     let app = App::start(snap, file.clone()).await?;
     let issued = identity::issue(
         None,
-        identity::IssueRequest { agent: "support-bot".into(), ttl_ms: 86_400_000, tools: None, max_risk: None, max_calls: None, issued_by: "demo".into() },
+        identity::IssueRequest {
+            agent: "support-bot".into(),
+            ttl_ms: 86_400_000,
+            tools: None,
+            max_risk: None,
+            max_calls: None,
+            issued_by: "demo".into(),
+        },
     );
     app.store.put_token(&issued.record).await?;
     let t = &issued.token;
-    println!("portcullis demo: tickets API on {api}, proxy on http://{listen}, admin on http://{admin}");
+    println!(
+        "portcullis demo: tickets API on {api}, proxy on http://{listen}, admin on http://{admin}"
+    );
     println!("config: {} (the bundled routes.yaml)\n", file.display());
     print!("{}", tooltable::render(&app.live.load().snap));
     println!("\nagent token for support-bot (profile support-drafter): {t}");

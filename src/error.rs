@@ -20,7 +20,10 @@ pub struct Denial {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{detail}")]
-    BadRequest { reason: &'static str, detail: String },
+    BadRequest {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("method {0} is not allowed")]
     MethodNotAllowed(String),
     #[error("authentication required")]
@@ -44,7 +47,10 @@ pub enum Error {
         retry_after: u64,
     },
     #[error("{detail}")]
-    Unavailable { reason: &'static str, detail: String },
+    Unavailable {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("upstream `{upstream}` could not be reached: {detail}")]
     BadGateway { upstream: String, detail: String },
     #[error("upstream `{upstream}` did not answer within {}ms", .after.as_millis())]
@@ -139,7 +145,9 @@ impl Error {
         if !matches!(self, Error::Unauthorized) {
             o.insert("reason".into(), self.reason().into());
             let detail = match self {
-                Error::Internal(_) | Error::Config(_) => "internal error; see the proxy log".to_string(),
+                Error::Internal(_) | Error::Config(_) => {
+                    "internal error; see the proxy log".to_string()
+                }
                 e => e.to_string(),
             };
             o.insert("detail".into(), detail.into());
@@ -156,13 +164,19 @@ impl Error {
         o.insert("request_id".into(), request_id.into());
         let mut resp = body::json_response(self.status(), &v);
         let h = resp.headers_mut();
-        h.insert("portcullis-decision", HeaderValue::from_static(self.decision()));
+        h.insert(
+            "portcullis-decision",
+            HeaderValue::from_static(self.decision()),
+        );
         match self {
             Error::Unauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Error::MethodNotAllowed(_) => {
-                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+                h.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
             }
             Error::TooMany { retry_after, .. } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

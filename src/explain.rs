@@ -26,17 +26,28 @@ pub struct Explanation {
 }
 
 /// Explains `METHOD TARGET` for `agent` under `switches` (no token narrowing).
-pub fn explain(snap: &Snapshot, switches: &Switches, agent: &str, method: &str, target: &str) -> Result<Explanation, Error> {
-    let a = snap
-        .agents
-        .get(agent)
-        .ok_or_else(|| Error::BadRequest { reason: "unknown_agent", detail: format!("no agent `{agent}` in the config") })?;
-    let uri: http::Uri = target
-        .parse()
-        .map_err(|_| Error::BadRequest { reason: "bad_target", detail: format!("`{target}` is not a request target") })?;
-    let m = http::Method::from_bytes(method.as_bytes()).map_err(|_| Error::MethodNotAllowed(method.to_string()))?;
+pub fn explain(
+    snap: &Snapshot,
+    switches: &Switches,
+    agent: &str,
+    method: &str,
+    target: &str,
+) -> Result<Explanation, Error> {
+    let a = snap.agents.get(agent).ok_or_else(|| Error::BadRequest {
+        reason: "unknown_agent",
+        detail: format!("no agent `{agent}` in the config"),
+    })?;
+    let uri: http::Uri = target.parse().map_err(|_| Error::BadRequest {
+        reason: "bad_target",
+        detail: format!("`{target}` is not a request target"),
+    })?;
+    let m = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| Error::MethodNotAllowed(method.to_string()))?;
     let mut h = http::HeaderMap::new();
-    h.insert(http::header::HOST, http::HeaderValue::from_static("portcullis.explain"));
+    h.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("portcullis.explain"),
+    );
     let c = canon::canonicalize(&m, &uri, http::Version::HTTP_11, &h)?;
     let mut e = Explanation {
         agent: agent.into(),
@@ -62,7 +73,10 @@ pub fn explain(snap: &Snapshot, switches: &Switches, agent: &str, method: &str, 
         Err(Unclassified::UnknownPath(r)) => {
             e.reason = "unknown_path".into();
             e.route = Some(snap.routes[r].prefix.clone());
-            e.detail = format!("`{}` is not a known path of route `{}`", c.path, snap.routes[r].prefix);
+            e.detail = format!(
+                "`{}` is not a known path of route `{}`",
+                c.path, snap.routes[r].prefix
+            );
             return Ok(e);
         }
     };
@@ -72,7 +86,14 @@ pub fn explain(snap: &Snapshot, switches: &Switches, agent: &str, method: &str, 
     e.template = Some(tool.template.to_string());
     e.route = Some(route.prefix.clone());
     e.upstream = Some(snap.upstreams[route.upstream].name.clone());
-    let d = decide(&Input { agent: a, narrowing: &Narrowing::default(), tool: &tool, path: &c.path, switches, approved: false });
+    let d = decide(&Input {
+        agent: a,
+        narrowing: &Narrowing::default(),
+        tool: &tool,
+        path: &c.path,
+        switches,
+        approved: false,
+    });
     e.decision = d.label().into();
     e.reason = d.reason().into();
     e.detail = match d {
@@ -88,8 +109,19 @@ impl std::fmt::Display for Explanation {
         let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         writeln!(f, "agent:    {}", self.agent)?;
         writeln!(f, "request:  {} {}", self.method, self.path)?;
-        writeln!(f, "tool:     {} (risk {}, template {})", o(&self.tool), o(&self.risk), o(&self.template))?;
-        writeln!(f, "route:    {} → upstream {}", o(&self.route), o(&self.upstream))?;
+        writeln!(
+            f,
+            "tool:     {} (risk {}, template {})",
+            o(&self.tool),
+            o(&self.risk),
+            o(&self.template)
+        )?;
+        writeln!(
+            f,
+            "route:    {} → upstream {}",
+            o(&self.route),
+            o(&self.upstream)
+        )?;
         writeln!(f, "decision: {} ({})", self.decision, self.reason)?;
         writeln!(f, "because:  {}", self.detail)?;
         write!(f, "policy:   {}", self.policy_version)
@@ -106,20 +138,41 @@ pub struct ToolEntry {
     pub posture: String,
 }
 
-pub fn agent_tools(snap: &Snapshot, agent: &Agent, narrowing: &Narrowing, switches: &Switches) -> Vec<ToolEntry> {
+pub fn agent_tools(
+    snap: &Snapshot,
+    agent: &Agent,
+    narrowing: &Narrowing,
+    switches: &Switches,
+) -> Vec<ToolEntry> {
     let mut out: Vec<ToolEntry> = Vec::new();
     for row in tooltable::rows(snap) {
-        let Ok(tool) = snap.classifier.classify(crate::canon::Method::parse(&row.method).unwrap_or(crate::canon::Method::Get), &tooltable::sample_path(&row.template)) else {
+        let Ok(tool) = snap.classifier.classify(
+            crate::canon::Method::parse(&row.method).unwrap_or(crate::canon::Method::Get),
+            &tooltable::sample_path(&row.template),
+        ) else {
             continue;
         };
         let path = tooltable::sample_path(&row.template);
-        let d = decide(&Input { agent, narrowing, tool: &tool, path: &path, switches, approved: false });
+        let d = decide(&Input {
+            agent,
+            narrowing,
+            tool: &tool,
+            path: &path,
+            switches,
+            approved: false,
+        });
         let posture = match d {
             Decision::Allow { .. } => "allow",
             Decision::Park => "approval",
             Decision::Deny { .. } => continue,
         };
-        out.push(ToolEntry { tool: row.tool, method: row.method, template: row.template, risk: row.risk, posture: posture.into() });
+        out.push(ToolEntry {
+            tool: row.tool,
+            method: row.method,
+            template: row.template,
+            risk: row.risk,
+            posture: posture.into(),
+        });
     }
     out
 }
@@ -165,9 +218,13 @@ pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
     let mut out = String::new();
     let mut failed = 0;
     for (i, c) in cases.iter().enumerate() {
-        let label = c.name.clone().unwrap_or_else(|| format!("#{} {} {}", i + 1, c.agent, c.request));
+        let label = c
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("#{} {} {}", i + 1, c.agent, c.request));
         let got = match c.request.trim().split_once(' ') {
-            Some((m, p)) => explain(snap, &Switches::default(), &c.agent, m.trim(), p.trim()).map_err(|e| e.to_string()),
+            Some((m, p)) => explain(snap, &Switches::default(), &c.agent, m.trim(), p.trim())
+                .map_err(|e| e.to_string()),
             None => Err(format!("`{}`: expected `METHOD /path`", c.request)),
         };
         let ok = match &got {
@@ -185,11 +242,22 @@ pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
             };
             out.push_str(&format!("  - expected: {want}\n"));
             match got {
-                Ok(e) => out.push_str(&format!("  + got:      {} ({}) — tool {}, risk {}: {}\n", e.decision, e.reason, e.tool.unwrap_or_default(), e.risk.unwrap_or_default(), e.detail)),
+                Ok(e) => out.push_str(&format!(
+                    "  + got:      {} ({}) — tool {}, risk {}: {}\n",
+                    e.decision,
+                    e.reason,
+                    e.tool.unwrap_or_default(),
+                    e.risk.unwrap_or_default(),
+                    e.detail
+                )),
                 Err(e) => out.push_str(&format!("  + error:    {e}\n")),
             }
         }
     }
-    out.push_str(&format!("{} passed, {} failed\n", cases.len() - failed, failed));
+    out.push_str(&format!(
+        "{} passed, {} failed\n",
+        cases.len() - failed,
+        failed
+    ));
     (out, failed == 0)
 }

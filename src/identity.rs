@@ -20,7 +20,9 @@ const CACHE_MAX: usize = 100_000;
 
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    ring::rand::SystemRandom::new().fill(&mut buf).expect("the system RNG works");
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .expect("the system RNG works");
     hex::encode(buf)
 }
 
@@ -28,7 +30,8 @@ pub fn random_hex(bytes: usize) -> String {
 pub fn hash_secret(pepper: Option<&[u8]>, secret: &str) -> String {
     match pepper {
         Some(p) => {
-            let mut m = <Hmac<Sha256> as Mac>::new_from_slice(p).expect("hmac takes any key length");
+            let mut m =
+                <Hmac<Sha256> as Mac>::new_from_slice(p).expect("hmac takes any key length");
             m.update(secret.as_bytes());
             hex::encode(m.finalize().into_bytes())
         }
@@ -96,7 +99,10 @@ pub fn issue(pepper: Option<&[u8]>, r: IssueRequest) -> Issued {
         revoked: false,
         issued_by: r.issued_by,
     };
-    Issued { token: format!("{AGENT_PREFIX}{id}_{secret}"), record }
+    Issued {
+        token: format!("{AGENT_PREFIX}{id}_{secret}"),
+        record,
+    }
 }
 
 /// A token as cached: the record plus its compiled narrowing.
@@ -107,7 +113,10 @@ pub struct Cached {
 
 fn compile(record: TokenRecord) -> Arc<Cached> {
     let narrowing = Narrowing {
-        tools: record.tools.as_ref().map(|t| t.iter().map(|s| Glob(s.clone())).collect()),
+        tools: record
+            .tools
+            .as_ref()
+            .map(|t| t.iter().map(|s| Glob(s.clone())).collect()),
         max_risk: record.max_risk,
     };
     Arc::new(Cached { record, narrowing })
@@ -135,7 +144,9 @@ impl Credentials {
             }
         }
         let g = self.gen.load(Ordering::Acquire);
-        let Some(rec) = store.get_token(id).await? else { return Ok(None) };
+        let Some(rec) = store.get_token(id).await? else {
+            return Ok(None);
+        };
         let c = compile(rec);
         if live && store.feed_live() {
             let mut w = self.cache.write().expect("cache lock");
@@ -178,7 +189,10 @@ impl Credentials {
             return Err(Error::Unauthorized);
         }
         let agent = agents.get(&r.agent).cloned().ok_or(Error::Unauthorized)?;
-        Ok(Identity { token: cached, agent })
+        Ok(Identity {
+            token: cached,
+            agent,
+        })
     }
 }
 
@@ -188,13 +202,30 @@ mod tests {
 
     #[test]
     fn tokens_parse_and_hash() {
-        let i = issue(None, IssueRequest { agent: "a".into(), ttl_ms: 1000, tools: None, max_risk: None, max_calls: None, issued_by: "op".into() });
+        let i = issue(
+            None,
+            IssueRequest {
+                agent: "a".into(),
+                ttl_ms: 1000,
+                tools: None,
+                max_risk: None,
+                max_calls: None,
+                issued_by: "op".into(),
+            },
+        );
         let (id, secret) = parse_agent_token(&i.token).unwrap();
         assert_eq!(id, i.record.id);
         assert!(digest_eq(&hash_secret(None, secret), &i.record.hash));
         assert!(!i.record.hash.contains(secret));
         assert_ne!(hash_secret(Some(b"pepper"), secret), i.record.hash);
-        for bad in ["", "pcx_", "pcx_abc_def", "pco_x_y", &i.token.replace("pcx_", "pcy_"), &format!("{}0", i.token)] {
+        for bad in [
+            "",
+            "pcx_",
+            "pcx_abc_def",
+            "pco_x_y",
+            &i.token.replace("pcx_", "pcy_"),
+            &format!("{}0", i.token),
+        ] {
             assert!(parse_agent_token(bad).is_none(), "{bad}");
         }
     }

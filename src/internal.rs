@@ -9,11 +9,17 @@ use crate::explain;
 use crate::identity::Identity;
 use http::{Response, StatusCode};
 
-pub async fn handle(app: &App, live: &Live, who: &Identity, c: &Canonical) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    app: &App,
+    live: &Live,
+    who: &Identity,
+    c: &Canonical,
+) -> Result<Response<Body>, Error> {
     match (c.method, c.path.as_str()) {
         (Method::Get, "/_portcullis/tools") => {
             let switches = app.switches.current(&app.store).await?;
-            let tools = explain::agent_tools(&live.snap, &who.agent, &who.token.narrowing, &switches);
+            let tools =
+                explain::agent_tools(&live.snap, &who.agent, &who.token.narrowing, &switches);
             Ok(crate::proxy::json(
                 StatusCode::OK,
                 serde_json::json!({"agent": who.agent.id, "policy_version": &*live.snap.policy_version, "tools": tools}),

@@ -3,23 +3,23 @@
 //! into a tool with a risk, decided in one gate, and forwarded, denied or parked.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod admin_client;
+pub mod app;
 pub mod body;
 pub mod canon;
 pub mod classify;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod internal;
 pub mod policy;
-pub mod store;
-pub mod switchboard;
-pub mod admin;
-pub mod admin_client;
-pub mod app;
-pub mod cli;
-pub mod demo;
 pub mod proxy;
 pub mod server;
+pub mod store;
+pub mod switchboard;
 pub mod tooltable;
 pub mod upstream;

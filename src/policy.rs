@@ -96,8 +96,13 @@ pub struct Input<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// `rule` names what granted it: `admin`, `tools`, `approved`.
-    Allow { rule: &'static str },
-    Deny { reason: &'static str, detail: String },
+    Allow {
+        rule: &'static str,
+    },
+    Deny {
+        reason: &'static str,
+        detail: String,
+    },
     Park,
 }
 
@@ -144,20 +149,36 @@ pub fn decide(i: &Input) -> Decision {
         return deny("paused", format!("tool `{name}` is paused"));
     }
     if any_match(&p.deny, name) {
-        return deny("profile_deny", format!("profile `{}` denies `{name}`", p.name));
+        return deny(
+            "profile_deny",
+            format!("profile `{}` denies `{name}`", p.name),
+        );
     }
     if let Some(tools) = &i.narrowing.tools {
         if !any_match(tools, name) {
-            return deny("token_scope", format!("this credential is not scoped to `{name}`"));
+            return deny(
+                "token_scope",
+                format!("this credential is not scoped to `{name}`"),
+            );
         }
     }
     if let Some(res) = &a.resources {
         if !res.iter().any(|r| r.matches(i.path)) {
-            return deny("out_of_scope", format!("`{}` is outside the resources of profile `{}`", i.path, p.name));
+            return deny(
+                "out_of_scope",
+                format!(
+                    "`{}` is outside the resources of profile `{}`",
+                    i.path, p.name
+                ),
+            );
         }
     }
     if any_match(&p.approval, name) {
-        return if i.approved { Decision::Allow { rule: "approved" } } else { Decision::Park };
+        return if i.approved {
+            Decision::Allow { rule: "approved" }
+        } else {
+            Decision::Park
+        };
     }
     if p.admin {
         return Decision::Allow { rule: "admin" };
@@ -173,15 +194,27 @@ pub fn decide(i: &Input) -> Decision {
         if t.risk <= ceiling {
             return Decision::Allow { rule: "tools" };
         }
-        let reason = if s.draft_only && t.risk > Risk::Low && t.risk <= p.max_risk.min(i.narrowing.max_risk.unwrap_or(Risk::Critical)) {
+        let reason = if s.draft_only
+            && t.risk > Risk::Low
+            && t.risk
+                <= p.max_risk
+                    .min(i.narrowing.max_risk.unwrap_or(Risk::Critical))
+        {
             "draft_only"
         } else {
             "risk_ceiling"
         };
-        let why = if reason == "draft_only" { "draft-only mode allows only low".to_string() } else { format!("the ceiling is {ceiling}") };
+        let why = if reason == "draft_only" {
+            "draft-only mode allows only low".to_string()
+        } else {
+            format!("the ceiling is {ceiling}")
+        };
         return deny(reason, format!("`{name}` is {} risk; {why}", t.risk));
     }
-    deny("not_granted", format!("profile `{}` does not grant `{name}`", p.name))
+    deny(
+        "not_granted",
+        format!("profile `{}` does not grant `{name}`", p.name),
+    )
 }
 
 #[cfg(test)]
@@ -192,7 +225,13 @@ mod tests {
         Profile {
             name: "drafter".into(),
             admin: false,
-            tools: vec![Glob("tickets.get".into()), Glob("tickets.list".into()), Glob("tickets.comments.*".into()), Glob("tickets.update".into()), Glob("tickets.delete".into())],
+            tools: vec![
+                Glob("tickets.get".into()),
+                Glob("tickets.list".into()),
+                Glob("tickets.comments.*".into()),
+                Glob("tickets.update".into()),
+                Glob("tickets.delete".into()),
+            ],
             resources: None,
             max_risk: Risk::Medium,
             approval: vec![Glob("tickets.refund".into())],
@@ -212,56 +251,340 @@ mod tests {
     }
 
     fn tool(name: &str, risk: Risk) -> Tool {
-        Tool { name: name.into(), risk, template: "/x".into(), route: 0, approval_ttl: None }
+        Tool {
+            name: name.into(),
+            risk,
+            template: "/x".into(),
+            route: 0,
+            approval_ttl: None,
+        }
     }
 
     #[test]
     fn precedence_table() {
-        let admin = Profile { name: "ops".into(), admin: true, tools: vec![], max_risk: Risk::Low, ..profile() };
-        let paused_all = Switches { paused_all: true, ..Default::default() };
-        let paused_agent = Switches { paused_agents: ["bot".to_string()].into(), ..Default::default() };
-        let paused_tenant = Switches { paused_tenants: ["acme".to_string()].into(), ..Default::default() };
-        let paused_tool = Switches { paused_tools: vec![Glob("tickets.*".into())], ..Default::default() };
-        let disabled = Switches { disabled_agents: ["bot".to_string()].into(), ..Default::default() };
-        let draft = Switches { draft_only: true, ..Default::default() };
+        let admin = Profile {
+            name: "ops".into(),
+            admin: true,
+            tools: vec![],
+            max_risk: Risk::Low,
+            ..profile()
+        };
+        let paused_all = Switches {
+            paused_all: true,
+            ..Default::default()
+        };
+        let paused_agent = Switches {
+            paused_agents: ["bot".to_string()].into(),
+            ..Default::default()
+        };
+        let paused_tenant = Switches {
+            paused_tenants: ["acme".to_string()].into(),
+            ..Default::default()
+        };
+        let paused_tool = Switches {
+            paused_tools: vec![Glob("tickets.*".into())],
+            ..Default::default()
+        };
+        let disabled = Switches {
+            disabled_agents: ["bot".to_string()].into(),
+            ..Default::default()
+        };
+        let draft = Switches {
+            draft_only: true,
+            ..Default::default()
+        };
         let none = Switches::default();
-        let narrow_tools = Narrowing { tools: Some(vec![Glob("tickets.get".into())]), max_risk: None };
-        let narrow_low = Narrowing { tools: None, max_risk: Some(Risk::Low) };
+        let narrow_tools = Narrowing {
+            tools: Some(vec![Glob("tickets.get".into())]),
+            max_risk: None,
+        };
+        let narrow_low = Narrowing {
+            tools: None,
+            max_risk: Some(Risk::Low),
+        };
         let wide = Narrowing::default();
         let scoped = agent(profile(), Some(vec!["/tickets/{*rest}"]));
         let plain = agent(profile(), None);
         let adm = agent(admin, None);
-        let empty = agent(Profile { tools: vec![], approval: vec![], ..profile() }, None);
-        type Row<'a> = (&'a str, &'a Agent, &'a Narrowing, Tool, &'a str, &'a Switches, bool, &'a str);
+        let empty = agent(
+            Profile {
+                tools: vec![],
+                approval: vec![],
+                ..profile()
+            },
+            None,
+        );
+        type Row<'a> = (
+            &'a str,
+            &'a Agent,
+            &'a Narrowing,
+            Tool,
+            &'a str,
+            &'a Switches,
+            bool,
+            &'a str,
+        );
         let rows: Vec<Row> = vec![
-            ("disabled beats everything", &adm, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &disabled, false, "agent_disabled"),
-            ("global pause", &adm, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_all, false, "paused"),
-            ("agent pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_agent, false, "paused"),
-            ("tenant pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_tenant, false, "paused"),
-            ("tool pause", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &paused_tool, false, "paused"),
-            ("pause beats approved replay", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &paused_tool, true, "paused"),
-            ("profile deny beats admin-less grant", &plain, &wide, tool("tickets.purge", Risk::Low), "/tickets/1", &none, false, "profile_deny"),
-            ("token scope", &plain, &narrow_tools, tool("tickets.list", Risk::Low), "/tickets", &none, false, "token_scope"),
-            ("token scope before approval", &plain, &narrow_tools, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, false, "token_scope"),
-            ("out of scope", &scoped, &wide, tool("tickets.get", Risk::Low), "/users/1", &none, false, "out_of_scope"),
-            ("in scope", &scoped, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &none, false, "allow:tools"),
-            ("approval parks", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, false, "park"),
-            ("approved replay allowed", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &none, true, "allow:approved"),
-            ("approval parks even in draft-only", &plain, &wide, tool("tickets.refund", Risk::Critical), "/tickets/1", &draft, false, "park"),
-            ("admin allows anything", &adm, &wide, tool("anything.delete", Risk::Critical), "/x", &none, false, "allow:admin"),
-            ("admin ignores draft-only", &adm, &wide, tool("anything.delete", Risk::High), "/x", &draft, false, "allow:admin"),
-            ("granted within ceiling", &plain, &wide, tool("tickets.update", Risk::Medium), "/tickets/1", &none, false, "allow:tools"),
-            ("glob crosses dots", &plain, &wide, tool("tickets.comments.x.create", Risk::Medium), "/tickets/1", &none, false, "allow:tools"),
-            ("above profile ceiling", &plain, &wide, tool("tickets.delete", Risk::High), "/tickets/1", &none, false, "risk_ceiling"),
-            ("above token ceiling", &plain, &narrow_low, tool("tickets.update", Risk::Medium), "/tickets/1", &none, false, "risk_ceiling"),
-            ("draft-only", &plain, &wide, tool("tickets.update", Risk::Medium), "/tickets/1", &draft, false, "draft_only"),
-            ("draft-only still allows low", &plain, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &draft, false, "allow:tools"),
-            ("draft-only does not mask a ceiling", &plain, &wide, tool("tickets.delete", Risk::High), "/tickets/1", &draft, false, "risk_ceiling"),
-            ("not granted", &plain, &wide, tool("users.list", Risk::Low), "/users", &none, false, "not_granted"),
-            ("scoped by default", &empty, &wide, tool("tickets.get", Risk::Low), "/tickets/1", &none, false, "not_granted"),
+            (
+                "disabled beats everything",
+                &adm,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &disabled,
+                false,
+                "agent_disabled",
+            ),
+            (
+                "global pause",
+                &adm,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &paused_all,
+                false,
+                "paused",
+            ),
+            (
+                "agent pause",
+                &plain,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &paused_agent,
+                false,
+                "paused",
+            ),
+            (
+                "tenant pause",
+                &plain,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &paused_tenant,
+                false,
+                "paused",
+            ),
+            (
+                "tool pause",
+                &plain,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &paused_tool,
+                false,
+                "paused",
+            ),
+            (
+                "pause beats approved replay",
+                &plain,
+                &wide,
+                tool("tickets.refund", Risk::Critical),
+                "/tickets/1",
+                &paused_tool,
+                true,
+                "paused",
+            ),
+            (
+                "profile deny beats admin-less grant",
+                &plain,
+                &wide,
+                tool("tickets.purge", Risk::Low),
+                "/tickets/1",
+                &none,
+                false,
+                "profile_deny",
+            ),
+            (
+                "token scope",
+                &plain,
+                &narrow_tools,
+                tool("tickets.list", Risk::Low),
+                "/tickets",
+                &none,
+                false,
+                "token_scope",
+            ),
+            (
+                "token scope before approval",
+                &plain,
+                &narrow_tools,
+                tool("tickets.refund", Risk::Critical),
+                "/tickets/1",
+                &none,
+                false,
+                "token_scope",
+            ),
+            (
+                "out of scope",
+                &scoped,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/users/1",
+                &none,
+                false,
+                "out_of_scope",
+            ),
+            (
+                "in scope",
+                &scoped,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &none,
+                false,
+                "allow:tools",
+            ),
+            (
+                "approval parks",
+                &plain,
+                &wide,
+                tool("tickets.refund", Risk::Critical),
+                "/tickets/1",
+                &none,
+                false,
+                "park",
+            ),
+            (
+                "approved replay allowed",
+                &plain,
+                &wide,
+                tool("tickets.refund", Risk::Critical),
+                "/tickets/1",
+                &none,
+                true,
+                "allow:approved",
+            ),
+            (
+                "approval parks even in draft-only",
+                &plain,
+                &wide,
+                tool("tickets.refund", Risk::Critical),
+                "/tickets/1",
+                &draft,
+                false,
+                "park",
+            ),
+            (
+                "admin allows anything",
+                &adm,
+                &wide,
+                tool("anything.delete", Risk::Critical),
+                "/x",
+                &none,
+                false,
+                "allow:admin",
+            ),
+            (
+                "admin ignores draft-only",
+                &adm,
+                &wide,
+                tool("anything.delete", Risk::High),
+                "/x",
+                &draft,
+                false,
+                "allow:admin",
+            ),
+            (
+                "granted within ceiling",
+                &plain,
+                &wide,
+                tool("tickets.update", Risk::Medium),
+                "/tickets/1",
+                &none,
+                false,
+                "allow:tools",
+            ),
+            (
+                "glob crosses dots",
+                &plain,
+                &wide,
+                tool("tickets.comments.x.create", Risk::Medium),
+                "/tickets/1",
+                &none,
+                false,
+                "allow:tools",
+            ),
+            (
+                "above profile ceiling",
+                &plain,
+                &wide,
+                tool("tickets.delete", Risk::High),
+                "/tickets/1",
+                &none,
+                false,
+                "risk_ceiling",
+            ),
+            (
+                "above token ceiling",
+                &plain,
+                &narrow_low,
+                tool("tickets.update", Risk::Medium),
+                "/tickets/1",
+                &none,
+                false,
+                "risk_ceiling",
+            ),
+            (
+                "draft-only",
+                &plain,
+                &wide,
+                tool("tickets.update", Risk::Medium),
+                "/tickets/1",
+                &draft,
+                false,
+                "draft_only",
+            ),
+            (
+                "draft-only still allows low",
+                &plain,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &draft,
+                false,
+                "allow:tools",
+            ),
+            (
+                "draft-only does not mask a ceiling",
+                &plain,
+                &wide,
+                tool("tickets.delete", Risk::High),
+                "/tickets/1",
+                &draft,
+                false,
+                "risk_ceiling",
+            ),
+            (
+                "not granted",
+                &plain,
+                &wide,
+                tool("users.list", Risk::Low),
+                "/users",
+                &none,
+                false,
+                "not_granted",
+            ),
+            (
+                "scoped by default",
+                &empty,
+                &wide,
+                tool("tickets.get", Risk::Low),
+                "/tickets/1",
+                &none,
+                false,
+                "not_granted",
+            ),
         ];
         for (what, a, n, t, path, s, approved, want) in rows {
-            let d = decide(&Input { agent: a, narrowing: n, tool: &t, path, switches: s, approved });
+            let d = decide(&Input {
+                agent: a,
+                narrowing: n,
+                tool: &t,
+                path,
+                switches: s,
+                approved,
+            });
             let got = match &d {
                 Decision::Allow { rule } => format!("allow:{rule}"),
                 Decision::Park => "park".into(),
@@ -273,7 +596,16 @@ mod tests {
 
     #[test]
     fn globs() {
-        let cases = [("tickets.*", "tickets.comments.create", true), ("*.delete", "a.b.delete", true), ("*.delete", "a.deleted", false), ("tickets.get", "tickets.get", true), ("tickets.get", "tickets.gets", false), ("*", "x", true), ("a*b*c", "aXbYc", true), ("a*b*c", "aXbY", false)];
+        let cases = [
+            ("tickets.*", "tickets.comments.create", true),
+            ("*.delete", "a.b.delete", true),
+            ("*.delete", "a.deleted", false),
+            ("tickets.get", "tickets.get", true),
+            ("tickets.get", "tickets.gets", false),
+            ("*", "x", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+        ];
         for (p, s, want) in cases {
             assert_eq!(Glob(p.into()).matches(s), want, "{p} {s}");
         }

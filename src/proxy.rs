@@ -33,10 +33,11 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
     let deadline = app.live.load().snap.limits.request_deadline;
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let result = match tokio::time::timeout(deadline, route_request(&app, conn, &request_id, req)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Deadline(deadline)),
-    };
+    let result =
+        match tokio::time::timeout(deadline, route_request(&app, conn, &request_id, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Deadline(deadline)),
+        };
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -65,25 +66,51 @@ fn deny(snap: &Snapshot, reason: &'static str, detail: String, tool: Option<&Too
     }))
 }
 
-async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn route_request(
+    app: &App,
+    conn: Conn,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
     let live = app.live.load_full();
     let snap = &live.snap;
     let c: Canonical = canon::canonicalize(req.method(), req.uri(), req.version(), req.headers())?;
     let pepper = snap.store.pepper.as_deref();
-    let who = app.creds.authenticate(&app.store, pepper, &snap.agents, req.headers()).await?;
+    let who = app
+        .creds
+        .authenticate(&app.store, pepper, &snap.agents, req.headers())
+        .await?;
     if canon_is_internal(&c.path) {
         return internal::handle(app, &live, &who, &c).await;
     }
     let tool = match snap.classifier.classify(c.method, &c.path) {
         Ok(t) => t,
-        Err(Unclassified::NoRoute) => return Err(deny(snap, "no_route", format!("no route serves `{}`", c.path), None)),
+        Err(Unclassified::NoRoute) => {
+            return Err(deny(
+                snap,
+                "no_route",
+                format!("no route serves `{}`", c.path),
+                None,
+            ))
+        }
         Err(Unclassified::UnknownPath(r)) => {
-            return Err(deny(snap, "unknown_path", format!("`{}` is not a known path of route `{}`", c.path, snap.routes[r].prefix), None))
+            return Err(deny(
+                snap,
+                "unknown_path",
+                format!(
+                    "`{}` is not a known path of route `{}`",
+                    c.path, snap.routes[r].prefix
+                ),
+                None,
+            ))
         }
     };
     let route = &snap.routes[tool.route];
     if c.encoded_slash && !route.allow_encoded_slash {
-        return Err(Error::BadRequest { reason: "encoded_slash", detail: "an encoded `/` is not accepted on this route".into() });
+        return Err(Error::BadRequest {
+            reason: "encoded_slash",
+            detail: "an encoded `/` is not accepted on this route".into(),
+        });
     }
     let switches = app.switches.current(&app.store).await?;
     let decision = decide(&Input {
@@ -98,13 +125,18 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     match decision {
         Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
         Decision::Park => {
-            return Err(Error::NotImplemented(format!("`{}` needs an operator's approval; parking is not available in this build", tool.name)))
+            return Err(Error::NotImplemented(format!(
+                "`{}` needs an operator's approval; parking is not available in this build",
+                tool.name
+            )))
         }
         Decision::Allow { .. } => {}
     }
     if let Some(l) = live.limiters.get(&who.agent.id) {
         if let Err(not_until) = l.check() {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
             return Err(Error::TooMany {
                 reason: "rate_limited",
                 detail: format!("agent `{}` is over its rate limit", who.agent.id),
@@ -114,7 +146,11 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     }
     if let Some(max) = who.token.record.max_calls {
         if !app.store.spend_call(&who.token.record.id, max).await? {
-            return Err(Error::TooMany { reason: "token_budget", detail: format!("this credential's {max} calls are spent"), retry_after: 3600 });
+            return Err(Error::TooMany {
+                reason: "token_budget",
+                detail: format!("this credential's {max} calls are spent"),
+                retry_after: 3600,
+            });
         }
     }
     let limit = snap.limits.max_body_bytes;
@@ -123,7 +159,12 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     }
     let up = &snap.upstreams[route.upstream];
     let (_client_ip, forwarded_for) = client_origin(snap, conn.peer.ip(), req.headers());
-    let origin = Origin { forwarded_for: &forwarded_for, https: conn.https, tenant: who.agent.tenant.as_deref(), request_id };
+    let origin = Origin {
+        forwarded_for: &forwarded_for,
+        https: conn.https,
+        tenant: who.agent.tenant.as_deref(),
+        request_id,
+    };
     let (parts, incoming) = req.into_parts();
     let mut out = Request::new(upstream::boxed(Capped::new(incoming, limit)));
     *out.method_mut() = c.method.to_http();
@@ -131,7 +172,8 @@ async fn route_request(app: &App, conn: Conn, request_id: &str, req: Request<Inc
     *out.headers_mut() = upstream::outbound_headers(&parts.headers, up, &origin);
     let resp = upstream::send(&live.clients[route.upstream], up, out).await?;
     let mut resp = upstream::inbound_response(resp);
-    resp.headers_mut().insert("portcullis-decision", HeaderValue::from_static("allow"));
+    resp.headers_mut()
+        .insert("portcullis-decision", HeaderValue::from_static("allow"));
     Ok(resp)
 }
 
@@ -180,6 +222,7 @@ pub fn client_origin(snap: &Snapshot, peer: IpAddr, h: &http::HeaderMap) -> (IpA
 /// A small helper for internal JSON answers on the agent port.
 pub fn json(status: http::StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = body::json_response(status, &v);
-    r.headers_mut().insert("portcullis-decision", HeaderValue::from_static("allow"));
+    r.headers_mut()
+        .insert("portcullis-decision", HeaderValue::from_static("allow"));
     r
 }

@@ -30,13 +30,16 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
         .map_err(|e| fail(&files.cert.display().to_string(), &e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(&files.cert.display().to_string(), &e))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| fail(&files.key.display().to_string(), &e))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail("versions", &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| fail("certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| fail(&files.key.display().to_string(), &e))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail("versions", &e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| fail("certificate", &e))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -67,7 +70,9 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
     let live = app.live.load_full();
     let snap = &live.snap;
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
     };
     let proxy_l = bind(snap.listen).await?;
     let admin_l = bind(snap.admin_listen).await?;
@@ -81,8 +86,22 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
         "listening"
     );
     let reloader = tokio::spawn(reload_triggers(app.clone()));
-    let a = tokio::spawn(accept_loop(app.clone(), proxy_l, proxy_tls, Side::Proxy, stop_rx.clone(), graceful.clone()));
-    let b = tokio::spawn(accept_loop(app.clone(), admin_l, admin_tls, Side::Admin, stop_rx, graceful.clone()));
+    let a = tokio::spawn(accept_loop(
+        app.clone(),
+        proxy_l,
+        proxy_tls,
+        Side::Proxy,
+        stop_rx.clone(),
+        graceful.clone(),
+    ));
+    let b = tokio::spawn(accept_loop(
+        app.clone(),
+        admin_l,
+        admin_tls,
+        Side::Admin,
+        stop_rx,
+        graceful.clone(),
+    ));
     shutdown_signal().await;
     info!("shutting down: no new connections, draining in-flight requests");
     app.draining.store(true, Ordering::Relaxed);
@@ -92,7 +111,10 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     match tokio::time::timeout(DRAIN, graceful.shutdown()).await {
         Ok(()) => info!("drained"),
-        Err(_) => warn!(after_s = DRAIN.as_secs(), "drain bound reached; closing remaining connections"),
+        Err(_) => warn!(
+            after_s = DRAIN.as_secs(),
+            "drain bound reached; closing remaining connections"
+        ),
     }
     Ok(())
 }
@@ -158,7 +180,10 @@ async fn accept_loop(
             let b = builder(&live.snap);
             let handshake = live.snap.limits.header_timeout;
             drop(live);
-            let conn = Conn { peer, https: tls.is_some() };
+            let conn = Conn {
+                peer,
+                https: tls.is_some(),
+            };
             let svc = service_fn(move |req| {
                 let app = app.clone();
                 async move {

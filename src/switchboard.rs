@@ -26,7 +26,13 @@ impl Switchboard {
         let s = Arc::new(store.switches().await?.to_policy());
         if live && store.feed_live() && self.gen.load(Ordering::Acquire) == g {
             // A change notice after `g` bumps gen; a stale read then is not cached.
-            self.cached.rcu(|_| if self.gen.load(Ordering::Acquire) == g { Some(s.clone()) } else { None });
+            self.cached.rcu(|_| {
+                if self.gen.load(Ordering::Acquire) == g {
+                    Some(s.clone())
+                } else {
+                    None
+                }
+            });
         }
         Ok(s)
     }

@@ -18,13 +18,27 @@ pub struct Row {
     pub deny: Vec<String>,
 }
 
-const TABLE_METHODS: [Method; 5] = [Method::Get, Method::Post, Method::Put, Method::Patch, Method::Delete];
+const TABLE_METHODS: [Method; 5] = [
+    Method::Get,
+    Method::Post,
+    Method::Put,
+    Method::Patch,
+    Method::Delete,
+];
 
 /// A concrete path that a template matches (`{x}` → `1`, `{*x}` → `x`).
 pub fn sample_path(template: &str) -> String {
     template
         .split('/')
-        .map(|s| if s.starts_with("{*") { "x" } else if s.starts_with('{') { "1" } else { s })
+        .map(|s| {
+            if s.starts_with("{*") {
+                "x"
+            } else if s.starts_with('{') {
+                "1"
+            } else {
+                s
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -44,8 +58,14 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
         }
         for (m, template) in entries {
             let path = sample_path(&template);
-            let Ok(tool) = snap.classifier.classify(m, &path) else { continue };
-            if tool.route != ri || out.iter().any(|r: &Row| r.method == m.as_str() && r.template == template && r.route == rules.prefix) {
+            let Ok(tool) = snap.classifier.classify(m, &path) else {
+                continue;
+            };
+            if tool.route != ri
+                || out.iter().any(|r: &Row| {
+                    r.method == m.as_str() && r.template == template && r.route == rules.prefix
+                })
+            {
                 continue;
             }
             let route = &snap.routes[ri];
@@ -61,8 +81,21 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                 deny: vec![],
             };
             for p in snap.profiles.values() {
-                let agent = Agent { id: String::new(), profile: p.clone(), tenant: None, owner: None, resources: None };
-                let d = decide(&Input { agent: &agent, narrowing: &Narrowing::default(), tool: &tool, path: &path, switches: &Switches::default(), approved: false });
+                let agent = Agent {
+                    id: String::new(),
+                    profile: p.clone(),
+                    tenant: None,
+                    owner: None,
+                    resources: None,
+                };
+                let d = decide(&Input {
+                    agent: &agent,
+                    narrowing: &Narrowing::default(),
+                    tool: &tool,
+                    path: &path,
+                    switches: &Switches::default(),
+                    approved: false,
+                });
                 match d {
                     Decision::Allow { .. } => row.allow.push(p.name.clone()),
                     Decision::Park => row.park.push(p.name.clone()),
@@ -77,12 +110,30 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
 
 pub fn render(snap: &Snapshot) -> String {
     let rows = rows(snap);
-    let head = ["TOOL", "METHOD", "TEMPLATE", "RISK", "ROUTE", "UPSTREAM", "ALLOW", "PARK", "DENY"];
+    let head = [
+        "TOOL", "METHOD", "TEMPLATE", "RISK", "ROUTE", "UPSTREAM", "ALLOW", "PARK", "DENY",
+    ];
     let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
-            let j = |v: &Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(",") };
-            [r.tool.clone(), r.method.clone(), r.template.clone(), r.risk.clone(), r.route.clone(), r.upstream.clone(), j(&r.allow), j(&r.park), j(&r.deny)]
+            let j = |v: &Vec<String>| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            [
+                r.tool.clone(),
+                r.method.clone(),
+                r.template.clone(),
+                r.risk.clone(),
+                r.route.clone(),
+                r.upstream.clone(),
+                j(&r.allow),
+                j(&r.park),
+                j(&r.deny),
+            ]
         })
         .collect();
     let mut w = head.map(str::len);
@@ -93,7 +144,11 @@ pub fn render(snap: &Snapshot) -> String {
     }
     let mut s = String::new();
     let line = |s: &mut String, c: &[&str]| {
-        let parts: Vec<String> = c.iter().enumerate().map(|(i, x)| format!("{x:<width$}", width = w[i])).collect();
+        let parts: Vec<String> = c
+            .iter()
+            .enumerate()
+            .map(|(i, x)| format!("{x:<width$}", width = w[i]))
+            .collect();
         let _ = writeln!(s, "{}", parts.join("  ").trim_end());
     };
     line(&mut s, &head);

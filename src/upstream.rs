@@ -60,11 +60,13 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
             roots.add(c).map_err(|e| format!("{}: {e}", f.display()))?;
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 pub fn build_client(u: &Upstream) -> Result<HttpsClient, String> {
@@ -122,7 +124,7 @@ pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> Header
             || n.starts_with("x-forwarded-")
             || named.contains(name)
             || up.tenant_header.as_ref() == Some(name)
-            || up.inject.as_ref().is_some_and(|i| &i.header == name)
+            || up.inject.as_ref().is_some_and(|i| i.header == name)
         {
             continue;
         }
@@ -134,7 +136,10 @@ pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> Header
     if let Ok(v) = HeaderValue::from_str(o.forwarded_for) {
         out.insert("x-forwarded-for", v);
     }
-    out.insert("x-forwarded-proto", HeaderValue::from_static(if o.https { "https" } else { "http" }));
+    out.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if o.https { "https" } else { "http" }),
+    );
     if let Some(h) = client.get(header::HOST) {
         out.insert("x-forwarded-host", h.clone());
     }
@@ -159,7 +164,9 @@ pub fn upstream_uri(up: &Upstream, route: &Route, c: &Canonical) -> Result<http:
     if route.strip_prefix && route.prefix != "/" {
         path = &path[route.prefix.len()..];
     }
-    let mut pq = String::with_capacity(up.base_path.len() + path.len() + c.query.as_ref().map_or(0, |q| q.len() + 1));
+    let mut pq = String::with_capacity(
+        up.base_path.len() + path.len() + c.query.as_ref().map_or(0, |q| q.len() + 1),
+    );
     pq.push_str(&up.base_path);
     if path.is_empty() || !path.starts_with('/') {
         pq.push('/');
@@ -179,9 +186,16 @@ pub fn upstream_uri(up: &Upstream, route: &Route, c: &Canonical) -> Result<http:
 
 /// Sends one request upstream; the response's headers must arrive within the upstream's
 /// response timeout. Nothing is retried.
-pub async fn send(client: &HttpsClient, up: &Upstream, req: Request<Body>) -> Result<Response<Incoming>, Error> {
+pub async fn send(
+    client: &HttpsClient,
+    up: &Upstream,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, Error> {
     match tokio::time::timeout(up.response_timeout, client.request(req)).await {
-        Err(_) => Err(Error::GatewayTimeout { upstream: up.name.clone(), after: up.response_timeout }),
+        Err(_) => Err(Error::GatewayTimeout {
+            upstream: up.name.clone(),
+            after: up.response_timeout,
+        }),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => Err(classify_error(up, &e)),
     }
@@ -203,7 +217,10 @@ fn classify_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Error
     } else {
         "the upstream closed the connection before answering".to_string()
     };
-    Error::BadGateway { upstream: up.name.clone(), detail }
+    Error::BadGateway {
+        upstream: up.name.clone(),
+        detail,
+    }
 }
 
 fn find_too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {

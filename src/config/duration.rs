@@ -15,7 +15,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("`{s}` is not a duration (write 500ms, 30s, 15m, 1h or 7d)")),
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration (write 500ms, 30s, 15m, 1h or 7d)"
+            ))
+        }
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)

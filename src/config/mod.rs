@@ -175,20 +175,34 @@ impl Ctx<'_> {
             self.dir.join(p)
         }
     }
-    fn duration(&self, path: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        path: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => duration::parse(s).map_err(|e| self.err(path, e)),
         }
     }
     /// A secret from `*_env` or `*_file`: exactly one must be given.
-    fn secret(&self, path: &str, env: &Option<String>, file: &Option<String>) -> Result<String, ConfigError> {
+    fn secret(
+        &self,
+        path: &str,
+        env: &Option<String>,
+        file: &Option<String>,
+    ) -> Result<String, ConfigError> {
         match (env, file) {
-            (Some(_), Some(_)) => Err(self.err(path, "give either the `_env` or the `_file` key, not both")),
+            (Some(_), Some(_)) => {
+                Err(self.err(path, "give either the `_env` or the `_file` key, not both"))
+            }
             (None, None) => Err(self.err(path, "needs a `_env` or `_file` key")),
             (Some(name), None) => {
                 let key = leaf_key(path, "_env");
-                (self.env)(name).ok_or_else(|| self.err(&key, format!("environment variable `{name}` is not set")))
+                (self.env)(name).ok_or_else(|| {
+                    self.err(&key, format!("environment variable `{name}` is not set"))
+                })
             }
             (None, Some(f)) => {
                 let key = leaf_key(path, "_file");
@@ -202,7 +216,11 @@ impl Ctx<'_> {
 }
 
 fn leaf_key(path: &str, suffix: &str) -> String {
-    let leaf = if path.ends_with("inject") { "value" } else { "url" };
+    let leaf = if path.ends_with("inject") {
+        "value"
+    } else {
+        "url"
+    };
     format!("{path}.{leaf}{suffix}")
 }
 
@@ -225,7 +243,10 @@ impl Snapshot {
     pub fn parse(file: &Path, text: &str, env: EnvLookup) -> Result<Snapshot, ConfigError> {
         let name = file.display().to_string();
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+            let (line, col) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
             let msg = e.to_string();
             let msg = match msg.rfind(" at line ") {
                 Some(i) => msg[..i].to_string(),
@@ -235,12 +256,22 @@ impl Snapshot {
                 Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
                 _ => (String::new(), msg),
             };
-            ConfigError { file: name.clone(), line, col, path, message }
+            ConfigError {
+                file: name.clone(),
+                line,
+                col,
+                path,
+                message,
+            }
         })?;
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let ctx = Ctx {
             file: name,
-            dir: if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir },
+            dir: if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            },
             loc: Locator::new(text),
             env,
         };
@@ -255,15 +286,24 @@ fn policy_version(raw: &RawConfig) -> String {
 
 fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError> {
     let policy_version = policy_version(&raw);
-    let listen: SocketAddr = raw.listen.parse().map_err(|e| c.err("listen", format!("`{}`: {e}", raw.listen)))?;
+    let listen: SocketAddr = raw
+        .listen
+        .parse()
+        .map_err(|e| c.err("listen", format!("`{}`: {e}", raw.listen)))?;
     let admin_listen: SocketAddr = raw
         .admin_listen
         .parse()
         .map_err(|e| c.err("admin_listen", format!("`{}`: {e}", raw.admin_listen)))?;
     if !admin_listen.ip().is_loopback() && raw.admin_tls.is_none() {
-        return Err(c.err("admin_listen", "admin_tls is required when the admin listener is not on loopback"));
+        return Err(c.err(
+            "admin_listen",
+            "admin_tls is required when the admin listener is not on loopback",
+        ));
     }
-    let tls_files = |t: &raw::RawTls| TlsFiles { cert: c.resolve(&t.cert), key: c.resolve(&t.key) };
+    let tls_files = |t: &raw::RawTls| TlsFiles {
+        cert: c.resolve(&t.cert),
+        key: c.resolve(&t.key),
+    };
     let node = raw.node.clone().unwrap_or_else(hostname);
 
     let store = compile_store(c, &raw.store)?;
@@ -276,7 +316,12 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         .map(|(i, s)| {
             s.parse::<ipnet::IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| c.err(&format!("trusted_proxies[{i}]"), format!("`{s}` is not a CIDR")))
+                .map_err(|_| {
+                    c.err(
+                        &format!("trusted_proxies[{i}]"),
+                        format!("`{s}` is not a CIDR"),
+                    )
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let webhook_url = match raw.notify.as_ref().and_then(|n| n.webhook.as_ref()) {
@@ -306,63 +351,125 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         let at = format!("routes[{ri}]");
         let prefix = check_prefix(&r.prefix).map_err(|e| c.err(&format!("{at}.prefix"), e))?;
         if routes.iter().any(|x: &Route| x.prefix == prefix) {
-            return Err(c.err(&format!("{at}.prefix"), format!("prefix `{prefix}` is already routed")));
+            return Err(c.err(
+                &format!("{at}.prefix"),
+                format!("prefix `{prefix}` is already routed"),
+            ));
         }
-        if classify::under_prefix("/_portcullis", &prefix) || classify::under_prefix(&prefix, "/_portcullis") {
-            return Err(c.err(&format!("{at}.prefix"), "routes may not overlap /_portcullis/"));
+        if classify::under_prefix("/_portcullis", &prefix)
+            || classify::under_prefix(&prefix, "/_portcullis")
+        {
+            return Err(c.err(
+                &format!("{at}.prefix"),
+                "routes may not overlap /_portcullis/",
+            ));
         }
-        let upstream = *up_index
-            .get(&r.upstream)
-            .ok_or_else(|| c.err(&format!("{at}.upstream"), format!("unknown upstream `{}`", r.upstream)))?;
+        let upstream = *up_index.get(&r.upstream).ok_or_else(|| {
+            c.err(
+                &format!("{at}.upstream"),
+                format!("unknown upstream `{}`", r.upstream),
+            )
+        })?;
         let unknown_deny = match r.unknown_paths.as_deref() {
             None | Some("classify") => false,
             Some("deny") => true,
-            Some(o) => return Err(c.err(&format!("{at}.unknown_paths"), format!("`{o}`: expected classify or deny"))),
+            Some(o) => {
+                return Err(c.err(
+                    &format!("{at}.unknown_paths"),
+                    format!("`{o}`: expected classify or deny"),
+                ))
+            }
         };
         let tool_prefix = r.tool_prefix.clone().unwrap_or_else(|| r.upstream.clone());
         if tool_prefix.is_empty() || tool_prefix.contains(['*', ' ']) {
-            return Err(c.err(&format!("{at}.tool_prefix"), "must be a non-empty name without `*` or spaces"));
+            return Err(c.err(
+                &format!("{at}.tool_prefix"),
+                "must be a non-empty name without `*` or spaces",
+            ));
         }
         let mut overrides = Vec::new();
         for (ti, t) in r.tools.iter().enumerate() {
             let tat = format!("{at}.tools[{ti}]");
-            let (method, template) = parse_match(&t.match_).map_err(|e| c.err(&format!("{tat}.match"), e))?;
+            let (method, template) =
+                parse_match(&t.match_).map_err(|e| c.err(&format!("{tat}.match"), e))?;
             let pattern = Pattern::new(template).map_err(|e| c.err(&format!("{tat}.match"), e))?;
             if !classify::under_prefix(template, &prefix) {
-                return Err(c.err(&format!("{tat}.match"), format!("`{template}` is not under the route prefix `{prefix}`")));
+                return Err(c.err(
+                    &format!("{tat}.match"),
+                    format!("`{template}` is not under the route prefix `{prefix}`"),
+                ));
             }
             let risk = match &t.risk {
-                Some(s) => Risk::parse(s).ok_or_else(|| c.err(&format!("{tat}.risk"), format!("`{s}`: expected low, medium, high or critical")))?,
+                Some(s) => Risk::parse(s).ok_or_else(|| {
+                    c.err(
+                        &format!("{tat}.risk"),
+                        format!("`{s}`: expected low, medium, high or critical"),
+                    )
+                })?,
                 None => method.map_or(Risk::Low, Risk::of_method),
             };
             let name = match &t.name {
                 Some(n) => {
                     if n.is_empty() || n.contains(['*', ' ']) {
-                        return Err(c.err(&format!("{tat}.name"), "must be a non-empty name without `*` or spaces"));
+                        return Err(c.err(
+                            &format!("{tat}.name"),
+                            "must be a non-empty name without `*` or spaces",
+                        ));
                     }
                     if let Some(prev) = explicit_names.insert(n.clone(), tat.clone()) {
-                        return Err(c.err(&format!("{tat}.name"), format!("duplicate tool name `{n}` (first at {prev})")));
+                        return Err(c.err(
+                            &format!("{tat}.name"),
+                            format!("duplicate tool name `{n}` (first at {prev})"),
+                        ));
                     }
                     n.clone()
                 }
-                None => classify::generated_name(&tool_prefix, &prefix, template, method.unwrap_or(Method::Get)),
+                None => classify::generated_name(
+                    &tool_prefix,
+                    &prefix,
+                    template,
+                    method.unwrap_or(Method::Get),
+                ),
             };
             let approval_ttl = match &t.approval_ttl {
-                Some(s) => Some(duration::parse(s).map_err(|e| c.err(&format!("{tat}.approval_ttl"), e))?),
+                Some(s) => {
+                    Some(duration::parse(s).map_err(|e| c.err(&format!("{tat}.approval_ttl"), e))?)
+                }
                 None => None,
             };
-            overrides.push(Override { method, pattern, name: name.into(), risk, approval_ttl, description: t.description.clone() });
+            overrides.push(Override {
+                method,
+                pattern,
+                name: name.into(),
+                risk,
+                approval_ttl,
+                description: t.description.clone(),
+            });
         }
         let sensitive = r
             .sensitive_paths
             .iter()
             .enumerate()
-            .map(|(i, p)| Pattern::new(p).map_err(|e| c.err(&format!("{at}.sensitive_paths[{i}]"), e)))
+            .map(|(i, p)| {
+                Pattern::new(p).map_err(|e| c.err(&format!("{at}.sensitive_paths[{i}]"), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let rule = RouteRules::new(prefix.clone(), tool_prefix, unknown_deny, overrides, &r.paths, sensitive)
-            .map_err(|(i, e)| c.err(&format!("{at}.paths[{i}]"), e))?;
+        let rule = RouteRules::new(
+            prefix.clone(),
+            tool_prefix,
+            unknown_deny,
+            overrides,
+            &r.paths,
+            sensitive,
+        )
+        .map_err(|(i, e)| c.err(&format!("{at}.paths[{i}]"), e))?;
         rules.push(rule);
-        routes.push(Route { prefix, upstream, strip_prefix: r.strip_prefix, allow_encoded_slash: r.allow_encoded_slash });
+        routes.push(Route {
+            prefix,
+            upstream,
+            strip_prefix: r.strip_prefix,
+            allow_encoded_slash: r.allow_encoded_slash,
+        });
     }
     let mut shadows = Vec::new();
     for a in &routes {
@@ -443,7 +550,10 @@ fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError>
         (Some(_), Some(_)) => return Err(c.err("store", "choose one of `embedded` and `redis`")),
         (_, Some(r)) => {
             let url = c.secret("store.redis", &r.url_env, &r.url_file)?;
-            StoreKind::Redis { url, key_prefix: r.key_prefix.clone() }
+            StoreKind::Redis {
+                url,
+                key_prefix: r.key_prefix.clone(),
+            }
         }
         (Some(p), None) => StoreKind::Embedded(c.resolve(p)),
         (None, None) => StoreKind::Embedded(c.resolve("data/portcullis.redb")),
@@ -451,7 +561,12 @@ fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError>
     let pepper = match &s.token_pepper_env {
         Some(name) => Some(
             (c.env)(name)
-                .ok_or_else(|| c.err("store.token_pepper_env", format!("environment variable `{name}` is not set")))?
+                .ok_or_else(|| {
+                    c.err(
+                        "store.token_pepper_env",
+                        format!("environment variable `{name}` is not set"),
+                    )
+                })?
                 .into_bytes(),
         ),
         None => None,
@@ -470,8 +585,12 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
             if cp.every == 0 {
                 return Err(c.err("audit.checkpoint.every", "must be at least 1"));
             }
-            let key = (c.env)(&cp.key_env)
-                .ok_or_else(|| c.err("audit.checkpoint.key_env", format!("environment variable `{}` is not set", cp.key_env)))?;
+            let key = (c.env)(&cp.key_env).ok_or_else(|| {
+                c.err(
+                    "audit.checkpoint.key_env",
+                    format!("environment variable `{}` is not set", cp.key_env),
+                )
+            })?;
             Some((cp.every, key.into_bytes()))
         }
         None => None,
@@ -481,10 +600,11 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
         fsync,
         rotate_bytes: a.rotate_bytes.unwrap_or(104_857_600),
         checkpoint,
-        redact_query: a
-            .redact_query
-            .clone()
-            .unwrap_or_else(|| ["access_token", "api_key", "token", "signature"].map(String::from).to_vec()),
+        redact_query: a.redact_query.clone().unwrap_or_else(|| {
+            ["access_token", "api_key", "token", "signature"]
+                .map(String::from)
+                .to_vec()
+        }),
     })
 }
 
@@ -494,16 +614,36 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
         max_parked_body_bytes: l.max_parked_body_bytes.unwrap_or(1_048_576),
         max_result_bytes: l.max_result_bytes.unwrap_or(1_048_576),
         max_pending_per_agent: l.max_pending_per_agent.unwrap_or(100),
-        approval_ttl: c.duration("limits.approval_ttl", &l.approval_ttl, Duration::from_secs(3600))?,
-        approval_retention: c.duration("limits.approval_retention", &l.approval_retention, Duration::from_secs(7 * 86400))?,
-        header_timeout: c.duration("limits.header_timeout", &l.header_timeout, Duration::from_secs(10))?,
-        request_deadline: c.duration("limits.request_deadline", &l.request_deadline, Duration::from_secs(60))?,
+        approval_ttl: c.duration(
+            "limits.approval_ttl",
+            &l.approval_ttl,
+            Duration::from_secs(3600),
+        )?,
+        approval_retention: c.duration(
+            "limits.approval_retention",
+            &l.approval_retention,
+            Duration::from_secs(7 * 86400),
+        )?,
+        header_timeout: c.duration(
+            "limits.header_timeout",
+            &l.header_timeout,
+            Duration::from_secs(10),
+        )?,
+        request_deadline: c.duration(
+            "limits.request_deadline",
+            &l.request_deadline,
+            Duration::from_secs(60),
+        )?,
         max_header_bytes: l.max_header_bytes.unwrap_or(65_536),
     };
     if limits.max_header_bytes < 8192 {
         return Err(c.err("limits.max_header_bytes", "must be at least 8192"));
     }
-    for (k, d) in [("header_timeout", limits.header_timeout), ("request_deadline", limits.request_deadline), ("approval_ttl", limits.approval_ttl)] {
+    for (k, d) in [
+        ("header_timeout", limits.header_timeout),
+        ("request_deadline", limits.request_deadline),
+        ("approval_ttl", limits.approval_ttl),
+    ] {
         if d.is_zero() {
             return Err(c.err(&format!("limits.{k}"), "must be more than zero"));
         }
@@ -516,23 +656,38 @@ fn compile_operators(c: &Ctx, ops: &[raw::RawOperator]) -> Result<Vec<Operator>,
     for (i, o) in ops.iter().enumerate() {
         let at = format!("operators[{i}]");
         if out.iter().any(|x| x.name == o.name) {
-            return Err(c.err(&format!("{at}.name"), format!("duplicate operator `{}`", o.name)));
+            return Err(c.err(
+                &format!("{at}.name"),
+                format!("duplicate operator `{}`", o.name),
+            ));
         }
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(&o.token_sha256, &mut hash)
-            .map_err(|_| c.err(&format!("{at}.token_sha256"), "expected 64 hex digits (see `portcullis operators new-token`)"))?;
+        hex::decode_to_slice(&o.token_sha256, &mut hash).map_err(|_| {
+            c.err(
+                &format!("{at}.token_sha256"),
+                "expected 64 hex digits (see `portcullis operators new-token`)",
+            )
+        })?;
         for (ri, r) in o.roles.iter().enumerate() {
             if !matches!(r.as_str(), "viewer" | "approver" | "admin") {
-                return Err(c.err(&format!("{at}.roles[{ri}]"), format!("`{r}`: expected viewer, approver or admin")));
+                return Err(c.err(
+                    &format!("{at}.roles[{ri}]"),
+                    format!("`{r}`: expected viewer, approver or admin"),
+                ));
             }
         }
-        out.push(Operator { name: o.name.clone(), token_sha256: hash, roles: o.roles.clone() });
+        out.push(Operator {
+            name: o.name.clone(),
+            token_sha256: hash,
+            roles: o.roles.clone(),
+        });
     }
     Ok(out)
 }
 
 fn header_name(c: &Ctx, path: &str, s: &str) -> Result<HeaderName, ConfigError> {
-    let h = HeaderName::from_bytes(s.as_bytes()).map_err(|_| c.err(path, format!("`{s}` is not a header name")))?;
+    let h = HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| c.err(path, format!("`{s}` is not a header name")))?;
     if s.contains('_') {
         return Err(c.err(path, "header names with `_` are refused by the proxy"));
     }
@@ -541,25 +696,42 @@ fn header_name(c: &Ctx, path: &str, s: &str) -> Result<HeaderName, ConfigError> 
 
 fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstream, ConfigError> {
     let at = format!("upstreams.{name}");
-    let url: http::Uri = u.url.parse().map_err(|e| c.err(&format!("{at}.url"), format!("`{}`: {e}", u.url)))?;
+    let url: http::Uri = u
+        .url
+        .parse()
+        .map_err(|e| c.err(&format!("{at}.url"), format!("`{}`: {e}", u.url)))?;
     let https = match url.scheme_str() {
         Some("http") => false,
         Some("https") => true,
         _ => return Err(c.err(&format!("{at}.url"), "must be an http:// or https:// URL")),
     };
-    let authority = url.authority().cloned().ok_or_else(|| c.err(&format!("{at}.url"), "has no host"))?;
+    let authority = url
+        .authority()
+        .cloned()
+        .ok_or_else(|| c.err(&format!("{at}.url"), "has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(c.err(&format!("{at}.url"), "credentials in the URL are not allowed; use `inject`"));
+        return Err(c.err(
+            &format!("{at}.url"),
+            "credentials in the URL are not allowed; use `inject`",
+        ));
     }
     if url.query().is_some() {
-        return Err(c.err(&format!("{at}.url"), "a query is not allowed in an upstream URL"));
+        return Err(c.err(
+            &format!("{at}.url"),
+            "a query is not allowed in an upstream URL",
+        ));
     }
     let base_path = url.path().trim_end_matches('/').to_string();
     let inject = match &u.inject {
         Some(i) => {
             let header = header_name(c, &format!("{at}.inject.header"), &i.header)?;
             let value = c.secret(&format!("{at}.inject"), &i.value_env, &i.value_file)?;
-            let mut value = HeaderValue::from_str(&value).map_err(|_| c.err(&format!("{at}.inject"), "the credential is not a valid header value"))?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                c.err(
+                    &format!("{at}.inject"),
+                    "the credential is not a valid header value",
+                )
+            })?;
             value.set_sensitive(true);
             Some(Inject { header, value })
         }
@@ -569,21 +741,45 @@ fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstrea
         Some(h) => Some(header_name(c, &format!("{at}.tenant_header"), h)?),
         None => None,
     };
-    let connect_timeout = c.duration(&format!("{at}.timeouts.connect"), &u.timeouts.connect, Duration::from_secs(2))?;
-    let response_timeout = c.duration(&format!("{at}.timeouts.response"), &u.timeouts.response, Duration::from_secs(30))?;
+    let connect_timeout = c.duration(
+        &format!("{at}.timeouts.connect"),
+        &u.timeouts.connect,
+        Duration::from_secs(2),
+    )?;
+    let response_timeout = c.duration(
+        &format!("{at}.timeouts.response"),
+        &u.timeouts.response,
+        Duration::from_secs(30),
+    )?;
     let ca_file = u.ca_file.as_ref().map(|f| c.resolve(f));
     if let Some(f) = &ca_file {
         if !https {
             return Err(c.err(&format!("{at}.ca_file"), "ca_file needs an https:// url"));
         }
         if let Err(e) = std::fs::metadata(f) {
-            return Err(c.err(&format!("{at}.ca_file"), format!("cannot read `{}`: {e}", f.display())));
+            return Err(c.err(
+                &format!("{at}.ca_file"),
+                format!("cannot read `{}`: {e}", f.display()),
+            ));
         }
     }
-    Ok(Upstream { name: name.into(), https, authority, base_path, ca_file, inject, tenant_header, connect_timeout, response_timeout })
+    Ok(Upstream {
+        name: name.into(),
+        https,
+        authority,
+        base_path,
+        ca_file,
+        inject,
+        tenant_header,
+        connect_timeout,
+        response_timeout,
+    })
 }
 
-fn compile_profiles(c: &Ctx, raw: &BTreeMap<String, raw::RawProfile>) -> Result<BTreeMap<String, Arc<Profile>>, ConfigError> {
+fn compile_profiles(
+    c: &Ctx,
+    raw: &BTreeMap<String, raw::RawProfile>,
+) -> Result<BTreeMap<String, Arc<Profile>>, ConfigError> {
     let globs = |path: String, v: &Option<Vec<String>>| -> Result<Vec<Glob>, ConfigError> {
         let v = v.as_deref().unwrap_or_default();
         v.iter()
@@ -602,20 +798,34 @@ fn compile_profiles(c: &Ctx, raw: &BTreeMap<String, raw::RawProfile>) -> Result<
         let at = format!("profiles.{name}");
         let admin = p.admin.unwrap_or(false);
         if admin
-            && (p.tools.is_some() || p.resources.is_some() || p.max_risk.is_some() || p.approval.is_some() || p.deny.is_some() || p.rate_limit.is_some())
+            && (p.tools.is_some()
+                || p.resources.is_some()
+                || p.max_risk.is_some()
+                || p.approval.is_some()
+                || p.deny.is_some()
+                || p.rate_limit.is_some())
         {
-            return Err(c.err(&format!("{at}.admin"), "an admin profile takes no other keys"));
+            return Err(c.err(
+                &format!("{at}.admin"),
+                "an admin profile takes no other keys",
+            ));
         }
         let max_risk = match p.max_risk.as_deref() {
             None => Risk::Low,
             Some(s) => match Risk::parse(s) {
                 Some(r) if r != Risk::Critical => r,
-                _ => return Err(c.err(&format!("{at}.max_risk"), format!("`{s}`: expected low, medium or high"))),
+                _ => {
+                    return Err(c.err(
+                        &format!("{at}.max_risk"),
+                        format!("`{s}`: expected low, medium or high"),
+                    ))
+                }
             },
         };
         if let Some(res) = &p.resources {
             for (i, r) in res.iter().enumerate() {
-                Pattern::new(&r.replace("{tenant}", "t")).map_err(|e| c.err(&format!("{at}.resources[{i}]"), e))?;
+                Pattern::new(&r.replace("{tenant}", "t"))
+                    .map_err(|e| c.err(&format!("{at}.resources[{i}]"), e))?;
             }
         }
         if let Some(rl) = &p.rate_limit {
@@ -641,7 +851,9 @@ fn compile_profiles(c: &Ctx, raw: &BTreeMap<String, raw::RawProfile>) -> Result<
 }
 
 pub fn valid_tenant(t: &str) -> bool {
-    (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn compile_agents(
@@ -653,27 +865,58 @@ fn compile_agents(
     let mut out = HashMap::new();
     for (id, a) in raw {
         let at = format!("agents.{id}");
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
             return Err(c.err(&at, format!("agent id `{id}` must match [A-Za-z0-9._-]+")));
         }
-        let profile = profiles
-            .get(&a.profile)
-            .cloned()
-            .ok_or_else(|| c.err(&format!("{at}.profile"), format!("unknown profile `{}`", a.profile)))?;
+        let profile = profiles.get(&a.profile).cloned().ok_or_else(|| {
+            c.err(
+                &format!("{at}.profile"),
+                format!("unknown profile `{}`", a.profile),
+            )
+        })?;
         if let Some(t) = &a.tenant {
             if !valid_tenant(t) {
-                return Err(c.err(&format!("{at}.tenant"), format!("`{t}` must match [A-Za-z0-9._-]{{1,64}}")));
+                return Err(c.err(
+                    &format!("{at}.tenant"),
+                    format!("`{t}` must match [A-Za-z0-9._-]{{1,64}}"),
+                ));
             }
         } else if let Some(u) = upstreams.iter().find(|u| u.tenant_header.is_some()) {
-            return Err(c.err(&at, format!("agent has no tenant but upstream `{}` sets a tenant_header", u.name)));
+            return Err(c.err(
+                &at,
+                format!(
+                    "agent has no tenant but upstream `{}` sets a tenant_header",
+                    u.name
+                ),
+            ));
         }
-        if a.tenant.is_none() && profile.resources.iter().flatten().any(|r| r.contains("{tenant}")) {
-            return Err(c.err(&at, format!("profile `{}` scopes resources by {{tenant}} but the agent has no tenant", a.profile)));
+        if a.tenant.is_none()
+            && profile
+                .resources
+                .iter()
+                .flatten()
+                .any(|r| r.contains("{tenant}"))
+        {
+            return Err(c.err(
+                &at,
+                format!(
+                    "profile `{}` scopes resources by {{tenant}} but the agent has no tenant",
+                    a.profile
+                ),
+            ));
         }
         let resources = match &profile.resources {
             Some(rs) => Some(
                 rs.iter()
-                    .map(|r| Pattern::new(&r.replace("{tenant}", a.tenant.as_deref().unwrap_or_default())))
+                    .map(|r| {
+                        Pattern::new(
+                            &r.replace("{tenant}", a.tenant.as_deref().unwrap_or_default()),
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| c.err(&format!("profiles.{}.resources", a.profile), e))?,
             ),
@@ -681,7 +924,13 @@ fn compile_agents(
         };
         out.insert(
             id.clone(),
-            Arc::new(Agent { id: id.clone(), profile, tenant: a.tenant.clone(), owner: a.owner.clone(), resources }),
+            Arc::new(Agent {
+                id: id.clone(),
+                profile,
+                tenant: a.tenant.clone(),
+                owner: a.owner.clone(),
+                resources,
+            }),
         );
     }
     Ok(out)

@@ -22,9 +22,12 @@ impl Embedded {
         let path = path.to_path_buf();
         let db = tokio::task::spawn_blocking(move || -> Result<Database, Error> {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
             }
-            let db = Database::create(&path).map_err(|e| Error::Internal(format!("cannot open the store {}: {e}", path.display())))?;
+            let db = Database::create(&path).map_err(|e| {
+                Error::Internal(format!("cannot open the store {}: {e}", path.display()))
+            })?;
             let tx = db.begin_write().map_err(unavailable)?;
             {
                 let mut meta = tx.open_table(META).map_err(unavailable)?;
@@ -32,9 +35,9 @@ impl Embedded {
                 match found {
                     Some(v) if v > SCHEMA_VERSION => {
                         return Err(Error::Internal(format!(
-                            "the store {} was written by schema {v}; this build knows {SCHEMA_VERSION}",
-                            path.display()
-                        )))
+                        "the store {} was written by schema {v}; this build knows {SCHEMA_VERSION}",
+                        path.display()
+                    )))
                     }
                     Some(_) => {}
                     None => {
@@ -51,20 +54,29 @@ impl Embedded {
         .await
         .map_err(unavailable)??;
         let (events, _) = broadcast::channel(1024);
-        Ok(Embedded { db: Arc::new(db), events })
+        Ok(Embedded {
+            db: Arc::new(db),
+            events,
+        })
     }
 
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable)).await
+        self.blocking(|db| db.begin_read().map(|_| ()).map_err(unavailable))
+            .await
     }
 
     pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
@@ -72,7 +84,10 @@ impl Embedded {
         let id = t.id.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
-            tx.open_table(TOKENS).map_err(unavailable)?.insert(id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            tx.open_table(TOKENS)
+                .map_err(unavailable)?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
         .await?;
@@ -86,7 +101,9 @@ impl Embedded {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(TOKENS).map_err(unavailable)?;
             match t.get(id.as_str()).map_err(unavailable)? {
-                Some(g) => Ok(Some(serde_json::from_slice(g.value()).map_err(unavailable)?)),
+                Some(g) => Ok(Some(
+                    serde_json::from_slice(g.value()).map_err(unavailable)?,
+                )),
                 None => Ok(None),
             }
         })
@@ -122,7 +139,8 @@ impl Embedded {
                         Some(mut r) => {
                             r.revoked = true;
                             let bytes = serde_json::to_vec(&r).map_err(unavailable)?;
-                            t.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                            t.insert(key.as_str(), bytes.as_slice())
+                                .map_err(unavailable)?;
                             true
                         }
                         None => false,
@@ -142,7 +160,11 @@ impl Embedded {
             let tx = db.begin_write().map_err(unavailable)?;
             let ok = {
                 let mut t = tx.open_table(CALLS).map_err(unavailable)?;
-                let n = t.get(id.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                let n = t
+                    .get(id.as_str())
+                    .map_err(unavailable)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
                 if n >= max {
                     false
                 } else {

@@ -80,7 +80,11 @@ impl SwitchState {
         crate::policy::Switches {
             paused_all: self.paused_all,
             paused_agents: self.paused_agents.iter().cloned().collect(),
-            paused_tools: self.paused_tools.iter().map(|t| crate::policy::Glob(t.clone())).collect(),
+            paused_tools: self
+                .paused_tools
+                .iter()
+                .map(|t| crate::policy::Glob(t.clone()))
+                .collect(),
             paused_tenants: self.paused_tenants.iter().cloned().collect(),
             disabled_agents: self.disabled_agents.iter().cloned().collect(),
             draft_only: self.draft_only,
@@ -145,7 +149,10 @@ pub enum Store {
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
     tracing::error!(error = %e, "store error");
-    Error::Unavailable { reason: "store_unavailable", detail: "the state store is unavailable; nothing was forwarded".into() }
+    Error::Unavailable {
+        reason: "store_unavailable",
+        detail: "the state store is unavailable; nothing was forwarded".into(),
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -160,7 +167,9 @@ impl Store {
     pub async fn open(cfg: &StoreConfig, node: &str) -> Result<Store, Error> {
         match &cfg.kind {
             StoreKind::Embedded(path) => Ok(Store::Embedded(embedded::Embedded::open(path).await?)),
-            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(redis::RedisStore::open(url, key_prefix, node).await?)),
+            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(
+                redis::RedisStore::open(url, key_prefix, node).await?,
+            )),
         }
     }
 

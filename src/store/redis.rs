@@ -29,7 +29,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub async fn open(url: &str, prefix: &str, node: &str) -> Result<RedisStore, Error> {
-        let client = redis::Client::open(url).map_err(|e| Error::Internal(format!("redis url: {e}")))?;
+        let client =
+            redis::Client::open(url).map_err(|e| Error::Internal(format!("redis url: {e}")))?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_millis(500)))
@@ -40,10 +41,15 @@ impl RedisStore {
             .map_err(|e| Error::Internal(format!("cannot reach redis: {e}")))?;
         // `<prefix>schema` holds the newest layout any node wrote; data keys are versioned.
         let schema_key = format!("{prefix}schema");
-        let _: bool = conn.set_nx(&schema_key, SCHEMA_VERSION).await.map_err(unavailable)?;
+        let _: bool = conn
+            .set_nx(&schema_key, SCHEMA_VERSION)
+            .await
+            .map_err(unavailable)?;
         let found: u64 = conn.get(&schema_key).await.map_err(unavailable)?;
         if found > SCHEMA_VERSION {
-            return Err(Error::Internal(format!("the redis store was written by schema {found}; this build knows {SCHEMA_VERSION}")));
+            return Err(Error::Internal(format!(
+                "the redis store was written by schema {found}; this build knows {SCHEMA_VERSION}"
+            )));
         }
         let prefix = format!("{prefix}v{SCHEMA_VERSION}:");
         let (events, _) = broadcast::channel(1024);
@@ -84,18 +90,17 @@ impl RedisStore {
                             last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                             let _ = events.send(Event::Resync);
                             let mut stream = ps.on_message();
-                            loop {
-                                match tokio::time::timeout(STALE_AFTER, stream.next()).await {
-                                    Ok(Some(msg)) => {
-                                        last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                                        let payload: String = msg.get_payload().unwrap_or_default();
-                                        if payload == "switches" {
-                                            let _ = events.send(Event::Switches);
-                                        } else if let Some(id) = payload.strip_prefix("token:") {
-                                            let _ = events.send(Event::Token(id.to_string()));
-                                        }
-                                    }
-                                    Ok(None) | Err(_) => break,
+                            // Heartbeats arrive every 250 ms; a second of silence means the feed is gone.
+                            while let Ok(Some(msg)) =
+                                tokio::time::timeout(STALE_AFTER, stream.next()).await
+                            {
+                                last_seen
+                                    .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                if payload == "switches" {
+                                    let _ = events.send(Event::Switches);
+                                } else if let Some(id) = payload.strip_prefix("token:") {
+                                    let _ = events.send(Event::Token(id.to_string()));
                                 }
                             }
                         }
@@ -124,7 +129,9 @@ impl RedisStore {
 
     pub fn feed_live(&self) -> bool {
         let seen = self.last_seen.load(Ordering::Relaxed);
-        seen != 0 && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen) < STALE_AFTER.as_millis() as u64
+        seen != 0
+            && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
+                < STALE_AFTER.as_millis() as u64
     }
 
     async fn publish(&self, what: &str) {
@@ -134,7 +141,10 @@ impl RedisStore {
 
     pub async fn ping(&self) -> Result<(), Error> {
         let mut c = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(unavailable)?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -184,34 +194,53 @@ impl RedisStore {
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
         let mut c = self.conn.clone();
-        let exists: bool = c.exists(self.key(&format!("token:{id}"))).await.map_err(unavailable)?;
+        let exists: bool = c
+            .exists(self.key(&format!("token:{id}")))
+            .await
+            .map_err(unavailable)?;
         if !exists {
             return Ok(false);
         }
-        let _: () = c.set(self.key(&format!("revoked:{id}")), 1).await.map_err(unavailable)?;
+        let _: () = c
+            .set(self.key(&format!("revoked:{id}")), 1)
+            .await
+            .map_err(unavailable)?;
         self.publish(&format!("token:{id}")).await;
         Ok(true)
     }
 
     pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
         let mut c = self.conn.clone();
-        let ok: i64 = self.spend.key(self.key(&format!("calls:{id}"))).arg(max).invoke_async(&mut c).await.map_err(unavailable)?;
+        let ok: i64 = self
+            .spend
+            .key(self.key(&format!("calls:{id}")))
+            .arg(max)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(ok == 1)
     }
 
     pub async fn switches(&self) -> Result<SwitchState, Error> {
         let mut c = self.conn.clone();
-        let (all, agents, tools, tenants, disabled, draft): (Option<String>, Vec<String>, Vec<String>, Vec<String>, Vec<String>, Option<String>) =
-            redis::pipe()
-                .get(self.key("sw:paused_all"))
-                .smembers(self.key("sw:paused_agents"))
-                .smembers(self.key("sw:paused_tools"))
-                .smembers(self.key("sw:paused_tenants"))
-                .smembers(self.key("sw:disabled_agents"))
-                .get(self.key("sw:draft_only"))
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
+        type Raw = (
+            Option<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Vec<String>,
+            Option<String>,
+        );
+        let (all, agents, tools, tenants, disabled, draft): Raw = redis::pipe()
+            .get(self.key("sw:paused_all"))
+            .smembers(self.key("sw:paused_agents"))
+            .smembers(self.key("sw:paused_tools"))
+            .smembers(self.key("sw:paused_tenants"))
+            .smembers(self.key("sw:disabled_agents"))
+            .get(self.key("sw:draft_only"))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(SwitchState {
             paused_all: all.as_deref() == Some("1"),
             paused_agents: agents.into_iter().collect(),
