@@ -745,10 +745,7 @@ pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Result
             // Parse as many chunks as are complete.
             let mut pos = 0;
             let mut done = false;
-            loop {
-                let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") else {
-                    break;
-                };
+            while let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") {
                 let size_line = std::str::from_utf8(&raw[pos..pos + eol])?;
                 let size =
                     usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)?;
