@@ -520,6 +520,7 @@ async fn embedded_refuses_newer_schema() {
     // ...but not once a newer schema has marked it.
     {
         const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        use redb::ReadableTable;
         let db = redb::Database::create(&path).expect("open redb directly");
         let tx = db.begin_write().unwrap();
         {

@@ -61,7 +61,7 @@ impl RedisServer {
     }
 
     fn start_with(aof: bool) -> RedisServer {
-        let dir = tempfile::tempdir().expect("redis tempdir");
+        let mut dir = tempfile::tempdir().expect("redis tempdir");
         let mut last_err = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
