@@ -2,6 +2,7 @@
 //! error mapping. Agent credentials are refused here; every change names its operator.
 
 use crate::app::App;
+use crate::audit::Record;
 use crate::body::{self, Body};
 use crate::classify::Risk;
 use crate::config::duration;
@@ -135,6 +136,12 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     match (&m, segs.as_slice()) {
         (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => handle_readyz(app).await,
+        (&Method::GET, ["metrics"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let mut r = Response::new(body::full(app.metrics.render()));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            Ok(r)
+        }
         (&Method::GET, ["policy"]) => {
             operator(app, &req, Role::Viewer)?;
             let live = app.live.load();
@@ -144,8 +151,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::POST, ["reload"]) => {
             let op = operator(app, &req, Role::Admin)?;
-            let (old, new) = app.reload().await?;
-            info!(operator = %op, old_policy_version = %old, policy_version = %new, "reload by operator");
+            let (old, new) = app.reload(&op).await?;
             ok(json!({"old_policy_version": old, "policy_version": new}))
         }
         (&Method::POST, ["tokens"]) => {
@@ -170,6 +176,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             }
             app.creds.invalidate(id);
             info!(operator = %op, credential = %id, "token revoked");
+            record(app, Record { event: "token_revoked", operator: Some(op), credential: Some(id.to_string()), ..Default::default() }).await?;
             ok(json!({"id": id, "revoked": true}))
         }
         (&Method::POST, ["agents", id, verb @ ("disable" | "enable")]) => {
@@ -235,12 +242,22 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     }
 }
 
+/// Operator changes are recorded durably; the policy version in force is stamped on.
+async fn record(app: &App, mut r: Record) -> Result<(), Error> {
+    r.policy_version = Some(app.live.load().snap.policy_version.to_string());
+    r.decision.get_or_insert_with(|| "ok".into());
+    app.audit.record_durable(r).await
+}
+
 async fn handle_readyz(app: &App) -> Result<Response<Body>, Error> {
     if app.is_draining() {
         return Err(Error::Unavailable {
             reason: "draining",
             detail: "shutting down".into(),
         });
+    }
+    if !app.audit.ready() {
+        return Err(crate::audit::Audit::unavailable());
     }
     app.store.ping().await?;
     ok(json!({"status": "ready", "policy_version": &*app.live.load().snap.policy_version}))
@@ -278,6 +295,19 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
     app.store.apply(&change).await?;
     app.switches.invalidate();
     info!(operator = %op, change = ?change, "switch changed");
+    let (event, scope, target) = match &change {
+        SwitchChange::Pause(s, t) => ("pause", Some(s.as_str()), Some(t.clone())),
+        SwitchChange::Resume(s, t) => ("resume", Some(s.as_str()), Some(t.clone())),
+        SwitchChange::Disable(a) => ("agent_disabled", None, Some(a.clone())),
+        SwitchChange::Enable(a) => ("agent_enabled", None, Some(a.clone())),
+        SwitchChange::DraftOnly(on) => ("mode", None, Some(format!("draft_only={on}"))),
+    };
+    let agent = matches!(change, SwitchChange::Disable(_) | SwitchChange::Enable(_) | SwitchChange::Pause(Scope::Agent, _) | SwitchChange::Resume(Scope::Agent, _)).then(|| target.clone().unwrap_or_default());
+    let detail = match scope {
+        Some(s) => format!("{s} {}", target.unwrap_or_default()),
+        None => target.unwrap_or_default(),
+    };
+    record(app, Record { event, operator: Some(op.to_string()), agent, comment: Some(detail.trim().to_string()), ..Default::default() }).await?;
     ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
 }
 
@@ -357,6 +387,11 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
     );
     app.store.put_token(&issued.record).await?;
     info!(operator = %op, agent.id = %agent.id, credential = %issued.record.id, "token issued");
+    record(
+        app,
+        Record { event: "token_issued", operator: Some(op.clone()), agent: Some(agent.id.clone()), credential: Some(issued.record.id.clone()), tenant: agent.tenant.clone(), ..Default::default() },
+    )
+    .await?;
     Ok(body::json_response(
         StatusCode::CREATED,
         &json!({"id": issued.record.id, "secret": issued.token, "agent": agent.id, "expires_at": rfc3339(issued.record.expires_at_ms)}),

@@ -1,7 +1,9 @@
 //! Shared runtime state: the configuration in force (swapped whole on reload) with the
 //! clients and rate limiters built from it, the store, and the caches in front of it.
 
+use crate::audit::{Audit, Record};
 use crate::config::Snapshot;
+use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::Error;
 use crate::identity::Credentials;
 use crate::store::{Event, Store};
@@ -53,6 +55,10 @@ impl Live {
 
 pub struct App {
     pub live: ArcSwap<Live>,
+    pub audit: Audit,
+    /// Bounds how many unauthenticated refusals reach the audit log.
+    pub unauth_sampler: DefaultDirectRateLimiter,
+    pub metrics: PrometheusHandle,
     pub config_path: PathBuf,
     pub draining: AtomicBool,
     pub store: Store,
@@ -64,10 +70,15 @@ pub struct App {
 impl App {
     /// Opens the store and starts the task that applies invalidations to the caches.
     pub async fn start(snap: Snapshot, config_path: PathBuf) -> Result<Arc<App>, Error> {
+        let metrics = crate::metrics::install();
         let store = Store::open(&snap.store, &snap.node).await?;
+        let audit = Audit::start(&snap.audit, &snap.node)?;
         let live = Live::new(snap)?;
         let app = Arc::new(App {
             live: ArcSwap::from_pointee(live),
+            audit,
+            unauth_sampler: RateLimiter::direct(Quota::per_second(NonZeroU32::new(10).expect("nonzero")).allow_burst(NonZeroU32::new(50).expect("nonzero"))),
+            metrics,
             config_path,
             draining: AtomicBool::new(false),
             store,
@@ -105,7 +116,28 @@ impl App {
 
     /// Re-reads the config file; swaps it in only if it is valid whole.
     /// Returns (old, new) policy versions.
-    pub async fn reload(&self) -> Result<(String, String), Error> {
+    pub async fn reload(&self, by: &str) -> Result<(String, String), Error> {
+        let r = self.reload_inner().await;
+        let result = if r.is_ok() { "ok" } else { "refused" };
+        metrics::counter!("portcullis_config_reloads_total", "result" => result).increment(1);
+        let (old, new) = match &r {
+            Ok((o, n)) => (Some(o.clone()), Some(n.clone())),
+            Err(_) => (Some(self.live.load().snap.policy_version.to_string()), None),
+        };
+        let rec = Record {
+            event: "reload",
+            operator: Some(by.to_string()),
+            decision: Some(result.into()),
+            reason: r.as_ref().err().map(|e| e.to_string()),
+            old_policy_version: old,
+            policy_version: new,
+            ..Default::default()
+        };
+        self.audit.record_durable(rec).await?;
+        r
+    }
+
+    async fn reload_inner(&self) -> Result<(String, String), Error> {
         let _g = self.reload_lock.lock().await;
         let path = self.config_path.clone();
         let snap = tokio::task::spawn_blocking(move || Snapshot::load(&path))

@@ -124,6 +124,11 @@ pub enum Cmd {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Verify or read the audit trail.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Re-read the config on the node behind --admin.
     Reload {
         #[command(flatten)]
@@ -155,6 +160,28 @@ pub enum TokensCmd {
     List,
     Revoke {
         token_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check the hash chain (and signed checkpoints) across FILEs in order; exit 1 on a break.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Environment variable holding the checkpoint HMAC key.
+        #[arg(long, default_value = "AUDIT_HMAC_KEY")]
+        key_env: String,
+    },
+    /// Print records as a table.
+    Tail {
+        file: PathBuf,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -239,6 +266,30 @@ pub async fn run(cli: Cli) -> i32 {
                 )
                 .await
             }
+        }
+        Cmd::Audit { cmd: AuditCmd::Verify { files, key_env } } => {
+            let key = std::env::var(&key_env).ok();
+            match crate::audit::verify::verify(&files, key.as_deref().map(str::as_bytes)) {
+                Ok(s) => {
+                    println!(
+                        "ok: {} records, {} checkpoints{}, last seq {}, head {}",
+                        s.records,
+                        s.checkpoints,
+                        if key.is_some() { " (signatures checked)" } else { " (signatures not checked: no key)" },
+                        s.last_seq,
+                        s.head
+                    );
+                    if s.checkpoints > 0 && s.unsigned_tail > 0 {
+                        println!("note: {} records after the last checkpoint are not covered by a signature", s.unsigned_tail);
+                    }
+                    Ok(())
+                }
+                Err(b) => Err(Error::Internal(format!("audit chain broken at {b}"))),
+            }
+        }
+        Cmd::Audit { cmd: AuditCmd::Tail { file, agent, decision, follow } } => {
+            crate::audit::tail::tail(&file, &crate::audit::tail::Filter { agent, decision }, follow)
+                .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))
         }
         Cmd::Reload { admin } => remote(&admin, Method::POST, "/reload", None).await,
     };

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod app;
+pub mod audit;
 pub mod body;
 pub mod canon;
 pub mod classify;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod internal;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;

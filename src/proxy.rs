@@ -2,6 +2,7 @@
 //! Every refusal is built by `Error::to_response`; nothing refused is forwarded.
 
 use crate::app::App;
+use crate::audit::{redact_query, Audit, Record};
 use crate::body::{self, Body, Capped};
 use crate::canon::{self, Canonical};
 use crate::classify::{Tool, Unclassified};
@@ -16,6 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{info, warn};
 
+
 /// Per-connection facts the request path needs.
 #[derive(Clone, Copy)]
 pub struct Conn {
@@ -27,32 +29,110 @@ pub fn new_request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Entry point for one agent request; always answers.
+/// What the request path learned, for the one audit record written on every exit.
+#[derive(Default)]
+pub struct Trace {
+    pub agent: Option<String>,
+    pub credential: Option<String>,
+    pub tenant: Option<String>,
+    pub method: Option<&'static str>,
+    pub path: Option<String>,
+    pub tool: Option<Arc<str>>,
+    pub risk: Option<crate::classify::Risk>,
+    pub remote_addr: Option<IpAddr>,
+    pub upstream_started: Option<std::time::Instant>,
+}
+
+/// Entry point for one agent request; always answers, and always records.
 pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = new_request_id();
-    let deadline = app.live.load().snap.limits.request_deadline;
     let started = std::time::Instant::now();
-    let method = req.method().clone();
-    let result =
-        match tokio::time::timeout(deadline, route_request(&app, conn, &request_id, req)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Deadline(deadline)),
-        };
-    let mut resp = match result {
+    let raw_target = req.uri().path_and_query().map(|p| p.as_str().chars().take(2048).collect::<String>()).unwrap_or_default();
+    let raw_method = req.method().clone();
+    let mut trace = Trace { remote_addr: Some(conn.peer.ip()), ..Default::default() };
+    let deadline = app.live.load().snap.limits.request_deadline;
+    let result = match tokio::time::timeout(deadline, route_request(&app, conn, &request_id, req, &mut trace)).await {
         Ok(r) => r,
-        Err(e) => {
-            if e.status().is_server_error() {
-                warn!(request_id = %request_id, method = %method, status = e.status().as_u16(), reason = e.reason(), error = %e, "request failed");
-            } else {
-                info!(request_id = %request_id, method = %method, status = e.status().as_u16(), reason = e.reason(), "request refused");
+        Err(_) => Err(Error::Deadline(deadline)),
+    };
+    let snap_guard = app.live.load();
+    let snap = &snap_guard.snap;
+    let mut rec = Record {
+        event: "request",
+        request_id: Some(request_id.clone()),
+        agent: trace.agent.clone(),
+        credential: trace.credential.clone(),
+        tenant: trace.tenant.clone(),
+        remote_addr: trace.remote_addr.map(|a| a.to_string()),
+        method: Some(trace.method.map(str::to_string).unwrap_or_else(|| raw_method.as_str().chars().take(32).collect())),
+        path: Some(redact_query(trace.path.as_deref().unwrap_or(&raw_target), &snap.audit.redact_query)),
+        tool: trace.tool.as_ref().map(|t| t.to_string()),
+        risk: trace.risk.map(|r| r.to_string()),
+        policy_version: Some(snap.policy_version.to_string()),
+        ..Default::default()
+    };
+    let risk_label = trace.risk.map_or("none", |r| r.as_str());
+    let tool_label = trace.tool.as_deref().unwrap_or("none").to_string();
+    let mut resp = match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            rec.decision = Some(resp.headers().get("portcullis-decision").and_then(|v| v.to_str().ok()).unwrap_or("allow").to_string());
+            rec.reason = Some("granted".into());
+            rec.status = Some(status);
+            if let Some(t0) = trace.upstream_started {
+                rec.upstream_status = Some(status);
+                metrics::histogram!("portcullis_upstream_seconds").record(t0.elapsed().as_secs_f64());
             }
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
+            info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
+            // Allowed work is group-committed after the upstream answered.
+            if app.audit.record(rec).is_err() {
+                warn!(request_id = %request_id, "audit record for a forwarded request could not be queued");
+            }
+            resp
+        }
+        Err(e) => {
+            rec.decision = Some(e.decision().to_string());
+            rec.reason = Some(e.reason().to_string());
+            rec.status = Some(e.status().as_u16());
+            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            if let Error::BadGateway { .. } | Error::GatewayTimeout { .. } = e {
+                metrics::counter!("portcullis_upstream_errors_total", "kind" => e.reason()).increment(1);
+            }
+            let unauthenticated = trace.agent.is_none();
+            if unauthenticated {
+                metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason()).increment(1);
+            } else {
+                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
+            }
+            let level_warn = e.status().is_server_error();
+            if level_warn {
+                warn!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), error = %e, "request failed");
+            } else {
+                info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), "request refused");
+            }
+            let e = if unauthenticated {
+                // Sampled at a bounded rate: nobody fills the disk without a credential.
+                if app.unauth_sampler.check().is_ok() {
+                    let _ = app.audit.record(rec);
+                }
+                e
+            } else if matches!(e, Error::Unavailable { reason: "audit_unavailable", .. }) {
+                e
+            } else {
+                // Refusals are durable before the agent hears back.
+                match app.audit.record_durable(rec).await {
+                    Ok(()) => e,
+                    Err(audit) => audit,
+                }
+            };
             e.to_response(&request_id)
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    tracing::debug!(request_id = %request_id, status = resp.status().as_u16(), duration_us = started.elapsed().as_micros() as u64, "request done");
     resp
 }
 
@@ -71,15 +151,27 @@ async fn route_request(
     conn: Conn,
     request_id: &str,
     req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Error> {
     let live = app.live.load_full();
     let snap = &live.snap;
-    let c: Canonical = canon::canonicalize(req.method(), req.uri(), req.version(), req.headers())?;
+    let gate_started = std::time::Instant::now();
     let pepper = snap.store.pepper.as_deref();
-    let who = app
-        .creds
-        .authenticate(&app.store, pepper, &snap.agents, req.headers())
-        .await?;
+    let canon = canon::canonicalize(req.method(), req.uri(), req.version(), req.headers());
+    let (client_ip, forwarded_for) = client_origin(snap, conn.peer.ip(), req.headers());
+    trace.remote_addr = Some(client_ip);
+    // Refusals of malformed requests are attributed (and so fully audited) only when
+    // they carry a valid credential; otherwise they count as unauthenticated.
+    let who = app.creds.authenticate(&app.store, pepper, &snap.agents, req.headers()).await;
+    if let Ok(w) = &who {
+        trace.agent = Some(w.agent.id.clone());
+        trace.credential = Some(w.token.record.id.clone());
+        trace.tenant = w.agent.tenant.clone();
+    }
+    let c: Canonical = canon?;
+    trace.method = Some(c.method.as_str());
+    trace.path = Some(c.path_and_query());
+    let who = who?;
     if canon_is_internal(&c.path) {
         return internal::handle(app, &live, &who, &c).await;
     }
@@ -105,6 +197,8 @@ async fn route_request(
             ))
         }
     };
+    trace.tool = Some(tool.name.clone());
+    trace.risk = Some(tool.risk);
     let route = &snap.routes[tool.route];
     if c.encoded_slash && !route.allow_encoded_slash {
         return Err(Error::BadRequest {
@@ -121,7 +215,7 @@ async fn route_request(
         switches: &switches,
         approved: false,
     });
-    info!(request_id, agent.id = %who.agent.id, tool.name = %tool.name, risk = %tool.risk, decision = decision.label(), reason = decision.reason(), "decided");
+    metrics::histogram!("portcullis_gate_seconds").record(gate_started.elapsed().as_secs_f64());
     match decision {
         Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
         Decision::Park => {
@@ -157,8 +251,10 @@ async fn route_request(
     if content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(Error::BodyTooLarge { limit });
     }
+    if !app.audit.ready() {
+        return Err(Audit::unavailable());
+    }
     let up = &snap.upstreams[route.upstream];
-    let (_client_ip, forwarded_for) = client_origin(snap, conn.peer.ip(), req.headers());
     let origin = Origin {
         forwarded_for: &forwarded_for,
         https: conn.https,
@@ -170,6 +266,7 @@ async fn route_request(
     *out.method_mut() = c.method.to_http();
     *out.uri_mut() = upstream::upstream_uri(up, route, &c)?;
     *out.headers_mut() = upstream::outbound_headers(&parts.headers, up, &origin);
+    trace.upstream_started = Some(std::time::Instant::now());
     let resp = upstream::send(&live.clients[route.upstream], up, out).await?;
     let mut resp = upstream::inbound_response(resp);
     resp.headers_mut()

@@ -149,6 +149,7 @@ pub enum Store {
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
     tracing::error!(error = %e, "store error");
+    metrics::counter!("portcullis_store_errors_total").increment(1);
     Error::Unavailable {
         reason: "store_unavailable",
         detail: "the state store is unavailable; nothing was forwarded".into(),

@@ -1,0 +1,112 @@
+//! The tamper-evident audit trail: one JSON object per line, SHA-256 chained
+//! (`prev`, `hash`), written by one dedicated thread with group commit.
+//!
+//! Deny and park records are durable before the agent hears back (`record_durable`);
+//! allow records are queued after the upstream answered (`record`). While the writer is
+//! unhealthy or its queue is full, `ready()` is false and the proxy answers 503.
+
+mod chain;
+pub mod tail;
+pub mod verify;
+mod writer;
+
+pub use chain::{redact_query, LINE_HASH_SUFFIX_LEN};
+
+use crate::config::AuditConfig;
+use crate::error::Error;
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Queue depth beyond which requests are refused rather than recorded late.
+const QUEUE: usize = 65_536;
+
+/// One event. Every field is always present in the line (null when unknown), so a SIEM
+/// sees one schema. Never a secret, an Authorization/Cookie value, or a body.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    pub event: &'static str,
+    pub request_id: Option<String>,
+    pub agent: Option<String>,
+    pub credential: Option<String>,
+    pub tenant: Option<String>,
+    pub remote_addr: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub tool: Option<String>,
+    pub risk: Option<String>,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub policy_version: Option<String>,
+    pub body_sha256: Option<String>,
+    pub approval_id: Option<String>,
+    pub operator: Option<String>,
+    pub status: Option<u16>,
+    pub upstream_status: Option<u16>,
+    pub duration_us: Option<u64>,
+    /// Free text an operator supplied (comment, reason); never request data.
+    pub comment: Option<String>,
+    pub old_policy_version: Option<String>,
+}
+
+pub(crate) struct Job {
+    record: Record,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+pub struct Audit {
+    tx: std::sync::mpsc::SyncSender<Job>,
+    healthy: Arc<AtomicBool>,
+    depth: Arc<AtomicU64>,
+}
+
+impl Audit {
+    /// Opens (or continues) the chain at `cfg.path` and starts the writer thread.
+    pub fn start(cfg: &AuditConfig, node: &str) -> Result<Audit, Error> {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let depth = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let w = writer::Writer::open(cfg, node, healthy.clone(), depth.clone())
+            .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| Error::Internal(format!("audit writer: {e}")))?;
+        Ok(Audit { tx, healthy, depth })
+    }
+
+    /// Whether a request may proceed to be recorded (writer healthy, queue not full).
+    pub fn ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && (self.depth.load(Ordering::Relaxed) as usize) < QUEUE
+    }
+
+    pub fn unavailable() -> Error {
+        Error::Unavailable { reason: "audit_unavailable", detail: "the audit trail cannot be written; nothing was forwarded".into() }
+    }
+
+    fn send(&self, job: Job) -> Result<(), Error> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("portcullis_audit_queue_depth").set(self.depth.load(Ordering::Relaxed) as f64);
+        self.tx.try_send(job).map_err(|_| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full").increment(1);
+            Self::unavailable()
+        })
+    }
+
+    /// Queues a record (group-committed shortly after).
+    pub fn record(&self, r: Record) -> Result<(), Error> {
+        self.send(Job { record: r, ack: None })
+    }
+
+    /// Writes a record and waits until it is on disk (fsynced).
+    pub async fn record_durable(&self, r: Record) -> Result<(), Error> {
+        let (ack, done) = oneshot::channel();
+        self.send(Job { record: r, ack: Some(ack) })?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Self::unavailable()),
+        }
+    }
+}
