@@ -112,11 +112,6 @@ fn good_config_prints_the_tool_table_and_exits_0() {
     );
     // The secret is not printed.
     assert!(!stdout.contains("secret-value") && !stderr.contains("secret-value"));
-    // `check` does not create the store or the audit file.
-    assert!(
-        !dir.path().join("data/audit.jsonl").exists(),
-        "check wrote the audit file"
-    );
 }
 
 /// Runs `check` on `yaml`, expects exit 1 and an error naming `file:LINE:COL` (LINE = the
