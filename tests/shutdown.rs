@@ -33,8 +33,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     let (up, mut proxy, token) = start().await;
     let addr = proxy.addr;
     let in_flight = tokio::spawn({
-        let token = token.clone();
-        async move { get(addr, "/api/slow", &token).await }
+        let req = request("GET", addr, "/api/slow", &token)
+            .body(empty())
+            .unwrap();
+        async move { send(addr, req).await }
     });
     assert!(
         up.wait_hits(1, Duration::from_secs(10)).await,
@@ -68,14 +70,16 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     );
     assert!(
         !in_flight.is_finished(),
-        "the in-flight request ended before its upstream answered"
+        "the in-flight request ended before its upstream answered; log:\n{}",
+        proxy.logs()
     );
 
     up.release();
     let r = tokio::time::timeout(Duration::from_secs(20), in_flight)
         .await
         .expect("in-flight request finished")
-        .expect("task");
+        .expect("task")
+        .unwrap_or_else(|e| panic!("the in-flight request failed: {e}; log:\n{}", proxy.logs()));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("portcullis-decision"), Some("allow"));
     assert_eq!(r.json()["target"], "/api/slow");
