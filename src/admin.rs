@@ -2,6 +2,7 @@
 //! error mapping. Agent credentials are refused here; every change names its operator.
 
 use crate::app::App;
+use crate::approval;
 use crate::audit::Record;
 use crate::body::{self, Body};
 use crate::classify::Risk;
@@ -100,6 +101,19 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
     })
 }
 
+/// Like `read_json`, but an empty body means the type's default.
+async fn read_json_or_empty<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Error> {
+    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|_| Error::BadRequest { reason: "bad_body", detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes") })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest { reason: "bad_json", detail: e.to_string() })
+}
+
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     let q = req.uri().query()?;
     for pair in q.split('&') {
@@ -139,7 +153,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         (&Method::GET, ["metrics"]) => {
             operator(app, &req, Role::Viewer)?;
             let mut r = Response::new(body::full(app.metrics.render()));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             Ok(r)
         }
         (&Method::GET, ["policy"]) => {
@@ -176,7 +193,16 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             }
             app.creds.invalidate(id);
             info!(operator = %op, credential = %id, "token revoked");
-            record(app, Record { event: "token_revoked", operator: Some(op), credential: Some(id.to_string()), ..Default::default() }).await?;
+            record(
+                app,
+                Record {
+                    event: "token_revoked",
+                    operator: Some(op),
+                    credential: Some(id.to_string()),
+                    ..Default::default()
+                },
+            )
+            .await?;
             ok(json!({"id": id, "revoked": true}))
         }
         (&Method::POST, ["agents", id, verb @ ("disable" | "enable")]) => {
@@ -234,6 +260,42 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             let e = explain::explain(&app.live.load().snap, &switches, &agent, &method, &path)?;
             ok(serde_json::to_value(e).unwrap_or_default())
         }
+        (&Method::GET, ["approvals"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let state = match query_param(&req, "state") {
+                Some(s) => Some(approval::State::parse(&s).ok_or_else(|| Error::BadRequest { reason: "bad_state", detail: format!("`{s}` is not an approval state") })?),
+                None => None,
+            };
+            let list: Vec<Value> = approval::list(app, state).await?.iter().map(approval::summary_view).collect();
+            ok(json!({"approvals": list}))
+        }
+        (&Method::GET, ["approvals", id]) => {
+            operator(app, &req, Role::Viewer)?;
+            let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
+            let body = app.store.get_approval_body(id).await?;
+            ok(approval::operator_view(&l.a, body.as_deref()))
+        }
+        (&Method::POST, ["approvals", id, "approve"]) => {
+            let op = operator(app, &req, Role::Approver)?;
+            let id = id.to_string();
+            let b: ApproveBody = read_json_or_empty(req).await?;
+            let a = approval::approve(app, &id, &op, b.comment, b.request_sha256).await?;
+            ok(approval::operator_view(&a, None))
+        }
+        (&Method::POST, ["approvals", id, "deny"]) => {
+            let op = operator(app, &req, Role::Approver)?;
+            let id = id.to_string();
+            let b: DenyBody = read_json(req).await?;
+            let a = approval::deny(app, &id, &op, b.reason).await?;
+            ok(approval::operator_view(&a, None))
+        }
+        (&Method::POST, ["approvals", id, "resolve"]) => {
+            let op = operator(app, &req, Role::Approver)?;
+            let id = id.to_string();
+            let b: ResolveBody = read_json(req).await?;
+            let a = approval::resolve(app, &id, &op, &b.outcome, b.comment).await?;
+            ok(approval::operator_view(&a, None))
+        }
         (&Method::GET, ["tools"]) => {
             operator(app, &req, Role::Viewer)?;
             handle_tools(app, query_param(&req, "agent")).await
@@ -271,6 +333,29 @@ struct PauseBody {
     target: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(default)]
+    request_sha256: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyBody {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    outcome: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModeBody {
@@ -302,12 +387,29 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
         SwitchChange::Enable(a) => ("agent_enabled", None, Some(a.clone())),
         SwitchChange::DraftOnly(on) => ("mode", None, Some(format!("draft_only={on}"))),
     };
-    let agent = matches!(change, SwitchChange::Disable(_) | SwitchChange::Enable(_) | SwitchChange::Pause(Scope::Agent, _) | SwitchChange::Resume(Scope::Agent, _)).then(|| target.clone().unwrap_or_default());
+    let agent = matches!(
+        change,
+        SwitchChange::Disable(_)
+            | SwitchChange::Enable(_)
+            | SwitchChange::Pause(Scope::Agent, _)
+            | SwitchChange::Resume(Scope::Agent, _)
+    )
+    .then(|| target.clone().unwrap_or_default());
     let detail = match scope {
         Some(s) => format!("{s} {}", target.unwrap_or_default()),
         None => target.unwrap_or_default(),
     };
-    record(app, Record { event, operator: Some(op.to_string()), agent, comment: Some(detail.trim().to_string()), ..Default::default() }).await?;
+    record(
+        app,
+        Record {
+            event,
+            operator: Some(op.to_string()),
+            agent,
+            comment: Some(detail.trim().to_string()),
+            ..Default::default()
+        },
+    )
+    .await?;
     ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
 }
 
@@ -389,7 +491,14 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
     info!(operator = %op, agent.id = %agent.id, credential = %issued.record.id, "token issued");
     record(
         app,
-        Record { event: "token_issued", operator: Some(op.clone()), agent: Some(agent.id.clone()), credential: Some(issued.record.id.clone()), tenant: agent.tenant.clone(), ..Default::default() },
+        Record {
+            event: "token_issued",
+            operator: Some(op.clone()),
+            agent: Some(agent.id.clone()),
+            credential: Some(issued.record.id.clone()),
+            tenant: agent.tenant.clone(),
+            ..Default::default()
+        },
     )
     .await?;
     Ok(body::json_response(

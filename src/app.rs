@@ -59,6 +59,8 @@ pub struct App {
     /// Bounds how many unauthenticated refusals reach the audit log.
     pub unauth_sampler: DefaultDirectRateLimiter,
     pub metrics: PrometheusHandle,
+    /// Distinguishes this process from an earlier run with the same node id (leases).
+    pub boot_id: String,
     pub config_path: PathBuf,
     pub draining: AtomicBool,
     pub store: Store,
@@ -79,6 +81,7 @@ impl App {
             audit,
             unauth_sampler: RateLimiter::direct(Quota::per_second(NonZeroU32::new(10).expect("nonzero")).allow_burst(NonZeroU32::new(50).expect("nonzero"))),
             metrics,
+            boot_id: uuid::Uuid::now_v7().simple().to_string(),
             config_path,
             draining: AtomicBool::new(false),
             store,
@@ -95,6 +98,7 @@ impl App {
                 match ev {
                     Ok(Event::Switches) => app.switches.invalidate(),
                     Ok(Event::Token(id)) => app.creds.invalidate(&id),
+                    Ok(Event::Approval(_)) => {}
                     Ok(Event::Resync) | Err(RecvError::Lagged(_)) => {
                         app.switches.invalidate();
                         app.creds.clear();
@@ -103,6 +107,8 @@ impl App {
                 }
             }
         });
+        crate::approval::recover_own_leases(&app).await?;
+        tokio::spawn(crate::approval::run_sweeper(app.clone()));
         Ok(app)
     }
 

@@ -94,6 +94,13 @@ pub enum Cmd {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Operator decisions on parked requests.
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// Disable or enable an agent.
     Agents {
         #[command(subcommand)]
@@ -164,6 +171,38 @@ pub enum TokensCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ApprovalsCmd {
+    /// List approvals (default: pending).
+    List {
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Show one request as it will be sent, with its request_sha256.
+    Show { id: String },
+    /// Approve (quote --sha256 to make sure you approve what you saw).
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Record what a human established about an `unknown` outcome.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        outcome: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Check the hash chain (and signed checkpoints) across FILEs in order; exit 1 on a break.
     Verify {
@@ -219,6 +258,7 @@ pub async fn run(cli: Cli) -> i32 {
             Ok(())
         }
         Cmd::Tokens { cmd, admin } => tokens(cmd, admin).await,
+        Cmd::Approvals { cmd, admin } => approvals(cmd, admin).await,
         Cmd::Agents { cmd, admin } => {
             let (id, verb) = match &cmd {
                 AgentsCmd::Disable { id } => (id, "disable"),
@@ -376,6 +416,32 @@ async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
     }
 }
 
+async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
+    let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+    let v = match cmd {
+        ApprovalsCmd::List { state } => {
+            let q = if state == "all" { String::new() } else { format!("?state={state}") };
+            let v = c.call(Method::GET, &format!("/approvals{q}"), None).await?;
+            println!("{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} REQUEST", "ID", "STATE", "AGENT", "TOOL", "RISK", "AGE");
+            for a in v.get("approvals").and_then(|t| t.as_array()).into_iter().flatten() {
+                let s = |k: &str| a.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+                println!("{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} {} {}", s("id"), s("state"), s("agent"), s("tool"), s("risk"), format!("{}s", s("age_s")), s("method"), s("path"));
+            }
+            return Ok(());
+        }
+        ApprovalsCmd::Show { id } => c.call(Method::GET, &format!("/approvals/{id}"), None).await?,
+        ApprovalsCmd::Approve { id, comment, sha256 } => {
+            c.call(Method::POST, &format!("/approvals/{id}/approve"), Some(json!({"comment": comment, "request_sha256": sha256}))).await?
+        }
+        ApprovalsCmd::Deny { id, reason } => c.call(Method::POST, &format!("/approvals/{id}/deny"), Some(json!({"reason": reason}))).await?,
+        ApprovalsCmd::Resolve { id, outcome, comment } => {
+            c.call(Method::POST, &format!("/approvals/{id}/resolve"), Some(json!({"outcome": outcome, "comment": comment}))).await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    Ok(())
+}
+
 fn new_operator(name: &str) {
     let secret = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
     let hash = identity::sha256_hex(&secret);
@@ -428,9 +494,11 @@ async fn demo() -> Result<(), Error> {
         .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
     let file = dir.join("routes.yaml");
     let operator = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
+    let operator2 = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
     let text = demo::ROUTES_YAML
         .replace("http://127.0.0.1:7000/v2", &format!("http://{api}/v2"))
-        .replace(demo::DEMO_OPERATOR_HASH, &identity::sha256_hex(&operator));
+        .replace(demo::DEMO_OPERATOR_HASH, &identity::sha256_hex(&operator))
+        .replace(demo::DEMO_OPERATOR2_HASH, &identity::sha256_hex(&operator2));
     std::fs::write(&file, &text)
         .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
     let env = |name: &str| match name {
@@ -458,15 +526,24 @@ async fn demo() -> Result<(), Error> {
     );
     println!("config: {} (the bundled routes.yaml)\n", file.display());
     print!("{}", tooltable::render(&app.live.load().snap));
+    let a = format!("http://{admin}");
     println!("\nagent token for support-bot (profile support-drafter): {t}");
-    println!("operator token (demo-operator): export PORTCULLIS_OPERATOR_TOKEN={operator}\n");
-    println!("try:");
+    println!("operators: alice (viewer, approver, admin) and bob (viewer, approver):");
+    println!("  ALICE={operator}\n  BOB={operator2}\n");
+    println!("try, as the agent:");
     println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/tickets/42                 # allow (low)");
     println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/comments -d '{{\"body\":\"hi\"}}'   # allow (medium)");
     println!("  curl -s -H 'Authorization: Bearer {t}' -X DELETE http://{listen}/tickets/42       # deny: profile_deny");
-    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/refund  # critical: needs approval");
-    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/admin/users                 # deny: not_granted (sensitive)");
+    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/admin/users                 # deny: out_of_scope");
     println!("  curl -s http://{listen}/tickets/42                                                  # 401: no credential");
-    println!("  portcullis mode draft-only on --admin http://{admin}   # then retry the comment: draft_only\n");
+    println!("a refund parks (202) until two operators approve; the agent then fetches the result:");
+    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/refund -d '{{\"amount\":10}}'");
+    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals list --admin {a}");
+    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals show ID --admin {a}");
+    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals approve ID --comment 'checked the order' --admin {a}");
+    println!("  PORTCULLIS_OPERATOR_TOKEN=$BOB portcullis approvals approve ID --admin {a}");
+    println!("  curl -s -H 'Authorization: Bearer {t}' 'http://{listen}/_portcullis/approvals/ID?wait=30'");
+    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/_portcullis/approvals/ID/result");
+    println!("switches: PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis mode draft-only on --admin {a}\n");
     server::serve(app).await
 }

@@ -52,13 +52,16 @@ pub enum Error {
         detail: String,
     },
     #[error("upstream `{upstream}` could not be reached: {detail}")]
-    BadGateway { upstream: String, detail: String },
+    BadGateway {
+        upstream: String,
+        detail: String,
+        /// The connection failed: nothing of the request reached the upstream.
+        connect: bool,
+    },
     #[error("upstream `{upstream}` did not answer within {}ms", .after.as_millis())]
     GatewayTimeout { upstream: String, after: Duration },
     #[error("the request did not complete within {}ms", .0.as_millis())]
     Deadline(Duration),
-    #[error("{0}")]
-    NotImplemented(String),
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -80,7 +83,6 @@ impl Error {
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Error::GatewayTimeout { .. } | Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::Internal(_) | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -102,7 +104,6 @@ impl Error {
             Error::BadGateway { .. } => "upstream_unreachable",
             Error::GatewayTimeout { .. } => "upstream_timeout",
             Error::Deadline(_) => "request_deadline",
-            Error::NotImplemented(_) => "approval_required",
             Error::Internal(_) | Error::Config(_) => "internal",
         }
     }
@@ -122,16 +123,13 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::BadGateway { .. } => "bad_gateway",
             Error::GatewayTimeout { .. } | Error::Deadline(_) => "gateway_timeout",
-            Error::NotImplemented(_) => "not_implemented",
             Error::Internal(_) | Error::Config(_) => "internal",
         }
     }
 
     /// `deny` when the request was refused, `error` when the proxy or upstream failed.
     pub fn decision(&self) -> &'static str {
-        if matches!(self, Error::NotImplemented(_)) {
-            "park"
-        } else if self.status().is_server_error() {
+        if self.status().is_server_error() {
             "error"
         } else {
             "deny"

@@ -111,14 +111,19 @@ pub struct Cached {
     pub narrowing: Narrowing,
 }
 
-fn compile(record: TokenRecord) -> Arc<Cached> {
-    let narrowing = Narrowing {
+/// What a credential narrows its agent's profile to.
+pub fn narrowing_of(record: &TokenRecord) -> Narrowing {
+    Narrowing {
         tools: record
             .tools
             .as_ref()
             .map(|t| t.iter().map(|s| Glob(s.clone())).collect()),
         max_risk: record.max_risk,
-    };
+    }
+}
+
+fn compile(record: TokenRecord) -> Arc<Cached> {
+    let narrowing = narrowing_of(&record);
     Arc::new(Cached { record, narrowing })
 }
 

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod body;
 pub mod canon;
@@ -18,6 +19,7 @@ pub mod explain;
 pub mod identity;
 pub mod internal;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod server;

@@ -2,6 +2,7 @@
 //! Every refusal is built by `Error::to_response`; nothing refused is forwarded.
 
 use crate::app::App;
+use crate::approval;
 use crate::audit::{redact_query, Audit, Record};
 use crate::body::{self, Body, Capped};
 use crate::canon::{self, Canonical};
@@ -41,6 +42,8 @@ pub struct Trace {
     pub risk: Option<crate::classify::Risk>,
     pub remote_addr: Option<IpAddr>,
     pub upstream_started: Option<std::time::Instant>,
+    /// The path already wrote this request's audit record (parking does, durably).
+    pub recorded: bool,
 }
 
 /// Entry point for one agent request; always answers, and always records.
@@ -87,7 +90,7 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
             metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
             info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
             // Allowed work is group-committed after the upstream answered.
-            if app.audit.record(rec).is_err() {
+            if !trace.recorded && app.audit.record(rec).is_err() {
                 warn!(request_id = %request_id, "audit record for a forwarded request could not be queued");
             }
             resp
@@ -219,10 +222,21 @@ async fn route_request(
     match decision {
         Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
         Decision::Park => {
-            return Err(Error::NotImplemented(format!(
-                "`{}` needs an operator's approval; parking is not available in this build",
-                tool.name
-            )))
+            let (parts, body) = req.into_parts();
+            trace.recorded = true;
+            let r = approval::park(
+                app,
+                &live,
+                &who,
+                &c,
+                &tool,
+                &parts.headers,
+                body,
+                request_id,
+            )
+            .await;
+            trace.recorded = r.is_ok();
+            return r;
         }
         Decision::Allow { .. } => {}
     }
@@ -256,7 +270,7 @@ async fn route_request(
     }
     let up = &snap.upstreams[route.upstream];
     let origin = Origin {
-        forwarded_for: &forwarded_for,
+        forwarded_for: Some(&forwarded_for),
         https: conn.https,
         tenant: who.agent.tenant.as_deref(),
         request_id,

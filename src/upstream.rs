@@ -91,8 +91,9 @@ pub fn build_client(u: &Upstream) -> Result<HttpsClient, String> {
 
 /// What the proxy adds about the client.
 pub struct Origin<'a> {
-    /// The X-Forwarded-For value to send (a trusted proxy's chain plus the peer).
-    pub forwarded_for: &'a str,
+    /// The X-Forwarded-For value to send (a trusted proxy's chain plus the peer);
+    /// none for replays, which have no client connection.
+    pub forwarded_for: Option<&'a str>,
     pub https: bool,
     pub tenant: Option<&'a str>,
     pub request_id: &'a str,
@@ -112,28 +113,44 @@ fn is_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
+/// Whether a client header never crosses the proxy (hygiene shared by forwarding and parking).
+fn dropped(name: &HeaderName, named: &[HeaderName], up: &Upstream) -> bool {
+    let n = name.as_str();
+    is_hop(n)
+        || CLIENT_STRIPPED.contains(&n)
+        || n.starts_with("x-forwarded-")
+        || named.contains(name)
+        || up.tenant_header.as_ref() == Some(name)
+        || up.inject.as_ref().is_some_and(|i| i.header == name)
+}
+
+/// The client headers kept with a parked request: hygiene applied, and no cookie or
+/// length (credentials are never stored; the length is recomputed at replay).
+pub fn kept_headers(client: &HeaderMap, up: &Upstream) -> Vec<(String, String)> {
+    let named = connection_named(client);
+    client
+        .iter()
+        .filter(|(n, _)| {
+            !dropped(n, &named, up) && *n != header::COOKIE && *n != header::CONTENT_LENGTH
+        })
+        .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
+}
+
 /// The headers the upstream receives: re-serialised from the parsed map, hygiene applied,
 /// then the proxy's own headers, the credential last.
 pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> HeaderMap {
     let named = connection_named(client);
     let mut out = HeaderMap::with_capacity(client.len() + 6);
     for (name, value) in client {
-        let n = name.as_str();
-        if is_hop(n)
-            || CLIENT_STRIPPED.contains(&n)
-            || n.starts_with("x-forwarded-")
-            || named.contains(name)
-            || up.tenant_header.as_ref() == Some(name)
-            || up.inject.as_ref().is_some_and(|i| i.header == name)
-        {
-            continue;
+        if !dropped(name, &named, up) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
         out.insert(header::HOST, v);
     }
-    if let Ok(v) = HeaderValue::from_str(o.forwarded_for) {
+    if let Some(v) = o.forwarded_for.and_then(|f| HeaderValue::from_str(f).ok()) {
         out.insert("x-forwarded-for", v);
     }
     out.insert(
@@ -206,7 +223,8 @@ fn classify_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Error
         let limit = find_too_large(e).unwrap_or(0);
         return Error::BodyTooLarge { limit };
     }
-    let detail = if e.is_connect() {
+    let connect = e.is_connect();
+    let detail = if connect {
         let mut msg = "connection failed".to_string();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(err) = cur {
@@ -220,6 +238,7 @@ fn classify_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Error
     Error::BadGateway {
         upstream: up.name.clone(),
         detail,
+        connect,
     }
 }
 

@@ -36,9 +36,8 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> Result<Summary, Broken> 
     for f in files {
         let file = f.display().to_string();
         let fh = std::fs::File::open(f).map_err(|e| Broken { file: file.clone(), line: 0, why: e.to_string() })?;
-        let mut n = 0u64;
-        for line in BufReader::new(fh).split(b'\n') {
-            n += 1;
+        for (i, line) in BufReader::new(fh).split(b'\n').enumerate() {
+            let n = i as u64 + 1;
             let broken = |why: String| Broken { file: file.clone(), line: n, why };
             let line = line.map_err(|e| broken(e.to_string()))?;
             let line = String::from_utf8(line).map_err(|_| broken("not UTF-8".into()))?;

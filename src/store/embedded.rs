@@ -11,6 +11,19 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const CALLS: TableDefinition<&str, u64> = TableDefinition::new("token_calls");
 const SWITCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("switches");
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_bodies");
+const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_results");
+/// `agent/id` for every pending approval: the per-agent quota is a range count.
+const PENDING: TableDefinition<&str, u8> = TableDefinition::new("approvals_pending");
+
+fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match name {
+        "approvals" => APPROVALS,
+        "approval_bodies" => BODIES,
+        _ => RESULTS,
+    }
+}
 
 pub struct Embedded {
     db: Arc<Database>,
@@ -47,6 +60,10 @@ impl Embedded {
                 tx.open_table(TOKENS).map_err(unavailable)?;
                 tx.open_table(CALLS).map_err(unavailable)?;
                 tx.open_table(SWITCHES).map_err(unavailable)?;
+                tx.open_table(APPROVALS).map_err(unavailable)?;
+                tx.open_table(BODIES).map_err(unavailable)?;
+                tx.open_table(RESULTS).map_err(unavailable)?;
+                tx.open_table(PENDING).map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)?;
             Ok(db)
@@ -209,5 +226,148 @@ impl Embedded {
         .await?;
         let _ = self.events.send(Event::Switches);
         Ok(())
+    }
+
+    pub async fn create_approval(
+        &self,
+        id: &str,
+        agent: &str,
+        record: &[u8],
+        body: &[u8],
+        max_pending: u32,
+    ) -> Result<bool, Error> {
+        let (id, agent, record, body) = (
+            id.to_string(),
+            agent.to_string(),
+            record.to_vec(),
+            body.to_vec(),
+        );
+        let ev = id.clone();
+        let ok = self
+            .blocking(move |db| {
+                let tx = db.begin_write().map_err(unavailable)?;
+                {
+                    let mut pending = tx.open_table(PENDING).map_err(unavailable)?;
+                    let lo = format!("{agent}/");
+                    let hi = format!("{agent}0");
+                    let n = pending
+                        .range(lo.as_str()..hi.as_str())
+                        .map_err(unavailable)?
+                        .count();
+                    if n >= max_pending as usize {
+                        return Ok(false);
+                    }
+                    pending
+                        .insert(format!("{agent}/{id}").as_str(), 1)
+                        .map_err(unavailable)?;
+                    tx.open_table(APPROVALS)
+                        .map_err(unavailable)?
+                        .insert(id.as_str(), record.as_slice())
+                        .map_err(unavailable)?;
+                    tx.open_table(BODIES)
+                        .map_err(unavailable)?
+                        .insert(id.as_str(), body.as_slice())
+                        .map_err(unavailable)?;
+                }
+                tx.commit().map_err(unavailable)?;
+                Ok(true)
+            })
+            .await?;
+        if ok {
+            let _ = self.events.send(Event::Approval(ev));
+        }
+        Ok(ok)
+    }
+
+    pub async fn get_blob(&self, name: &'static str, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let id = id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(table(name)).map_err(unavailable)?;
+            Ok(t.get(id.as_str())
+                .map_err(unavailable)?
+                .map(|g| g.value().to_vec()))
+        })
+        .await
+    }
+
+    pub async fn cas_approval(&self, c: super::Cas<'_>) -> Result<bool, Error> {
+        let (id, agent, old, new, still_pending) = (
+            c.id.to_string(),
+            c.agent.to_string(),
+            c.old.to_vec(),
+            c.new.to_vec(),
+            c.still_pending,
+        );
+        let result = c.result.map(<[u8]>::to_vec);
+        let ev = id.clone();
+        let ok = self
+            .blocking(move |db| {
+                let tx = db.begin_write().map_err(unavailable)?;
+                {
+                    let mut t = tx.open_table(APPROVALS).map_err(unavailable)?;
+                    let same = t
+                        .get(id.as_str())
+                        .map_err(unavailable)?
+                        .is_some_and(|g| g.value() == old.as_slice());
+                    if !same {
+                        return Ok(false);
+                    }
+                    t.insert(id.as_str(), new.as_slice()).map_err(unavailable)?;
+                    if !still_pending {
+                        tx.open_table(PENDING)
+                            .map_err(unavailable)?
+                            .remove(format!("{agent}/{id}").as_str())
+                            .map_err(unavailable)?;
+                    }
+                    if let Some(r) = &result {
+                        tx.open_table(RESULTS)
+                            .map_err(unavailable)?
+                            .insert(id.as_str(), r.as_slice())
+                            .map_err(unavailable)?;
+                    }
+                }
+                tx.commit().map_err(unavailable)?;
+                Ok(true)
+            })
+            .await?;
+        if ok {
+            let _ = self.events.send(Event::Approval(ev));
+        }
+        Ok(ok)
+    }
+
+    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(APPROVALS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                out.push(row.map_err(unavailable)?.1.value().to_vec());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
+        let (id, agent) = (id.to_string(), agent.to_string());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                for t in [APPROVALS, BODIES, RESULTS] {
+                    tx.open_table(t)
+                        .map_err(unavailable)?
+                        .remove(id.as_str())
+                        .map_err(unavailable)?;
+                }
+                tx.open_table(PENDING)
+                    .map_err(unavailable)?
+                    .remove(format!("{agent}/{id}").as_str())
+                    .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
     }
 }

@@ -138,8 +138,20 @@ fn target_set(s: &mut SwitchState, scope: Scope) -> &mut BTreeSet<String> {
 pub enum Event {
     Switches,
     Token(String),
+    /// An approval record changed state.
+    Approval(String),
     /// The invalidation feed was (re)established: anything cached may be stale.
     Resync,
+}
+
+/// One compare-and-set on an approval record.
+pub struct Cas<'a> {
+    pub id: &'a str,
+    pub agent: &'a str,
+    pub old: &'a [u8],
+    pub new: &'a [u8],
+    pub still_pending: bool,
+    pub result: Option<&'a [u8]>,
 }
 
 pub enum Store {
@@ -247,6 +259,74 @@ impl Store {
         match self {
             Store::Embedded(s) => s.apply(c).await,
             Store::Redis(s) => s.apply(c).await,
+        }
+    }
+
+    /// Stores a new pending approval and its body, unless `agent` already has
+    /// `max_pending` pending ones (then false). Atomic with the count.
+    pub async fn create_approval(
+        &self,
+        id: &str,
+        agent: &str,
+        record: &[u8],
+        body: &[u8],
+        max_pending: u32,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Embedded(s) => {
+                s.create_approval(id, agent, record, body, max_pending)
+                    .await
+            }
+            Store::Redis(s) => {
+                s.create_approval(id, agent, record, body, max_pending)
+                    .await
+            }
+        }
+    }
+
+    pub async fn get_approval(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            Store::Embedded(s) => s.get_blob("approvals", id).await,
+            Store::Redis(s) => s.get_blob(&format!("approval:{id}")).await,
+        }
+    }
+
+    pub async fn get_approval_body(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            Store::Embedded(s) => s.get_blob("approval_bodies", id).await,
+            Store::Redis(s) => s.get_blob(&format!("approval:{id}:body")).await,
+        }
+    }
+
+    pub async fn get_approval_result(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            Store::Embedded(s) => s.get_blob("approval_results", id).await,
+            Store::Redis(s) => s.get_blob(&format!("approval:{id}:result")).await,
+        }
+    }
+
+    /// Replaces the record only if it still reads exactly `old` (compare-and-set).
+    /// `still_pending` says whether the new state counts against the agent's quota;
+    /// `result` is stored in the same atomic step.
+    pub async fn cas_approval(&self, c: Cas<'_>) -> Result<bool, Error> {
+        match self {
+            Store::Embedded(s) => s.cas_approval(c).await,
+            Store::Redis(s) => s.cas_approval(c).await,
+        }
+    }
+
+    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
+        match self {
+            Store::Embedded(s) => s.list_approvals().await,
+            Store::Redis(s) => s.list_approvals().await,
+        }
+    }
+
+    /// Deletes a decided record, its body and its result (retention).
+    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.delete_approval(id, agent).await,
+            Store::Redis(s) => s.delete_approval(id, agent).await,
         }
     }
 }

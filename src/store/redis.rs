@@ -25,6 +25,8 @@ pub struct RedisStore {
     last_seen: Arc<AtomicU64>,
     epoch: Instant,
     spend: redis::Script,
+    create: redis::Script,
+    cas: redis::Script,
 }
 
 impl RedisStore {
@@ -60,6 +62,17 @@ impl RedisStore {
             events,
             last_seen: Arc::new(AtomicU64::new(0)),
             epoch,
+            create: redis::Script::new(
+                "if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end \
+                 redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) \
+                 redis.call('SADD', KEYS[3], ARGV[4]) redis.call('SADD', KEYS[4], ARGV[4]) return 1",
+            ),
+            cas: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+                 redis.call('SET', KEYS[1], ARGV[2]) \
+                 if ARGV[3] == '0' then redis.call('SREM', KEYS[2], ARGV[4]) end \
+                 if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6]) end return 1",
+            ),
             spend: redis::Script::new(
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
             ),
@@ -101,6 +114,8 @@ impl RedisStore {
                                     let _ = events.send(Event::Switches);
                                 } else if let Some(id) = payload.strip_prefix("token:") {
                                     let _ = events.send(Event::Token(id.to_string()));
+                                } else if let Some(id) = payload.strip_prefix("approval:") {
+                                    let _ = events.send(Event::Approval(id.to_string()));
                                 }
                             }
                         }
@@ -271,6 +286,97 @@ impl RedisStore {
         };
         r.map_err(unavailable)?;
         self.publish("switches").await;
+        Ok(())
+    }
+
+    pub async fn create_approval(
+        &self,
+        id: &str,
+        agent: &str,
+        record: &[u8],
+        body: &[u8],
+        max_pending: u32,
+    ) -> Result<bool, Error> {
+        let mut c = self.conn.clone();
+        let ok: i64 = self
+            .create
+            .key(self.key(&format!("approval:{id}")))
+            .key(self.key(&format!("approval:{id}:body")))
+            .key(self.key(&format!("pending:{agent}")))
+            .key(self.key("approvals"))
+            .arg(record)
+            .arg(body)
+            .arg(max_pending)
+            .arg(id)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ok == 1 {
+            self.publish(&format!("approval:{id}")).await;
+        }
+        Ok(ok == 1)
+    }
+
+    pub async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let mut c = self.conn.clone();
+        c.get(self.key(key)).await.map_err(unavailable)
+    }
+
+    pub async fn cas_approval(&self, cas: super::Cas<'_>) -> Result<bool, Error> {
+        let mut c = self.conn.clone();
+        let ok: i64 = self
+            .cas
+            .key(self.key(&format!("approval:{}", cas.id)))
+            .key(self.key(&format!("pending:{}", cas.agent)))
+            .key(self.key(&format!("approval:{}:result", cas.id)))
+            .arg(cas.old)
+            .arg(cas.new)
+            .arg(if cas.still_pending { "1" } else { "0" })
+            .arg(cas.id)
+            .arg(if cas.result.is_some() { "1" } else { "0" })
+            .arg(cas.result.unwrap_or_default())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ok == 1 {
+            self.publish(&format!("approval:{}", cas.id)).await;
+        }
+        Ok(ok == 1)
+    }
+
+    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = c
+            .smembers(self.key("approvals"))
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("approval:{id}")))
+            .collect();
+        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(vals.into_iter().flatten().collect())
+    }
+
+    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .del(self.key(&format!("approval:{id}")))
+            .del(self.key(&format!("approval:{id}:body")))
+            .del(self.key(&format!("approval:{id}:result")))
+            .srem(self.key("approvals"), id)
+            .srem(self.key(&format!("pending:{agent}")), id)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }

@@ -1,0 +1,563 @@
+//! Request-then-approve: parking, operator decisions, and the state machine
+//! `pending → approved → executing → executed | failed | unknown` (plus `denied`,
+//! `expired`). Every transition is a compare-and-set in the store, so any number of
+//! replicas produce at most one upstream call per approval.
+
+mod replay;
+mod sweep;
+mod views;
+
+pub use replay::{decode_result, replay};
+pub use sweep::{recover_own_leases, run_sweeper};
+pub use views::{agent_view, operator_view, summary_view};
+
+use crate::app::{App, Live};
+use crate::audit::Record;
+use crate::canon::Canonical;
+use crate::classify::{Risk, Tool};
+use crate::error::Error;
+use crate::identity::Identity;
+use crate::store::{now_ms, Cas};
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tracing::info;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Executing,
+    Executed,
+    Failed,
+    Denied,
+    Expired,
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Executing => "executing",
+            State::Executed => "executed",
+            State::Failed => "failed",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Unknown => "unknown",
+        }
+    }
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Approved,
+            State::Executing,
+            State::Executed,
+            State::Failed,
+            State::Denied,
+            State::Expired,
+            State::Unknown,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+    }
+    /// Decided for good: eligible for retention.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Executed | State::Failed | State::Denied | State::Expired
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vote {
+    pub operator: String,
+    pub comment: Option<String>,
+    pub at_ms: u64,
+}
+
+/// Who holds an `executing` record, until when. `boot` tells a restarted node's own
+/// leftovers from another live process's work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub boot: String,
+    pub until_ms: u64,
+}
+
+/// A parked request. Never holds a credential: headers are kept after hygiene, without
+/// `Authorization`, `Cookie` or the upstream's injected header.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Approval {
+    pub id: String,
+    pub state: State,
+    pub request_id: String,
+    pub agent: String,
+    pub credential: String,
+    pub tenant: Option<String>,
+    pub tool: String,
+    pub risk: Risk,
+    pub method: String,
+    /// Canonical path + query, exactly as it will be sent.
+    pub path: String,
+    pub upstream: String,
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    pub body_sha256: String,
+    pub request_sha256: String,
+    pub policy_version: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub required_approvals: u8,
+    pub approvals: Vec<Vote>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub lease: Option<Lease>,
+    pub upstream_status: Option<u16>,
+}
+
+/// The upstream's response as it was, kept for the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredResult {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// base64
+    pub body: String,
+    pub truncated: bool,
+}
+
+fn put_len(h: &mut Sha256, b: &[u8]) {
+    h.update((b.len() as u64).to_be_bytes());
+    h.update(b);
+}
+
+/// SHA-256 over the length-prefixed method, path + query, sorted kept headers and body.
+pub fn request_sha256(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    put_len(&mut h, method.as_bytes());
+    put_len(&mut h, path.as_bytes());
+    let mut sorted: Vec<&(String, String)> = headers.iter().collect();
+    sorted.sort();
+    h.update((sorted.len() as u64).to_be_bytes());
+    for (k, v) in sorted {
+        put_len(&mut h, k.as_bytes());
+        put_len(&mut h, v.as_bytes());
+    }
+    put_len(&mut h, body);
+    hex::encode(h.finalize())
+}
+
+fn encode(a: &Approval) -> Vec<u8> {
+    serde_json::to_vec(a).expect("approvals serialise")
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// An approval as read, with the exact bytes the compare-and-set compares against.
+pub struct Loaded {
+    pub a: Approval,
+    raw: Vec<u8>,
+}
+
+/// Reads a record; a pending one past its expiry is moved to `expired` on the way.
+pub async fn load(app: &App, id: &str) -> Result<Option<Loaded>, Error> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Ok(None);
+    }
+    let Some(raw) = app.store.get_approval(id).await? else {
+        return Ok(None);
+    };
+    let a: Approval =
+        serde_json::from_slice(&raw).map_err(|e| Error::Internal(format!("approval {id}: {e}")))?;
+    let l = Loaded { a, raw };
+    if l.a.state == State::Pending && now_ms() >= l.a.expires_at_ms {
+        let mut n = l.a.clone();
+        n.state = State::Expired;
+        n.reason = Some("expired".into());
+        if let Some(l2) = transition(app, &l, n, None).await? {
+            audit(app, &l2.a, "approval_expired", None, None).await;
+            return Ok(Some(l2));
+        }
+        return Box::pin(load(app, id)).await;
+    }
+    Ok(Some(l))
+}
+
+/// Compare-and-set from `from` to `to`; `None` if someone else changed it first.
+pub async fn transition(
+    app: &App,
+    from: &Loaded,
+    mut to: Approval,
+    result: Option<&[u8]>,
+) -> Result<Option<Loaded>, Error> {
+    to.updated_at_ms = now_ms();
+    let raw = encode(&to);
+    let ok = app
+        .store
+        .cas_approval(Cas {
+            id: &to.id,
+            agent: &to.agent,
+            old: &from.raw,
+            new: &raw,
+            still_pending: to.state == State::Pending,
+            result,
+        })
+        .await?;
+    if ok {
+        metrics::counter!("portcullis_approvals_total", "outcome" => to.state.as_str())
+            .increment(1);
+        crate::notify::approval(app, &to);
+    }
+    Ok(ok.then_some(Loaded { a: to, raw }))
+}
+
+/// Writes an approval event to the audit trail; a failure is logged loudly (the state
+/// change already happened in the store and cannot be taken back).
+pub async fn audit(
+    app: &App,
+    a: &Approval,
+    event: &'static str,
+    operator: Option<&str>,
+    comment: Option<&str>,
+) {
+    let r = Record {
+        event,
+        request_id: Some(a.request_id.clone()),
+        agent: Some(a.agent.clone()),
+        credential: Some(a.credential.clone()),
+        tenant: a.tenant.clone(),
+        method: Some(a.method.clone()),
+        path: Some(crate::audit::redact_query(
+            &a.path,
+            &app.live.load().snap.audit.redact_query,
+        )),
+        tool: Some(a.tool.clone()),
+        risk: Some(a.risk.to_string()),
+        decision: Some(a.state.as_str().into()),
+        reason: a.reason.clone(),
+        policy_version: Some(app.live.load().snap.policy_version.to_string()),
+        body_sha256: Some(a.body_sha256.clone()),
+        approval_id: Some(a.id.clone()),
+        operator: operator.map(str::to_string),
+        upstream_status: a.upstream_status,
+        comment: comment.map(str::to_string),
+        ..Default::default()
+    };
+    if let Err(e) = app.audit.record_durable(r).await {
+        tracing::error!(approval_id = %a.id, event, error = %e, "approval event could not be audited");
+    }
+}
+
+/// Parks a request the gate said needs approval: buffers the body (capped), stores the
+/// record, audits it durably, answers 202.
+#[allow(clippy::too_many_arguments)]
+pub async fn park(
+    app: &App,
+    live: &Live,
+    who: &Identity,
+    c: &Canonical,
+    tool: &Tool,
+    headers: &HeaderMap,
+    body: Incoming,
+    request_id: &str,
+) -> Result<Response<crate::body::Body>, Error> {
+    let snap = &live.snap;
+    let limit = snap
+        .limits
+        .max_body_bytes
+        .min(snap.limits.max_parked_body_bytes);
+    let declared: Option<u64> = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let body: Bytes = http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::BodyTooLarge { limit }
+            } else {
+                Error::BadRequest {
+                    reason: "bad_body",
+                    detail: "the request body could not be read".into(),
+                }
+            }
+        })?
+        .to_bytes();
+    if !app.audit.ready() {
+        return Err(crate::audit::Audit::unavailable());
+    }
+    let route = &snap.routes[tool.route];
+    let up = &snap.upstreams[route.upstream];
+    let kept = crate::upstream::kept_headers(headers, up);
+    let path = c.path_and_query();
+    let now = now_ms();
+    let ttl = tool.approval_ttl.unwrap_or(snap.limits.approval_ttl);
+    let a = Approval {
+        id: uuid::Uuid::now_v7().to_string(),
+        state: State::Pending,
+        request_id: request_id.to_string(),
+        agent: who.agent.id.clone(),
+        credential: who.token.record.id.clone(),
+        tenant: who.agent.tenant.clone(),
+        tool: tool.name.to_string(),
+        risk: tool.risk,
+        method: c.method.as_str().to_string(),
+        request_sha256: request_sha256(c.method.as_str(), &path, &kept, &body),
+        path,
+        upstream: up.name.clone(),
+        headers: kept,
+        body_len: body.len() as u64,
+        body_sha256: hex::encode(Sha256::digest(&body)),
+        policy_version: snap.policy_version.to_string(),
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+        updated_at_ms: now,
+        required_approvals: if tool.risk == Risk::Critical { 2 } else { 1 },
+        approvals: vec![],
+        decided_by: None,
+        reason: None,
+        detail: None,
+        lease: None,
+        upstream_status: None,
+    };
+    let raw = encode(&a);
+    if !app
+        .store
+        .create_approval(
+            &a.id,
+            &a.agent,
+            &raw,
+            &body,
+            snap.limits.max_pending_per_agent,
+        )
+        .await?
+    {
+        return Err(Error::TooMany {
+            reason: "pending_quota",
+            detail: format!(
+                "agent `{}` already has {} requests waiting for approval",
+                a.agent, snap.limits.max_pending_per_agent
+            ),
+            retry_after: 60,
+        });
+    }
+    let rec = Record {
+        event: "request",
+        request_id: Some(request_id.to_string()),
+        agent: Some(a.agent.clone()),
+        credential: Some(a.credential.clone()),
+        tenant: a.tenant.clone(),
+        method: Some(a.method.clone()),
+        path: Some(crate::audit::redact_query(
+            &a.path,
+            &snap.audit.redact_query,
+        )),
+        tool: Some(a.tool.clone()),
+        risk: Some(a.risk.to_string()),
+        decision: Some("park".into()),
+        reason: Some("approval_required".into()),
+        policy_version: Some(a.policy_version.clone()),
+        body_sha256: Some(a.body_sha256.clone()),
+        approval_id: Some(a.id.clone()),
+        status: Some(202),
+        ..Default::default()
+    };
+    if let Err(e) = app.audit.record_durable(rec).await {
+        // Unrecorded work must not wait for approval: fail it, answer 503.
+        let l = Loaded { a: a.clone(), raw };
+        let mut f = a.clone();
+        f.state = State::Failed;
+        f.reason = Some("audit_unavailable".into());
+        let _ = transition(app, &l, f, None).await;
+        return Err(e);
+    }
+    metrics::gauge!("portcullis_parked").increment(1.0);
+    crate::notify::approval(app, &a);
+    info!(request_id, approval_id = %a.id, agent.id = %a.agent, tool.name = %a.tool, risk = %a.risk, decision = "park", "parked for approval");
+    let mut r = crate::body::json_response(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({
+            "status": "pending", "approval_id": a.id, "tool": a.tool, "risk": a.risk,
+            "expires_at": rfc3339(a.expires_at_ms), "poll": format!("/_portcullis/approvals/{}", a.id),
+            "request_sha256": a.request_sha256,
+        }),
+    );
+    r.headers_mut().insert(
+        "portcullis-decision",
+        http::HeaderValue::from_static("park"),
+    );
+    Ok(r)
+}
+
+/// An operator approves. Critical tools need two distinct approvers; the operator who
+/// issued the credential that parked the request may not approve it.
+pub async fn approve(
+    app: &Arc<App>,
+    id: &str,
+    op: &str,
+    comment: Option<String>,
+    quoted_sha: Option<String>,
+) -> Result<Approval, Error> {
+    let l = load(app, id).await?.ok_or(Error::NotFound)?;
+    let a = &l.a;
+    check_decidable(a)?;
+    if let Some(q) = &quoted_sha {
+        if !q.eq_ignore_ascii_case(&a.request_sha256) {
+            return Err(Error::Conflict(
+                "the quoted request_sha256 does not match the parked request".into(),
+            ));
+        }
+    }
+    if let Some(t) = app.store.get_token(&a.credential).await? {
+        if t.issued_by == op {
+            return Err(Error::Forbidden(format!("operator `{op}` issued the credential that parked this request and cannot approve it")));
+        }
+    }
+    if a.approvals.iter().any(|v| v.operator == op) {
+        return Err(Error::Conflict(format!("operator `{op}` already approved; a critical request needs a second, distinct approver")));
+    }
+    let mut n = a.clone();
+    n.approvals.push(Vote {
+        operator: op.to_string(),
+        comment: comment.clone(),
+        at_ms: now_ms(),
+    });
+    if n.approvals.len() >= n.required_approvals as usize {
+        n.state = State::Approved;
+        n.decided_by = Some(
+            n.approvals
+                .iter()
+                .map(|v| v.operator.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    let l2 = transition(app, &l, n, None)
+        .await?
+        .ok_or_else(|| Error::Conflict("the approval changed concurrently; look again".into()))?;
+    let event = if l2.a.state == State::Approved {
+        "approval_approved"
+    } else {
+        "approval_vote"
+    };
+    audit(app, &l2.a, event, Some(op), comment.as_deref()).await;
+    if l2.a.state == State::Approved {
+        metrics::gauge!("portcullis_parked").decrement(1.0);
+        metrics::histogram!("portcullis_approval_wait_seconds")
+            .record(now_ms().saturating_sub(l2.a.created_at_ms) as f64 / 1000.0);
+        let (app2, id2) = (app.clone(), id.to_string());
+        tokio::spawn(async move { replay(app2, id2).await });
+    }
+    Ok(l2.a)
+}
+
+fn check_decidable(a: &Approval) -> Result<(), Error> {
+    match a.state {
+        State::Pending => Ok(()),
+        State::Expired => Err(Error::Gone("the approval request expired".into())),
+        s => Err(Error::Conflict(format!(
+            "the approval is already {}",
+            s.as_str()
+        ))),
+    }
+}
+
+pub async fn deny(app: &App, id: &str, op: &str, reason: String) -> Result<Approval, Error> {
+    let l = load(app, id).await?.ok_or(Error::NotFound)?;
+    check_decidable(&l.a)?;
+    let mut n = l.a.clone();
+    n.state = State::Denied;
+    n.decided_by = Some(op.to_string());
+    n.reason = Some("denied_by_operator".into());
+    n.detail = Some(reason.clone());
+    let l2 = transition(app, &l, n, None)
+        .await?
+        .ok_or_else(|| Error::Conflict("the approval changed concurrently; look again".into()))?;
+    metrics::gauge!("portcullis_parked").decrement(1.0);
+    audit(app, &l2.a, "approval_denied", Some(op), Some(&reason)).await;
+    Ok(l2.a)
+}
+
+/// Records what a human established about an `unknown` outcome.
+pub async fn resolve(
+    app: &App,
+    id: &str,
+    op: &str,
+    outcome: &str,
+    comment: Option<String>,
+) -> Result<Approval, Error> {
+    let l = load(app, id).await?.ok_or(Error::NotFound)?;
+    if l.a.state != State::Unknown {
+        return Err(Error::Conflict(format!(
+            "only an `unknown` outcome can be resolved; this one is {}",
+            l.a.state.as_str()
+        )));
+    }
+    let mut n = l.a.clone();
+    n.state = match outcome {
+        "executed" => State::Executed,
+        "failed" => State::Failed,
+        o => {
+            return Err(Error::BadRequest {
+                reason: "bad_outcome",
+                detail: format!("`{o}`: expected executed or failed"),
+            })
+        }
+    };
+    n.reason = Some("resolved_by_operator".into());
+    n.detail = comment.clone();
+    n.decided_by = Some(op.to_string());
+    let l2 = transition(app, &l, n, None)
+        .await?
+        .ok_or_else(|| Error::Conflict("the approval changed concurrently; look again".into()))?;
+    audit(
+        app,
+        &l2.a,
+        "approval_resolved",
+        Some(op),
+        comment.as_deref(),
+    )
+    .await;
+    Ok(l2.a)
+}
+
+/// All records, newest first, optionally one state.
+pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Approval>, Error> {
+    let mut v: Vec<Approval> = app
+        .store
+        .list_approvals()
+        .await?
+        .iter()
+        .filter_map(|raw| serde_json::from_slice::<Approval>(raw).ok())
+        .map(|mut a| {
+            if a.state == State::Pending && now_ms() >= a.expires_at_ms {
+                a.state = State::Expired;
+            }
+            a
+        })
+        .filter(|a| state.is_none_or(|s| a.state == s))
+        .collect();
+    v.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+    Ok(v)
+}

@@ -1,0 +1,75 @@
+//! Approval notifications: an optional webhook (Slack-compatible `text` plus structured
+//! fields) when a request parks and when it is decided. Fire-and-forget with retries
+//! and a timeout; never blocks the agent, never carries a secret or a body.
+
+use crate::app::App;
+use crate::approval::{Approval, State};
+use crate::body;
+use http::{header, Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+use tracing::warn;
+
+const ATTEMPTS: u32 = 3;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn approval(app: &App, a: &Approval) {
+    let Some(url) = app.live.load().snap.webhook_url.clone() else {
+        return;
+    };
+    let verb = match a.state {
+        State::Pending if a.approvals.is_empty() => "needs approval",
+        State::Pending => "has one of two approvals",
+        State::Approved => "was approved",
+        State::Denied => "was denied",
+        State::Expired => "expired",
+        State::Executed => "was executed",
+        State::Failed => "failed",
+        State::Unknown => "has an unknown outcome",
+        State::Executing => return,
+    };
+    let text = format!(
+        "[portcullis] {} {} `{}` ({} risk) for agent {} — approval {}",
+        a.method, a.path, a.tool, a.risk, a.agent, a.id
+    );
+    let payload = serde_json::json!({
+        "text": format!("{text} {verb}"), "event": a.state.as_str(), "approval_id": a.id, "agent": a.agent,
+        "tenant": a.tenant, "tool": a.tool, "risk": a.risk, "method": a.method, "path": a.path,
+        "request_sha256": a.request_sha256, "decided_by": a.decided_by,
+    });
+    let body = serde_json::to_vec(&payload).unwrap_or_default();
+    tokio::spawn(async move {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(TIMEOUT));
+        let Ok(tls) = crate::upstream::tls_config(None) else {
+            return;
+        };
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client: Client<_, body::Body> = Client::builder(TokioExecutor::new()).build(conn);
+        for attempt in 1..=ATTEMPTS {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(&url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body::full(body.clone()));
+            let Ok(req) = req else { return };
+            match tokio::time::timeout(TIMEOUT, client.request(req)).await {
+                Ok(Ok(r)) if r.status().is_success() => return,
+                Ok(Ok(r)) => warn!(
+                    attempt,
+                    status = r.status().as_u16(),
+                    "approval webhook refused"
+                ),
+                Ok(Err(e)) => warn!(attempt, error = %e, "approval webhook failed"),
+                Err(_) => warn!(attempt, "approval webhook timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+    });
+}
