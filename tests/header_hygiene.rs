@@ -391,3 +391,37 @@ async fn upstream_failure_does_not_leak_the_secret() {
         proxy.logs()
     );
 }
+
+#[tokio::test]
+async fn trailers_are_never_merged_into_headers() {
+    // A chunked body whose trailer section tries to set headers the proxy owns.
+    let f = setup(Behaviour::Echo, &[]).await;
+    let req = format!(
+        "POST /api/items HTTP/1.1\r\nHost: {}\r\n{}Transfer-Encoding: chunked\r\n\
+         Trailer: X-Tenant-Id, Authorization, X-Forwarded-For\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Tenant-Id: evil-tenant\r\nAuthorization: Bearer trailer-cred\r\n\
+         X-Forwarded-For: 6.6.6.6\r\n\r\n",
+        f.proxy.addr,
+        f.agent_auth()
+    );
+    let r = raw_request(f.proxy.addr, req.as_bytes()).await;
+    // Dropped or refused, never merged.
+    if r.status == 200 {
+        let s = f.up.last();
+        assert_eq!(s.body_bytes, 5);
+        for (n, v) in s.headers.iter().chain(s.trailers.iter()) {
+            assert!(
+                !v.contains("evil-tenant") && !v.contains("trailer-cred") && !v.contains("6.6.6.6"),
+                "a trailer field reached the upstream as `{n}: {v}`"
+            );
+        }
+        assert!(
+            s.trailers.is_empty(),
+            "trailers forwarded: {:?}",
+            s.trailers
+        );
+    } else {
+        assert_refusal("request with trailers", &r, 400);
+        assert_eq!(f.up.hits(), 0);
+    }
+}

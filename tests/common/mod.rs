@@ -974,6 +974,8 @@ pub struct Seen {
     pub body_bytes: u64,
     pub body_pattern_ok: bool,
     pub body_state: BodyState,
+    /// Trailer fields received after a chunked body.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -1160,6 +1162,7 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
             body_bytes: 0,
             body_pattern_ok: true,
             body_state: BodyState::Reading,
+            trailers: Vec::new(),
         });
         seen.len() - 1
     };
@@ -1184,8 +1187,8 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
     let mut state = BodyState::Complete;
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => {
-                if let Ok(d) = f.into_data() {
+            Ok(f) => match f.into_data() {
+                Ok(d) => {
                     if ok && !pattern_matches(n, &d) {
                         ok = false;
                     }
@@ -1194,7 +1197,14 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
                     seen[idx].body_bytes = n;
                     seen[idx].body_pattern_ok = ok;
                 }
-            }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        st.seen.lock().unwrap()[idx]
+                            .trailers
+                            .extend(headers_vec(&t));
+                    }
+                }
+            },
             Err(_) => {
                 state = BodyState::Failed;
                 break;
