@@ -84,7 +84,7 @@ async fn result(app: &App, who: &Identity, id: &str) -> Result<Response<Body>, E
         return Err(Error::Conflict(format!("approval {id} is {}, not executed; there is no result", a.state.as_str())));
     }
     let raw = app.store.get_approval_result(id).await?.ok_or(Error::NotFound)?;
-    let (status, headers, bytes, truncated) = approval::decode_result(&raw).ok_or_else(|| Error::Internal("stored result unreadable".into()))?;
+    let approval::Decoded { status, headers, body: bytes, truncated } = approval::decode_result(&raw).ok_or_else(|| Error::Internal("stored result unreadable".into()))?;
     let mut r = Response::new(body::full(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in headers {

@@ -7,7 +7,7 @@ mod replay;
 mod sweep;
 mod views;
 
-pub use replay::{decode_result, replay};
+pub use replay::{decode_result, replay, Decoded};
 pub use sweep::{recover_own_leases, run_sweeper};
 pub use views::{agent_view, operator_view, summary_view};
 
@@ -558,6 +558,6 @@ pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Approval>, Erro
         })
         .filter(|a| state.is_none_or(|s| a.state == s))
         .collect();
-    v.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+    v.sort_by_key(|a| std::cmp::Reverse(a.created_at_ms));
     Ok(v)
 }

@@ -290,10 +290,15 @@ async fn read_capped(mut body: crate::body::Body, limit: usize) -> Result<(Vec<u
 }
 
 /// The stored upstream response, decoded.
-pub fn decode_result(raw: &[u8]) -> Option<(u16, Vec<(String, String)>, Vec<u8>, bool)> {
+pub struct Decoded {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub truncated: bool,
+}
+
+pub fn decode_result(raw: &[u8]) -> Option<Decoded> {
     let r: StoredResult = serde_json::from_slice(raw).ok()?;
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(r.body)
-        .ok()?;
-    Some((r.status, r.headers, body, r.truncated))
+    let body = base64::engine::general_purpose::STANDARD.decode(r.body).ok()?;
+    Some(Decoded { status: r.status, headers: r.headers, body, truncated: r.truncated })
 }
