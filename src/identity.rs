@@ -135,7 +135,10 @@ pub struct Identity {
 
 #[derive(Default)]
 pub struct Credentials {
-    cache: RwLock<HashMap<String, Arc<Cached>>>,
+    /// `None` remembers an id the store does not know: ids are server-generated
+    /// UUIDv7s, so an unknown one is never about to become valid, and a flood of
+    /// made-up ids costs one store round trip each, not one per request.
+    cache: RwLock<HashMap<String, Option<Arc<Cached>>>>,
     /// Bumped on every invalidation; a lookup that raced one does not fill the cache.
     gen: AtomicU64,
 }
@@ -145,14 +148,11 @@ impl Credentials {
         let live = store.feed_live();
         if live {
             if let Some(c) = self.cache.read().expect("cache lock").get(id) {
-                return Ok(Some(c.clone()));
+                return Ok(c.clone());
             }
         }
         let g = self.gen.load(Ordering::Acquire);
-        let Some(rec) = store.get_token(id).await? else {
-            return Ok(None);
-        };
-        let c = compile(rec);
+        let c = store.get_token(id).await?.map(compile);
         if live && store.feed_live() {
             let mut w = self.cache.write().expect("cache lock");
             if self.gen.load(Ordering::Acquire) == g {
@@ -162,7 +162,7 @@ impl Credentials {
                 w.insert(id.to_string(), c.clone());
             }
         }
-        Ok(Some(c))
+        Ok(c)
     }
 
     pub fn invalidate(&self, id: &str) {
