@@ -271,6 +271,7 @@ async fn route_request(
     let up = &snap.upstreams[route.upstream];
     let origin = Origin {
         forwarded_for: Some(&forwarded_for),
+        host: Some(&c.host),
         https: conn.https,
         tenant: who.agent.tenant.as_deref(),
         request_id,

@@ -174,7 +174,9 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
-        let graceful = graceful.clone();
+        // A watcher, not a clone of the shutdown handle: the handle must be unique
+        // again when the accept loops end, or the drain below would wait on nothing.
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let live = app.live.load_full();
             let b = builder(&live.snap);
@@ -196,7 +198,7 @@ async fn accept_loop(
             match tls {
                 None => {
                     let c = b.serve_connection(TokioIo::new(stream), svc);
-                    let _ = graceful.watch(c.into_owned()).await;
+                    let _ = watcher.watch(c.into_owned()).await;
                 }
                 Some(acc) => {
                     let s = match tokio::time::timeout(handshake, acc.accept(stream)).await {
@@ -204,7 +206,7 @@ async fn accept_loop(
                         _ => return,
                     };
                     let c = b.serve_connection(TokioIo::new(s), svc);
-                    let _ = graceful.watch(c.into_owned()).await;
+                    let _ = watcher.watch(c.into_owned()).await;
                 }
             }
         });

@@ -95,6 +95,8 @@ pub struct Origin<'a> {
     /// none for replays, which have no client connection.
     pub forwarded_for: Option<&'a str>,
     pub https: bool,
+    /// The authority the client addressed (Host, or `:authority` on HTTP/2); none for replays.
+    pub host: Option<&'a str>,
     pub tenant: Option<&'a str>,
     pub request_id: &'a str,
 }
@@ -157,8 +159,8 @@ pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> Header
         "x-forwarded-proto",
         HeaderValue::from_static(if o.https { "https" } else { "http" }),
     );
-    if let Some(h) = client.get(header::HOST) {
-        out.insert("x-forwarded-host", h.clone());
+    if let Some(v) = o.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        out.insert("x-forwarded-host", v);
     }
     if let Ok(v) = HeaderValue::from_str(o.request_id) {
         out.insert("x-request-id", v);

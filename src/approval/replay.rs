@@ -175,12 +175,12 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         up,
         &Origin {
             forwarded_for: None,
+            host: None,
             https: false,
             tenant: agent.tenant.as_deref(),
             request_id: &a.request_id,
         },
     );
-    headers.remove("x-forwarded-host");
     if !headers.contains_key("idempotency-key") {
         if let Ok(v) = HeaderValue::from_str(&a.id) {
             headers.insert("idempotency-key", v);

@@ -252,10 +252,16 @@ impl Snapshot {
                 Some(i) => msg[..i].to_string(),
                 None => msg,
             };
-            let (path, message) = match msg.split_once(": ") {
+            let (mut path, message) = match msg.split_once(": ") {
                 Some((p, m)) if !p.contains(' ') => (p.to_string(), m.to_string()),
                 _ => (String::new(), msg),
             };
+            // Name the offending key itself, not just its parent.
+            for lead in ["unknown field `", "missing field `"] {
+                if let Some(key) = message.strip_prefix(lead).and_then(|r| r.split('`').next()) {
+                    path = if path.is_empty() || path == "." { key.to_string() } else { format!("{path}.{key}") };
+                }
+            }
             ConfigError {
                 file: name.clone(),
                 line,

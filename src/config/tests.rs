@@ -63,7 +63,7 @@ fn unknown_keys_are_refused_with_position() {
         "    upstream: tickets\n    upstrem: x\n",
     ));
     assert!(
-        e.starts_with("routes.yaml:8:5: routes[0]: unknown field `upstrem`"),
+        e.starts_with("routes.yaml:8:5: routes[0].upstrem: unknown field `upstrem`"),
         "{e}"
     );
     let e = err(&format!("{GOOD}bogus: 1\n"));
