@@ -487,4 +487,3 @@ async fn audit_path_replaced_by_a_directory_fails_closed_then_recovers() {
     let r = wait_recovered(&p, &up, &bot).await;
     check_after_recovery(&p, &r).await;
 }
-
