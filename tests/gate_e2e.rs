@@ -29,11 +29,16 @@ fn sha_hex(s: &str) -> String {
 
 /// The routes, profiles and agents every test here shares. `routes` lets the reload
 /// test drop one.
-fn gate_config_text(url: &str, with_reports: bool) -> String {
-    let reports = if with_reports {
-        "  - { prefix: /reports, upstream: api, tool_prefix: reports }\n"
+/// `full: false` is the trimmed variant the reload test swaps in: no `/reports` route
+/// and no agent `other`.
+fn gate_config_text(url: &str, full: bool) -> String {
+    let (reports, other) = if full {
+        (
+            "  - { prefix: /reports, upstream: api, tool_prefix: reports }\n",
+            "  other: { profile: drafter, tenant: globex }\n",
+        )
     } else {
-        ""
+        ("", "")
     };
     format!(
         r#"listen: 127.0.0.1:0
@@ -57,6 +62,7 @@ routes:
     tools:
       - {{ match: "POST /tickets/{{id}}/refund", name: tickets.refund, risk: critical }}
   - {{ prefix: /notes, upstream: api, tool_prefix: notes }}
+  - {{ prefix: /orgs, upstream: api, tool_prefix: orgs }}
 {reports}profiles:
   drafter:
     tools: ["tickets.get", "tickets.list", "tickets.comments.*", "tickets.export.*", "tickets.delete", "notes.*", "reports.*"]
@@ -68,10 +74,19 @@ routes:
     tools: ["tickets.*"]
     max_risk: low
     rate_limit: {{ per_minute: 3 }}
+  tenanted:
+    tools: ["orgs.*"]
+    resources: ["/orgs/{{tenant}}", "/orgs/{{tenant}}/{{*rest}}"]
+    max_risk: medium
+  broad:
+    tools: ["tickets.*"]
+    max_risk: high
+    deny: ["tickets.comments.delete", "tickets.export.*"]
 agents:
   bot: {{ profile: drafter, tenant: acme }}
-  other: {{ profile: drafter, tenant: globex }}
-  slow: {{ profile: limited, tenant: acme }}
+  broadbot: {{ profile: broad, tenant: acme }}
+{other}  slow: {{ profile: limited, tenant: acme }}
+  scoped: {{ profile: tenanted, tenant: acme }}
 "#,
         op = common::operator_hash(),
         viewer = sha_hex(VIEWER_SECRET),
@@ -284,6 +299,20 @@ async fn expired_token_is_refused() {
         );
     }
     assert_eq!(up.hits(), hits, "an expired token reached the upstream");
+    let list = op_ok(&p, "GET", "/tokens", None).await;
+    let row = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == json!(t.id))
+        .cloned()
+        .unwrap_or_else(|| panic!("expired token not listed: {list}"));
+    assert_eq!(row["state"], json!("expired"), "{row}");
+    assert_eq!(
+        row["issued_by"],
+        json!("tester"),
+        "the issuing operator is recorded: {row}"
+    );
     expect_allowed(
         "a 1h token still works",
         &up,
@@ -442,6 +471,18 @@ async fn narrowed_tokens_cannot_exceed_their_narrowing() {
         assert!(retry_after("token_budget", &r) >= 1);
     }
     assert_eq!(up.hits(), hits, "a spent budget reached the upstream");
+    // The gate decides before the budget is looked at: a denied request is a 403.
+    let r = call(p.addr, "DELETE", "/tickets/1", &budget.token).await;
+    assert_denied(
+        "spent budget, denied tool",
+        &r,
+        &Deny {
+            reason: "profile_deny",
+            tool: "tickets.delete",
+            risk: "high",
+            policy_version: &pv,
+        },
+    );
     // The budget is the token's, not the agent's.
     let plain = bot_token(&p).await;
     expect_allowed(
@@ -972,6 +1013,10 @@ async fn rate_limit_per_minute() {
         hits,
         "a rate-limited request reached the upstream"
     );
+    // The gate answers first: a request the profile denies is a 403, limit or not.
+    let r = call(p.addr, "POST", "/tickets/1/comments", &slow).await;
+    assert_eq!(r.status, 403, "denied while rate limited: {}", r.text());
+    assert_eq!(r.reason().as_deref(), Some("risk_ceiling"), "{}", r.text());
     // Per agent: another agent is not limited by it.
     expect_allowed("other agent unaffected", &up, &p, "GET", "/tickets/1", &bot).await;
 }
@@ -1272,8 +1317,12 @@ fn policy_test_files_pass_and_fail_with_a_diff() {
 async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     let (up, p) = start().await;
     let bot = bot_token(&p).await;
+    let other = issue(&p, json!({"agent": "other", "ttl": "1h"}))
+        .await
+        .token;
     let v1 = policy_version(&p).await;
     expect_allowed("route before reload", &up, &p, "GET", "/reports", &bot).await;
+    expect_allowed("agent before reload", &up, &p, "GET", "/tickets/1", &other).await;
 
     // Remove the /reports route, then reload.
     std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
@@ -1306,6 +1355,12 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
         &bot,
     )
     .await;
+    // An agent removed from the config: its credential no longer authenticates.
+    assert_unauthenticated(
+        "token of an agent removed by reload",
+        &call(p.addr, "GET", "/tickets/1", &other).await,
+    );
+    assert_eq!(up.hits(), hits + 1, "a removed agent reached the upstream");
 
     // An invalid config is refused whole; the old one keeps serving.
     let mut bad = gate_config_text(&up.url(), true);
@@ -1349,4 +1404,419 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
         &bot,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_on_sighup_and_on_file_change() {
+    let (up, p) = start().await;
+    let bot = bot_token(&p).await;
+    let v1 = policy_version(&p).await;
+    expect_allowed("before", &up, &p, "GET", "/reports", &bot).await;
+
+    // A change to the file alone is picked up (bounded poll on GET /policy).
+    std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut v = v1.clone();
+    while v == v1 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v = policy_version(&p).await;
+    }
+    assert_ne!(
+        v, v1,
+        "a change to the config file was not picked up within 15s"
+    );
+    let r = call(p.addr, "GET", "/reports", &bot).await;
+    assert_eq!(r.reason().as_deref(), Some("no_route"), "{}", r.text());
+
+    // SIGHUP: write the full config back with the mtime unchanged, so only the signal
+    // can explain a reload.
+    let before = std::fs::metadata(&p.config_path)
+        .unwrap()
+        .modified()
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p.config_path)
+        .unwrap();
+    std::io::Write::write_all(&mut &f, gate_config_text(&up.url(), true).as_bytes()).unwrap();
+    f.set_modified(before).unwrap();
+    drop(f);
+    let st = Command::new("kill")
+        .arg("-HUP")
+        .arg(p.pid().to_string())
+        .status()
+        .expect("run kill -HUP");
+    assert!(st.success());
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut v3 = v.clone();
+    while v3 == v && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        v3 = policy_version(&p).await;
+    }
+    assert_eq!(
+        v3, v1,
+        "SIGHUP did not reload the (restored) config within 15s"
+    );
+    expect_allowed("route back after SIGHUP", &up, &p, "GET", "/reports", &bot).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Precedence and tenant-scoped resources, end to end
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gate_precedence_end_to_end() {
+    let (up, p) = start().await;
+    let pv = policy_version(&p).await;
+    let bot = bot_token(&p).await;
+    let list_only = issue(
+        &p,
+        json!({"agent": "bot", "ttl": "1h", "tools": ["tickets.list"]}),
+    )
+    .await
+    .token;
+    let d = |reason, tool, risk| Deny {
+        reason,
+        tool,
+        risk,
+        policy_version: &pv,
+    };
+    // profile_deny before token_scope.
+    let r = call(p.addr, "DELETE", "/tickets/1", &list_only).await;
+    assert_denied(
+        "deny before scope",
+        &r,
+        &d("profile_deny", "tickets.delete", "high"),
+    );
+    // token_scope before out_of_scope.
+    let r = call(p.addr, "GET", "/notes", &list_only).await;
+    assert_denied(
+        "scope before resources",
+        &r,
+        &d("token_scope", "notes.list", "low"),
+    );
+    // profile_deny before out_of_scope.
+    let r = call(p.addr, "DELETE", "/notes/1", &bot).await;
+    assert_denied(
+        "deny before resources",
+        &r,
+        &d("profile_deny", "notes.delete", "high"),
+    );
+    // out_of_scope before the ceiling.
+    let r = call(p.addr, "POST", "/notes/1/share", &bot).await;
+    assert_denied(
+        "resources before grant",
+        &r,
+        &d("out_of_scope", "notes.share.create", "medium"),
+    );
+    // paused before everything in the profile.
+    op_ok(&p, "POST", "/pause", Some(&json!({"scope": "all"}))).await;
+    let r = call(p.addr, "DELETE", "/tickets/1", &list_only).await;
+    assert_denied("pause first", &r, &d("paused", "tickets.delete", "high"));
+    // A disabled agent is refused as such even while paused.
+    op_ok(&p, "POST", "/agents/bot/disable", None).await;
+    let r = call(p.addr, "GET", "/tickets/1", &bot).await;
+    assert_denied(
+        "disabled over paused",
+        &r,
+        &d("agent_disabled", "tickets.get", "low"),
+    );
+    // Above the profile's own ceiling it stays risk_ceiling in draft-only mode.
+    op_ok(&p, "POST", "/agents/bot/enable", None).await;
+    op_ok(&p, "POST", "/resume", Some(&json!({"scope": "all"}))).await;
+    op_ok(&p, "POST", "/mode", Some(&json!({"draft_only": true}))).await;
+    let r = call(p.addr, "GET", "/tickets/1/export", &bot).await;
+    assert_denied(
+        "ceiling over draft",
+        &r,
+        &d("risk_ceiling", "tickets.export.list", "high"),
+    );
+    assert_eq!(up.hits(), 0, "no request in this test is allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_placeholder_scopes_resources_per_agent() {
+    let (up, p) = start().await;
+    let pv = policy_version(&p).await;
+    let t = issue(&p, json!({"agent": "scoped", "ttl": "1h"}))
+        .await
+        .token;
+    expect_allowed("own tenant", &up, &p, "GET", "/orgs/acme/items", &t).await;
+    expect_allowed("own tenant root", &up, &p, "GET", "/orgs/acme", &t).await;
+    let hits = up.hits();
+    let r = call(p.addr, "GET", "/orgs/globex/items", &t).await;
+    assert_denied(
+        "another tenant's resources",
+        &r,
+        &Deny {
+            reason: "out_of_scope",
+            tool: "orgs.globex.items.list",
+            risk: "low",
+            policy_version: &pv,
+        },
+    );
+    assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sensitive_path_variants_keep_their_risk() {
+    let (up, p) = start().await;
+    let bot = bot_token(&p).await;
+    // /tickets/{id}/export is sensitive (high); the profile's ceiling is medium.
+    for path in [
+        "/tickets/1/export",
+        "/tickets/1/export/",
+        "/tickets/1/export.json",
+        "/tickets/1/EXPORT",
+        "/tickets/1/Export.CSV",
+    ] {
+        let r = call(p.addr, "GET", path, &bot).await;
+        assert_eq!(r.status, 403, "GET {path}: {}", r.text());
+        assert_eq!(
+            r.reason().as_deref(),
+            Some("risk_ceiling"),
+            "GET {path}: {}",
+            r.text()
+        );
+        assert_eq!(r.json()["risk"], json!("high"), "GET {path}: {}", r.text());
+        assert_eq!(
+            r.json()["tool"],
+            json!("tickets.export.list"),
+            "GET {path}: the tool takes the name of the match that set the risk: {}",
+            r.text()
+        );
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+/// DESIGN.md: the risk is the highest over every template and sensitive path a request
+/// matches, also after removing a trailing slash, a `.ext` and ASCII case, "and the
+/// tool takes the name of the match that set that risk". So a profile `deny` (or a
+/// tool pause) on a template's tool cannot be sidestepped by spelling the path
+/// differently.
+#[tokio::test(flavor = "multi_thread")]
+async fn path_variants_cannot_sidestep_a_deny_or_a_pause() {
+    let (up, p) = start().await;
+    let t = issue(&p, json!({"agent": "broadbot", "ttl": "1h"}))
+        .await
+        .token;
+    expect_allowed("a granted tool", &up, &p, "GET", "/tickets/1/comments", &t).await;
+    let hits = up.hits();
+    let mut leaks = Vec::new();
+    let cases = [
+        ("DELETE", "/tickets/1/comments", "tickets.comments.delete"),
+        ("DELETE", "/tickets/1/comments/", "tickets.comments.delete"),
+        ("DELETE", "/tickets/1/Comments", "tickets.comments.delete"),
+        (
+            "DELETE",
+            "/tickets/1/comments.json",
+            "tickets.comments.delete",
+        ),
+        ("GET", "/tickets/1/export", "tickets.export.list"),
+        ("GET", "/tickets/1/export.csv", "tickets.export.list"),
+        ("GET", "/tickets/1/EXPORT", "tickets.export.list"),
+    ];
+    for (m, path, tool) in cases {
+        let r = call(p.addr, m, path, &t).await;
+        if r.status != 403 || r.reason().as_deref() != Some("profile_deny") {
+            leaks.push(format!(
+                "{m} {path}: {} {} (want 403 profile_deny as {tool})",
+                r.status,
+                r.text()
+            ));
+        }
+    }
+    // A paused tool, likewise.
+    op_ok(
+        &p,
+        "POST",
+        "/pause",
+        Some(&json!({"scope": "tool", "target": "tickets.comments.list"})),
+    )
+    .await;
+    for path in [
+        "/tickets/1/comments",
+        "/tickets/1/comments.json",
+        "/tickets/1/COMMENTS",
+    ] {
+        let r = call(p.addr, "GET", path, &t).await;
+        if r.reason().as_deref() != Some("paused") {
+            leaks.push(format!(
+                "GET {path} with tickets.comments.list paused: {} {}",
+                r.status,
+                r.text()
+            ));
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "path variants sidestepped the profile's deny / a tool pause ({} upstream hits):\n{}",
+        up.hits() - hits,
+        leaks.join("\n")
+    );
+}
+
+/// `--admin URL` is accepted after the verb, as `portcullis tokens issue AGENT` and
+/// `portcullis agents disable ID` are documented.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_admin_flag_after_the_verb() {
+    let (_up, p) = start().await;
+    let url = format!("http://{}", p.admin);
+    for args in [
+        vec!["pause", "all", "--admin", &url],
+        vec!["resume", "all", "--admin", &url],
+        vec!["tokens", "list", "--admin", &url],
+        vec!["tokens", "issue", "bot", "--admin", &url],
+        vec!["agents", "enable", "bot", "--admin", &url],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .env("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)
+            .env_remove("PORTCULLIS_ADMIN")
+            .output()
+            .expect("run portcullis");
+        assert!(
+            out.status.success(),
+            "portcullis {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CLI runtime verbs (through the admin API)
+// ---------------------------------------------------------------------------------------
+
+fn cli(
+    admin: std::net::SocketAddr,
+    token_env: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    // The admin URL through its environment variable (where `--admin` may go on the
+    // command line is checked separately).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    c.args(args)
+        .env("PORTCULLIS_ADMIN", format!("http://{admin}"))
+        .env_remove("PORTCULLIS_OPERATOR_TOKEN");
+    if let Some(t) = token_env {
+        c.env("PORTCULLIS_OPERATOR_TOKEN", t);
+    }
+    let out = c.output().expect("run portcullis");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_runtime_verbs_drive_the_admin_api() {
+    let (up, p) = start().await;
+    let op_tok = Some(OPERATOR_SECRET);
+
+    // Without an operator token the CLI refuses (and changes nothing).
+    let (ok, _, _) = cli(p.admin, None, &["pause", "all"]);
+    assert!(!ok, "pause without an operator token succeeded");
+    // An agent token is refused by the admin API.
+    let agent = bot_token(&p).await;
+    let (ok, _, _) = cli(p.admin, Some(&agent), &["pause", "all"]);
+    assert!(!ok, "pause with an agent token succeeded");
+    assert_eq!(switches(&p).await["paused_all"], json!(false));
+
+    // tokens issue: the secret on stdout.
+    let (ok, out, err) = cli(
+        p.admin,
+        op_tok,
+        &[
+            "tokens",
+            "issue",
+            "bot",
+            "--ttl",
+            "1h",
+            "--tools",
+            "tickets.get,tickets.list",
+            "--max-risk",
+            "low",
+            "--max-calls",
+            "5",
+        ],
+    );
+    assert!(ok, "tokens issue: {out}{err}");
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("pcx_"))
+        .unwrap_or_else(|| panic!("no pcx_ token on stdout: {out}"))
+        .to_string();
+    expect_allowed("CLI-issued token", &up, &p, "GET", "/tickets/1", &token).await;
+    let r = call(p.addr, "POST", "/tickets/1/comments", &token).await;
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("token_scope"),
+        "CLI narrowing applied: {}",
+        r.text()
+    );
+    let id = token.split('_').nth(1).unwrap().to_string();
+
+    // tokens list names it; the secret is not printed again.
+    let (ok, out, err) = cli(p.admin, op_tok, &["tokens", "list"]);
+    assert!(ok && out.contains(&id), "tokens list: {out}{err}");
+    assert!(!out.contains(&token), "tokens list printed the secret");
+
+    // pause / resume / mode / agents through the CLI, with a token file this time.
+    let tf = p.path("op.token");
+    std::fs::write(&tf, OPERATOR_SECRET).unwrap();
+    let tfs = tf.to_str().unwrap();
+    let (ok, out, err) = cli(
+        p.admin,
+        None,
+        &["pause", "tool", "tickets.get", "--token-file", tfs],
+    );
+    assert!(ok, "pause tool: {out}{err}");
+    let r = call(p.addr, "GET", "/tickets/1", &token).await;
+    assert_eq!(r.reason().as_deref(), Some("paused"), "{}", r.text());
+    let (ok, out, err) = cli(p.admin, op_tok, &["resume", "tool", "tickets.get"]);
+    assert!(ok, "resume tool: {out}{err}");
+    expect_allowed("after CLI resume", &up, &p, "GET", "/tickets/1", &token).await;
+
+    let (ok, out, err) = cli(p.admin, op_tok, &["agents", "disable", "bot"]);
+    assert!(ok, "agents disable: {out}{err}");
+    let r = call(p.addr, "GET", "/tickets/1", &token).await;
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("agent_disabled"),
+        "{}",
+        r.text()
+    );
+    let (ok, out, err) = cli(p.admin, op_tok, &["agents", "enable", "bot"]);
+    assert!(ok, "agents enable: {out}{err}");
+
+    let full = bot_token(&p).await;
+    let (ok, out, err) = cli(p.admin, op_tok, &["mode", "draft-only", "on"]);
+    assert!(ok, "mode draft-only on: {out}{err}");
+    let r = call(p.addr, "POST", "/tickets/1/comments", &full).await;
+    assert_eq!(r.reason().as_deref(), Some("draft_only"), "{}", r.text());
+    let (ok, out, err) = cli(p.admin, op_tok, &["mode", "draft-only", "off"]);
+    assert!(ok, "mode draft-only off: {out}{err}");
+    expect_allowed(
+        "after draft-only off",
+        &up,
+        &p,
+        "POST",
+        "/tickets/1/comments",
+        &full,
+    )
+    .await;
+
+    // tokens revoke → the next request is refused.
+    let (ok, out, err) = cli(p.admin, op_tok, &["tokens", "revoke", &id]);
+    assert!(ok, "tokens revoke: {out}{err}");
+    assert_unauthenticated(
+        "CLI-revoked",
+        &call(p.addr, "GET", "/tickets/1", &token).await,
+    );
+    let (ok, out, err) = cli(p.admin, op_tok, &["reload"]);
+    assert!(ok, "reload: {out}{err}");
 }
