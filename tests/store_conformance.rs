@@ -265,6 +265,9 @@ async fn check_spend_budget_parallel_tasks(b: &Backend) {
     assert_eq!(ok, 10, "exactly 10 of 50 parallel spends succeed");
 }
 
+/// How one switch change moves the expected state.
+type Edit = Box<dyn Fn(&mut SwitchState)>;
+
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -278,7 +281,7 @@ async fn check_switches(b: &Backend) {
     );
 
     let mut want = SwitchState::default();
-    let steps: Vec<(SwitchChange, Box<dyn Fn(&mut SwitchState)>)> = vec![
+    let steps: Vec<(SwitchChange, Edit)> = vec![
         (
             SwitchChange::Pause(Scope::All, String::new()),
             Box::new(|w| w.paused_all = true),
