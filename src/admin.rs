@@ -102,16 +102,24 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 }
 
 /// Like `read_json`, but an empty body means the type's default.
-async fn read_json_or_empty<T: for<'de> Deserialize<'de> + Default>(req: Request<Incoming>) -> Result<T, Error> {
+async fn read_json_or_empty<T: for<'de> Deserialize<'de> + Default>(
+    req: Request<Incoming>,
+) -> Result<T, Error> {
     let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
-        .map_err(|_| Error::BadRequest { reason: "bad_body", detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes") })?
+        .map_err(|_| Error::BadRequest {
+            reason: "bad_body",
+            detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes"),
+        })?
         .to_bytes();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest { reason: "bad_json", detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest {
+        reason: "bad_json",
+        detail: e.to_string(),
+    })
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
@@ -263,10 +271,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         (&Method::GET, ["approvals"]) => {
             operator(app, &req, Role::Viewer)?;
             let state = match query_param(&req, "state") {
-                Some(s) => Some(approval::State::parse(&s).ok_or_else(|| Error::BadRequest { reason: "bad_state", detail: format!("`{s}` is not an approval state") })?),
+                Some(s) => Some(approval::State::parse(&s).ok_or_else(|| Error::BadRequest {
+                    reason: "bad_state",
+                    detail: format!("`{s}` is not an approval state"),
+                })?),
                 None => None,
             };
-            let list: Vec<Value> = approval::list(app, state).await?.iter().map(approval::summary_view).collect();
+            let list: Vec<Value> = approval::list(app, state)
+                .await?
+                .iter()
+                .map(approval::summary_view)
+                .collect();
             ok(json!({"approvals": list}))
         }
         (&Method::GET, ["approvals", id]) => {

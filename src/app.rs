@@ -3,7 +3,6 @@
 
 use crate::audit::{Audit, Record};
 use crate::config::Snapshot;
-use metrics_exporter_prometheus::PrometheusHandle;
 use crate::error::Error;
 use crate::identity::Credentials;
 use crate::store::{Event, Store};
@@ -11,6 +10,7 @@ use crate::switchboard::Switchboard;
 use crate::upstream::{self, HttpsClient};
 use arc_swap::ArcSwap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -79,7 +79,10 @@ impl App {
         let app = Arc::new(App {
             live: ArcSwap::from_pointee(live),
             audit,
-            unauth_sampler: RateLimiter::direct(Quota::per_second(NonZeroU32::new(10).expect("nonzero")).allow_burst(NonZeroU32::new(50).expect("nonzero"))),
+            unauth_sampler: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(10).expect("nonzero"))
+                    .allow_burst(NonZeroU32::new(50).expect("nonzero")),
+            ),
             metrics,
             boot_id: uuid::Uuid::now_v7().simple().to_string(),
             config_path,

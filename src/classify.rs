@@ -60,6 +60,19 @@ pub struct Tool {
     pub route: usize,
     /// Set when an explicit `tools[]` entry named this tool.
     pub approval_ttl: Option<Duration>,
+    /// Matched an override or a `paths` template (not the id heuristic).
+    pub known: bool,
+    /// The names the other spellings of this request classify as. Denies, pauses and
+    /// approvals apply to these too, so `/Comments` or `comments.json` cannot step
+    /// around a rule written for `comments`. Empty for almost every request.
+    pub aliases: Vec<Arc<str>>,
+}
+
+impl Tool {
+    /// The tool's name and every alias.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&*self.name).chain(self.aliases.iter().map(|a| &**a))
+    }
 }
 
 /// Why a path could not be classified.
@@ -287,21 +300,42 @@ impl Classifier {
     /// lenient spellings (one trailing slash off, `.ext` off the last segment, lower case).
     pub fn classify(&self, m: Method, path: &str) -> Result<Tool, Unclassified> {
         let route = self.route_of(path).ok_or(Unclassified::NoRoute)?;
-        let mut best = self.match_in(route, m, path, true)?;
-        let mut sensitive = self.is_sensitive(route, path);
+        let mut best = self.spelling(route, m, path, true)?;
         for v in variants(path) {
             let r = self.route_of(&v).unwrap_or(route);
-            if let Ok(t) = self.match_in(r, m, &v, false) {
-                if t.risk > best.risk {
-                    best = Tool { route, ..t };
-                }
-            }
-            sensitive = sensitive || self.is_sensitive(r, &v);
+            let Ok(t) = self.spelling(r, m, &v, false) else {
+                continue;
+            };
+            // Highest risk wins; at equal risk a known template beats the heuristic,
+            // then the literal spelling. Every losing name stays as an alias.
+            let t = Tool { route, ..t };
+            let loser = if (t.risk, t.known) > (best.risk, best.known) {
+                std::mem::replace(&mut best, t)
+            } else {
+                t
+            };
+            best.aliases.push(loser.name);
+            best.aliases.extend(loser.aliases);
         }
-        if sensitive && best.risk < Risk::High {
-            best.risk = Risk::High;
-        }
+        best.aliases.sort();
+        best.aliases.dedup();
+        best.aliases.retain(|a| *a != best.name);
         Ok(best)
+    }
+
+    /// One spelling: its match, with its own sensitivity raising its risk to high.
+    fn spelling(
+        &self,
+        route: usize,
+        m: Method,
+        path: &str,
+        strict: bool,
+    ) -> Result<Tool, Unclassified> {
+        let mut t = self.match_in(route, m, path, strict)?;
+        if t.risk < Risk::High && self.is_sensitive(route, path) {
+            t.risk = Risk::High;
+        }
+        Ok(t)
     }
 
     fn is_sensitive(&self, route: usize, path: &str) -> bool {
@@ -327,6 +361,8 @@ impl Classifier {
                     template: o.pattern.text.as_str().into(),
                     route,
                     approval_ttl: o.approval_ttl,
+                    known: true,
+                    aliases: Vec::new(),
                 });
             }
         }
@@ -338,6 +374,8 @@ impl Classifier {
                 template: r.known[k].template.clone(),
                 route,
                 approval_ttl: None,
+                known: true,
+                aliases: Vec::new(),
             });
         }
         if r.unknown_deny && strict {
@@ -351,6 +389,8 @@ impl Classifier {
             template: template.into(),
             route,
             approval_ttl: None,
+            known: false,
+            aliases: Vec::new(),
         })
     }
 }
@@ -663,6 +703,22 @@ mod tests {
             c.classify(Method::Get, "/tickets/42/Export").unwrap().risk,
             Risk::High
         );
+        // At equal risk the known template names the request; the literal name is an alias.
+        let t = c.classify(Method::Delete, "/tickets/42/Comments").unwrap();
+        assert_eq!(&*t.name, "tickets.comments.delete");
+        assert_eq!(t.aliases, vec![Arc::<str>::from("tickets.Comments.delete")]);
+        let t = c
+            .classify(Method::Get, "/tickets/42/comments.json")
+            .unwrap();
+        assert_eq!(&*t.name, "tickets.comments.list");
+        // A sensitive spelling names the request by the spelling that set the risk.
+        let t = c.classify(Method::Get, "/tickets/42/export.csv").unwrap();
+        assert_eq!((&*t.name, t.risk), ("tickets.export.list", Risk::High));
+        assert!(c
+            .classify(Method::Get, "/tickets/42")
+            .unwrap()
+            .aliases
+            .is_empty());
         assert_eq!(
             c.classify(Method::Get, "/tickets/secret").unwrap().risk,
             Risk::High

@@ -38,12 +38,13 @@ pub struct AdminOpts {
     /// Admin API base URL.
     #[arg(
         long,
+        global = true,
         default_value = "http://127.0.0.1:9090",
         env = "PORTCULLIS_ADMIN"
     )]
     pub admin: String,
     /// File holding the operator token (else PORTCULLIS_OPERATOR_TOKEN).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
 }
 
@@ -307,7 +308,9 @@ pub async fn run(cli: Cli) -> i32 {
                 .await
             }
         }
-        Cmd::Audit { cmd: AuditCmd::Verify { files, key_env } } => {
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { files, key_env },
+        } => {
             let key = std::env::var(&key_env).ok();
             match crate::audit::verify::verify(&files, key.as_deref().map(str::as_bytes)) {
                 Ok(s) => {
@@ -315,7 +318,11 @@ pub async fn run(cli: Cli) -> i32 {
                         "ok: {} records, {} checkpoints{}, last seq {}, head {}",
                         s.records,
                         s.checkpoints,
-                        if key.is_some() { " (signatures checked)" } else { " (signatures not checked: no key)" },
+                        if key.is_some() {
+                            " (signatures checked)"
+                        } else {
+                            " (signatures not checked: no key)"
+                        },
                         s.last_seq,
                         s.head
                     );
@@ -327,10 +334,20 @@ pub async fn run(cli: Cli) -> i32 {
                 Err(b) => Err(Error::Internal(format!("audit chain broken at {b}"))),
             }
         }
-        Cmd::Audit { cmd: AuditCmd::Tail { file, agent, decision, follow } } => {
-            crate::audit::tail::tail(&file, &crate::audit::tail::Filter { agent, decision }, follow)
-                .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))
-        }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Tail {
+                    file,
+                    agent,
+                    decision,
+                    follow,
+                },
+        } => crate::audit::tail::tail(
+            &file,
+            &crate::audit::tail::Filter { agent, decision },
+            follow,
+        )
+        .map_err(|e| Error::Internal(format!("{}: {e}", file.display()))),
         Cmd::Reload { admin } => remote(&admin, Method::POST, "/reload", None).await,
     };
     match r {
@@ -420,22 +437,80 @@ async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
     let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
     let v = match cmd {
         ApprovalsCmd::List { state } => {
-            let q = if state == "all" { String::new() } else { format!("?state={state}") };
+            let q = if state == "all" {
+                String::new()
+            } else {
+                format!("?state={state}")
+            };
             let v = c.call(Method::GET, &format!("/approvals{q}"), None).await?;
-            println!("{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} REQUEST", "ID", "STATE", "AGENT", "TOOL", "RISK", "AGE");
-            for a in v.get("approvals").and_then(|t| t.as_array()).into_iter().flatten() {
-                let s = |k: &str| a.get(k).map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).unwrap_or_default();
-                println!("{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} {} {}", s("id"), s("state"), s("agent"), s("tool"), s("risk"), format!("{}s", s("age_s")), s("method"), s("path"));
+            println!(
+                "{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} REQUEST",
+                "ID", "STATE", "AGENT", "TOOL", "RISK", "AGE"
+            );
+            for a in v
+                .get("approvals")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let s = |k: &str| {
+                    a.get(k)
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                println!(
+                    "{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} {} {}",
+                    s("id"),
+                    s("state"),
+                    s("agent"),
+                    s("tool"),
+                    s("risk"),
+                    format!("{}s", s("age_s")),
+                    s("method"),
+                    s("path")
+                );
             }
             return Ok(());
         }
-        ApprovalsCmd::Show { id } => c.call(Method::GET, &format!("/approvals/{id}"), None).await?,
-        ApprovalsCmd::Approve { id, comment, sha256 } => {
-            c.call(Method::POST, &format!("/approvals/{id}/approve"), Some(json!({"comment": comment, "request_sha256": sha256}))).await?
+        ApprovalsCmd::Show { id } => {
+            c.call(Method::GET, &format!("/approvals/{id}"), None)
+                .await?
         }
-        ApprovalsCmd::Deny { id, reason } => c.call(Method::POST, &format!("/approvals/{id}/deny"), Some(json!({"reason": reason}))).await?,
-        ApprovalsCmd::Resolve { id, outcome, comment } => {
-            c.call(Method::POST, &format!("/approvals/{id}/resolve"), Some(json!({"outcome": outcome, "comment": comment}))).await?
+        ApprovalsCmd::Approve {
+            id,
+            comment,
+            sha256,
+        } => {
+            c.call(
+                Method::POST,
+                &format!("/approvals/{id}/approve"),
+                Some(json!({"comment": comment, "request_sha256": sha256})),
+            )
+            .await?
+        }
+        ApprovalsCmd::Deny { id, reason } => {
+            c.call(
+                Method::POST,
+                &format!("/approvals/{id}/deny"),
+                Some(json!({"reason": reason})),
+            )
+            .await?
+        }
+        ApprovalsCmd::Resolve {
+            id,
+            outcome,
+            comment,
+        } => {
+            c.call(
+                Method::POST,
+                &format!("/approvals/{id}/resolve"),
+                Some(json!({"outcome": outcome, "comment": comment})),
+            )
+            .await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -536,14 +611,20 @@ async fn demo() -> Result<(), Error> {
     println!("  curl -s -H 'Authorization: Bearer {t}' -X DELETE http://{listen}/tickets/42       # deny: profile_deny");
     println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/admin/users                 # deny: out_of_scope");
     println!("  curl -s http://{listen}/tickets/42                                                  # 401: no credential");
-    println!("a refund parks (202) until two operators approve; the agent then fetches the result:");
+    println!(
+        "a refund parks (202) until two operators approve; the agent then fetches the result:"
+    );
     println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/refund -d '{{\"amount\":10}}'");
     println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals list --admin {a}");
     println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals show ID --admin {a}");
     println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals approve ID --comment 'checked the order' --admin {a}");
     println!("  PORTCULLIS_OPERATOR_TOKEN=$BOB portcullis approvals approve ID --admin {a}");
     println!("  curl -s -H 'Authorization: Bearer {t}' 'http://{listen}/_portcullis/approvals/ID?wait=30'");
-    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/_portcullis/approvals/ID/result");
-    println!("switches: PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis mode draft-only on --admin {a}\n");
+    println!(
+        "  curl -s -H 'Authorization: Bearer {t}' http://{listen}/_portcullis/approvals/ID/result"
+    );
+    println!(
+        "switches: PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis mode draft-only on --admin {a}\n"
+    );
     server::serve(app).await
 }

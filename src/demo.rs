@@ -18,7 +18,8 @@ pub const ROUTES_YAML: &str = include_str!("../routes.yaml");
 pub const DEMO_OPERATOR_HASH: &str =
     "8ac3ba6a5ce4ee9dcbf8b48a8afd3fde0e45a3a1d1ae8bbd2c3a3f2b7b5e8e3c";
 /// The second operator's placeholder (critical tools need two distinct approvers).
-pub const DEMO_OPERATOR2_HASH: &str = "3d5f0e9cbbd0a0c0e2ff5b1e0c6e0f2a9a4c8c7b6e5d4c3b2a1f0e9d8c7b6a59";
+pub const DEMO_OPERATOR2_HASH: &str =
+    "3d5f0e9cbbd0a0c0e2ff5b1e0c6e0f2a9a4c8c7b6e5d4c3b2a1f0e9d8c7b6a59";
 
 /// The upstream credential the demo injects (the agent never sees it).
 pub const DEMO_UPSTREAM_KEY: &str = "Bearer demo-upstream-key";

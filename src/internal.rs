@@ -15,19 +15,32 @@ use std::time::Duration;
 /// The longest `?wait=` honoured (also bounded by the request deadline).
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-pub async fn handle(app: &App, live: &Live, who: &Identity, c: &Canonical) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    app: &App,
+    live: &Live,
+    who: &Identity,
+    c: &Canonical,
+) -> Result<Response<Body>, Error> {
     let segs: Vec<&str> = c.path.trim_start_matches('/').split('/').collect();
     match (c.method, segs.as_slice()) {
         (Method::Get, ["_portcullis", "tools"]) => {
             let switches = app.switches.current(&app.store).await?;
-            let tools = explain::agent_tools(&live.snap, &who.agent, &who.token.narrowing, &switches);
+            let tools =
+                explain::agent_tools(&live.snap, &who.agent, &who.token.narrowing, &switches);
             Ok(crate::proxy::json(
                 StatusCode::OK,
                 serde_json::json!({"agent": who.agent.id, "policy_version": &*live.snap.policy_version, "tools": tools}),
             ))
         }
         (Method::Get, ["_portcullis", "approvals", id]) => {
-            let wait = query_u64(c, "wait").map(|s| Duration::from_secs(s).min(MAX_WAIT).min(live.snap.limits.request_deadline.saturating_sub(Duration::from_secs(1))));
+            let wait = query_u64(c, "wait").map(|s| {
+                Duration::from_secs(s).min(MAX_WAIT).min(
+                    live.snap
+                        .limits
+                        .request_deadline
+                        .saturating_sub(Duration::from_secs(1)),
+                )
+            });
             status(app, who, id, wait).await
         }
         (Method::Get, ["_portcullis", "approvals", id, "result"]) => result(app, who, id).await,
@@ -36,7 +49,10 @@ pub async fn handle(app: &App, live: &Live, who: &Identity, c: &Canonical) -> Re
 }
 
 fn query_u64(c: &Canonical, name: &str) -> Option<u64> {
-    c.query.as_deref()?.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    c.query
+        .as_deref()?
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
 }
 
 /// Only the agent that parked a request sees it; any other id is just not found.
@@ -47,13 +63,23 @@ async fn own(app: &App, who: &Identity, id: &str) -> Result<approval::Approval, 
     }
 }
 
-async fn status(app: &App, who: &Identity, id: &str, wait: Option<Duration>) -> Result<Response<Body>, Error> {
+async fn status(
+    app: &App,
+    who: &Identity,
+    id: &str,
+    wait: Option<Duration>,
+) -> Result<Response<Body>, Error> {
     let mut events = app.store.events();
     let mut a = own(app, who, id).await?;
     if let Some(wait) = wait {
         let start = a.state;
         let deadline = tokio::time::Instant::now() + wait;
-        while a.state == start && !matches!(start, State::Executed | State::Failed | State::Denied | State::Expired | State::Unknown) {
+        while a.state == start
+            && !matches!(
+                start,
+                State::Executed | State::Failed | State::Denied | State::Expired | State::Unknown
+            )
+        {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;
@@ -81,25 +107,47 @@ async fn status(app: &App, who: &Identity, id: &str, wait: Option<Duration>) -> 
 async fn result(app: &App, who: &Identity, id: &str) -> Result<Response<Body>, Error> {
     let a = own(app, who, id).await?;
     if a.state != State::Executed {
-        return Err(Error::Conflict(format!("approval {id} is {}, not executed; there is no result", a.state.as_str())));
+        return Err(Error::Conflict(format!(
+            "approval {id} is {}, not executed; there is no result",
+            a.state.as_str()
+        )));
     }
-    let raw = app.store.get_approval_result(id).await?.ok_or(Error::NotFound)?;
-    let approval::Decoded { status, headers, body: bytes, truncated } = approval::decode_result(&raw).ok_or_else(|| Error::Internal("stored result unreadable".into()))?;
+    let raw = app
+        .store
+        .get_approval_result(id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    let approval::Decoded {
+        status,
+        headers,
+        body: bytes,
+        truncated,
+    } = approval::decode_result(&raw)
+        .ok_or_else(|| Error::Internal("stored result unreadable".into()))?;
     let mut r = Response::new(body::full(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in headers {
         if k.eq_ignore_ascii_case("content-length") {
             continue;
         }
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             r.headers_mut().append(k, v);
         }
     }
     let h = r.headers_mut();
     h.insert("portcullis-decision", HeaderValue::from_static("allow"));
-    h.insert("portcullis-approval-id", HeaderValue::from_str(id).map_err(|e| Error::Internal(e.to_string()))?);
+    h.insert(
+        "portcullis-approval-id",
+        HeaderValue::from_str(id).map_err(|e| Error::Internal(e.to_string()))?,
+    );
     if truncated {
-        h.insert("portcullis-result-truncated", HeaderValue::from_static("true"));
+        h.insert(
+            "portcullis-result-truncated",
+            HeaderValue::from_static("true"),
+        );
     }
     Ok(r)
 }

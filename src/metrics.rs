@@ -10,7 +10,10 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0])
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                ])
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
@@ -23,13 +26,37 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("portcullis_requests_total", "Agent requests by decision, risk and tool");
-    describe_counter!("portcullis_unauthenticated_total", "Requests refused before authentication (401, and refusals without a valid credential)");
-    describe_histogram!("portcullis_gate_seconds", "Time from request to decision (canon, identify, classify, decide)");
-    describe_histogram!("portcullis_upstream_seconds", "Time from forwarding to the upstream's response headers");
-    describe_counter!("portcullis_upstream_errors_total", "Upstream failures by kind");
-    describe_gauge!("portcullis_audit_queue_depth", "Audit records waiting for the writer");
-    describe_counter!("portcullis_audit_write_errors_total", "Audit write failures by kind");
-    describe_counter!("portcullis_config_reloads_total", "Configuration reloads by result");
+    describe_counter!(
+        "portcullis_requests_total",
+        "Agent requests by decision, risk and tool"
+    );
+    describe_counter!(
+        "portcullis_unauthenticated_total",
+        "Requests refused before authentication (401, and refusals without a valid credential)"
+    );
+    describe_histogram!(
+        "portcullis_gate_seconds",
+        "Time from request to decision (canon, identify, classify, decide)"
+    );
+    describe_histogram!(
+        "portcullis_upstream_seconds",
+        "Time from forwarding to the upstream's response headers"
+    );
+    describe_counter!(
+        "portcullis_upstream_errors_total",
+        "Upstream failures by kind"
+    );
+    describe_gauge!(
+        "portcullis_audit_queue_depth",
+        "Audit records waiting for the writer"
+    );
+    describe_counter!(
+        "portcullis_audit_write_errors_total",
+        "Audit write failures by kind"
+    );
+    describe_counter!(
+        "portcullis_config_reloads_total",
+        "Configuration reloads by result"
+    );
     describe_counter!("portcullis_store_errors_total", "State store errors");
 }

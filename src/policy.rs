@@ -145,14 +145,13 @@ pub fn decide(i: &Input) -> Decision {
             return deny("paused", format!("tenant `{tenant}` is paused"));
         }
     }
-    if any_match(&s.paused_tools, name) {
+    // Denies, pauses and approvals hold for every name this request goes by.
+    if let Some(n) = t.names().find(|n| any_match(&s.paused_tools, n)) {
+        let name = n;
         return deny("paused", format!("tool `{name}` is paused"));
     }
-    if any_match(&p.deny, name) {
-        return deny(
-            "profile_deny",
-            format!("profile `{}` denies `{name}`", p.name),
-        );
+    if let Some(n) = t.names().find(|n| any_match(&p.deny, n)) {
+        return deny("profile_deny", format!("profile `{}` denies `{n}`", p.name));
     }
     if let Some(tools) = &i.narrowing.tools {
         if !any_match(tools, name) {
@@ -173,7 +172,7 @@ pub fn decide(i: &Input) -> Decision {
             );
         }
     }
-    if any_match(&p.approval, name) {
+    if t.names().any(|n| any_match(&p.approval, n)) {
         return if i.approved {
             Decision::Allow { rule: "approved" }
         } else {
@@ -250,6 +249,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn aliases_carry_denies_pauses_and_approvals() {
+        let a = agent(
+            Profile {
+                tools: vec![Glob("tickets.*".into())],
+                max_risk: Risk::High,
+                ..profile()
+            },
+            None,
+        );
+        let mut t = tool("tickets.comments_json.list", Risk::Low);
+        t.aliases = vec!["tickets.purge".into()];
+        let none = Switches::default();
+        let d = |t: &Tool, s: &Switches| {
+            decide(&Input {
+                agent: &a,
+                narrowing: &Narrowing::default(),
+                tool: t,
+                path: "/x",
+                switches: s,
+                approved: false,
+            })
+        };
+        assert!(matches!(
+            d(&t, &none),
+            Decision::Deny {
+                reason: "profile_deny",
+                ..
+            }
+        ));
+        t.aliases = vec!["tickets.refund".into()];
+        assert_eq!(d(&t, &none), Decision::Park);
+        t.aliases = vec!["tickets.comments.list".into()];
+        let paused = Switches {
+            paused_tools: vec![Glob("tickets.comments.list".into())],
+            ..Default::default()
+        };
+        assert!(matches!(
+            d(&t, &paused),
+            Decision::Deny {
+                reason: "paused",
+                ..
+            }
+        ));
+        assert!(matches!(d(&t, &none), Decision::Allow { .. }));
+    }
+
     fn tool(name: &str, risk: Risk) -> Tool {
         Tool {
             name: name.into(),
@@ -257,6 +303,8 @@ mod tests {
             template: "/x".into(),
             route: 0,
             approval_ttl: None,
+            known: true,
+            aliases: vec![],
         }
     }
 

@@ -18,7 +18,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{info, warn};
 
-
 /// Per-connection facts the request path needs.
 #[derive(Clone, Copy)]
 pub struct Conn {
@@ -44,17 +43,31 @@ pub struct Trace {
     pub upstream_started: Option<std::time::Instant>,
     /// The path already wrote this request's audit record (parking does, durably).
     pub recorded: bool,
+    pub started: Option<std::time::Instant>,
 }
 
 /// Entry point for one agent request; always answers, and always records.
 pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = new_request_id();
     let started = std::time::Instant::now();
-    let raw_target = req.uri().path_and_query().map(|p| p.as_str().chars().take(2048).collect::<String>()).unwrap_or_default();
+    let raw_target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().chars().take(2048).collect::<String>())
+        .unwrap_or_default();
     let raw_method = req.method().clone();
-    let mut trace = Trace { remote_addr: Some(conn.peer.ip()), ..Default::default() };
+    let mut trace = Trace {
+        remote_addr: Some(conn.peer.ip()),
+        started: Some(started),
+        ..Default::default()
+    };
     let deadline = app.live.load().snap.limits.request_deadline;
-    let result = match tokio::time::timeout(deadline, route_request(&app, conn, &request_id, req, &mut trace)).await {
+    let result = match tokio::time::timeout(
+        deadline,
+        route_request(&app, conn, &request_id, req, &mut trace),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(Error::Deadline(deadline)),
     };
@@ -67,8 +80,16 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
         credential: trace.credential.clone(),
         tenant: trace.tenant.clone(),
         remote_addr: trace.remote_addr.map(|a| a.to_string()),
-        method: Some(trace.method.map(str::to_string).unwrap_or_else(|| raw_method.as_str().chars().take(32).collect())),
-        path: Some(redact_query(trace.path.as_deref().unwrap_or(&raw_target), &snap.audit.redact_query)),
+        method: Some(
+            trace
+                .method
+                .map(str::to_string)
+                .unwrap_or_else(|| raw_method.as_str().chars().take(32).collect()),
+        ),
+        path: Some(redact_query(
+            trace.path.as_deref().unwrap_or(&raw_target),
+            &snap.audit.redact_query,
+        )),
         tool: trace.tool.as_ref().map(|t| t.to_string()),
         risk: trace.risk.map(|r| r.to_string()),
         policy_version: Some(snap.policy_version.to_string()),
@@ -79,12 +100,19 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
     let mut resp = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            rec.decision = Some(resp.headers().get("portcullis-decision").and_then(|v| v.to_str().ok()).unwrap_or("allow").to_string());
+            rec.decision = Some(
+                resp.headers()
+                    .get("portcullis-decision")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("allow")
+                    .to_string(),
+            );
             rec.reason = Some("granted".into());
             rec.status = Some(status);
             if let Some(t0) = trace.upstream_started {
                 rec.upstream_status = Some(status);
-                metrics::histogram!("portcullis_upstream_seconds").record(t0.elapsed().as_secs_f64());
+                metrics::histogram!("portcullis_upstream_seconds")
+                    .record(t0.elapsed().as_secs_f64());
             }
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
             metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
@@ -101,11 +129,13 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
             rec.status = Some(e.status().as_u16());
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
             if let Error::BadGateway { .. } | Error::GatewayTimeout { .. } = e {
-                metrics::counter!("portcullis_upstream_errors_total", "kind" => e.reason()).increment(1);
+                metrics::counter!("portcullis_upstream_errors_total", "kind" => e.reason())
+                    .increment(1);
             }
             let unauthenticated = trace.agent.is_none();
             if unauthenticated {
-                metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason()).increment(1);
+                metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
+                    .increment(1);
             } else {
                 metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
             }
@@ -121,7 +151,13 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                     let _ = app.audit.record(rec);
                 }
                 e
-            } else if matches!(e, Error::Unavailable { reason: "audit_unavailable", .. }) {
+            } else if matches!(
+                e,
+                Error::Unavailable {
+                    reason: "audit_unavailable",
+                    ..
+                }
+            ) {
                 e
             } else {
                 // Refusals are durable before the agent hears back.
@@ -165,7 +201,10 @@ async fn route_request(
     trace.remote_addr = Some(client_ip);
     // Refusals of malformed requests are attributed (and so fully audited) only when
     // they carry a valid credential; otherwise they count as unauthenticated.
-    let who = app.creds.authenticate(&app.store, pepper, &snap.agents, req.headers()).await;
+    let who = app
+        .creds
+        .authenticate(&app.store, pepper, &snap.agents, req.headers())
+        .await;
     if let Ok(w) = &who {
         trace.agent = Some(w.agent.id.clone());
         trace.credential = Some(w.token.record.id.clone());
@@ -233,6 +272,10 @@ async fn route_request(
                 &parts.headers,
                 body,
                 request_id,
+                (
+                    trace.remote_addr,
+                    trace.started.unwrap_or_else(std::time::Instant::now),
+                ),
             )
             .await;
             trace.recorded = r.is_ok();

@@ -134,7 +134,13 @@ async fn reload_triggers(app: Arc<App>) {
         let now = mtime(&app.config_path);
         if by_signal || now != seen {
             seen = now;
-            let _ = app.reload(if by_signal { "signal:SIGHUP" } else { "file-change" }).await;
+            let _ = app
+                .reload(if by_signal {
+                    "signal:SIGHUP"
+                } else {
+                    "file-change"
+                })
+                .await;
         }
     }
 }

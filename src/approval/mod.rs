@@ -277,6 +277,7 @@ pub async fn park(
     headers: &HeaderMap,
     body: Incoming,
     request_id: &str,
+    origin: (Option<std::net::IpAddr>, std::time::Instant),
 ) -> Result<Response<crate::body::Body>, Error> {
     let snap = &live.snap;
     let limit = snap
@@ -381,6 +382,8 @@ pub async fn park(
         body_sha256: Some(a.body_sha256.clone()),
         approval_id: Some(a.id.clone()),
         status: Some(202),
+        remote_addr: origin.0.map(|a| a.to_string()),
+        duration_us: Some(origin.1.elapsed().as_micros() as u64),
         ..Default::default()
     };
     if let Err(e) = app.audit.record_durable(rec).await {

@@ -299,6 +299,13 @@ pub struct Decoded {
 
 pub fn decode_result(raw: &[u8]) -> Option<Decoded> {
     let r: StoredResult = serde_json::from_slice(raw).ok()?;
-    let body = base64::engine::general_purpose::STANDARD.decode(r.body).ok()?;
-    Some(Decoded { status: r.status, headers: r.headers, body, truncated: r.truncated })
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(r.body)
+        .ok()?;
+    Some(Decoded {
+        status: r.status,
+        headers: r.headers,
+        body,
+        truncated: r.truncated,
+    })
 }

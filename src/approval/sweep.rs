@@ -42,8 +42,7 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), crate::error::Error
         });
         match a.state {
             State::Expired
-                if now >= a.expires_at_ms
-                    && a.reason.as_deref().is_none_or(|r| r != "expired") =>
+                if now >= a.expires_at_ms && a.reason.as_deref().is_none_or(|r| r != "expired") =>
             {
                 // Listed as expired while still stored pending: `load` moves it and audits.
                 let _ = load(app, &a.id).await?;

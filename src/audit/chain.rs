@@ -46,13 +46,19 @@ pub fn hash_of(body: &str) -> String {
 
 /// `path?query` with the values of the named query parameters replaced by `REDACTED`.
 pub fn redact_query(path_and_query: &str, names: &[String]) -> String {
-    let Some((path, q)) = path_and_query.split_once('?') else { return path_and_query.to_string() };
+    let Some((path, q)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
     let parts: Vec<String> = q
         .split('&')
         .map(|pair| {
-            let (k, v) = pair.split_once('=').map_or((pair, None), |(k, v)| (k, Some(v)));
+            let (k, v) = pair
+                .split_once('=')
+                .map_or((pair, None), |(k, v)| (k, Some(v)));
             match v {
-                Some(_) if names.iter().any(|n| n.eq_ignore_ascii_case(k)) => format!("{k}=REDACTED"),
+                Some(_) if names.iter().any(|n| n.eq_ignore_ascii_case(k)) => {
+                    format!("{k}=REDACTED")
+                }
                 _ => pair.to_string(),
             }
         })
@@ -70,13 +76,18 @@ mod tests {
         let (body, claimed) = unseal(&line).unwrap();
         assert_eq!(claimed, hash);
         assert_eq!(hash_of(&body), hash);
-        assert!(unseal(&line.replace("\"seq\":1", "\"seq\":2")).is_some_and(|(b, h)| hash_of(&b) != h));
+        assert!(
+            unseal(&line.replace("\"seq\":1", "\"seq\":2")).is_some_and(|(b, h)| hash_of(&b) != h)
+        );
     }
 
     #[test]
     fn redaction() {
         let names = vec!["token".to_string(), "api_key".to_string()];
-        assert_eq!(redact_query("/a?token=s3cret&x=1&API_KEY=k", &names), "/a?token=REDACTED&x=1&API_KEY=REDACTED");
+        assert_eq!(
+            redact_query("/a?token=s3cret&x=1&API_KEY=k", &names),
+            "/a?token=REDACTED&x=1&API_KEY=REDACTED"
+        );
         assert_eq!(redact_query("/a", &names), "/a");
         assert_eq!(redact_query("/a?token", &names), "/a?token");
     }

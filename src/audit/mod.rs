@@ -55,55 +55,102 @@ pub(crate) struct Job {
     ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// What the writer thread and the request path share about the sink's health.
+pub(crate) struct Health {
+    pub healthy: AtomicBool,
+    pub depth: AtomicU64,
+    /// Inode of the file the writer holds open; 0 before the first open.
+    pub ino: AtomicU64,
+    /// Set while the writer swaps files (rotation, re-open): the path may be briefly absent.
+    pub swapping: AtomicBool,
+    pub path: std::path::PathBuf,
+}
+
+impl Health {
+    /// One `stat`: the file the writer appends to is still the one at the path.
+    /// Catches a removed directory or a replaced file before anything is forwarded.
+    fn file_in_place(&self) -> bool {
+        if self.swapping.load(Ordering::Acquire) {
+            return true;
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) => {
+                m.is_file()
+                    && std::os::unix::fs::MetadataExt::ino(&m) == self.ino.load(Ordering::Acquire)
+            }
+            Err(_) => self.swapping.load(Ordering::Acquire),
+        }
+    }
+}
+
 pub struct Audit {
     tx: std::sync::mpsc::SyncSender<Job>,
-    healthy: Arc<AtomicBool>,
-    depth: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
 
 impl Audit {
     /// Opens (or continues) the chain at `cfg.path` and starts the writer thread.
     pub fn start(cfg: &AuditConfig, node: &str) -> Result<Audit, Error> {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let depth = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(Health {
+            healthy: AtomicBool::new(true),
+            depth: AtomicU64::new(0),
+            ino: AtomicU64::new(0),
+            swapping: AtomicBool::new(false),
+            path: cfg.path.clone(),
+        });
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        let w = writer::Writer::open(cfg, node, healthy.clone(), depth.clone())
+        let w = writer::Writer::open(cfg, node, health.clone())
             .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| Error::Internal(format!("audit writer: {e}")))?;
-        Ok(Audit { tx, healthy, depth })
+        Ok(Audit { tx, health })
     }
 
-    /// Whether a request may proceed to be recorded (writer healthy, queue not full).
+    /// Whether a request may proceed to be recorded: the writer is healthy, its queue
+    /// is not full, and its file is still in place.
     pub fn ready(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && (self.depth.load(Ordering::Relaxed) as usize) < QUEUE
+        let h = &self.health;
+        h.healthy.load(Ordering::Relaxed)
+            && (h.depth.load(Ordering::Relaxed) as usize) < QUEUE
+            && h.file_in_place()
     }
 
     pub fn unavailable() -> Error {
-        Error::Unavailable { reason: "audit_unavailable", detail: "the audit trail cannot be written; nothing was forwarded".into() }
+        Error::Unavailable {
+            reason: "audit_unavailable",
+            detail: "the audit trail cannot be written; nothing was forwarded".into(),
+        }
     }
 
     fn send(&self, job: Job) -> Result<(), Error> {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("portcullis_audit_queue_depth").set(self.depth.load(Ordering::Relaxed) as f64);
+        let depth = &self.health.depth;
+        depth.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("portcullis_audit_queue_depth").set(depth.load(Ordering::Relaxed) as f64);
         self.tx.try_send(job).map_err(|_| {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full").increment(1);
+            depth.fetch_sub(1, Ordering::Relaxed);
+            metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full")
+                .increment(1);
             Self::unavailable()
         })
     }
 
     /// Queues a record (group-committed shortly after).
     pub fn record(&self, r: Record) -> Result<(), Error> {
-        self.send(Job { record: r, ack: None })
+        self.send(Job {
+            record: r,
+            ack: None,
+        })
     }
 
     /// Writes a record and waits until it is on disk (fsynced).
     pub async fn record_durable(&self, r: Record) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
-        self.send(Job { record: r, ack: Some(ack) })?;
+        self.send(Job {
+            record: r,
+            ack: Some(ack),
+        })?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Self::unavailable()),

@@ -15,10 +15,17 @@ fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
 
 fn row(line: &str, f: &Filter) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    if f.agent.as_deref().is_some_and(|a| field(&v, "agent") != a) || f.decision.as_deref().is_some_and(|d| field(&v, "decision") != d) {
+    if f.agent.as_deref().is_some_and(|a| field(&v, "agent") != a)
+        || f.decision
+            .as_deref()
+            .is_some_and(|d| field(&v, "decision") != d)
+    {
         return None;
     }
-    let status = v.get("status").and_then(|s| s.as_u64()).map_or("-".to_string(), |s| s.to_string());
+    let status = v
+        .get("status")
+        .and_then(|s| s.as_u64())
+        .map_or("-".to_string(), |s| s.to_string());
     let request = format!("{} {}", field(&v, "method"), field(&v, "path"));
     Some(format!(
         "{:<27} {:>6} {:<14} {:<16} {:<40} {:<28} {:<8} {:<6} {:<18} {}",
@@ -36,7 +43,10 @@ fn row(line: &str, f: &Filter) -> Option<String> {
 }
 
 pub fn header() -> String {
-    format!("{:<27} {:>6} {:<14} {:<16} {:<40} {:<28} {:<8} {:<6} {:<18} STATUS", "TS", "SEQ", "EVENT", "AGENT", "REQUEST", "TOOL", "RISK", "DEC", "REASON")
+    format!(
+        "{:<27} {:>6} {:<14} {:<16} {:<40} {:<28} {:<8} {:<6} {:<18} STATUS",
+        "TS", "SEQ", "EVENT", "AGENT", "REQUEST", "TOOL", "RISK", "DEC", "REASON"
+    )
 }
 
 pub fn tail(path: &Path, f: &Filter, follow: bool) -> std::io::Result<()> {

@@ -35,26 +35,45 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> Result<Summary, Broken> 
     let mut prev: Option<String> = None;
     for f in files {
         let file = f.display().to_string();
-        let fh = std::fs::File::open(f).map_err(|e| Broken { file: file.clone(), line: 0, why: e.to_string() })?;
+        let fh = std::fs::File::open(f).map_err(|e| Broken {
+            file: file.clone(),
+            line: 0,
+            why: e.to_string(),
+        })?;
         for (i, line) in BufReader::new(fh).split(b'\n').enumerate() {
             let n = i as u64 + 1;
-            let broken = |why: String| Broken { file: file.clone(), line: n, why };
+            let broken = |why: String| Broken {
+                file: file.clone(),
+                line: n,
+                why,
+            };
             let line = line.map_err(|e| broken(e.to_string()))?;
             let line = String::from_utf8(line).map_err(|_| broken("not UTF-8".into()))?;
-            let (body, claimed) = chain::unseal(&line).ok_or_else(|| broken("not a sealed audit record".into()))?;
+            let (body, claimed) =
+                chain::unseal(&line).ok_or_else(|| broken("not a sealed audit record".into()))?;
             if chain::hash_of(&body) != claimed {
                 return Err(broken("hash mismatch: the record was edited".into()));
             }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| broken(format!("not JSON: {e}")))?;
-            let seq = v.get("seq").and_then(|x| x.as_u64()).ok_or_else(|| broken("no seq".into()))?;
-            let p = v.get("prev").and_then(|x| x.as_str()).ok_or_else(|| broken("no prev".into()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| broken(format!("not JSON: {e}")))?;
+            let seq = v
+                .get("seq")
+                .and_then(|x| x.as_u64())
+                .ok_or_else(|| broken("no seq".into()))?;
+            let p = v
+                .get("prev")
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| broken("no prev".into()))?;
             match &prev {
                 Some(expected) => {
                     if p != expected {
                         return Err(broken(format!("chain broken: prev does not match the record before (seq {seq}); a record was deleted, reordered or spliced in")));
                     }
                     if seq != s.last_seq + 1 {
-                        return Err(broken(format!("sequence gap: expected seq {}, found {seq}", s.last_seq + 1)));
+                        return Err(broken(format!(
+                            "sequence gap: expected seq {}, found {seq}",
+                            s.last_seq + 1
+                        )));
                     }
                 }
                 None => {
@@ -71,7 +90,9 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> Result<Summary, Broken> 
                 if let Some(k) = key {
                     let mac = v.get("hmac").and_then(|x| x.as_str()).unwrap_or_default();
                     if !crate::identity::digest_eq(mac, &checkpoint_mac(k, seq - 1, head)) {
-                        return Err(broken("checkpoint signature invalid: the chain was rewritten".into()));
+                        return Err(broken(
+                            "checkpoint signature invalid: the chain was rewritten".into(),
+                        ));
                     }
                 }
                 s.checkpoints += 1;

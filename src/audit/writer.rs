@@ -3,7 +3,7 @@
 //! truncates a failed batch away so the file never holds a half-written chain.
 
 use super::chain::{self, GENESIS};
-use super::{Job, Record};
+use super::{Health, Job, Record};
 use crate::config::{AuditConfig, Fsync};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,8 @@ use tracing::{error, info, warn};
 /// Batch mode: records nobody waits for are fsynced at least this often.
 const GROUP_COMMIT: Duration = Duration::from_millis(5);
 const MAX_BATCH: usize = 4096;
+/// How often an idle writer re-checks its file.
+const PROBE: Duration = Duration::from_millis(200);
 
 pub struct Writer {
     path: PathBuf,
@@ -32,8 +34,7 @@ pub struct Writer {
     size: u64,
     seq: u64,
     prev: String,
-    healthy: Arc<AtomicBool>,
-    depth: Arc<AtomicU64>,
+    health: Arc<Health>,
     dirty: bool,
     last_sync: Instant,
 }
@@ -102,20 +103,26 @@ fn last_line(path: &Path, repair: bool) -> std::io::Result<Option<String>> {
 
 /// Rotated files: `<name>.<seq, 12 digits>`, oldest first.
 pub fn rotated(path: &Path) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return vec![] };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix(name))
-                .and_then(|r| r.strip_prefix('.'))
-                .is_some_and(|r| r.len() == 12 && r.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return vec![];
+    };
+    let mut v: Vec<PathBuf> = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+    .into_iter()
+    .flatten()
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(name))
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|r| r.len() == 12 && r.bytes().all(|b| b.is_ascii_digit()))
+    })
+    .collect();
     v.sort();
     v
 }
@@ -131,7 +138,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 impl Writer {
-    pub fn open(cfg: &AuditConfig, node: &str, healthy: Arc<AtomicBool>, depth: Arc<AtomicU64>) -> std::io::Result<Writer> {
+    pub fn open(cfg: &AuditConfig, node: &str, health: Arc<Health>) -> std::io::Result<Writer> {
         if let Some(dir) = cfg.path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir)?;
@@ -144,11 +151,14 @@ impl Writer {
             }
         }
         let (seq, prev) = match last {
-            Some(l) => head_of(&l).ok_or_else(|| std::io::Error::other("the last audit line is not a sealed record"))?,
+            Some(l) => head_of(&l).ok_or_else(|| {
+                std::io::Error::other("the last audit line is not a sealed record")
+            })?,
             None => (0, GENESIS.to_string()),
         };
         let file = open_append(&cfg.path)?;
         let size = file.metadata()?.len();
+        health.ino.store(file.metadata()?.ino(), Ordering::Release);
         info!(file = %cfg.path.display(), seq, "audit log open");
         Ok(Writer {
             path: cfg.path.clone(),
@@ -160,8 +170,7 @@ impl Writer {
             size,
             seq,
             prev,
-            healthy,
-            depth,
+            health,
             dirty: false,
             last_sync: Instant::now(),
         })
@@ -169,20 +178,21 @@ impl Writer {
 
     pub fn run(mut self, rx: Receiver<Job>) {
         loop {
-            let first = if self.dirty {
-                match rx.recv_timeout(GROUP_COMMIT.saturating_sub(self.last_sync.elapsed())) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => {
-                        let _ = self.sync();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+            // Wake at least every PROBE to notice a vanished file and to recover from a
+            // failure without waiting for traffic; sooner when a group commit is due.
+            let wait = if self.dirty {
+                GROUP_COMMIT.saturating_sub(self.last_sync.elapsed())
             } else {
-                match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
+                PROBE
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(j) => j,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.sync();
+                    self.probe();
+                    continue;
                 }
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -191,19 +201,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.depth.fetch_sub(batch.len() as u64, Ordering::Relaxed);
-            metrics::gauge!("portcullis_audit_queue_depth").set(self.depth.load(Ordering::Relaxed) as f64);
+            self.health
+                .depth
+                .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            metrics::gauge!("portcullis_audit_queue_depth")
+                .set(self.health.depth.load(Ordering::Relaxed) as f64);
             let waiting = batch.iter().any(|j| j.ack.is_some());
             let result = self.write_batch(&batch, waiting).map_err(|e| e.to_string());
             match &result {
                 Ok(()) => {
-                    if !self.healthy.swap(true, Ordering::Relaxed) {
+                    if !self.health.healthy.swap(true, Ordering::Relaxed) {
                         info!("audit log writable again");
                     }
                 }
                 Err(e) => {
-                    metrics::counter!("portcullis_audit_write_errors_total", "kind" => "io").increment(1);
-                    if self.healthy.swap(false, Ordering::Relaxed) {
+                    metrics::counter!("portcullis_audit_write_errors_total", "kind" => "io")
+                        .increment(1);
+                    if self.health.healthy.swap(false, Ordering::Relaxed) {
                         error!(error = %e, file = %self.path.display(), "AUDIT LOG UNWRITABLE: refusing requests until it recovers");
                     }
                 }
@@ -215,6 +229,34 @@ impl Writer {
             }
         }
         let _ = self.sync();
+    }
+
+    /// Re-checks the file between writes: re-opens it if it was replaced or removed
+    /// (and can be re-created), and reports health either way.
+    fn probe(&mut self) {
+        match self.ensure_file() {
+            Ok(()) => {
+                if !self.health.healthy.swap(true, Ordering::Relaxed) {
+                    info!(file = %self.path.display(), "audit log writable again");
+                }
+            }
+            Err(e) => {
+                if self.health.healthy.swap(false, Ordering::Relaxed) {
+                    metrics::counter!("portcullis_audit_write_errors_total", "kind" => "io")
+                        .increment(1);
+                    error!(error = %e, file = %self.path.display(), "AUDIT LOG UNWRITABLE: refusing requests until it recovers");
+                }
+            }
+        }
+    }
+
+    /// Points the writer at a new file handle (the request path compares inodes).
+    fn adopt(&mut self, f: File) -> std::io::Result<()> {
+        let m = f.metadata()?;
+        self.size = m.len();
+        self.health.ino.store(m.ino(), Ordering::Release);
+        self.file = f;
+        Ok(())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
@@ -230,26 +272,37 @@ impl Writer {
     fn ensure_file(&mut self) -> std::io::Result<()> {
         let probe = OpenOptions::new().append(true).open(&self.path);
         let same = match (&probe, self.file.metadata()) {
-            (Ok(p), Ok(cur)) => p.metadata().map(|m| m.ino() == cur.ino() && m.dev() == cur.dev()).unwrap_or(false),
+            (Ok(p), Ok(cur)) => p
+                .metadata()
+                .map(|m| m.ino() == cur.ino() && m.dev() == cur.dev())
+                .unwrap_or(false),
             _ => false,
         };
         if same {
             return Ok(());
         }
-        let f = match probe {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => open_append(&self.path)?,
-            Err(e) => return Err(e),
+        self.health.swapping.store(true, Ordering::Release);
+        let r = match probe {
+            Ok(f) => self.adopt(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                open_append(&self.path).and_then(|f| self.adopt(f))
+            }
+            Err(e) => Err(e),
         };
-        self.size = f.metadata()?.len();
-        self.file = f;
-        Ok(())
+        self.health.swapping.store(false, Ordering::Release);
+        r
     }
 
     fn line(&mut self, rec: &Record, out: &mut Vec<u8>) {
         self.seq += 1;
-        let body = serde_json::to_string(&Line { seq: self.seq, ts: now_rfc3339(), node: &self.node, rec, prev: &self.prev })
-            .expect("records serialise");
+        let body = serde_json::to_string(&Line {
+            seq: self.seq,
+            ts: now_rfc3339(),
+            node: &self.node,
+            rec,
+            prev: &self.prev,
+        })
+        .expect("records serialise");
         let (line, hash) = chain::seal(&body);
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
@@ -310,9 +363,12 @@ impl Writer {
         self.sync()?;
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{:012}", self.seq));
-        std::fs::rename(&self.path, PathBuf::from(&name))?;
-        self.file = open_append(&self.path)?;
-        self.size = 0;
+        self.health.swapping.store(true, Ordering::Release);
+        let r = std::fs::rename(&self.path, PathBuf::from(&name))
+            .and_then(|()| open_append(&self.path))
+            .and_then(|f| self.adopt(f));
+        self.health.swapping.store(false, Ordering::Release);
+        r?;
         info!(file = %self.path.display(), rotated_to = %PathBuf::from(name).display(), "audit log rotated");
         Ok(())
     }

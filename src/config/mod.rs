@@ -259,7 +259,11 @@ impl Snapshot {
             // Name the offending key itself, not just its parent.
             for lead in ["unknown field `", "missing field `"] {
                 if let Some(key) = message.strip_prefix(lead).and_then(|r| r.split('`').next()) {
-                    path = if path.is_empty() || path == "." { key.to_string() } else { format!("{path}.{key}") };
+                    path = if path.is_empty() || path == "." {
+                        key.to_string()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                 }
             }
             ConfigError {
@@ -285,8 +289,12 @@ impl Snapshot {
     }
 }
 
+/// `sha256:` over the normalised config. The replica's own `node` id is left out, so
+/// replicas sharing one routes.yaml report one version.
 fn policy_version(raw: &RawConfig) -> String {
-    let normal = serde_json::to_vec(raw).expect("config serialises");
+    let mut raw = raw.clone();
+    raw.node = None;
+    let normal = serde_json::to_vec(&raw).expect("config serialises");
     format!("sha256:{}", hex::encode(Sha256::digest(&normal)))
 }
 
