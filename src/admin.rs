@@ -30,7 +30,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
             Role::Approver => "approver",
@@ -54,9 +54,13 @@ fn ok(v: Value) -> Result<Response<Body>, Error> {
     Ok(body::json_response(StatusCode::OK, &v))
 }
 
-/// The operator behind a request, if it holds `role`.
-fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Error> {
-    let token = identity::bearer(req.headers()).ok_or(Error::Unauthorized)?;
+/// The operator a token belongs to, if it holds `role`: (name, roles).
+/// Agent credentials are refused outright; every operator hash is compared in constant time.
+pub fn operator_by_token(
+    app: &App,
+    token: &str,
+    role: Role,
+) -> Result<(String, Vec<String>), Error> {
     if token.starts_with(AGENT_PREFIX) {
         return Err(Error::Forbidden(
             "agent credentials are not accepted on the admin API".into(),
@@ -83,7 +87,13 @@ fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Er
             role.as_str()
         )));
     }
-    Ok(op.name.clone())
+    Ok((op.name.clone(), op.roles.clone()))
+}
+
+/// The operator behind a request's bearer token, if it holds `role`.
+fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Error> {
+    let token = identity::bearer(req.headers()).ok_or(Error::Unauthorized)?;
+    Ok(operator_by_token(app, token, role)?.0)
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Error> {
@@ -133,7 +143,7 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     None
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -156,6 +166,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let m = req.method().clone();
     match (&m, segs.as_slice()) {
+        (_, ["ui", ..]) => crate::ui::handle(app, req).await,
         (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => handle_readyz(app).await,
         (&Method::GET, ["metrics"]) => {

@@ -61,6 +61,7 @@ pub struct App {
     pub metrics: PrometheusHandle,
     /// Distinguishes this process from an earlier run with the same node id (leases).
     pub boot_id: String,
+    pub ui_sessions: crate::ui::Sessions,
     pub config_path: PathBuf,
     pub draining: AtomicBool,
     pub store: Store,
@@ -85,6 +86,7 @@ impl App {
             ),
             metrics,
             boot_id: uuid::Uuid::now_v7().simple().to_string(),
+            ui_sessions: Default::default(),
             config_path,
             draining: AtomicBool::new(false),
             store,

@@ -26,4 +26,5 @@ pub mod server;
 pub mod store;
 pub mod switchboard;
 pub mod tooltable;
+pub mod ui;
 pub mod upstream;

@@ -1,0 +1,479 @@
+//! The operator web page under `/ui`: sign in with an operator token, see pending
+//! approvals, read a request as it will be sent, approve (quoting its hash), deny, or
+//! resolve an `unknown`. The session cookie is honoured only here (Path=/ui,
+//! HttpOnly, SameSite=Strict); every form carries a per-session CSRF token.
+//! Decisions go through the same `approval::*` functions as the API and CLI.
+
+use crate::admin::{operator_by_token, percent_decode, Role};
+use crate::app::App;
+use crate::approval::{self, Approval, State};
+use crate::body::{self, Body};
+use crate::error::Error;
+use crate::identity::{digest_eq, random_hex};
+use askama::Template;
+use base64::Engine;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const COOKIE: &str = "pc_session";
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const MAX_SESSIONS: usize = 10_000;
+const MAX_FORM: usize = 16 * 1024;
+
+struct Session {
+    operator: String,
+    roles: Vec<String>,
+    csrf: String,
+    expires: Instant,
+}
+
+/// Sessions of this node (a load balancer in front of several replicas needs sticky
+/// sessions for the page; the API and CLI need nothing).
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+impl Sessions {
+    fn create(&self, operator: String, roles: Vec<String>) -> String {
+        let id = random_hex(32);
+        let mut m = self.0.lock().expect("sessions lock");
+        let now = Instant::now();
+        m.retain(|_, s| s.expires > now);
+        if m.len() >= MAX_SESSIONS {
+            m.clear();
+        }
+        m.insert(
+            id.clone(),
+            Session {
+                operator,
+                roles,
+                csrf: random_hex(16),
+                expires: now + SESSION_TTL,
+            },
+        );
+        id
+    }
+
+    /// (operator, roles, csrf) of a live session.
+    fn get(&self, id: &str) -> Option<(String, Vec<String>, String)> {
+        let m = self.0.lock().expect("sessions lock");
+        let s = m.get(id).filter(|s| s.expires > Instant::now())?;
+        Some((s.operator.clone(), s.roles.clone(), s.csrf.clone()))
+    }
+
+    fn remove(&self, id: &str) {
+        self.0.lock().expect("sessions lock").remove(id);
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage {
+    message: Option<String>,
+}
+
+struct Row {
+    id: String,
+    method: String,
+    path: String,
+    tool: String,
+    risk: String,
+    agent: String,
+    tenant: String,
+    state: String,
+    votes: usize,
+    required: u8,
+    age: String,
+    expires_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/list.html")]
+struct ListPage {
+    operator: String,
+    roles: String,
+    csrf: String,
+    heading: String,
+    rows: Vec<Row>,
+    policy_version: String,
+    message: Option<String>,
+}
+
+struct Detail {
+    id: String,
+    method: String,
+    path: String,
+    state: String,
+    votes: usize,
+    voters: String,
+    required: u8,
+    tool: String,
+    risk: String,
+    agent: String,
+    tenant: String,
+    credential: String,
+    upstream: String,
+    created_at: String,
+    expires_at: String,
+    request_sha256: String,
+    outcome: Option<String>,
+    headers: Vec<(String, String)>,
+    body: String,
+    body_len: u64,
+    body_encoding: String,
+    decidable: bool,
+    resolvable: bool,
+}
+
+#[derive(Template)]
+#[template(path = "ui/detail.html")]
+struct DetailPage {
+    operator: String,
+    csrf: String,
+    a: Detail,
+    message: Option<String>,
+}
+
+fn ts(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn html(status: StatusCode, t: &impl Template) -> Result<Response<Body>, Error> {
+    let text = t
+        .render()
+        .map_err(|e| Error::Internal(format!("template: {e}")))?;
+    let mut r = Response::new(body::full(text));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(r)
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Result<Response<Body>, Error> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(to).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(c) = cookie {
+        r.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&c).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+    }
+    Ok(r)
+}
+
+fn session_id(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(COOKIE)?
+                .strip_prefix('=')
+                .map(str::to_string)
+        })
+}
+
+fn form(bytes: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(bytes)
+        .split('&')
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((percent_decode(k), percent_decode(v)))
+        })
+        .collect()
+}
+
+async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Error> {
+    let b = Limited::new(req.into_body(), MAX_FORM)
+        .collect()
+        .await
+        .map_err(|_| Error::BadRequest {
+            reason: "bad_body",
+            detail: "the form is unreadable or too large".into(),
+        })?
+        .to_bytes();
+    Ok(form(&b))
+}
+
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segs: Vec<&str> = path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if (req.method(), segs.as_slice()) == (&Method::POST, ["ui", "login"].as_slice()) {
+        return login(app, req).await;
+    }
+    let sid = session_id(&req);
+    let Some((operator, roles, csrf)) = sid.as_deref().and_then(|s| app.ui_sessions.get(s)) else {
+        return html(StatusCode::OK, &LoginPage { message: None });
+    };
+    let secure = app.live.load().snap.admin_tls.is_some();
+    match (req.method().clone(), segs.as_slice()) {
+        (Method::GET, ["ui"]) => list(app, operator, roles, csrf, &query).await,
+        (Method::GET, ["ui", "approvals", id]) => {
+            let id = id.to_string();
+            let msg = query
+                .strip_prefix("done=")
+                .map(|d| format!("Recorded: {}.", percent_decode(d)));
+            detail(app, operator, csrf, &id, msg, StatusCode::OK).await
+        }
+        (Method::POST, rest) => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let f = read_form(req).await?;
+            if !f.get("csrf").is_some_and(|c| digest_eq(c, &csrf)) {
+                return Err(Error::Forbidden(
+                    "the form's CSRF token does not match this session".into(),
+                ));
+            }
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            match rest.as_slice() {
+                ["ui", "logout"] => {
+                    if let Some(s) = &sid {
+                        app.ui_sessions.remove(s);
+                    }
+                    redirect(
+                        "/ui",
+                        Some(format!(
+                            "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
+                            if secure { "; Secure" } else { "" }
+                        )),
+                    )
+                }
+                ["ui", "approvals", id, verb @ ("approve" | "deny" | "resolve")] => {
+                    let id = id.to_string();
+                    if !roles.iter().any(|r| r == Role::Approver.as_str()) {
+                        return detail(
+                            app,
+                            operator.clone(),
+                            csrf,
+                            &id,
+                            Some(format!("`{operator}` lacks the approver role")),
+                            StatusCode::FORBIDDEN,
+                        )
+                        .await;
+                    }
+                    let nonempty = |k: &str| f.get(k).filter(|v| !v.trim().is_empty()).cloned();
+                    let r = match *verb {
+                        "approve" => {
+                            approval::approve(
+                                app,
+                                &id,
+                                &operator,
+                                nonempty("comment"),
+                                nonempty("request_sha256"),
+                            )
+                            .await
+                        }
+                        "deny" => {
+                            approval::deny(
+                                app,
+                                &id,
+                                &operator,
+                                nonempty("reason")
+                                    .unwrap_or_else(|| "denied from the operator page".into()),
+                            )
+                            .await
+                        }
+                        _ => {
+                            approval::resolve(
+                                app,
+                                &id,
+                                &operator,
+                                f.get("outcome").map(String::as_str).unwrap_or(""),
+                                nonempty("comment"),
+                            )
+                            .await
+                        }
+                    };
+                    match r {
+                        Ok(a) => redirect(
+                            &format!("/ui/approvals/{id}?done={}", a.state.as_str()),
+                            None,
+                        ),
+                        Err(e) => {
+                            detail(app, operator, csrf, &id, Some(e.to_string()), e.status()).await
+                        }
+                    }
+                }
+                _ => Err(Error::NotFound),
+            }
+        }
+        _ => Err(Error::NotFound),
+    }
+}
+
+async fn login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let f = read_form(req).await?;
+    let token = f
+        .get("token")
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    match operator_by_token(app, &token, Role::Viewer) {
+        Ok((name, roles)) => {
+            tracing::info!(operator = %name, "operator page sign-in");
+            let sid = app.ui_sessions.create(name, roles);
+            let secure = app.live.load().snap.admin_tls.is_some();
+            let cookie = format!(
+                "{COOKIE}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                SESSION_TTL.as_secs(),
+                if secure { "; Secure" } else { "" }
+            );
+            redirect("/ui", Some(cookie))
+        }
+        Err(_) => html(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                message: Some("That is not an operator token with the viewer role.".into()),
+            },
+        ),
+    }
+}
+
+async fn list(
+    app: &App,
+    operator: String,
+    roles: Vec<String>,
+    csrf: String,
+    query: &str,
+) -> Result<Response<Body>, Error> {
+    let wanted = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap_or("pending");
+    let state = if wanted == "all" {
+        None
+    } else {
+        Some(State::parse(wanted).unwrap_or(State::Pending))
+    };
+    let now = crate::store::now_ms();
+    let rows = approval::list(app, state)
+        .await?
+        .into_iter()
+        .map(|a| Row {
+            age: format!("{}s", now.saturating_sub(a.created_at_ms) / 1000),
+            expires_at: ts(a.expires_at_ms),
+            votes: a.approvals.len(),
+            required: a.required_approvals,
+            state: a.state.as_str().into(),
+            tenant: a.tenant.unwrap_or_else(|| "-".into()),
+            risk: a.risk.to_string(),
+            id: a.id,
+            method: a.method,
+            path: a.path,
+            tool: a.tool,
+            agent: a.agent,
+        })
+        .collect();
+    let heading = match state {
+        Some(s) => format!("Approvals: {}", s.as_str()),
+        None => "All approvals".into(),
+    };
+    let policy_version = app.live.load().snap.policy_version.to_string();
+    html(
+        StatusCode::OK,
+        &ListPage {
+            operator,
+            roles: roles.join(", "),
+            csrf,
+            heading,
+            rows,
+            policy_version,
+            message: None,
+        },
+    )
+}
+
+async fn detail(
+    app: &App,
+    operator: String,
+    csrf: String,
+    id: &str,
+    message: Option<String>,
+    status: StatusCode,
+) -> Result<Response<Body>, Error> {
+    let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
+    let body = app.store.get_approval_body(id).await?.unwrap_or_default();
+    let (body, body_encoding) = match String::from_utf8(body.clone()) {
+        Ok(s) => (s, "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&body),
+            "base64",
+        ),
+    };
+    let a: Approval = l.a;
+    let d = Detail {
+        decidable: a.state == State::Pending,
+        resolvable: a.state == State::Unknown,
+        votes: a.approvals.len(),
+        voters: a
+            .approvals
+            .iter()
+            .map(|v| v.operator.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+        required: a.required_approvals,
+        state: a.state.as_str().into(),
+        risk: a.risk.to_string(),
+        tenant: a.tenant.clone().unwrap_or_else(|| "-".into()),
+        created_at: ts(a.created_at_ms),
+        expires_at: ts(a.expires_at_ms),
+        outcome: match (&a.reason, &a.detail, a.upstream_status) {
+            (_, _, Some(s)) => Some(format!("upstream answered {s}")),
+            (Some(r), Some(d), _) => Some(format!("{r}: {d}")),
+            (Some(r), None, _) => Some(r.clone()),
+            _ => None,
+        },
+        body,
+        body_len: a.body_len,
+        body_encoding: body_encoding.into(),
+        id: a.id,
+        method: a.method,
+        path: a.path,
+        tool: a.tool,
+        agent: a.agent,
+        credential: a.credential,
+        upstream: a.upstream,
+        request_sha256: a.request_sha256,
+        headers: a.headers,
+    };
+    html(
+        status,
+        &DetailPage {
+            operator,
+            csrf,
+            a: d,
+            message,
+        },
+    )
+}
