@@ -13,7 +13,6 @@ use crate::identity::{self, IssueRequest, AGENT_PREFIX};
 use crate::proxy::{new_request_id, Conn};
 use crate::store::{now_ms, Scope, SwitchChange, TokenRecord};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -97,14 +96,7 @@ fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Er
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Error> {
-    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|_| Error::BadRequest {
-            reason: "bad_body",
-            detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes"),
-        })?
-        .to_bytes();
+    let bytes = body::read_small(req.into_body(), MAX_ADMIN_BODY).await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::BadRequest {
         reason: "bad_json",
         detail: e.to_string(),
@@ -115,14 +107,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 async fn read_json_or_empty<T: for<'de> Deserialize<'de> + Default>(
     req: Request<Incoming>,
 ) -> Result<T, Error> {
-    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|_| Error::BadRequest {
-            reason: "bad_body",
-            detail: format!("the body is unreadable or over {MAX_ADMIN_BODY} bytes"),
-        })?
-        .to_bytes();
+    let bytes = body::read_small(req.into_body(), MAX_ADMIN_BODY).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

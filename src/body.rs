@@ -95,6 +95,23 @@ where
     }
 }
 
+/// Reads a small request body whole (admin API, operator page); over `max` or
+/// unreadable → 400.
+pub async fn read_small<B>(body: B, max: usize) -> Result<Bytes, crate::error::Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    http_body_util::Limited::new(body, max)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| crate::error::Error::BadRequest {
+            reason: "bad_body",
+            detail: format!("the body is unreadable or over {max} bytes"),
+        })
+}
+
 /// Whether an error chain holds our [`TooLarge`].
 pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

@@ -13,7 +13,6 @@ use crate::identity::{digest_eq, random_hex};
 use askama::Template;
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -212,15 +211,7 @@ fn form(bytes: &[u8]) -> HashMap<String, String> {
 }
 
 async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Error> {
-    let b = Limited::new(req.into_body(), MAX_FORM)
-        .collect()
-        .await
-        .map_err(|_| Error::BadRequest {
-            reason: "bad_body",
-            detail: "the form is unreadable or too large".into(),
-        })?
-        .to_bytes();
-    Ok(form(&b))
+    Ok(form(&body::read_small(req.into_body(), MAX_FORM).await?))
 }
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
