@@ -411,6 +411,117 @@ async fn check_schema_recorded(b: &Backend) {
     );
 }
 
+/// Approval records: the per-agent quota is enforced atomically at creation, a
+/// compare-and-set has exactly one winner, the per-state index follows each transition,
+/// the result is stored in the same step, and delete removes everything.
+async fn check_approvals(b: &Backend) {
+    use portcullis::store::Cas;
+    let s = b.fresh().await;
+    assert!(s
+        .create_approval("a1", "bot", b"rec-1", b"body-1", 2)
+        .await
+        .unwrap());
+    assert!(s
+        .create_approval("a2", "bot", b"rec-2", b"", 2)
+        .await
+        .unwrap());
+    assert!(
+        !s.create_approval("a3", "bot", b"rec-3", b"", 2)
+            .await
+            .unwrap(),
+        "quota of 2"
+    );
+    assert!(
+        s.create_approval("b1", "other", b"rec-b", b"", 2)
+            .await
+            .unwrap(),
+        "the quota is per agent"
+    );
+    assert_eq!(s.get_approval("a3").await.unwrap(), None);
+    assert_eq!(
+        s.get_approval_body("a1").await.unwrap().as_deref(),
+        Some(&b"body-1"[..])
+    );
+    assert_eq!(s.list_approvals(Some("pending")).await.unwrap().len(), 3);
+
+    // 20 racing compare-and-sets from the same old value: exactly one wins.
+    let wins = futures_util::future::join_all((0..20).map(|i| {
+        let s = &s;
+        async move {
+            let new = format!("rec-1-approved-{i}");
+            s.cas_approval(Cas {
+                id: "a1",
+                agent: "bot",
+                old: b"rec-1",
+                new: new.as_bytes(),
+                old_state: "pending",
+                new_state: "approved",
+                result: None,
+            })
+            .await
+            .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1);
+    let cur = s.get_approval("a1").await.unwrap().unwrap();
+    assert!(cur.starts_with(b"rec-1-approved-"));
+    assert_eq!(s.list_approvals(Some("pending")).await.unwrap().len(), 2);
+    assert_eq!(
+        s.list_approvals(Some("approved")).await.unwrap(),
+        vec![cur.clone()]
+    );
+    // Leaving `pending` frees the agent's quota slot.
+    assert!(s
+        .create_approval("a3", "bot", b"rec-3", b"", 2)
+        .await
+        .unwrap());
+
+    // A stale old value changes nothing; the right one stores the result with it.
+    assert!(!s
+        .cas_approval(Cas {
+            id: "a1",
+            agent: "bot",
+            old: b"rec-1",
+            new: b"x",
+            old_state: "approved",
+            new_state: "executed",
+            result: Some(b"r")
+        })
+        .await
+        .unwrap());
+    assert_eq!(s.get_approval_result("a1").await.unwrap(), None);
+    assert!(s
+        .cas_approval(Cas {
+            id: "a1",
+            agent: "bot",
+            old: &cur,
+            new: b"done",
+            old_state: "approved",
+            new_state: "executed",
+            result: Some(b"result")
+        })
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get_approval_result("a1").await.unwrap().as_deref(),
+        Some(&b"result"[..])
+    );
+    assert_eq!(
+        s.list_approvals(Some("executed")).await.unwrap(),
+        vec![b"done".to_vec()]
+    );
+    assert!(s.list_approvals(Some("approved")).await.unwrap().is_empty());
+    assert_eq!(s.list_approvals(None).await.unwrap().len(), 4);
+
+    s.delete_approval("a1", "bot", "executed").await.unwrap();
+    assert_eq!(s.get_approval("a1").await.unwrap(), None);
+    assert_eq!(s.get_approval_body("a1").await.unwrap(), None);
+    assert_eq!(s.get_approval_result("a1").await.unwrap(), None);
+    assert!(s.list_approvals(Some("executed")).await.unwrap().is_empty());
+    assert_eq!(s.list_approvals(None).await.unwrap().len(), 3);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded_store {
@@ -441,6 +552,7 @@ conformance!(
     check_switches,
     check_events,
     check_schema_recorded,
+    check_approvals,
 );
 
 // ---------------------------------------------------------------------------------------

@@ -216,7 +216,8 @@ pub async fn transition(
             agent: &to.agent,
             old: &from.raw,
             new: &raw,
-            still_pending: to.state == State::Pending,
+            old_state: from.a.state.as_str(),
+            new_state: to.state.as_str(),
             result,
         })
         .await?;
@@ -545,16 +546,35 @@ pub async fn resolve(
     Ok(l2.a)
 }
 
-/// All records, newest first, optionally one state.
-pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Approval>, Error> {
-    let mut v: Vec<Approval> = app
+/// The records stored in `state` (through the store's per-state index), as stored.
+pub(crate) async fn in_state(app: &App, state: State) -> Result<Vec<Approval>, Error> {
+    Ok(app
         .store
-        .list_approvals()
+        .list_approvals(Some(state.as_str()))
         .await?
         .iter()
         .filter_map(|raw| serde_json::from_slice::<Approval>(raw).ok())
+        .collect())
+}
+
+/// All records, newest first, optionally one state. A pending record past its expiry
+/// is shown as `expired` (the sweeper moves it within a second).
+pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Approval>, Error> {
+    let raw = match state {
+        None => app.store.list_approvals(None).await?,
+        Some(State::Expired) => {
+            let mut v = app.store.list_approvals(Some("expired")).await?;
+            v.extend(app.store.list_approvals(Some("pending")).await?);
+            v
+        }
+        Some(s) => app.store.list_approvals(Some(s.as_str())).await?,
+    };
+    let now = now_ms();
+    let mut v: Vec<Approval> = raw
+        .iter()
+        .filter_map(|raw| serde_json::from_slice::<Approval>(raw).ok())
         .map(|mut a| {
-            if a.state == State::Pending && now_ms() >= a.expires_at_ms {
+            if a.state == State::Pending && now >= a.expires_at_ms {
                 a.state = State::Expired;
             }
             a

@@ -1,75 +1,90 @@
 //! The background sweep every node runs: expire pending approvals, pick up orphaned
-//! `approved` ones, turn expired `executing` leases into `unknown`, and delete decided
-//! records past `approval_retention`.
+//! `approved` ones, turn expired `executing` leases into `unknown` (each second, through
+//! the per-state index), and delete decided records past `approval_retention` (each
+//! minute).
 
-use super::{audit, list, load, transition, State};
+use super::{audit, in_state, load, transition, State};
 use crate::app::App;
+use crate::error::Error;
 use crate::store::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
 const EVERY: Duration = Duration::from_secs(1);
+/// Retention runs once per this many sweeps.
+const RETENTION_EVERY: u64 = 60;
 
 pub async fn run_sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(EVERY);
-    loop {
+    for n in 0u64.. {
         tick.tick().await;
         if let Err(e) = sweep(&app, false).await {
             warn!(error = %e, "approval sweep failed");
+        }
+        if n % RETENTION_EVERY == RETENTION_EVERY - 1 {
+            if let Err(e) = retention(&app).await {
+                warn!(error = %e, "approval retention failed");
+            }
         }
     }
 }
 
 /// At start: `executing` records this node held before it restarted cannot be
 /// executing now — their outcome is `unknown` (never an automatic second call).
-pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), crate::error::Error> {
+pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
     sweep(app, true).await
 }
 
-async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), crate::error::Error> {
+async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
     let now = now_ms();
-    let (node, retention) = {
-        let live = app.live.load();
-        (
-            live.snap.node.clone(),
-            live.snap.limits.approval_retention.as_millis() as u64,
-        )
-    };
-    for a in list(app, None).await? {
-        let stale_lease = a.lease.as_ref().is_some_and(|l| {
-            l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id)
-        });
-        match a.state {
-            State::Expired
-                if now >= a.expires_at_ms && a.reason.as_deref().is_none_or(|r| r != "expired") =>
-            {
-                // Listed as expired while still stored pending: `load` moves it and audits.
-                let _ = load(app, &a.id).await?;
+    for a in in_state(app, State::Pending).await? {
+        if now >= a.expires_at_ms {
+            // `load` moves it to `expired` and audits it.
+            let _ = load(app, &a.id).await?;
+        }
+    }
+    if !at_start {
+        for a in in_state(app, State::Approved).await? {
+            let (app2, id) = (app.clone(), a.id.clone());
+            tokio::spawn(async move { super::replay(app2, id).await });
+        }
+    }
+    let node = app.live.load().snap.node.clone();
+    for a in in_state(app, State::Executing).await? {
+        let stale = a
+            .lease
+            .as_ref()
+            .is_none_or(|l| l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id));
+        if !stale {
+            continue;
+        }
+        let Some(l) = load(app, &a.id).await? else { continue };
+        if l.a.state != State::Executing {
+            continue;
+        }
+        let mut n = l.a.clone();
+        n.state = State::Unknown;
+        n.reason = Some("outcome_unknown".into());
+        n.detail = Some(
+            "the node replaying this request stopped before storing the result; the upstream may or may not have acted".into(),
+        );
+        n.lease = None;
+        if let Some(l2) = transition(app, &l, n, None).await? {
+            audit(app, &l2.a, "replay_unknown", None, l2.a.detail.as_deref()).await;
+        }
+    }
+    Ok(())
+}
+
+async fn retention(app: &Arc<App>) -> Result<(), Error> {
+    let now = now_ms();
+    let keep = app.live.load().snap.limits.approval_retention.as_millis() as u64;
+    for s in [State::Executed, State::Failed, State::Denied, State::Expired] {
+        for a in in_state(app, s).await? {
+            if now.saturating_sub(a.updated_at_ms) > keep {
+                app.store.delete_approval(&a.id, &a.agent, s.as_str()).await?;
             }
-            State::Approved if !at_start => {
-                let (app2, id) = (app.clone(), a.id.clone());
-                tokio::spawn(async move { super::replay(app2, id).await });
-            }
-            State::Executing if stale_lease => {
-                if let Some(l) = load(app, &a.id).await? {
-                    if l.a.state != State::Executing {
-                        continue;
-                    }
-                    let mut n = l.a.clone();
-                    n.state = State::Unknown;
-                    n.reason = Some("outcome_unknown".into());
-                    n.detail = Some("the node replaying this request stopped before storing the result; the upstream may or may not have acted".into());
-                    n.lease = None;
-                    if let Some(l2) = transition(app, &l, n, None).await? {
-                        audit(app, &l2.a, "replay_unknown", None, l2.a.detail.as_deref()).await;
-                    }
-                }
-            }
-            s if s.is_final() && now.saturating_sub(a.updated_at_ms) > retention => {
-                app.store.delete_approval(&a.id, &a.agent).await?;
-            }
-            _ => {}
         }
     }
     Ok(())

@@ -16,6 +16,8 @@ const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_bodi
 const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_results");
 /// `agent/id` for every pending approval: the per-agent quota is a range count.
 const PENDING: TableDefinition<&str, u8> = TableDefinition::new("approvals_pending");
+/// `state/id` for every approval: the sweeper reads only the states it acts on.
+const BY_STATE: TableDefinition<&str, u8> = TableDefinition::new("approvals_by_state");
 
 fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match name {
@@ -64,6 +66,7 @@ impl Embedded {
                 tx.open_table(BODIES).map_err(unavailable)?;
                 tx.open_table(RESULTS).map_err(unavailable)?;
                 tx.open_table(PENDING).map_err(unavailable)?;
+                tx.open_table(BY_STATE).map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)?;
             Ok(db)
@@ -260,6 +263,10 @@ impl Embedded {
                     pending
                         .insert(format!("{agent}/{id}").as_str(), 1)
                         .map_err(unavailable)?;
+                    tx.open_table(BY_STATE)
+                        .map_err(unavailable)?
+                        .insert(format!("pending/{id}").as_str(), 1)
+                        .map_err(unavailable)?;
                     tx.open_table(APPROVALS)
                         .map_err(unavailable)?
                         .insert(id.as_str(), record.as_slice())
@@ -292,13 +299,13 @@ impl Embedded {
     }
 
     pub async fn cas_approval(&self, c: super::Cas<'_>) -> Result<bool, Error> {
-        let (id, agent, old, new, still_pending) = (
+        let (id, agent, old, new) = (
             c.id.to_string(),
             c.agent.to_string(),
             c.old.to_vec(),
             c.new.to_vec(),
-            c.still_pending,
         );
+        let (from, to) = (c.old_state.to_string(), c.new_state.to_string());
         let result = c.result.map(<[u8]>::to_vec);
         let ev = id.clone();
         let ok = self
@@ -314,7 +321,12 @@ impl Embedded {
                         return Ok(false);
                     }
                     t.insert(id.as_str(), new.as_slice()).map_err(unavailable)?;
-                    if !still_pending {
+                    if from != to {
+                        let mut by = tx.open_table(BY_STATE).map_err(unavailable)?;
+                        by.remove(format!("{from}/{id}").as_str()).map_err(unavailable)?;
+                        by.insert(format!("{to}/{id}").as_str(), 1).map_err(unavailable)?;
+                    }
+                    if to != "pending" {
                         tx.open_table(PENDING)
                             .map_err(unavailable)?
                             .remove(format!("{agent}/{id}").as_str())
@@ -337,21 +349,37 @@ impl Embedded {
         Ok(ok)
     }
 
-    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
-        self.blocking(|db| {
+    pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Vec<u8>>, Error> {
+        let state = state.map(str::to_string);
+        self.blocking(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(APPROVALS).map_err(unavailable)?;
             let mut out = Vec::new();
-            for row in t.iter().map_err(unavailable)? {
-                out.push(row.map_err(unavailable)?.1.value().to_vec());
+            match state {
+                None => {
+                    for row in t.iter().map_err(unavailable)? {
+                        out.push(row.map_err(unavailable)?.1.value().to_vec());
+                    }
+                }
+                Some(s) => {
+                    let by = tx.open_table(BY_STATE).map_err(unavailable)?;
+                    let (lo, hi) = (format!("{s}/"), format!("{s}0"));
+                    for row in by.range(lo.as_str()..hi.as_str()).map_err(unavailable)? {
+                        let (k, _) = row.map_err(unavailable)?;
+                        let id = &k.value()[lo.len()..];
+                        if let Some(v) = t.get(id).map_err(unavailable)? {
+                            out.push(v.value().to_vec());
+                        }
+                    }
+                }
             }
             Ok(out)
         })
         .await
     }
 
-    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
-        let (id, agent) = (id.to_string(), agent.to_string());
+    pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
+        let (id, agent, state) = (id.to_string(), agent.to_string(), state.to_string());
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
             {
@@ -364,6 +392,10 @@ impl Embedded {
                 tx.open_table(PENDING)
                     .map_err(unavailable)?
                     .remove(format!("{agent}/{id}").as_str())
+                    .map_err(unavailable)?;
+                tx.open_table(BY_STATE)
+                    .map_err(unavailable)?
+                    .remove(format!("{state}/{id}").as_str())
                     .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)

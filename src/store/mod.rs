@@ -150,7 +150,10 @@ pub struct Cas<'a> {
     pub agent: &'a str,
     pub old: &'a [u8],
     pub new: &'a [u8],
-    pub still_pending: bool,
+    /// The states before and after: the per-state index and the agent's pending quota
+    /// move with the record in the same atomic step.
+    pub old_state: &'a str,
+    pub new_state: &'a str,
     pub result: Option<&'a [u8]>,
 }
 
@@ -315,18 +318,19 @@ impl Store {
         }
     }
 
-    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
+    /// Every record, or (through the per-state index) only those in `state`.
+    pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Vec<u8>>, Error> {
         match self {
-            Store::Embedded(s) => s.list_approvals().await,
-            Store::Redis(s) => s.list_approvals().await,
+            Store::Embedded(s) => s.list_approvals(state).await,
+            Store::Redis(s) => s.list_approvals(state).await,
         }
     }
 
     /// Deletes a decided record, its body and its result (retention).
-    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
+    pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
         match self {
-            Store::Embedded(s) => s.delete_approval(id, agent).await,
-            Store::Redis(s) => s.delete_approval(id, agent).await,
+            Store::Embedded(s) => s.delete_approval(id, agent, state).await,
+            Store::Redis(s) => s.delete_approval(id, agent, state).await,
         }
     }
 }

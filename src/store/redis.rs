@@ -65,13 +65,16 @@ impl RedisStore {
             create: redis::Script::new(
                 "if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end \
                  redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) \
-                 redis.call('SADD', KEYS[3], ARGV[4]) redis.call('SADD', KEYS[4], ARGV[4]) return 1",
+                 redis.call('SADD', KEYS[3], ARGV[4]) redis.call('SADD', KEYS[4], ARGV[4]) \
+                 redis.call('SADD', KEYS[5], ARGV[4]) return 1",
             ),
             cas: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
                  redis.call('SET', KEYS[1], ARGV[2]) \
                  if ARGV[3] == '0' then redis.call('SREM', KEYS[2], ARGV[4]) end \
-                 if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6]) end return 1",
+                 if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6]) end \
+                 if KEYS[4] ~= KEYS[5] then redis.call('SREM', KEYS[4], ARGV[4]) redis.call('SADD', KEYS[5], ARGV[4]) end \
+                 return 1",
             ),
             spend: redis::Script::new(
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
@@ -304,6 +307,7 @@ impl RedisStore {
             .key(self.key(&format!("approval:{id}:body")))
             .key(self.key(&format!("pending:{agent}")))
             .key(self.key("approvals"))
+            .key(self.key("state:pending"))
             .arg(record)
             .arg(body)
             .arg(max_pending)
@@ -329,9 +333,11 @@ impl RedisStore {
             .key(self.key(&format!("approval:{}", cas.id)))
             .key(self.key(&format!("pending:{}", cas.agent)))
             .key(self.key(&format!("approval:{}:result", cas.id)))
+            .key(self.key(&format!("state:{}", cas.old_state)))
+            .key(self.key(&format!("state:{}", cas.new_state)))
             .arg(cas.old)
             .arg(cas.new)
-            .arg(if cas.still_pending { "1" } else { "0" })
+            .arg(if cas.new_state == "pending" { "1" } else { "0" })
             .arg(cas.id)
             .arg(if cas.result.is_some() { "1" } else { "0" })
             .arg(cas.result.unwrap_or_default())
@@ -344,28 +350,23 @@ impl RedisStore {
         Ok(ok == 1)
     }
 
-    pub async fn list_approvals(&self) -> Result<Vec<Vec<u8>>, Error> {
+    pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Vec<u8>>, Error> {
         let mut c = self.conn.clone();
-        let ids: Vec<String> = c
-            .smembers(self.key("approvals"))
-            .await
-            .map_err(unavailable)?;
-        if ids.is_empty() {
-            return Ok(vec![]);
+        let set = match state {
+            Some(s) => self.key(&format!("state:{s}")),
+            None => self.key("approvals"),
+        };
+        let ids: Vec<String> = c.smembers(set).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.key(&format!("approval:{id}"))).collect();
+            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.map_err(unavailable)?;
+            out.extend(vals.into_iter().flatten());
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.key(&format!("approval:{id}")))
-            .collect();
-        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(vals.into_iter().flatten().collect())
+        Ok(out)
     }
 
-    pub async fn delete_approval(&self, id: &str, agent: &str) -> Result<(), Error> {
+    pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let _: () = redis::pipe()
             .atomic()
@@ -374,6 +375,7 @@ impl RedisStore {
             .del(self.key(&format!("approval:{id}:result")))
             .srem(self.key("approvals"), id)
             .srem(self.key(&format!("pending:{agent}")), id)
+            .srem(self.key(&format!("state:{state}")), id)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
