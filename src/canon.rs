@@ -287,7 +287,17 @@ fn canonical_path(path: &str) -> Result<(String, bool), Error> {
         out.push(b as char);
         i += 1;
     }
-    let segs: Vec<&str> = out[1..].split('/').collect();
+    check_segments(&out)?;
+    if encoded_slash {
+        // A backend that decodes `%2F` before routing must not find dot or empty
+        // segments either: check the path as it would see it.
+        check_segments(&out.replace("%2F", "/").replace("%2f", "/"))?;
+    }
+    Ok((out, encoded_slash))
+}
+
+fn check_segments(path: &str) -> Result<(), Error> {
+    let segs: Vec<&str> = path[1..].split('/').collect();
     for (n, seg) in segs.iter().enumerate() {
         if *seg == "." || *seg == ".." {
             return Err(bad(
@@ -299,7 +309,7 @@ fn canonical_path(path: &str) -> Result<(String, bool), Error> {
             return Err(bad("empty_segment", "`//` is not accepted"));
         }
     }
-    Ok((out, encoded_slash))
+    Ok(())
 }
 
 fn canonical_query(q: &str) -> Result<String, Error> {
@@ -417,6 +427,9 @@ mod tests {
             ("/a/..", "dot_segment"),
             ("//admin", "empty_segment"),
             ("/a//b", "empty_segment"),
+            ("/a/1%2F..%2Fadmin", "dot_segment"),
+            ("/a/%2F%2Fx", "empty_segment"),
+            ("/a/x%2f.", "dot_segment"),
             ("/a;jsessionid=1", "semicolon"),
             ("/a?x=1;_method=DELETE", "semicolon"),
             ("/a?_method=DELETE", "method_override"),
