@@ -1,0 +1,225 @@
+//! The gate micro-benchmark: `canon::canonicalize` + `classifier.classify` +
+//! `policy::decide` on a generated 200-route configuration, per request.
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=target/bench cargo bench --bench gate
+//! ```
+//!
+//! Criterion reports the time per iteration (= per request) for each case; after it, a
+//! plain timing loop prints one `gate ns/request` line per case so the number is easy to
+//! grep (target: ≤ 1 µs, issue 6).
+
+use criterion::Criterion;
+use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use portcullis::canon;
+use portcullis::config::Snapshot;
+use portcullis::policy::{decide, Agent, Decision, Input, Narrowing, Switches};
+use std::fmt::Write;
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const ROUTES: usize = 200;
+const UPSTREAMS: usize = 10;
+
+/// A 200-route config: every route has known templates, an explicit critical tool and a
+/// sensitive path; every fourth route refuses unknown paths. One scoped profile (tools by
+/// glob, resources, approval, deny, a risk ceiling) and one admin profile.
+fn config_yaml() -> String {
+    let mut y = String::new();
+    y.push_str("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
+    y.push_str("sensitive_paths: [\"/admin/{*rest}\", \"/billing/{*rest}\"]\n");
+    y.push_str("upstreams:\n");
+    for u in 0..UPSTREAMS {
+        let _ = writeln!(
+            y,
+            "  u{u}:\n    url: http://127.0.0.1:7000/v{u}\n    \
+             inject: {{ header: Authorization, value_env: KEY_{u} }}\n    \
+             tenant_header: X-Tenant-Id"
+        );
+    }
+    y.push_str("routes:\n");
+    for r in 0..ROUTES {
+        let unknown = if r % 4 == 3 { "deny" } else { "classify" };
+        let _ = writeln!(
+            y,
+            "  - prefix: /svc{r}\n    upstream: u{u}\n    tool_prefix: svc{r}\n    \
+             unknown_paths: {unknown}\n    \
+             paths: [\"/svc{r}/items/{{id}}\", \"/svc{r}/items/{{id}}/comments\", \
+             \"/svc{r}/orders/{{id}}\", \"/svc{r}/orders/{{id}}/lines/{{line}}\"]\n    \
+             sensitive_paths: [\"/svc{r}/items/{{id}}/export\"]\n    \
+             tools:\n      - {{ match: \"POST /svc{r}/items/{{id}}/refund\", name: svc{r}.refund, \
+             risk: critical }}",
+            u = r % UPSTREAMS
+        );
+    }
+    // Resources: a handful of routes' subtrees, as a real scoped profile would list.
+    let resources: Vec<String> = (100..ROUTES)
+        .step_by(10)
+        .chain([122])
+        .map(|r| format!("\"/svc{r}\", \"/svc{r}/{{*rest}}\""))
+        .collect();
+    let _ = write!(
+        y,
+        "profiles:\n  \
+         scoped:\n    \
+         tools: [\"svc1*.items.get\", \"svc1*.items.list\", \"svc*.items.comments.*\", \"svc*.orders.get\", \"svc*.invoices.get\"]\n    \
+         resources: [{}]\n    \
+         max_risk: medium\n    \
+         approval: [\"*.refund\"]\n    \
+         deny: [\"*.delete\"]\n  \
+         ops: {{ admin: true }}\n\
+         agents:\n  \
+         bot: {{ profile: scoped, tenant: acme }}\n  \
+         opsbot: {{ profile: ops, tenant: acme }}\n",
+        resources.join(", ")
+    );
+    y
+}
+
+struct Case {
+    name: &'static str,
+    agent: Arc<Agent>,
+    method: Method,
+    uri: Uri,
+    expect: &'static str,
+}
+
+struct Gate {
+    snap: Snapshot,
+    headers: HeaderMap,
+    narrowing: Narrowing,
+    switches: Switches,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        let text = config_yaml();
+        let snap = Snapshot::parse(Path::new("bench.yaml"), &text, &|_| Some("k".into()))
+            .unwrap_or_else(|e| panic!("the generated config is invalid: {e}"));
+        assert_eq!(snap.routes.len(), ROUTES);
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer pcx_0123456789abcdef_secret"),
+        );
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("agent/1.0"),
+        );
+        Gate {
+            snap,
+            headers,
+            narrowing: Narrowing::default(),
+            switches: Switches::default(),
+        }
+    }
+
+    fn case(
+        &self,
+        name: &'static str,
+        agent: &str,
+        m: Method,
+        target: &str,
+        e: &'static str,
+    ) -> Case {
+        Case {
+            name,
+            agent: self.snap.agents[agent].clone(),
+            method: m,
+            uri: target.parse().expect("target"),
+            expect: e,
+        }
+    }
+
+    /// One request through the gate: canonical form, tool, decision.
+    fn run(&self, c: &Case) -> Decision {
+        let canon = canon::canonicalize(&c.method, &c.uri, Version::HTTP_11, &self.headers)
+            .expect("canonical");
+        let tool = self
+            .snap
+            .classifier
+            .classify(canon.method, &canon.path)
+            .expect("classified");
+        decide(&Input {
+            agent: &c.agent,
+            narrowing: &self.narrowing,
+            tool: &tool,
+            path: &canon.path,
+            switches: &self.switches,
+            approved: false,
+        })
+    }
+}
+
+fn cases(g: &Gate) -> Vec<Case> {
+    vec![
+        g.case("allow", "bot", Method::GET, "/svc150/items/42", "allow"),
+        g.case(
+            "allow_query",
+            "bot",
+            Method::GET,
+            "/svc150/items/42/comments?page=2&sort=desc",
+            "allow",
+        ),
+        g.case(
+            "heuristic_allow",
+            "bot",
+            Method::GET,
+            "/svc122/invoices/0190b6f2-5c1e-7c3a-9f0e-2b1d4c6a8e90",
+            "allow",
+        ),
+        g.case("deny", "bot", Method::DELETE, "/svc150/items/42", "deny"),
+        g.case(
+            "park_lenient",
+            "bot",
+            Method::POST,
+            "/svc150/items/42/Refund.json",
+            "park",
+        ),
+        g.case(
+            "passthrough",
+            "opsbot",
+            Method::GET,
+            "/svc199/items/42",
+            "allow",
+        ),
+    ]
+}
+
+fn main() {
+    let g = Gate::new();
+    let cases = cases(&g);
+    for c in &cases {
+        let d = g.run(c);
+        assert_eq!(d.label(), c.expect, "{}: {d:?}", c.name);
+    }
+
+    let mut crit = Criterion::default().configure_from_args();
+    {
+        let mut group = crit.benchmark_group("gate");
+        for c in &cases {
+            group.bench_function(c.name, |b| b.iter(|| g.run(black_box(c))));
+        }
+        group.finish();
+    }
+    crit.final_summary();
+
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and only checks
+    // that every case runs once (above).
+    if std::env::args().any(|a| a == "--bench") {
+        println!("\ngate ns/request on the {ROUTES}-route config (target ≤ 1000 ns):");
+        for c in &cases {
+            let n = 200_000u32;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(g.run(black_box(c)));
+            }
+            let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("gate ns/request {:<16} {ns:>8.0}", c.name);
+        }
+    }
+}
