@@ -52,14 +52,15 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
     }
     let node = app.live.load().snap.node.clone();
     for a in in_state(app, State::Executing).await? {
-        let stale = a
-            .lease
-            .as_ref()
-            .is_none_or(|l| l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id));
+        let stale = a.lease.as_ref().is_none_or(|l| {
+            l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id)
+        });
         if !stale {
             continue;
         }
-        let Some(l) = load(app, &a.id).await? else { continue };
+        let Some(l) = load(app, &a.id).await? else {
+            continue;
+        };
         if l.a.state != State::Executing {
             continue;
         }
@@ -80,10 +81,17 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
 async fn retention(app: &Arc<App>) -> Result<(), Error> {
     let now = now_ms();
     let keep = app.live.load().snap.limits.approval_retention.as_millis() as u64;
-    for s in [State::Executed, State::Failed, State::Denied, State::Expired] {
+    for s in [
+        State::Executed,
+        State::Failed,
+        State::Denied,
+        State::Expired,
+    ] {
         for a in in_state(app, s).await? {
             if now.saturating_sub(a.updated_at_ms) > keep {
-                app.store.delete_approval(&a.id, &a.agent, s.as_str()).await?;
+                app.store
+                    .delete_approval(&a.id, &a.agent, s.as_str())
+                    .await?;
             }
         }
     }

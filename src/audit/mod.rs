@@ -50,6 +50,13 @@ pub struct Record {
     pub old_policy_version: Option<String>,
 }
 
+/// What reaches the writer through its channel: work someone waits for, or a nudge to
+/// look at the buffer of records nobody waits for.
+pub(crate) enum Msg {
+    Job(Job),
+    Wake,
+}
+
 pub(crate) struct Job {
     record: Record,
     ack: Option<oneshot::Sender<Result<(), String>>>,
@@ -63,6 +70,11 @@ pub(crate) struct Health {
     pub ino: AtomicU64,
     /// Set while the writer swaps files (rotation, re-open): the path may be briefly absent.
     pub swapping: AtomicBool,
+    /// Records nobody waits for, taken by the writer on its group-commit tick: queuing
+    /// one costs a short uncontended lock, not a thread wake-up.
+    pub buffered: std::sync::Mutex<Vec<Job>>,
+    /// The writer is in its long idle sleep and must be nudged for buffered records.
+    pub idle: AtomicBool,
     pub path: std::path::PathBuf,
 }
 
@@ -84,7 +96,7 @@ impl Health {
 }
 
 pub struct Audit {
-    tx: std::sync::mpsc::SyncSender<Job>,
+    tx: std::sync::mpsc::SyncSender<Msg>,
     health: Arc<Health>,
 }
 
@@ -96,6 +108,8 @@ impl Audit {
             depth: AtomicU64::new(0),
             ino: AtomicU64::new(0),
             swapping: AtomicBool::new(false),
+            buffered: std::sync::Mutex::new(Vec::new()),
+            idle: AtomicBool::new(false),
             path: cfg.path.clone(),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
@@ -124,33 +138,50 @@ impl Audit {
         }
     }
 
-    fn send(&self, job: Job) -> Result<(), Error> {
-        let depth = &self.health.depth;
-        depth.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("portcullis_audit_queue_depth").set(depth.load(Ordering::Relaxed) as f64);
-        self.tx.try_send(job).map_err(|_| {
-            depth.fetch_sub(1, Ordering::Relaxed);
+    /// Counts a record against the queue bound; refuses when full.
+    fn admit(&self) -> Result<(), Error> {
+        let depth = self.health.depth.fetch_add(1, Ordering::Relaxed);
+        if depth as usize >= QUEUE {
+            self.health.depth.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full")
                 .increment(1);
-            Self::unavailable()
-        })
+            return Err(Self::unavailable());
+        }
+        Ok(())
     }
 
-    /// Queues a record (group-committed shortly after).
+    /// Queues a record nobody waits for; the writer group-commits it within ~5 ms.
     pub fn record(&self, r: Record) -> Result<(), Error> {
-        self.send(Job {
-            record: r,
-            ack: None,
-        })
+        self.admit()?;
+        self.health
+            .buffered
+            .lock()
+            .expect("audit buffer")
+            .push(Job {
+                record: r,
+                ack: None,
+            });
+        if self.health.idle.swap(false, Ordering::AcqRel) {
+            let _ = self.tx.try_send(Msg::Wake);
+        }
+        Ok(())
     }
 
     /// Writes a record and waits until it is on disk (fsynced).
     pub async fn record_durable(&self, r: Record) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
-        self.send(Job {
-            record: r,
-            ack: Some(ack),
-        })?;
+        self.admit()?;
+        if self
+            .tx
+            .try_send(Msg::Job(Job {
+                record: r,
+                ack: Some(ack),
+            }))
+            .is_err()
+        {
+            self.health.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(Self::unavailable());
+        }
         match done.await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Self::unavailable()),

@@ -3,7 +3,7 @@
 //! truncates a failed batch away so the file never holds a half-written chain.
 
 use super::chain::{self, GENESIS};
-use super::{Health, Job, Record};
+use super::{Health, Job, Msg, Record};
 use crate::config::{AuditConfig, Fsync};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -176,30 +176,58 @@ impl Writer {
         })
     }
 
-    pub fn run(mut self, rx: Receiver<Job>) {
+    pub fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            // Wake at least every PROBE to notice a vanished file and to recover from a
-            // failure without waiting for traffic; sooner when a group commit is due.
-            let wait = if self.dirty {
-                GROUP_COMMIT.saturating_sub(self.last_sync.elapsed())
+            // Wake every GROUP_COMMIT while records flow (buffered ones arrive without a
+            // wake-up); otherwise sleep up to PROBE, announcing it so the next record
+            // nudges us, and re-check the file on the way.
+            let busy = self.dirty
+                || !self
+                    .health
+                    .buffered
+                    .lock()
+                    .expect("audit buffer")
+                    .is_empty();
+            let wait = if busy {
+                GROUP_COMMIT
+                    .saturating_sub(self.last_sync.elapsed())
+                    .max(Duration::from_millis(1))
             } else {
-                PROBE
-            };
-            let first = match rx.recv_timeout(wait) {
-                Ok(j) => j,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.sync();
-                    self.probe();
-                    continue;
+                self.health.idle.store(true, Ordering::Release);
+                if self
+                    .health
+                    .buffered
+                    .lock()
+                    .expect("audit buffer")
+                    .is_empty()
+                {
+                    PROBE
+                } else {
+                    Duration::ZERO
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch = vec![first];
+            let mut batch: Vec<Job> = Vec::new();
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Wake) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.health.idle.store(false, Ordering::Release);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(j) => batch.push(j),
+                    Ok(Msg::Job(j)) => batch.push(j),
+                    Ok(Msg::Wake) => {}
                     Err(_) => break,
                 }
+            }
+            batch.append(&mut std::mem::take(
+                &mut *self.health.buffered.lock().expect("audit buffer"),
+            ));
+            if batch.is_empty() {
+                let _ = self.sync();
+                self.probe();
+                continue;
             }
             self.health
                 .depth

@@ -323,8 +323,10 @@ impl Embedded {
                     t.insert(id.as_str(), new.as_slice()).map_err(unavailable)?;
                     if from != to {
                         let mut by = tx.open_table(BY_STATE).map_err(unavailable)?;
-                        by.remove(format!("{from}/{id}").as_str()).map_err(unavailable)?;
-                        by.insert(format!("{to}/{id}").as_str(), 1).map_err(unavailable)?;
+                        by.remove(format!("{from}/{id}").as_str())
+                            .map_err(unavailable)?;
+                        by.insert(format!("{to}/{id}").as_str(), 1)
+                            .map_err(unavailable)?;
                     }
                     if to != "pending" {
                         tx.open_table(PENDING)

@@ -359,8 +359,15 @@ impl RedisStore {
         let ids: Vec<String> = c.smembers(set).await.map_err(unavailable)?;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk.iter().map(|id| self.key(&format!("approval:{id}"))).collect();
-            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.map_err(unavailable)?;
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| self.key(&format!("approval:{id}")))
+                .collect();
+            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
             out.extend(vals.into_iter().flatten());
         }
         Ok(out)
