@@ -3,14 +3,15 @@
 #
 #   bench/run.sh                       # 3 rounds x 10 s per measurement (~7 min)
 #   ROUNDS=5 DURATION=20 bench/run.sh
-#   SMOKE=1 bench/run.sh               # ~5 s: every measurement once, 0.25 s each
+#   SMOKE=1 bench/run.sh               # ~7 s: every measurement once, 0.25 s each
 #   PROFILE=callgrind bench/run.sh     # profile the enforcing path instead (or PROFILE=perf)
 #
 # Prints a markdown table on stdout (progress on stderr) and writes every measurement to
 # a CSV under bench/results/ (OUT_DIR). See bench/README.md for what each row means.
 #
 # Knobs (environment): ROUNDS DURATION CONNS WARMUP SMOKE OUT_DIR LG_CPU SRV_CPU
-#   LG_SATURATION (0.95) MEMORY (1) PORTCULLIS_BIN UPSTREAM_BIN CARGO_TARGET_DIR KEEP_WORK
+#   LG_SATURATION (0.95) MEMORY (1) OHA (auto) FIXED_RATE (5000) AUDIT_ROTATE_BYTES
+#   PORTCULLIS_BIN UPSTREAM_BIN CARGO_TARGET_DIR KEEP_WORK
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -164,11 +165,12 @@ UP_ADDR=$(wait_line "$WORK/upstream.out" '^listening ' "$UP_PID" | awk '{print $
   die "the upstream did not start"
 log "upstream $UP_ADDR (pid $UP_PID)"
 
+# nginx is only needed for the comparison, not for profiling.
 if [[ -z $PROFILE ]]; then
-NGINX_PORT=$(free_port)
-mkdir -p "$WORK/nginx/logs"
-chmod 755 "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
+  NGINX_PORT=$(free_port)
+  mkdir -p "$WORK/nginx/logs"
+  chmod 755 "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
 pid $WORK/nginx/nginx.pid;
@@ -193,18 +195,19 @@ http {
   }
 }
 EOF
-taskset -c "$SRV_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" \
-  >"$WORK/nginx/out" 2>&1 &
-NGINX_PID=$!
-STARTED+=("$NGINX_PID")
-for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
-  kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/nginx/out" "$WORK/nginx/logs/error.log" >&2; die "nginx exited"; }
-  sleep 0.1
-done
-curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/" || die "nginx does not answer"
-NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
-log "nginx 127.0.0.1:$NGINX_PORT (pids ${NGINX_PIDS[*]})"
+  taskset -c "$SRV_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" \
+    >"$WORK/nginx/out" 2>&1 &
+  NGINX_PID=$!
+  STARTED+=("$NGINX_PID")
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
+    kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/nginx/out" "$WORK/nginx/logs/error.log" >&2; die "nginx exited"; }
+    sleep 0.1
+  done
+  curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/" || die "nginx does not answer"
+  NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
+  log "nginx 127.0.0.1:$NGINX_PORT (pids ${NGINX_PIDS[*]})"
+fi
 
 REDIS_URL=""
 if [[ $HAVE_REDIS == 1 ]]; then
@@ -220,7 +223,6 @@ if [[ $HAVE_REDIS == 1 ]]; then
   log "redis 127.0.0.1:$REDIS_PORT (appendonly yes, appendfsync everysec)"
 else
   log "redis-server not installed: the redis parking row is skipped"
-fi
 fi
 
 redis_flush() {
@@ -244,7 +246,7 @@ listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 node: bench
 store: $1
-audit: { path: data/audit.jsonl }
+audit: { path: data/audit.jsonl${AUDIT_ROTATE_BYTES:+, rotate_bytes: $AUDIT_ROTATE_BYTES} }
 limits: { max_pending_per_agent: 1000000000, max_body_bytes: 104857600 }
 operators:
   - { name: bench, token_sha256: "$OP_HASH", roles: [viewer, approver, admin] }
@@ -289,6 +291,7 @@ start_pc() {
   RUST_LOG=warn,portcullis::server=info NO_COLOR=1 taskset -c "$SRV_CPU" \
     "${PC_WRAP[@]}" "$PC" serve --config "$dir/routes.yaml" 2>"$dir/log" >/dev/null &
   PC_PID=$!
+  PC_LOG="$dir/log"
   STARTED+=("$PC_PID")
   local line
   line=$(wait_line "$dir/log" 'listening.*proxy=' "$PC_PID") || die "portcullis ($1) did not start"
@@ -320,6 +323,7 @@ issue_token() {
 start_pc main '{ embedded: data/p.redb }'
 PC_WRAP=()
 MAIN_PID=$PC_PID
+MAIN_LOG=$PC_LOG
 MAIN_ADDR=$PC_ADDR
 ADMIN_TOKEN=$(issue_token "$PC_ADMIN" bench-admin)
 AGENT_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
@@ -355,6 +359,16 @@ proxy_pids() {
   esac
 }
 
+# The log that explains a scenario's unexpected answers.
+server_log() {
+  case $1 in
+    direct*) echo "" ;;
+    nginx*) echo "$WORK/nginx/logs/error.log" ;;
+    park-*) echo "$PARK_LOG" ;;
+    *) echo "$MAIN_LOG" ;;
+  esac
+}
+
 CSV_HEADER="round,scenario,conns,requests,duration_s,rps,p50_us,p90_us,p99_us,mean_us,max_us,proxy_cpu_us_per_req,upstream_cpu_us_per_req,lg_busy,unexpected,first_bad_status,socket_errors,valid,note"
 mkdir -p "$OUT_DIR"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -369,6 +383,9 @@ run_wrk() {
   local -a ppids
   read -ra ppids <<<"$(proxy_pids "$name")"
   local out="$WORK/wrk-$round-$name.out"
+  local slog lines0=0
+  slog=$(server_log "$name")
+  [[ -n $slog && -f $slog ]] && lines0=$(wc -l <"$slog")
   local p0=0 u0
   ((${#ppids[@]})) && p0=$(cpu_ticks "${ppids[@]}")
   u0=$(cpu_ticks "$UP_PID")
@@ -411,7 +428,15 @@ run_wrk() {
   fi
   if ((r[unexpected] > 0)); then
     valid=0
-    note+="unexpected status ${r[first_bad]} x${r[unexpected]}; "
+    note+="unexpected status ${r[first_bad]} x${r[unexpected]}"
+    # The proxy logs every 5xx at WARN with its reason: name them.
+    if [[ -n $slog && -f $slog ]]; then
+      local why
+      why=$(tail -n +"$((lines0 + 1))" "$slog" | grep -o 'reason="[a-z_]*"' | sort | uniq -c |
+        awk '{gsub(/reason=|"/, "", $2); printf "%s%s x%s", (NR > 1 ? " " : ""), $2, $1}' || true)
+      [[ -n $why ]] && note+=" ($why)"
+    fi
+    note+="; "
   fi
   if ((r[socket_errors] > 0)); then
     valid=0
@@ -454,6 +479,7 @@ start_park() {
     park-embedded) start_pc park-embedded '{ embedded: data/p.redb }' ;;
   esac
   PARK_PID=$PC_PID
+  PARK_LOG=$PC_LOG
   PARK_ADDR=$PC_ADDR
   PARK_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
 }
@@ -466,6 +492,12 @@ measure() {
     ((WARMUP > 0)) && run_wrk "$round" "$name" "$WARMUP" 0
     run_wrk "$round" "$name" "$DURATION" 1
     stop_pc "$PARK_PID"
+    # Parking leaves dirty pages (AOF, redb, audit) behind: let writeback finish so the
+    # next measurement does not pay for it.
+    if [[ -z $SMOKE_SECS ]]; then
+      sync
+      sleep 1
+    fi
   else
     run_wrk "$round" "$name" "$DURATION" 1
   fi
@@ -485,22 +517,38 @@ check_status() {
   [[ $code == "${S[6]}" ]] || die "$name: expected ${S[6]}, got $code"
 }
 
-# PROFILE=callgrind|perf: drive only the enforcing path and report where the proxy's
-# time goes (callgrind: instructions, exact and reproducible; perf: cpu-clock samples).
-profile_enforcing() {
-  local report="$OUT_DIR/profile-$PROFILE-$STAMP.txt" secs=$DURATION
-  check_status enforcing
+# PROFILE=callgrind|perf: drive one scenario (PROFILE_SCENARIO, default enforcing) and
+# report where the proxy's time goes. callgrind counts instructions (exact, reproducible,
+# but sha2 runs its portable code under valgrind); perf samples cpu-clock with DWARF
+# call graphs. Parking scenarios: perf only (the park proxy is started fresh).
+PROFILE_SCENARIO=${PROFILE_SCENARIO:-enforcing}
+profile_scenario() {
+  local sc=$PROFILE_SCENARIO secs=$DURATION
+  local report="$OUT_DIR/profile-$PROFILE-$sc-$STAMP.txt" pid
+  case $sc in
+    passthrough | enforcing | deny) pid=$MAIN_PID ;;
+    park-redis | park-embedded)
+      [[ $PROFILE == perf ]] || die "PROFILE=callgrind profiles passthrough, enforcing or deny"
+      [[ $sc == park-redis && $HAVE_REDIS == 0 ]] && die "park-redis needs redis-server"
+      start_park "$sc"
+      pid=$PARK_PID
+      ;;
+    *) die "PROFILE_SCENARIO must be passthrough, enforcing, deny, park-redis or park-embedded" ;;
+  esac
+  check_status "$sc"
+  local result="$WORK/wrk-0-$sc.out"
   case $PROFILE in
     callgrind)
-      run_wrk 0 enforcing "$secs" 0
+      run_wrk 0 "$sc" "$secs" 0
       log "stopping the proxy so callgrind writes its profile"
-      stop_pc "$MAIN_PID"
+      stop_pc "$pid"
       callgrind_annotate --auto=no --inclusive=no "$WORK/callgrind.out" 2>/dev/null >"$WORK/self.txt"
       callgrind_annotate --auto=no --inclusive=yes "$WORK/callgrind.out" 2>/dev/null >"$WORK/incl.txt"
       local total
       total=$(awk '/PROGRAM TOTALS/{gsub(/,/,"",$1); print $1}' "$WORK/self.txt")
       {
-        echo "## callgrind: enforcing path, $CONNS connections, $(grep -m1 '^RESULT' "$WORK/wrk-0-enforcing.out")"
+        set +e +o pipefail # `head` may close a pipe early: a report, not a check
+        echo "## callgrind: $sc, $CONNS connections, $(grep -m1 '^RESULT' "$result")"
         echo
         echo "Total: $total instructions in the proxy process (all threads; startup included)."
         echo "Note: under valgrind sha2 runs its portable code, not SHA-NI: SHA-256 costs are inflated."
@@ -514,26 +562,29 @@ profile_enforcing() {
       } | tee "$report"
       ;;
     perf)
-      perf record -e cpu-clock -F 1999 -g -o "$WORK/perf.data" -p "$MAIN_PID" -- sleep "$((secs + 1))" \
+      perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -o "$WORK/perf.data" -p "$pid" -- sleep "$((secs + 1))" \
         >"$WORK/perf.out" 2>&1 &
       local ppid=$!
       sleep 0.5
-      run_wrk 0 enforcing "$secs" 0
+      run_wrk 0 "$sc" "$secs" 0
       wait "$ppid" || true
+      perf report -i "$WORK/perf.data" --children --sort symbol --stdio 2>/dev/null >"$WORK/children.txt"
       {
-        echo "## perf (cpu-clock): enforcing path, $(grep -m1 '^RESULT' "$WORK/wrk-0-enforcing.out")"
+        set +e +o pipefail # `head` may close a pipe early: a report, not a check
+        echo "## perf (cpu-clock): $sc, $CONNS connections, $(grep -m1 '^RESULT' "$result")"
         echo
         echo "### by thread"
         perf report -i "$WORK/perf.data" --no-children --sort comm --stdio 2>/dev/null |
           grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]-]+$//'
         echo
-        echo "### self, top 40 symbols"
+        echo "### self, top 30 symbols"
         perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-          grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]-]+$//' | head -n 40
+          grep -E '^ +[0-9.]+%' | sed -E 's/[[:space:]-]+$//' | head -n 30
         echo
-        echo "### portcullis functions, with children"
-        perf report -i "$WORK/perf.data" --children --sort symbol --stdio 2>/dev/null |
-          grep -E '^ +[0-9.]+%' | grep 'portcullis::' | sed -E 's/[[:space:]-]+$//' | head -n 40
+        echo "### portcullis functions and the syscalls/locks under them, with children"
+        grep -E '^ +[0-9.]+%' "$WORK/children.txt" | sed -E 's/[[:space:]-]+$//' | grep -v '(inlined)$' |
+          grep -E 'portcullis::|redb::|redis::|hyper::client|fdatasync|statx|futex_wake|lock_contended|sys_openat' |
+          head -n 40
       } | tee "$report"
       ;;
     *) die "PROFILE must be callgrind or perf" ;;
@@ -543,7 +594,7 @@ profile_enforcing() {
 if [[ -n $PROFILE ]]; then
   rm -f "$CSV"
   [[ $PROFILE == callgrind ]] && CONNS=${PROFILE_CONNS:-4}
-  profile_enforcing
+  profile_scenario
   exit 0
 fi
 
@@ -573,7 +624,7 @@ oha_run() {
   [[ -n $token ]] && h=(-H "Authorization: Bearer $token")
   taskset -c "$LG_CPU" oha --no-tui --output-format json -z "${DURATION}s" -q "$FIXED_RATE" \
     --latency-correction -c "$CONNS" "${h[@]}" "http://$addr$ITEM" >"$out" 2>"$out.err" || true
-  awk -v round="$round" -v name="$name" -v conns="$CONNS" '
+  awk -v round="$round" -v name="$name" -v conns="$CONNS" -v rate="$FIXED_RATE" '
     { t = t $0 }
     END {
       # seconds → µs; statusCodeDistribution must hold only "200"
@@ -582,8 +633,13 @@ oha_run() {
       rps = t; sub(/.*"requestsPerSec": */, "", rps); sub(/[,}].*/, "", rps)
       sc = t; sub(/.*"statusCodeDistribution": *\{/, "", sc); sub(/\}.*/, "", sc)
       ok = (sc ~ /^ *"200": *[0-9]+ *$/)
+      note = "oha fixed rate"
+      if (!ok) note = "oha: unexpected statuses " sc
+      # A server that cannot keep up turns latency into queueing time: not a latency.
+      else if (rps < 0.97 * rate) { ok = 0; note = sprintf("rate not sustained (%.0f req/s)", rps) }
+      gsub(/,/, ";", note)
       printf "%s,%s,%s,,,%.0f,%.0f,,%.0f,,,,,,%s,,,%s,%s\n", round, name, conns, rps,
-        p50 * 1e6, p99 * 1e6, ok ? 0 : 1, ok ? 1 : 0, ok ? "oha fixed rate" : "oha: unexpected statuses " sc
+        p50 * 1e6, p99 * 1e6, ok ? 0 : 1, ok ? 1 : 0, note
     }' "$out" >>"$CSV"
 }
 if [[ $OHA == 1 ]]; then

@@ -48,7 +48,7 @@ NR == 1 { next }
   if (sc ~ /^mem-/) { MEM[sc] = $19; MEMV[sc] = $18; next }
   if (sc ~ /rps$/) {
     FR[sc, r, "p50"] = $7; FR[sc, r, "p99"] = $9; FR[sc, r, "rps"] = $6
-    if ($18 != 1) FRBAD[r] = 1
+    if ($18 != 1) { FRBAD[r] = 1; FRWHY = FRWHY "round " r " " sc ": " $19 "; " }
     FRSEEN[r] = 1
     next
   }
@@ -136,6 +136,10 @@ END {
     print "|---|---|---|---|---|"
     printf "| direct | %s | %s | – | – |\n", cell(L["d50"], 0), cell(L["d99"], 0)
     printf "| enforcing | %s | %s | %s | %s |\n", cell(L["e50"], 0), cell(L["e99"], 0), cell(L["a50"], 0), cell(L["a99"], 0)
+    print ""
+  }
+  if (FRWHY != "") {
+    print "Fixed-rate rounds left out: " FRWHY
     print ""
   }
 
