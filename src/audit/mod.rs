@@ -53,7 +53,8 @@ pub struct Record {
 /// What reaches the writer through its channel: work someone waits for, or a nudge to
 /// look at the buffer of records nobody waits for.
 pub(crate) enum Msg {
-    Job(Job),
+    /// Boxed: the bounded channel allocates its slots up front.
+    Job(Box<Job>),
     Wake,
 }
 
@@ -173,10 +174,10 @@ impl Audit {
         self.admit()?;
         if self
             .tx
-            .try_send(Msg::Job(Job {
+            .try_send(Msg::Job(Box::new(Job {
                 record: r,
                 ack: Some(ack),
-            }))
+            })))
             .is_err()
         {
             self.health.depth.fetch_sub(1, Ordering::Relaxed);

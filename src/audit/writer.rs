@@ -208,7 +208,7 @@ impl Writer {
             };
             let mut batch: Vec<Job> = Vec::new();
             match rx.recv_timeout(wait) {
-                Ok(Msg::Job(j)) => batch.push(j),
+                Ok(Msg::Job(j)) => batch.push(*j),
                 Ok(Msg::Wake) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -216,7 +216,7 @@ impl Writer {
             self.health.idle.store(false, Ordering::Release);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(Msg::Job(j)) => batch.push(j),
+                    Ok(Msg::Job(j)) => batch.push(*j),
                     Ok(Msg::Wake) => {}
                     Err(_) => break,
                 }
