@@ -116,6 +116,8 @@ pub async fn serve(app: Arc<App>) -> Result<(), Error> {
             "drain bound reached; closing remaining connections"
         ),
     }
+    // Records of requests already answered must not be lost with the process.
+    app.audit.flush().await;
     Ok(())
 }
 

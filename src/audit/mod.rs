@@ -56,6 +56,8 @@ pub(crate) enum Msg {
     /// Boxed: the bounded channel allocates its slots up front.
     Job(Box<Job>),
     Wake,
+    /// Write and fsync everything buffered, then answer (shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 pub(crate) struct Job {
@@ -69,8 +71,10 @@ pub(crate) struct Health {
     pub depth: AtomicU64,
     /// Inode of the file the writer holds open; 0 before the first open.
     pub ino: AtomicU64,
-    /// Set while the writer swaps files (rotation, re-open): the path may be briefly absent.
-    pub swapping: AtomicBool,
+    /// Bumped when the writer starts and when it finishes swapping files (rotation,
+    /// re-open): odd while a swap is under way. A check that saw it change saw our own
+    /// swap, not a vanished file.
+    pub swaps: AtomicU64,
     /// Records nobody waits for, taken by the writer on its group-commit tick: queuing
     /// one costs a short uncontended lock, not a thread wake-up.
     pub buffered: std::sync::Mutex<Vec<Job>>,
@@ -83,16 +87,14 @@ impl Health {
     /// One `stat`: the file the writer appends to is still the one at the path.
     /// Catches a removed directory or a replaced file before anything is forwarded.
     fn file_in_place(&self) -> bool {
-        if self.swapping.load(Ordering::Acquire) {
+        let before = self.swaps.load(Ordering::Acquire);
+        if before % 2 == 1 {
             return true;
         }
-        match std::fs::metadata(&self.path) {
-            Ok(m) => {
-                m.is_file()
-                    && std::os::unix::fs::MetadataExt::ino(&m) == self.ino.load(Ordering::Acquire)
-            }
-            Err(_) => self.swapping.load(Ordering::Acquire),
-        }
+        let ino = self.ino.load(Ordering::Acquire);
+        let same = std::fs::metadata(&self.path)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::MetadataExt::ino(&m) == ino);
+        same || self.swaps.load(Ordering::Acquire) != before
     }
 }
 
@@ -108,7 +110,7 @@ impl Audit {
             healthy: AtomicBool::new(true),
             depth: AtomicU64::new(0),
             ino: AtomicU64::new(0),
-            swapping: AtomicBool::new(false),
+            swaps: AtomicU64::new(0),
             buffered: std::sync::Mutex::new(Vec::new()),
             idle: AtomicBool::new(false),
             path: cfg.path.clone(),
@@ -166,6 +168,15 @@ impl Audit {
             let _ = self.tx.try_send(Msg::Wake);
         }
         Ok(())
+    }
+
+    /// Writes and fsyncs everything queued so far; used on shutdown so that records of
+    /// requests already answered are not lost with the process.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.try_send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Writes a record and waits until it is on disk (fsynced).

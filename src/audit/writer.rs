@@ -207,9 +207,11 @@ impl Writer {
                 }
             };
             let mut batch: Vec<Job> = Vec::new();
+            let mut flushes = Vec::new();
             match rx.recv_timeout(wait) {
                 Ok(Msg::Job(j)) => batch.push(*j),
                 Ok(Msg::Wake) => {}
+                Ok(Msg::Flush(ack)) => flushes.push(ack),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -218,6 +220,7 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(Msg::Job(j)) => batch.push(*j),
                     Ok(Msg::Wake) => {}
+                    Ok(Msg::Flush(ack)) => flushes.push(ack),
                     Err(_) => break,
                 }
             }
@@ -227,6 +230,9 @@ impl Writer {
             if batch.is_empty() {
                 let _ = self.sync();
                 self.probe();
+                for f in flushes {
+                    let _ = f.send(());
+                }
                 continue;
             }
             self.health
@@ -253,6 +259,12 @@ impl Writer {
             for j in batch {
                 if let Some(ack) = j.ack {
                     let _ = ack.send(result.clone());
+                }
+            }
+            if !flushes.is_empty() {
+                let _ = self.sync();
+                for f in flushes {
+                    let _ = f.send(());
                 }
             }
         }
@@ -309,7 +321,7 @@ impl Writer {
         if same {
             return Ok(());
         }
-        self.health.swapping.store(true, Ordering::Release);
+        self.health.swaps.fetch_add(1, Ordering::AcqRel);
         let r = match probe {
             Ok(f) => self.adopt(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -317,7 +329,7 @@ impl Writer {
             }
             Err(e) => Err(e),
         };
-        self.health.swapping.store(false, Ordering::Release);
+        self.health.swaps.fetch_add(1, Ordering::AcqRel);
         r
     }
 
@@ -391,11 +403,11 @@ impl Writer {
         self.sync()?;
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{:012}", self.seq));
-        self.health.swapping.store(true, Ordering::Release);
+        self.health.swaps.fetch_add(1, Ordering::AcqRel);
         let r = std::fs::rename(&self.path, PathBuf::from(&name))
             .and_then(|()| open_append(&self.path))
             .and_then(|f| self.adopt(f));
-        self.health.swapping.store(false, Ordering::Release);
+        self.health.swaps.fetch_add(1, Ordering::AcqRel);
         r?;
         info!(file = %self.path.display(), rotated_to = %PathBuf::from(name).display(), "audit log rotated");
         Ok(())
