@@ -147,8 +147,7 @@ pub fn decide(i: &Input) -> Decision {
     }
     // Denies, pauses and approvals hold for every name this request goes by.
     if let Some(n) = t.names().find(|n| any_match(&s.paused_tools, n)) {
-        let name = n;
-        return deny("paused", format!("tool `{name}` is paused"));
+        return deny("paused", format!("tool `{n}` is paused"));
     }
     if let Some(n) = t.names().find(|n| any_match(&p.deny, n)) {
         return deny("profile_deny", format!("profile `{}` denies `{n}`", p.name));

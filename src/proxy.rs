@@ -50,11 +50,9 @@ pub struct Trace {
 pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = new_request_id();
     let started = std::time::Instant::now();
-    let raw_target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().chars().take(2048).collect::<String>())
-        .unwrap_or_default();
+    // A refcount bump; the target is only spelled out for requests refused before
+    // canonicalisation.
+    let raw_uri = req.uri().clone();
     let raw_method = req.method().clone();
     let mut trace = Trace {
         remote_addr: Some(conn.peer.ip()),
@@ -86,10 +84,18 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                 .map(str::to_string)
                 .unwrap_or_else(|| raw_method.as_str().chars().take(32).collect()),
         ),
-        path: Some(redact_query(
-            trace.path.as_deref().unwrap_or(&raw_target),
-            &snap.audit.redact_query,
-        )),
+        path: Some(match trace.path.as_deref() {
+            Some(p) => redact_query(p, &snap.audit.redact_query),
+            None => {
+                let raw: String = raw_uri
+                    .path_and_query()
+                    .map_or("", |p| p.as_str())
+                    .chars()
+                    .take(2048)
+                    .collect();
+                redact_query(&raw, &snap.audit.redact_query)
+            }
+        }),
         tool: trace.tool.as_ref().map(|t| t.to_string()),
         risk: trace.risk.map(|r| r.to_string()),
         policy_version: Some(snap.policy_version.to_string()),
