@@ -207,6 +207,13 @@ EOF
   curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/" || die "nginx does not answer"
   NGINX_PIDS=("$NGINX_PID" $(pgrep -P "$NGINX_PID" || true))
   log "nginx 127.0.0.1:$NGINX_PORT (pids ${NGINX_PIDS[*]})"
+  # The floor under any hyper-based proxy: hyper server + pooled hyper-util client.
+  taskset -c "$SRV_CPU" "$UP" forward "$UP_ADDR" 127.0.0.1:0 >"$WORK/hyper.out" 2>&1 &
+  HYPER_PID=$!
+  STARTED+=("$HYPER_PID")
+  HYPER_ADDR=$(wait_line "$WORK/hyper.out" '^listening ' "$HYPER_PID" | awk '{print $2}') ||
+    die "the bare hyper forwarder did not start"
+  log "bare hyper forwarder $HYPER_ADDR (pid $HYPER_PID)"
 fi
 
 REDIS_URL=""
@@ -338,6 +345,7 @@ scenario() {
   case $1 in
     direct) S=("$CONNS" "$UP_ADDR" GET "$ITEM" "" "" 200) ;;
     nginx) S=("$CONNS" "127.0.0.1:$NGINX_PORT" GET "$ITEM" "" "" 200) ;;
+    hyper) S=("$CONNS" "$HYPER_ADDR" GET "$ITEM" "" "" 200) ;;
     passthrough) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$ADMIN_TOKEN" "" 200) ;;
     enforcing) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$AGENT_TOKEN" "" 200) ;;
     deny) S=("$CONNS" "$MAIN_ADDR" DELETE "$ITEM" "$AGENT_TOKEN" "" 403) ;;
@@ -354,6 +362,7 @@ proxy_pids() {
   case $1 in
     direct*) echo "" ;;
     nginx*) echo "${NGINX_PIDS[*]}" ;;
+    hyper*) echo "$HYPER_PID" ;;
     park-*) echo "$PARK_PID" ;;
     *) echo "$MAIN_PID" ;;
   esac
@@ -364,6 +373,7 @@ server_log() {
   case $1 in
     direct*) echo "" ;;
     nginx*) echo "$WORK/nginx/logs/error.log" ;;
+    hyper*) echo "$WORK/hyper.out" ;;
     park-*) echo "$PARK_LOG" ;;
     *) echo "$MAIN_LOG" ;;
   esac
@@ -503,8 +513,12 @@ measure() {
   fi
 }
 
-SCENARIOS=(direct nginx passthrough enforcing deny park-redis park-embedded
+SCENARIOS=(direct nginx hyper passthrough enforcing deny park-redis park-embedded
   direct-c1 nginx-c1 passthrough-c1 enforcing-c1)
+# ONLY="nginx enforcing": measure a subset (while tuning; the targets table needs all).
+if [[ -n ${ONLY:-} ]]; then
+  read -ra SCENARIOS <<<"$ONLY"
+fi
 
 # Every path answers what it should before anything is measured.
 check_status() {
@@ -598,7 +612,7 @@ if [[ -n $PROFILE ]]; then
   exit 0
 fi
 
-for s in direct nginx passthrough enforcing deny; do check_status "$s"; done
+for s in direct nginx hyper passthrough enforcing deny; do check_status "$s"; done
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE; $ROUNDS round(s) x ${#SCENARIOS[@]} measurements x ${DURATION}s, $CONNS connections"

@@ -81,10 +81,10 @@ END {
   for (r = 1; r <= rounds; r++) if (r in BAD) print "- round " r " discarded: " WHY[r]
   print ""
 
-  split("direct nginx passthrough enforcing deny park-redis park-embedded", ORDER, " ")
+  split("direct nginx hyper passthrough enforcing deny park-redis park-embedded", ORDER, " ")
   print "| scenario | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | upstream CPU µs/req | notes |"
   print "|---|---|---|---|---|---|---|---|"
-  for (o = 1; o <= 7; o++) {
+  for (o = 1; o <= 8; o++) {
     sc = ORDER[o]
     if (!(sc in PRESENT)) continue
     split("", L)
@@ -95,6 +95,7 @@ END {
     }
     note = ""
     if (sc == "direct") note = "reference; load generator saturated in " (DSAT + 0) " round(s)"
+    if (sc == "hyper") note = "bare hyper forwarder: the floor under any hyper-based proxy"
     if (sc == "deny") note = "403, audit record fsynced before the answer"
     if (sc ~ /^park/) note = "202 parks/s, fresh store per round"
     printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", sc, conns, cell(L["rps"], 0), cell(L["p50"], 0),
@@ -151,6 +152,9 @@ END {
     if (RPS["passthrough", r] > 0 && ("enforcing", r) in RPS) add("en_pt", RPS["enforcing", r] / RPS["passthrough", r])
     if (RPS["nginx", r] > 0 && ("passthrough", r) in RPS) add("pt_ng", RPS["passthrough", r] / RPS["nginx", r])
     if (PC["nginx", r] > 0 && PC["enforcing", r] != "") add("cpu", PC["enforcing", r] / PC["nginx", r])
+    if (RPS["nginx", r] > 0 && ("hyper", r) in RPS) add("hy_ng", RPS["hyper", r] / RPS["nginx", r])
+    if (RPS["hyper", r] > 0 && ("enforcing", r) in RPS) add("en_hy", RPS["enforcing", r] / RPS["hyper", r])
+    if (PC["hyper", r] > 0 && PC["enforcing", r] != "") add("cpu_hy", PC["enforcing", r] - PC["hyper", r])
     add("pr", RPS["park-redis", r]); add("pr99", P99["park-redis", r]); add("pe", RPS["park-embedded", r])
   }
   print "| target (issue 6) | measured: median (min–max) | goal | verdict |"
@@ -159,6 +163,11 @@ END {
   printf "| enforcing / passthrough throughput | %s | ≥ 0.95 | %s |\n", cell(L["en_pt"], 2), verdict(stat(L["en_pt"], "med"), 0.95, 0)
   printf "| (passthrough / nginx throughput) | %s | – | – |\n", cell(L["pt_ng"], 2)
   printf "| enforcing CPU / nginx CPU per request | %s | ≤ 1.00 | %s |\n", cell(L["cpu"], 2), verdict(stat(L["cpu"], "med"), 1.0, 1)
+  if (L["hy_ng"] != "") {
+    printf "| (bare hyper forwarder / nginx throughput) | %s | – | – |\n", cell(L["hy_ng"], 2)
+    printf "| (enforcing / bare hyper forwarder throughput) | %s | – | – |\n", cell(L["en_hy"], 2)
+    printf "| (enforcing − bare hyper forwarder, CPU µs per request) | %s | – | – |\n", cell(L["cpu_hy"], 1)
+  }
   printf "| added p50 at 1 connection (enforcing − direct), µs | %s | ≤ 30 | %s |\n", cell(A50, 0), verdict(stat(A50, "med"), 30, 1)
   printf "| added p99 at 1 connection (enforcing − direct), µs | %s | ≤ 60 | %s |\n", cell(A99, 0), verdict(stat(A99, "med"), 60, 1)
   if (L["pr"] != "") {

@@ -6,6 +6,9 @@
 //!
 //! ```text
 //! bench-upstream serve [ADDR]     # default 127.0.0.1:0; prints `listening ADDR` once bound
+//! bench-upstream forward UPSTREAM [ADDR]
+//!     # the floor any hyper-based proxy stands on: a bare forwarder (hyper server +
+//!     # hyper-util pooled client, one current-thread runtime, no policy, no audit)
 //! bench-upstream free-port        # prints a port the OS just handed out (then closes it)
 //! bench-upstream hold ADDR N SECS PATH TOKEN
 //!     # opens N keep-alive connections to ADDR, sends one authenticated GET PATH on each,
@@ -45,6 +48,49 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         tokio::spawn(async move {
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
+        });
+    }
+}
+
+/// The bare forwarder: every request goes to `upstream` unchanged but for its URI, on a
+/// pooled keep-alive connection — what portcullis does minus everything it adds.
+async fn forward(addr: SocketAddr, upstream: SocketAddr) -> std::io::Result<()> {
+    use hyper_util::client::legacy::Client;
+    let client: Client<_, Incoming> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                async move {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let uri: http::Uri = format!("http://{upstream}{pq}")
+                        .parse()
+                        .expect("a valid URI");
+                    *req.uri_mut() = uri;
+                    match client.request(req).await {
+                        Ok(resp) => Ok::<_, Infallible>(resp.map(|b| b.boxed())),
+                        Err(_) => {
+                            let mut r = Response::new(
+                                Full::new(Bytes::from_static(b"bad gateway"))
+                                    .map_err(|never| match never {})
+                                    .boxed(),
+                            );
+                            *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                            Ok(r)
+                        }
+                    }
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
@@ -113,6 +159,17 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some("forward") if args.len() >= 2 => {
+            let upstream: SocketAddr = args[1].parse().expect("UPSTREAM must be IP:PORT");
+            let addr: SocketAddr = args
+                .get(2)
+                .map(|a| a.parse().expect("ADDR must be IP:PORT"))
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            if let Err(e) = runtime().block_on(forward(addr, upstream)) {
+                eprintln!("bench-upstream forward: {e}");
+                std::process::exit(1);
+            }
+        }
         Some("hold") if args.len() == 6 => {
             let addr: SocketAddr = args[1].parse().expect("ADDR must be IP:PORT");
             let n: usize = args[2].parse().expect("N");
@@ -124,7 +181,7 @@ fn main() {
         }
         Some(other) => {
             eprintln!(
-                "usage: bench-upstream serve [ADDR] | free-port | hold ADDR N SECS PATH TOKEN (got `{other}`)"
+                "usage: bench-upstream serve [ADDR] | forward UPSTREAM [ADDR] | free-port | hold ADDR N SECS PATH TOKEN (got `{other}`)"
             );
             std::process::exit(2);
         }

@@ -54,6 +54,10 @@ pub enum Cmd {
     Serve {
         #[arg(long, default_value = "routes.yaml")]
         config: PathBuf,
+        /// Threads serving the agent port, each with its own single-threaded runtime
+        /// [default: the CPUs this process may run on].
+        #[arg(long, env = "PORTCULLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate the config and print the tool table; exit 1 on error.
     Check {
@@ -234,7 +238,7 @@ pub enum AgentsCmd {
 /// Runs a verb; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     let r = match cli.cmd {
-        Cmd::Serve { config } => serve(config).await,
+        Cmd::Serve { config, workers } => serve(config, workers).await,
         Cmd::Check { config } => check(config),
         Cmd::Explain {
             config,
@@ -526,10 +530,10 @@ fn new_operator(name: &str) {
     println!("    - {{ name: {name}, token_sha256: \"{hash}\", roles: [viewer, approver] }}");
 }
 
-async fn serve(path: PathBuf) -> Result<(), Error> {
+async fn serve(path: PathBuf, workers: Option<u16>) -> Result<(), Error> {
     let snap = Snapshot::load(&path)?;
     let app = App::start(snap, path).await?;
-    server::serve(app).await
+    server::serve(app, workers.map(usize::from)).await
 }
 
 fn check(path: PathBuf) -> Result<(), Error> {
@@ -626,5 +630,5 @@ async fn demo() -> Result<(), Error> {
     println!(
         "switches: PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis mode draft-only on --admin {a}\n"
     );
-    server::serve(app).await
+    server::serve(app, None).await
 }

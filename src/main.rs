@@ -17,7 +17,9 @@ fn main() {
         LogFormat::Json => fmt.json().flatten_event(true).init(),
         LogFormat::Pretty => fmt.init(),
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Single-threaded: `serve` starts one more single-threaded runtime per CPU for the
+    // agent port when it has more than one CPU (src/server.rs says why).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

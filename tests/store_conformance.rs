@@ -418,21 +418,21 @@ async fn check_approvals(b: &Backend) {
     use portcullis::store::Cas;
     let s = b.fresh().await;
     assert!(s
-        .create_approval("a1", "bot", b"rec-1", b"body-1", 2)
+        .create_approval("a1", "bot", b"rec-1", b"body-1", 2, 1_000)
         .await
         .unwrap());
     assert!(s
-        .create_approval("a2", "bot", b"rec-2", b"", 2)
+        .create_approval("a2", "bot", b"rec-2", b"", 2, 1_000)
         .await
         .unwrap());
     assert!(
-        !s.create_approval("a3", "bot", b"rec-3", b"", 2)
+        !s.create_approval("a3", "bot", b"rec-3", b"", 2, 1_000)
             .await
             .unwrap(),
         "quota of 2"
     );
     assert!(
-        s.create_approval("b1", "other", b"rec-b", b"", 2)
+        s.create_approval("b1", "other", b"rec-b", b"", 2, 1_000)
             .await
             .unwrap(),
         "the quota is per agent"
@@ -473,7 +473,7 @@ async fn check_approvals(b: &Backend) {
     );
     // Leaving `pending` frees the agent's quota slot.
     assert!(s
-        .create_approval("a3", "bot", b"rec-3", b"", 2)
+        .create_approval("a3", "bot", b"rec-3", b"", 2, 1_000)
         .await
         .unwrap());
 
@@ -543,7 +543,60 @@ macro_rules! conformance {
     };
 }
 
+/// The expiry index: entries come back once, by due time, only when due; a record that
+/// is gone is skipped; `track_expiry` re-enters one; deleting a pending record frees the
+/// agent's quota slot like leaving `pending` does.
+async fn check_expiry_index(b: &Backend) {
+    let s = b.fresh().await;
+    for (id, exp) in [("x1", 100), ("x2", 200), ("x3", 300)] {
+        let rec = format!("rec-{id}");
+        assert!(s
+            .create_approval(id, "bot", rec.as_bytes(), b"", 3, exp)
+            .await
+            .unwrap());
+    }
+    assert!(
+        !s.create_approval("x9", "bot", b"rec-x9", b"", 3, 900)
+            .await
+            .unwrap(),
+        "quota of 3"
+    );
+    assert!(s.take_due_approvals(99, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.take_due_approvals(200, 10).await.unwrap(),
+        vec![b"rec-x1".to_vec(), b"rec-x2".to_vec()],
+        "due by 200, soonest first"
+    );
+    assert!(
+        s.take_due_approvals(200, 10).await.unwrap().is_empty(),
+        "an entry is taken once"
+    );
+    s.track_expiry("x1", 250).await.unwrap();
+    s.track_expiry("x1", 250).await.unwrap();
+    assert_eq!(
+        s.take_due_approvals(1_000, 1).await.unwrap(),
+        vec![b"rec-x1".to_vec()],
+        "re-entered once, and the limit holds"
+    );
+    s.delete_approval("x3", "bot", "pending").await.unwrap();
+    assert!(
+        s.take_due_approvals(1_000, 10).await.unwrap().is_empty(),
+        "a deleted record is skipped"
+    );
+    assert!(
+        s.create_approval("x4", "bot", b"rec-x4", b"", 3, 400)
+            .await
+            .unwrap(),
+        "deleting a pending record freed its quota slot"
+    );
+    assert!(!s
+        .create_approval("x5", "bot", b"rec-x5", b"", 3, 400)
+        .await
+        .unwrap());
+}
+
 conformance!(
+    check_expiry_index,
     check_token_round_trip,
     check_unknown_token,
     check_revoke,

@@ -352,6 +352,7 @@ pub async fn park(
             &raw,
             &body,
             snap.limits.max_pending_per_agent,
+            a.expires_at_ms,
         )
         .await?
     {

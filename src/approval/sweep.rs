@@ -1,7 +1,7 @@
-//! The background sweep every node runs: expire pending approvals, pick up orphaned
-//! `approved` ones, turn expired `executing` leases into `unknown` (each second, through
-//! the per-state index), and delete decided records past `approval_retention` (each
-//! minute).
+//! The background sweep every node runs: expire pending approvals (through the expiry
+//! index), pick up orphaned `approved` ones and turn expired `executing` leases into
+//! `unknown` (each second, through the per-state index), and delete decided records past
+//! `approval_retention` (each minute).
 
 use super::{audit, in_state, load, transition, State};
 use crate::app::App;
@@ -36,12 +36,38 @@ pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
     sweep(app, true).await
 }
 
+/// Expiry-index entries taken per store call.
+const DUE_BATCH: usize = 1000;
+
 async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
     let now = now_ms();
-    for a in in_state(app, State::Pending).await? {
-        if now >= a.expires_at_ms {
-            // `load` moves it to `expired` and audits it.
-            let _ = load(app, &a.id).await?;
+    if at_start {
+        // Once per boot, every pending record: expire what is due, and (re-)index the
+        // rest — records stored before the index existed, or whose entry a sweep took
+        // and then failed on.
+        for a in in_state(app, State::Pending).await? {
+            if now >= a.expires_at_ms {
+                // `load` moves it to `expired` and audits it.
+                let _ = load(app, &a.id).await?;
+            } else {
+                app.store.track_expiry(&a.id, a.expires_at_ms).await?;
+            }
+        }
+    } else {
+        // Each second, only what fell due: O(expiring), not O(pending).
+        loop {
+            let due = app.store.take_due_approvals(now, DUE_BATCH).await?;
+            for raw in &due {
+                let Ok(a) = serde_json::from_slice::<super::Approval>(raw) else {
+                    continue;
+                };
+                if a.state == State::Pending && now >= a.expires_at_ms {
+                    let _ = load(app, &a.id).await?;
+                }
+            }
+            if due.len() < DUE_BATCH {
+                break;
+            }
         }
     }
     if !at_start {

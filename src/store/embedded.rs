@@ -1,11 +1,12 @@
-//! The embedded backend: one redb file, durable on every commit, single node.
+//! The embedded backend: one redb file, single node. Every write is durable before it
+//! is acknowledged; concurrent writes share one commit (group commit, see `Committer`).
 
 use super::{unavailable, Event, SwitchChange, SwitchState, TokenRecord, SCHEMA_VERSION};
 use crate::error::Error;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -18,6 +19,31 @@ const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_res
 const PENDING: TableDefinition<&str, u8> = TableDefinition::new("approvals_pending");
 /// `state/id` for every approval: the sweeper reads only the states it acts on.
 const BY_STATE: TableDefinition<&str, u8> = TableDefinition::new("approvals_by_state");
+/// Pending approvals per agent (the rows of `PENDING` under `agent/`): the quota check
+/// reads one number instead of counting the agent's whole backlog on every park.
+const PENDING_COUNT: TableDefinition<&str, u64> = TableDefinition::new("approvals_pending_count");
+/// `<expires_at_ms, 20 digits>/id` for approvals created pending: the sweeper takes
+/// what fell due instead of reading every pending record each second.
+const DUE: TableDefinition<&str, u8> = TableDefinition::new("approvals_due");
+
+fn due_key(expires_at_ms: u64, id: &str) -> String {
+    format!("{expires_at_ms:020}/{id}")
+}
+
+/// One less pending approval for `agent` (its `PENDING` row was just removed).
+fn uncount_pending(tx: &WriteTransaction, agent: &str) -> Result<(), Error> {
+    let mut counts = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
+    let n = counts
+        .get(agent)
+        .map_err(unavailable)?
+        .map_or(0, |g| g.value());
+    if n <= 1 {
+        counts.remove(agent).map_err(unavailable)?;
+    } else {
+        counts.insert(agent, n - 1).map_err(unavailable)?;
+    }
+    Ok(())
+}
 
 fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match name {
@@ -30,6 +56,93 @@ fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
 pub struct Embedded {
     db: Arc<Database>,
     events: broadcast::Sender<Event>,
+    /// `None` only while dropping.
+    writes: Option<std::sync::mpsc::Sender<Op>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Embedded {
+    /// Stops the committer and waits for it: it holds the database (and its file lock)
+    /// until it has finished the commit under way, and a reopen must find it released.
+    fn drop(&mut self) {
+        self.writes.take();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Most writes one commit takes; more wait for the next.
+const MAX_GROUP: usize = 512;
+
+/// One write, run inside a shared transaction. It answers `None` when it failed (it has
+/// already told its caller why; the whole transaction is then aborted), otherwise how to
+/// tell its caller the outcome of the commit.
+type Op = Box<dyn FnOnce(&WriteTransaction) -> Option<Reply> + Send>;
+type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// The one thread that writes: it takes every write queued while the previous commit
+/// was being fsynced and runs them in one transaction, so N concurrent writers cost one
+/// fsync, not N. Each write reads its own state inside the transaction and decides from
+/// it before it writes (check, then write), so sharing a transaction changes nothing a
+/// caller can observe. A write that fails aborts the transaction: every write in it is
+/// refused and none is acknowledged — nothing is reported durable that is not.
+struct Committer {
+    db: Arc<Database>,
+    queue: std::sync::mpsc::Receiver<Op>,
+}
+
+impl Committer {
+    fn run(self) {
+        while let Ok(first) = self.queue.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP {
+                match self.queue.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let tx = match self.db.begin_write() {
+                Ok(tx) => tx,
+                Err(e) => {
+                    // Dropping an op drops its caller's channel: it hears "unavailable".
+                    let _ = unavailable(e);
+                    continue;
+                }
+            };
+            let mut replies = Vec::with_capacity(ops.len());
+            let mut failed = false;
+            for op in ops {
+                if failed {
+                    continue;
+                }
+                match op(&tx) {
+                    Some(r) => replies.push(r),
+                    None => failed = true,
+                }
+            }
+            if failed {
+                let _ = tx.abort();
+                for r in replies {
+                    r(Err(unavailable("a write sharing this commit failed")));
+                }
+                continue;
+            }
+            match tx.commit() {
+                Ok(()) => {
+                    for r in replies {
+                        r(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    for r in replies {
+                        r(Err(unavailable(&msg)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Embedded {
@@ -67,6 +180,27 @@ impl Embedded {
                 tx.open_table(RESULTS).map_err(unavailable)?;
                 tx.open_table(PENDING).map_err(unavailable)?;
                 tx.open_table(BY_STATE).map_err(unavailable)?;
+                tx.open_table(DUE).map_err(unavailable)?;
+                // Stores written before the per-agent count existed: count once.
+                if meta.get("pending_count").map_err(unavailable)?.is_none() {
+                    let mut n: std::collections::BTreeMap<String, u64> = Default::default();
+                    for row in tx
+                        .open_table(PENDING)
+                        .map_err(unavailable)?
+                        .iter()
+                        .map_err(unavailable)?
+                    {
+                        let (k, _) = row.map_err(unavailable)?;
+                        if let Some((agent, _)) = k.value().rsplit_once('/') {
+                            *n.entry(agent.to_string()).or_default() += 1;
+                        }
+                    }
+                    let mut counts = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
+                    for (agent, c) in n {
+                        counts.insert(agent.as_str(), c).map_err(unavailable)?;
+                    }
+                    meta.insert("pending_count", 1).map_err(unavailable)?;
+                }
             }
             tx.commit().map_err(unavailable)?;
             Ok(db)
@@ -74,10 +208,47 @@ impl Embedded {
         .await
         .map_err(unavailable)??;
         let (events, _) = broadcast::channel(1024);
+        let db = Arc::new(db);
+        let (writes, queue) = std::sync::mpsc::channel();
+        let committer = Committer {
+            db: db.clone(),
+            queue,
+        };
+        let committer = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::Internal(format!("store committer: {e}")))?;
         Ok(Embedded {
-            db: Arc::new(db),
+            db,
             events,
+            writes: Some(writes),
+            committer: Some(committer),
         })
+    }
+
+    /// Runs `f` in the next group commit; answers once that commit is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (done, answer) = oneshot::channel::<Result<T, Error>>();
+        let op: Op = Box::new(move |tx| match f(tx) {
+            Ok(v) => Some(Box::new(move |committed: Result<(), Error>| {
+                let _ = done.send(committed.map(|()| v));
+            })),
+            Err(e) => {
+                let _ = done.send(Err(e));
+                None
+            }
+        });
+        self.writes
+            .as_ref()
+            .ok_or_else(|| unavailable("the store is closing"))?
+            .send(op)
+            .map_err(|_| unavailable("the store's committer stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the store's committer dropped a write"))?
     }
 
     pub fn events(&self) -> broadcast::Receiver<Event> {
@@ -102,13 +273,12 @@ impl Embedded {
     pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
         let bytes = serde_json::to_vec(t).map_err(unavailable)?;
         let id = t.id.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(unavailable)?;
+        self.write(move |tx| {
             tx.open_table(TOKENS)
                 .map_err(unavailable)?
                 .insert(id.as_str(), bytes.as_slice())
                 .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)
+            Ok(())
         })
         .await?;
         let _ = self.events.send(Event::Token(t.id.clone()));
@@ -147,8 +317,7 @@ impl Embedded {
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
         let key = id.to_string();
         let found = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(unavailable)?;
+            .write(move |tx| {
                 let found = {
                     let mut t = tx.open_table(TOKENS).map_err(unavailable)?;
                     let rec: Option<TokenRecord> = match t.get(key.as_str()).map_err(unavailable)? {
@@ -166,7 +335,6 @@ impl Embedded {
                         None => false,
                     }
                 };
-                tx.commit().map_err(unavailable)?;
                 Ok(found)
             })
             .await?;
@@ -176,8 +344,7 @@ impl Embedded {
 
     pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
         let id = id.to_string();
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(unavailable)?;
+        self.write(move |tx| {
             let ok = {
                 let mut t = tx.open_table(CALLS).map_err(unavailable)?;
                 let n = t
@@ -192,7 +359,6 @@ impl Embedded {
                     true
                 }
             };
-            tx.commit().map_err(unavailable)?;
             Ok(ok)
         })
         .await
@@ -212,8 +378,7 @@ impl Embedded {
 
     pub async fn apply(&self, c: &SwitchChange) -> Result<(), Error> {
         let c = c.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(unavailable)?;
+        self.write(move |tx| {
             {
                 let mut t = tx.open_table(SWITCHES).map_err(unavailable)?;
                 let mut s: SwitchState = match t.get("state").map_err(unavailable)? {
@@ -224,7 +389,7 @@ impl Embedded {
                 let bytes = serde_json::to_vec(&s).map_err(unavailable)?;
                 t.insert("state", bytes.as_slice()).map_err(unavailable)?;
             }
-            tx.commit().map_err(unavailable)
+            Ok(())
         })
         .await?;
         let _ = self.events.send(Event::Switches);
@@ -238,6 +403,7 @@ impl Embedded {
         record: &[u8],
         body: &[u8],
         max_pending: u32,
+        expires_at_ms: u64,
     ) -> Result<bool, Error> {
         let (id, agent, record, body) = (
             id.to_string(),
@@ -247,21 +413,24 @@ impl Embedded {
         );
         let ev = id.clone();
         let ok = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(unavailable)?;
+            .write(move |tx| {
                 {
-                    let mut pending = tx.open_table(PENDING).map_err(unavailable)?;
-                    let lo = format!("{agent}/");
-                    let hi = format!("{agent}0");
-                    let n = pending
-                        .range(lo.as_str()..hi.as_str())
+                    let mut counts = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
+                    let n = counts
+                        .get(agent.as_str())
                         .map_err(unavailable)?
-                        .count();
-                    if n >= max_pending as usize {
+                        .map_or(0, |g| g.value());
+                    if n >= u64::from(max_pending) {
                         return Ok(false);
                     }
-                    pending
+                    counts.insert(agent.as_str(), n + 1).map_err(unavailable)?;
+                    tx.open_table(PENDING)
+                        .map_err(unavailable)?
                         .insert(format!("{agent}/{id}").as_str(), 1)
+                        .map_err(unavailable)?;
+                    tx.open_table(DUE)
+                        .map_err(unavailable)?
+                        .insert(due_key(expires_at_ms, &id).as_str(), 1)
                         .map_err(unavailable)?;
                     tx.open_table(BY_STATE)
                         .map_err(unavailable)?
@@ -276,7 +445,6 @@ impl Embedded {
                         .insert(id.as_str(), body.as_slice())
                         .map_err(unavailable)?;
                 }
-                tx.commit().map_err(unavailable)?;
                 Ok(true)
             })
             .await?;
@@ -309,8 +477,7 @@ impl Embedded {
         let result = c.result.map(<[u8]>::to_vec);
         let ev = id.clone();
         let ok = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(unavailable)?;
+            .write(move |tx| {
                 {
                     let mut t = tx.open_table(APPROVALS).map_err(unavailable)?;
                     let same = t
@@ -329,10 +496,15 @@ impl Embedded {
                             .map_err(unavailable)?;
                     }
                     if to != "pending" {
-                        tx.open_table(PENDING)
+                        let was = tx
+                            .open_table(PENDING)
                             .map_err(unavailable)?
                             .remove(format!("{agent}/{id}").as_str())
-                            .map_err(unavailable)?;
+                            .map_err(unavailable)?
+                            .is_some();
+                        if was {
+                            uncount_pending(tx, &agent)?;
+                        }
                     }
                     if let Some(r) = &result {
                         tx.open_table(RESULTS)
@@ -341,7 +513,6 @@ impl Embedded {
                             .map_err(unavailable)?;
                     }
                 }
-                tx.commit().map_err(unavailable)?;
                 Ok(true)
             })
             .await?;
@@ -382,8 +553,7 @@ impl Embedded {
 
     pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
         let (id, agent, state) = (id.to_string(), agent.to_string(), state.to_string());
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(unavailable)?;
+        self.write(move |tx| {
             {
                 for t in [APPROVALS, BODIES, RESULTS] {
                     tx.open_table(t)
@@ -391,16 +561,71 @@ impl Embedded {
                         .remove(id.as_str())
                         .map_err(unavailable)?;
                 }
-                tx.open_table(PENDING)
+                let was = tx
+                    .open_table(PENDING)
                     .map_err(unavailable)?
                     .remove(format!("{agent}/{id}").as_str())
-                    .map_err(unavailable)?;
+                    .map_err(unavailable)?
+                    .is_some();
+                if was {
+                    uncount_pending(tx, &agent)?;
+                }
                 tx.open_table(BY_STATE)
                     .map_err(unavailable)?
                     .remove(format!("{state}/{id}").as_str())
                     .map_err(unavailable)?;
             }
-            tx.commit().map_err(unavailable)
+            Ok(())
+        })
+        .await
+    }
+    /// Removes up to `limit` entries of the expiry index that fell due by `now_ms` and
+    /// answers the records they name that still exist (in whatever state they are now).
+    pub async fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        // Most sweeps find nothing: look first, so an idle node does not commit (fsync)
+        // an empty transaction every second.
+        let any = self
+            .blocking(move |db| {
+                let tx = db.begin_read().map_err(unavailable)?;
+                let due = tx.open_table(DUE).map_err(unavailable)?;
+                let hi = format!("{:020}0", now_ms);
+                let found = due.range(..hi.as_str()).map_err(unavailable)?.next();
+                Ok(found.is_some())
+            })
+            .await?;
+        if !any {
+            return Ok(vec![]);
+        }
+        self.write(move |tx| {
+            let mut due = tx.open_table(DUE).map_err(unavailable)?;
+            let hi = format!("{:020}0", now_ms);
+            let mut keys = Vec::new();
+            for row in due.range(..hi.as_str()).map_err(unavailable)?.take(limit) {
+                keys.push(row.map_err(unavailable)?.0.value().to_string());
+            }
+            let approvals = tx.open_table(APPROVALS).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in &keys {
+                due.remove(k.as_str()).map_err(unavailable)?;
+                let id = k.split_once('/').map_or("", |(_, id)| id);
+                if let Some(v) = approvals.get(id).map_err(unavailable)? {
+                    out.push(v.value().to_vec());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// (Re-)enters a pending approval in the expiry index; idempotent.
+    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
+        let key = due_key(expires_at_ms, id);
+        self.write(move |tx| {
+            tx.open_table(DUE)
+                .map_err(unavailable)?
+                .insert(key.as_str(), 1)
+                .map_err(unavailable)?;
+            Ok(())
         })
         .await
     }

@@ -266,7 +266,8 @@ impl Store {
     }
 
     /// Stores a new pending approval and its body, unless `agent` already has
-    /// `max_pending` pending ones (then false). Atomic with the count.
+    /// `max_pending` pending ones (then false). Atomic with the count; enters the
+    /// approval in the expiry index under `expires_at_ms`.
     pub async fn create_approval(
         &self,
         id: &str,
@@ -274,16 +275,41 @@ impl Store {
         record: &[u8],
         body: &[u8],
         max_pending: u32,
+        expires_at_ms: u64,
     ) -> Result<bool, Error> {
         match self {
             Store::Embedded(s) => {
-                s.create_approval(id, agent, record, body, max_pending)
+                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
                     .await
             }
             Store::Redis(s) => {
-                s.create_approval(id, agent, record, body, max_pending)
+                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
                     .await
             }
+        }
+    }
+
+    /// Takes (removes) up to `limit` expiry-index entries due by `now_ms` and answers
+    /// the records they name that still exist, whatever their state now: the caller
+    /// expires those still pending. An entry is taken once, by one replica; records
+    /// that left `pending` early are simply skipped when their time comes.
+    pub async fn take_due_approvals(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        match self {
+            Store::Embedded(s) => s.take_due(now_ms, limit).await,
+            Store::Redis(s) => s.take_due(now_ms, limit).await,
+        }
+    }
+
+    /// (Re-)enters a pending approval in the expiry index (idempotent): at start, for
+    /// records written before the index existed or whose entry a failed sweep took.
+    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
+        match self {
+            Store::Embedded(s) => s.track_expiry(id, expires_at_ms).await,
+            Store::Redis(s) => s.track_expiry(id, expires_at_ms).await,
         }
     }
 

@@ -27,6 +27,7 @@ pub struct RedisStore {
     spend: redis::Script,
     create: redis::Script,
     cas: redis::Script,
+    take_due: redis::Script,
 }
 
 impl RedisStore {
@@ -62,11 +63,13 @@ impl RedisStore {
             events,
             last_seen: Arc::new(AtomicU64::new(0)),
             epoch,
+            // The change notice is published by the script itself: one round trip.
             create: redis::Script::new(
                 "if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end \
                  redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) \
                  redis.call('SADD', KEYS[3], ARGV[4]) redis.call('SADD', KEYS[4], ARGV[4]) \
-                 redis.call('SADD', KEYS[5], ARGV[4]) return 1",
+                 redis.call('SADD', KEYS[5], ARGV[4]) redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4]) \
+                 redis.call('PUBLISH', KEYS[7], 'approval:' .. ARGV[4]) return 1",
             ),
             cas: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
@@ -74,7 +77,11 @@ impl RedisStore {
                  if ARGV[3] == '0' then redis.call('SREM', KEYS[2], ARGV[4]) end \
                  if ARGV[5] == '1' then redis.call('SET', KEYS[3], ARGV[6]) end \
                  if KEYS[4] ~= KEYS[5] then redis.call('SREM', KEYS[4], ARGV[4]) redis.call('SADD', KEYS[5], ARGV[4]) end \
-                 return 1",
+                 redis.call('PUBLISH', KEYS[6], 'approval:' .. ARGV[4]) return 1",
+            ),
+            take_due: redis::Script::new(
+                "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2])) \
+                 if #ids > 0 then redis.call('ZREM', KEYS[1], unpack(ids)) end return ids",
             ),
             spend: redis::Script::new(
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
@@ -299,6 +306,7 @@ impl RedisStore {
         record: &[u8],
         body: &[u8],
         max_pending: u32,
+        expires_at_ms: u64,
     ) -> Result<bool, Error> {
         let mut c = self.conn.clone();
         let ok: i64 = self
@@ -308,17 +316,54 @@ impl RedisStore {
             .key(self.key(&format!("pending:{agent}")))
             .key(self.key("approvals"))
             .key(self.key("state:pending"))
+            .key(self.key("due"))
+            .key(self.channel())
             .arg(record)
             .arg(body)
             .arg(max_pending)
             .arg(id)
+            .arg(expires_at_ms)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ok == 1 {
-            self.publish(&format!("approval:{id}")).await;
-        }
         Ok(ok == 1)
+    }
+
+    /// Pops up to `limit` ids whose expiry fell due by `now_ms` from the index (so one
+    /// replica acts on each) and answers the records that still exist.
+    pub async fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        let mut c = self.conn.clone();
+        let ids: Vec<String> = self
+            .take_due
+            .key(self.key("due"))
+            .arg(now_ms)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.key(&format!("approval:{id}")))
+            .collect();
+        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(vals.into_iter().flatten().collect())
+    }
+
+    /// (Re-)enters a pending approval in the expiry index; idempotent.
+    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let _: i64 = c
+            .zadd(self.key("due"), id, expires_at_ms)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     pub async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -335,6 +380,7 @@ impl RedisStore {
             .key(self.key(&format!("approval:{}:result", cas.id)))
             .key(self.key(&format!("state:{}", cas.old_state)))
             .key(self.key(&format!("state:{}", cas.new_state)))
+            .key(self.channel())
             .arg(cas.old)
             .arg(cas.new)
             .arg(if cas.new_state == "pending" { "1" } else { "0" })
@@ -344,9 +390,6 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ok == 1 {
-            self.publish(&format!("approval:{}", cas.id)).await;
-        }
         Ok(ok == 1)
     }
 
