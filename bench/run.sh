@@ -352,6 +352,7 @@ scenario() {
     park-redis | park-embedded) S=("$CONNS" "$PARK_ADDR" POST "$ITEM/refund" "$PARK_TOKEN" '{"amount":10}' 202) ;;
     direct-c1) S=(1 "$UP_ADDR" GET "$ITEM" "" "" 200) ;;
     nginx-c1) S=(1 "127.0.0.1:$NGINX_PORT" GET "$ITEM" "" "" 200) ;;
+    hyper-c1) S=(1 "$HYPER_ADDR" GET "$ITEM" "" "" 200) ;;
     passthrough-c1) S=(1 "$MAIN_ADDR" GET "$ITEM" "$ADMIN_TOKEN" "" 200) ;;
     enforcing-c1) S=(1 "$MAIN_ADDR" GET "$ITEM" "$AGENT_TOKEN" "" 200) ;;
     *) die "unknown scenario $1" ;;
@@ -514,7 +515,7 @@ measure() {
 }
 
 SCENARIOS=(direct nginx hyper passthrough enforcing deny park-redis park-embedded
-  direct-c1 nginx-c1 passthrough-c1 enforcing-c1)
+  direct-c1 nginx-c1 hyper-c1 passthrough-c1 enforcing-c1)
 # ONLY="nginx enforcing": measure a subset (while tuning; the targets table needs all).
 if [[ -n ${ONLY:-} ]]; then
   read -ra SCENARIOS <<<"$ONLY"
@@ -608,6 +609,7 @@ profile_scenario() {
 if [[ -n $PROFILE ]]; then
   rm -f "$CSV"
   [[ $PROFILE == callgrind ]] && CONNS=${PROFILE_CONNS:-4}
+  [[ $PROFILE == perf && -n ${PROFILE_CONNS:-} ]] && CONNS=$PROFILE_CONNS
   profile_scenario
   exit 0
 fi

@@ -105,8 +105,8 @@ END {
 
   print "| at 1 connection | p50 µs | p99 µs | added p50 µs over direct | added p99 µs over direct |"
   print "|---|---|---|---|---|"
-  split("direct-c1 nginx-c1 passthrough-c1 enforcing-c1", C1, " ")
-  for (o = 1; o <= 4; o++) {
+  split("direct-c1 nginx-c1 hyper-c1 passthrough-c1 enforcing-c1", C1, " ")
+  for (o = 1; o <= 5; o++) {
     sc = C1[o]
     if (!(sc in PRESENT)) continue
     split("", L)

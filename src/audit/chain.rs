@@ -11,14 +11,23 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Seals a JSON object that already ends in `"prev":"..."}`: returns the full line
 /// (without newline) and its hash.
+#[cfg(test)]
 pub fn seal(body: &str) -> (String, String) {
-    let hash = hex::encode(Sha256::digest(body.as_bytes()));
-    let mut line = String::with_capacity(body.len() + LINE_HASH_SUFFIX_LEN);
-    line.push_str(&body[..body.len() - 1]);
-    line.push_str(",\"hash\":\"");
-    line.push_str(&hash);
-    line.push_str("\"}");
-    (line, hash)
+    let mut line = body.as_bytes().to_vec();
+    let hash = seal_in_place(&mut line, 0);
+    (String::from_utf8(line).expect("JSON is UTF-8"), hash)
+}
+
+/// Seals, in place, the JSON object `out[start..]` (which ends in `"prev":"..."}`):
+/// appends the hash field to it and returns the hash. No copy of the line is made.
+pub fn seal_in_place(out: &mut Vec<u8>, start: usize) -> String {
+    let hash = hex::encode(Sha256::digest(&out[start..]));
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}");
+    hash
 }
 
 /// Splits a sealed line into (body as it was hashed, claimed hash).

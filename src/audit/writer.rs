@@ -42,7 +42,8 @@ pub struct Writer {
 #[derive(Serialize)]
 struct Line<'a> {
     seq: u64,
-    ts: String,
+    #[serde(serialize_with = "as_display")]
+    ts: humantime::Rfc3339Timestamp,
     node: &'a str,
     #[serde(flatten)]
     rec: &'a Record,
@@ -52,7 +53,8 @@ struct Line<'a> {
 #[derive(Serialize)]
 struct Checkpoint<'a> {
     seq: u64,
-    ts: String,
+    #[serde(serialize_with = "as_display")]
+    ts: humantime::Rfc3339Timestamp,
     node: &'a str,
     event: &'static str,
     head: &'a str,
@@ -60,8 +62,16 @@ struct Checkpoint<'a> {
     prev: &'a str,
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+fn now_rfc3339() -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now())
+}
+
+/// Writes the timestamp straight into the line (no intermediate string).
+fn as_display<S: serde::Serializer>(
+    ts: &humantime::Rfc3339Timestamp,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(ts)
 }
 
 pub fn checkpoint_mac(key: &[u8], seq: u64, head: &str) -> String {
@@ -335,36 +345,40 @@ impl Writer {
 
     fn line(&mut self, rec: &Record, out: &mut Vec<u8>) {
         self.seq += 1;
-        let body = serde_json::to_string(&Line {
-            seq: self.seq,
-            ts: now_rfc3339(),
-            node: &self.node,
-            rec,
-            prev: &self.prev,
-        })
+        let start = out.len();
+        serde_json::to_writer(
+            &mut *out,
+            &Line {
+                seq: self.seq,
+                ts: now_rfc3339(),
+                node: &self.node,
+                rec,
+                prev: &self.prev,
+            },
+        )
         .expect("records serialise");
-        let (line, hash) = chain::seal(&body);
-        out.extend_from_slice(line.as_bytes());
+        self.prev = chain::seal_in_place(out, start);
         out.push(b'\n');
-        self.prev = hash;
         if let Some((every, key)) = &self.checkpoint {
             if self.seq % every == 0 {
                 self.seq += 1;
                 let mac = checkpoint_mac(key, self.seq - 1, &self.prev);
-                let body = serde_json::to_string(&Checkpoint {
-                    seq: self.seq,
-                    ts: now_rfc3339(),
-                    node: &self.node,
-                    event: "checkpoint",
-                    head: &self.prev,
-                    hmac: mac,
-                    prev: &self.prev,
-                })
+                let start = out.len();
+                serde_json::to_writer(
+                    &mut *out,
+                    &Checkpoint {
+                        seq: self.seq,
+                        ts: now_rfc3339(),
+                        node: &self.node,
+                        event: "checkpoint",
+                        head: &self.prev,
+                        hmac: mac,
+                        prev: &self.prev,
+                    },
+                )
                 .expect("checkpoints serialise");
-                let (line, hash) = chain::seal(&body);
-                out.extend_from_slice(line.as_bytes());
+                self.prev = chain::seal_in_place(out, start);
                 out.push(b'\n');
-                self.prev = hash;
             }
         }
     }
