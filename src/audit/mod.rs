@@ -81,29 +81,12 @@ pub(crate) struct Health {
     /// The writer is in its long idle sleep and must be nudged for buffered records.
     pub idle: AtomicBool,
     pub path: std::path::PathBuf,
-    /// When `file_in_place` last found the file in place (µs since `epoch` + 1; 0:
-    /// never); a check
-    /// within `FILE_CHECK_EVERY` of it is answered without another `stat`.
-    pub checked_at: AtomicU64,
-    pub epoch: std::time::Instant,
 }
-
-/// A vanished or replaced audit file is noticed by the request path within this long.
-/// One `stat` per request cost ~4 % of the proxy's CPU at 20k req/s; one per
-/// millisecond costs nothing measurable and still refuses before forwarding anything
-/// that arrives a millisecond after the file went.
-const FILE_CHECK_EVERY_US: u64 = 1_000;
 
 impl Health {
     /// One `stat`: the file the writer appends to is still the one at the path.
     /// Catches a removed directory or a replaced file before anything is forwarded.
     fn file_in_place(&self) -> bool {
-        // µs since `epoch`, plus one so that 0 means "never checked".
-        let now = self.epoch.elapsed().as_micros() as u64 + 1;
-        let at = self.checked_at.load(Ordering::Relaxed);
-        if at != 0 && now - at.min(now) < FILE_CHECK_EVERY_US {
-            return true;
-        }
         let before = self.swaps.load(Ordering::Acquire);
         if before % 2 == 1 {
             return true;
@@ -111,9 +94,6 @@ impl Health {
         let ino = self.ino.load(Ordering::Acquire);
         let same = std::fs::metadata(&self.path)
             .is_ok_and(|m| m.is_file() && std::os::unix::fs::MetadataExt::ino(&m) == ino);
-        if same {
-            self.checked_at.store(now, Ordering::Relaxed);
-        }
         same || self.swaps.load(Ordering::Acquire) != before
     }
 }
@@ -134,8 +114,6 @@ impl Audit {
             buffered: std::sync::Mutex::new(Vec::new()),
             idle: AtomicBool::new(false),
             path: cfg.path.clone(),
-            checked_at: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
         });
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let w = writer::Writer::open(cfg, node, health.clone())
