@@ -45,13 +45,24 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         // Once per boot, every pending record: expire what is due, and (re-)index the
         // rest — records stored before the index existed, or whose entry a sweep took
         // and then failed on.
+        let mut live = Vec::new();
         for a in in_state(app, State::Pending).await? {
             if now >= a.expires_at_ms {
                 // `load` moves it to `expired` and audits it.
                 let _ = load(app, &a.id).await?;
             } else {
-                app.store.track_expiry(&a.id, a.expires_at_ms).await?;
+                live.push(a);
             }
+        }
+        // Concurrently, so the entries share commits (embedded) or a pipeline (redis)
+        // instead of costing a round trip and an fsync each at every boot.
+        for chunk in live.chunks(DUE_BATCH) {
+            futures_util::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|a| app.store.track_expiry(&a.id, a.expires_at_ms)),
+            )
+            .await?;
         }
     } else {
         // Each second, only what fell due: O(expiring), not O(pending).
