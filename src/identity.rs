@@ -33,14 +33,14 @@ pub fn hash_secret(pepper: Option<&[u8]>, secret: &str) -> String {
             let mut m =
                 <Hmac<Sha256> as Mac>::new_from_slice(p).expect("hmac takes any key length");
             m.update(secret.as_bytes());
-            hex::encode(m.finalize().into_bytes())
+            crate::digest::to_hex(&m.finalize().into_bytes())
         }
-        None => hex::encode(Sha256::digest(secret.as_bytes())),
+        None => crate::digest::to_hex(&Sha256::digest(secret.as_bytes())),
     }
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
+    crate::digest::to_hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// Constant-time comparison of two hex digests.

@@ -14,6 +14,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod digest;
 pub mod error;
 pub mod explain;
 pub mod identity;

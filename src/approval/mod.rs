@@ -158,7 +158,7 @@ pub fn request_sha256(
         put_len(&mut h, v.as_bytes());
     }
     put_len(&mut h, body);
-    hex::encode(h.finalize())
+    crate::digest::to_hex(&h.finalize())
 }
 
 fn encode(a: &Approval) -> Vec<u8> {
@@ -330,7 +330,7 @@ pub async fn park(
         upstream: up.name.clone(),
         headers: kept,
         body_len: body.len() as u64,
-        body_sha256: hex::encode(Sha256::digest(&body)),
+        body_sha256: crate::digest::to_hex(&Sha256::digest(&body)),
         policy_version: snap.policy_version.to_string(),
         created_at_ms: now,
         expires_at_ms: now.saturating_add(ttl.as_millis() as u64),

@@ -21,11 +21,14 @@ pub fn seal(body: &str) -> (String, String) {
 /// Seals, in place, the JSON object `out[start..]` (which ends in `"prev":"..."}`):
 /// appends the hash field to it and returns the hash. No copy of the line is made.
 pub fn seal_in_place(out: &mut Vec<u8>, start: usize) -> String {
-    let hash = hex::encode(Sha256::digest(&out[start..]));
+    let digest = Sha256::digest(&out[start..]);
     debug_assert_eq!(out.last(), Some(&b'}'));
     out.pop();
     out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
+    let at = out.len();
+    out.resize(at + 64, 0);
+    crate::digest::write_hex(&digest, &mut out[at..]);
+    let hash = String::from_utf8(out[at..].to_vec()).expect("hex digits are ASCII");
     out.extend_from_slice(b"\"}");
     hash
 }
@@ -50,7 +53,7 @@ pub fn unseal(line: &str) -> Option<(String, &str)> {
 }
 
 pub fn hash_of(body: &str) -> String {
-    hex::encode(Sha256::digest(body.as_bytes()))
+    crate::digest::to_hex(&Sha256::digest(body.as_bytes()))
 }
 
 /// `path?query` with the values of the named query parameters replaced by `REDACTED`.
