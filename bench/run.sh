@@ -661,6 +661,9 @@ oha_run() {
 if [[ $OHA == 1 ]]; then
   for ((round = 1; round <= ROUNDS; round++)); do
     oha_run "$round" "direct-${FIXED_RATE}rps" "$UP_ADDR" ""
+    [[ -n ${NGINX_PORT:-} ]] && oha_run "$round" "nginx-${FIXED_RATE}rps" "127.0.0.1:$NGINX_PORT" ""
+    [[ -n ${HYPER_ADDR:-} ]] && oha_run "$round" "hyper-${FIXED_RATE}rps" "$HYPER_ADDR" ""
+    oha_run "$round" "passthrough-${FIXED_RATE}rps" "$MAIN_ADDR" "$ADMIN_TOKEN"
     oha_run "$round" "enforcing-${FIXED_RATE}rps" "$MAIN_ADDR" "$AGENT_TOKEN"
   done
 fi

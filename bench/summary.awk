@@ -123,20 +123,30 @@ END {
   }
   print ""
 
-  # Fixed-rate latency (oha), if it ran.
-  fd = "direct-" rate "rps"; fe = "enforcing-" rate "rps"
+  # Fixed-rate latency (oha), if it ran: each row against direct in the same round.
+  fd = "direct-" rate "rps"
+  nfr = split("nginx hyper passthrough enforcing", FRROWS, " ")
   split("", L)
   for (r = 1; r <= rounds; r++) {
-    if (!((fd, r, "p50") in FR) || !((fe, r, "p50") in FR) || (r in FRBAD)) continue
+    if (!((fd, r, "p50") in FR) || (r in FRBAD)) continue
     add("d50", FR[fd, r, "p50"]); add("d99", FR[fd, r, "p99"])
-    add("e50", FR[fe, r, "p50"]); add("e99", FR[fe, r, "p99"])
-    add("a50", FR[fe, r, "p50"] - FR[fd, r, "p50"]); add("a99", FR[fe, r, "p99"] - FR[fd, r, "p99"])
+    for (i = 1; i <= nfr; i++) {
+      fe = FRROWS[i] "-" rate "rps"
+      if (!((fe, r, "p50") in FR)) continue
+      add(FRROWS[i] "50", FR[fe, r, "p50"]); add(FRROWS[i] "99", FR[fe, r, "p99"])
+      add(FRROWS[i] "a50", FR[fe, r, "p50"] - FR[fd, r, "p50"])
+      add(FRROWS[i] "a99", FR[fe, r, "p99"] - FR[fd, r, "p99"])
+    }
   }
   if (L["d50"] != "") {
     print "| at " rate " req/s (oha, latency-corrected) | p50 µs | p99 µs | added p50 µs | added p99 µs |"
     print "|---|---|---|---|---|"
     printf "| direct | %s | %s | – | – |\n", cell(L["d50"], 0), cell(L["d99"], 0)
-    printf "| enforcing | %s | %s | %s | %s |\n", cell(L["e50"], 0), cell(L["e99"], 0), cell(L["a50"], 0), cell(L["a99"], 0)
+    for (i = 1; i <= nfr; i++) {
+      k = FRROWS[i]
+      if (L[k "50"] == "") continue
+      printf "| %s | %s | %s | %s | %s |\n", k, cell(L[k "50"], 0), cell(L[k "99"], 0), cell(L[k "a50"], 0), cell(L[k "a99"], 0)
+    }
     print ""
   }
   if (FRWHY != "") {
