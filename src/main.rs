@@ -11,6 +11,11 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Where transparent huge pages are `always` (Debian's default), mimalloc's 2-MiB
+    // aligned regions fault in whole huge pages: 1,000 idle agent connections took
+    // 75 MiB instead of 41. Best effort: a kernel without the prctl keeps its default.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
