@@ -504,24 +504,30 @@ fn name_base(tool_prefix: &str, prefix: &str, template: &str) -> String {
     } else {
         &template[prefix.len().min(template.len())..]
     };
-    let mut name = tool_prefix.to_string();
+    // Room for the name and a verb: one allocation per generated name.
+    let mut name = String::with_capacity(tool_prefix.len() + rest.len() + 9);
+    name.push_str(tool_prefix);
     for seg in rest.split('/') {
         if seg.is_empty() || seg.starts_with('{') {
             continue;
         }
         name.push('.');
-        name.extend(seg.chars().map(|c| if c == '.' { '_' } else { c }));
+        for (i, part) in seg.split('.').enumerate() {
+            if i > 0 {
+                name.push('_');
+            }
+            name.push_str(part);
+        }
     }
     name
 }
 
 /// `<tool_prefix>.<static segments after the prefix>.<verb>`.
 pub fn generated_name(tool_prefix: &str, prefix: &str, template: &str, m: Method) -> String {
-    let base = name_base(tool_prefix, prefix, template);
-    format!(
-        "{base}.{}",
-        VERB_NAMES[verb_index(m, ends_in_param(template))]
-    )
+    let mut name = name_base(tool_prefix, prefix, template);
+    name.push('.');
+    name.push_str(VERB_NAMES[verb_index(m, ends_in_param(template))]);
+    name
 }
 
 #[cfg(test)]
