@@ -433,6 +433,63 @@ async fn deny_records_denied_and_nothing_is_sent() {
     assert_eq!(up.hits(), 0, "a denied request reached the upstream");
 }
 
+/// Retention: a decided approval is deleted once it is older than `approval_retention`
+/// (found through the store's decided index, on a running node); a pending one is not.
+async fn retention_deletes_decided_keeps_pending(store: &str, env: &[(&str, &str)]) {
+    let up = ReplayUpstream::start().await;
+    let p = start(&up, store, "limits: { approval_retention: 1s }", env);
+    let (bot, _) = issue(p.admin, "bot").await;
+    let denied = approval_id(&park(&p, &bot, "/tickets/7/close", &[], b"{}").await);
+    let pending = approval_id(&park(&p, &bot, "/tickets/8/close", &[], b"{}").await);
+    let r = admin(
+        p.admin,
+        ALICE,
+        "POST",
+        &format!("/approvals/{denied}/deny"),
+        Some(&json!({"reason": "no"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "deny: {}", r.text());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = admin(p.admin, ALICE, "GET", &format!("/approvals/{denied}"), None).await;
+        if r.status == 404 {
+            break;
+        }
+        assert_eq!(r.status, 200, "GET /approvals/{denied}: {}", r.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a denied approval is still stored 15 s after deciding, with approval_retention 1s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = agent_status(&p, &bot, &denied, None).await;
+    assert_eq!(
+        s.status,
+        404,
+        "the agent's status of a deleted approval: {}",
+        s.text()
+    );
+    assert_eq!(
+        view(p.admin, &pending).await["state"],
+        "pending",
+        "retention touched a pending approval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_decided_keeps_pending_embedded() {
+    retention_deletes_decided_keeps_pending(EMBEDDED, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_decided_keeps_pending_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    retention_deletes_decided_keeps_pending(&redis_store(&random_prefix()), &[("REDIS_URL", &url)])
+        .await;
+}
+
 /// Waits (bounded) until the audit trail holds an `approval_expired` record for `id` —
 /// written by the sweeper, since nobody reads the record meanwhile.
 async fn wait_audited_expiry(p: &Proxy, id: &str) -> bool {

@@ -8,6 +8,7 @@ mod redis_support;
 
 use portcullis::classify::Risk;
 use portcullis::config::{StoreConfig, StoreKind};
+use portcullis::store::TimeIndex::{Decided, Expiry};
 use portcullis::store::{now_ms, Event, Scope, Store, SwitchChange, SwitchState, TokenRecord};
 use redis_support::{random_prefix, RedisServer};
 use std::collections::BTreeSet;
@@ -544,7 +545,7 @@ macro_rules! conformance {
 }
 
 /// The expiry index: entries come back once, by due time, only when due; a record that
-/// is gone is skipped; `track_expiry` re-enters one; deleting a pending record frees the
+/// is gone is skipped; `track_approval` re-enters one; deleting a pending record frees the
 /// agent's quota slot like leaving `pending` does.
 async fn check_expiry_index(b: &Backend) {
     let s = b.fresh().await;
@@ -561,26 +562,36 @@ async fn check_expiry_index(b: &Backend) {
             .unwrap(),
         "quota of 3"
     );
-    assert!(s.take_due_approvals(99, 10).await.unwrap().is_empty());
+    assert!(s
+        .take_due_approvals(Expiry, 99, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        s.take_due_approvals(200, 10).await.unwrap(),
+        s.take_due_approvals(Expiry, 200, 10).await.unwrap(),
         vec![b"rec-x1".to_vec(), b"rec-x2".to_vec()],
         "due by 200, soonest first"
     );
     assert!(
-        s.take_due_approvals(200, 10).await.unwrap().is_empty(),
+        s.take_due_approvals(Expiry, 200, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "an entry is taken once"
     );
-    s.track_expiry("x1", 250).await.unwrap();
-    s.track_expiry("x1", 250).await.unwrap();
+    s.track_approval(Expiry, "x1", 250).await.unwrap();
+    s.track_approval(Expiry, "x1", 250).await.unwrap();
     assert_eq!(
-        s.take_due_approvals(1_000, 1).await.unwrap(),
+        s.take_due_approvals(Expiry, 1_000, 1).await.unwrap(),
         vec![b"rec-x1".to_vec()],
         "re-entered once, and the limit holds"
     );
     s.delete_approval("x3", "bot", "pending").await.unwrap();
     assert!(
-        s.take_due_approvals(1_000, 10).await.unwrap().is_empty(),
+        s.take_due_approvals(Expiry, 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "a deleted record is skipped"
     );
     assert!(
@@ -595,7 +606,51 @@ async fn check_expiry_index(b: &Backend) {
         .unwrap());
 }
 
+/// The decided index (retention) is separate from the expiry index: entries in one never
+/// come out of the other; it answers by time like the expiry index.
+async fn check_decided_index(b: &Backend) {
+    let s = b.fresh().await;
+    assert!(s
+        .create_approval("d1", "bot", b"rec-d1", b"", 5, 10_000)
+        .await
+        .unwrap());
+    assert!(s
+        .create_approval("d2", "bot", b"rec-d2", b"", 5, 10_000)
+        .await
+        .unwrap());
+    s.track_approval(Decided, "d1", 50).await.unwrap();
+    s.track_approval(Decided, "d2", 70).await.unwrap();
+    assert!(
+        s.take_due_approvals(Decided, 49, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing decided by 49"
+    );
+    assert_eq!(
+        s.take_due_approvals(Decided, 60, 10).await.unwrap(),
+        vec![b"rec-d1".to_vec()]
+    );
+    assert!(
+        s.take_due_approvals(Expiry, 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the expiry index holds only the creations' expiry times"
+    );
+    assert_eq!(
+        s.take_due_approvals(Decided, 1_000, 10).await.unwrap(),
+        vec![b"rec-d2".to_vec()]
+    );
+    assert_eq!(
+        s.take_due_approvals(Expiry, 10_000, 10).await.unwrap(),
+        vec![b"rec-d1".to_vec(), b"rec-d2".to_vec()],
+        "taking from the decided index left the expiry entries alone"
+    );
+}
+
 conformance!(
+    check_decided_index,
     check_expiry_index,
     check_token_round_trip,
     check_unknown_token,

@@ -17,7 +17,7 @@ use crate::canon::Canonical;
 use crate::classify::{Risk, Tool};
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::store::{now_ms, Cas};
+use crate::store::{now_ms, Cas, TimeIndex};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -224,6 +224,17 @@ pub async fn transition(
     if ok {
         metrics::counter!("portcullis_approvals_total", "outcome" => to.state.as_str())
             .increment(1);
+        if to.state.is_final() {
+            // For retention. Not atomic with the change: a record whose entry is lost
+            // here (store error, crash) is indexed by the next start's scan.
+            if let Err(e) = app
+                .store
+                .track_approval(TimeIndex::Decided, &to.id, to.updated_at_ms)
+                .await
+            {
+                warn!(approval_id = %to.id, error = %e, "could not index a decided approval for retention");
+            }
+        }
         crate::notify::approval(app, &to);
     }
     Ok(ok.then_some(Loaded { a: to, raw }))

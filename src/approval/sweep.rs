@@ -1,28 +1,31 @@
 //! The background sweep every node runs: expire pending approvals (through the expiry
 //! index), pick up orphaned `approved` ones and turn expired `executing` leases into
 //! `unknown` (each second, through the per-state index), and delete decided records past
-//! `approval_retention` (each minute).
+//! `approval_retention` (each minute, through the decided index).
 
 use super::{audit, in_state, load, transition, State};
 use crate::app::App;
 use crate::error::Error;
-use crate::store::now_ms;
+use crate::store::{now_ms, TimeIndex};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
 const EVERY: Duration = Duration::from_secs(1);
-/// Retention runs once per this many sweeps.
-const RETENTION_EVERY: u64 = 60;
+/// Retention runs this often, or every `approval_retention` when that is shorter.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run_sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(EVERY);
-    for n in 0u64.. {
+    let mut last_retention = tokio::time::Instant::now();
+    loop {
         tick.tick().await;
         if let Err(e) = sweep(&app, false).await {
             warn!(error = %e, "approval sweep failed");
         }
-        if n % RETENTION_EVERY == RETENTION_EVERY - 1 {
+        let every = RETENTION_EVERY.min(app.live.load().snap.limits.approval_retention);
+        if last_retention.elapsed() >= every {
+            last_retention = tokio::time::Instant::now();
             if let Err(e) = retention(&app).await {
                 warn!(error = %e, "approval retention failed");
             }
@@ -57,17 +60,42 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         // Concurrently, so the entries share commits (embedded) or a pipeline (redis)
         // instead of costing a round trip and an fsync each at every boot.
         for chunk in live.chunks(DUE_BATCH) {
-            futures_util::future::try_join_all(
-                chunk
-                    .iter()
-                    .map(|a| app.store.track_expiry(&a.id, a.expires_at_ms)),
-            )
+            futures_util::future::try_join_all(chunk.iter().map(|a| {
+                app.store
+                    .track_approval(TimeIndex::Expiry, &a.id, a.expires_at_ms)
+            }))
             .await?;
+        }
+        // Likewise every decided record, for retention: delete what is past it, index
+        // the rest (records from before the index, entries lost between a decision and
+        // its indexing).
+        let keep = retention_ms(app);
+        for s in DECIDED {
+            let mut young = Vec::new();
+            for a in in_state(app, s).await? {
+                if now.saturating_sub(a.updated_at_ms) > keep {
+                    app.store
+                        .delete_approval(&a.id, &a.agent, s.as_str())
+                        .await?;
+                } else {
+                    young.push(a);
+                }
+            }
+            for chunk in young.chunks(DUE_BATCH) {
+                futures_util::future::try_join_all(chunk.iter().map(|a| {
+                    app.store
+                        .track_approval(TimeIndex::Decided, &a.id, a.updated_at_ms)
+                }))
+                .await?;
+            }
         }
     } else {
         // Each second, only what fell due: O(expiring), not O(pending).
         loop {
-            let due = app.store.take_due_approvals(now, DUE_BATCH).await?;
+            let due = app
+                .store
+                .take_due_approvals(TimeIndex::Expiry, now, DUE_BATCH)
+                .await?;
             for raw in &due {
                 let Ok(a) = serde_json::from_slice::<super::Approval>(raw) else {
                     continue;
@@ -115,22 +143,52 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
     Ok(())
 }
 
+const DECIDED: [State; 4] = [
+    State::Executed,
+    State::Failed,
+    State::Denied,
+    State::Expired,
+];
+
+fn retention_ms(app: &App) -> u64 {
+    app.live.load().snap.limits.approval_retention.as_millis() as u64
+}
+
+/// Deletes decided records older than `approval_retention`, reading only the decided
+/// index entries that are at least that old: O(expiring), not O(decided).
 async fn retention(app: &Arc<App>) -> Result<(), Error> {
     let now = now_ms();
-    let keep = app.live.load().snap.limits.approval_retention.as_millis() as u64;
-    for s in [
-        State::Executed,
-        State::Failed,
-        State::Denied,
-        State::Expired,
-    ] {
-        for a in in_state(app, s).await? {
-            if now.saturating_sub(a.updated_at_ms) > keep {
+    let keep = retention_ms(app);
+    // Entries at or before `cutoff` are strictly older than `keep`.
+    let Some(cutoff) = now.checked_sub(keep + 1) else {
+        return Ok(());
+    };
+    loop {
+        let taken = app
+            .store
+            .take_due_approvals(TimeIndex::Decided, cutoff, DUE_BATCH)
+            .await?;
+        for raw in &taken {
+            let Ok(a) = serde_json::from_slice::<super::Approval>(raw) else {
+                continue;
+            };
+            if !a.state.is_final() {
+                continue;
+            }
+            if a.updated_at_ms <= cutoff {
                 app.store
-                    .delete_approval(&a.id, &a.agent, s.as_str())
+                    .delete_approval(&a.id, &a.agent, a.state.as_str())
+                    .await?;
+            } else {
+                // Indexed under an older time than the record says: put it back under
+                // its own (after the cutoff, so this pass does not take it again).
+                app.store
+                    .track_approval(TimeIndex::Decided, &a.id, a.updated_at_ms)
                     .await?;
             }
         }
+        if taken.len() < DUE_BATCH {
+            return Ok(());
+        }
     }
-    Ok(())
 }

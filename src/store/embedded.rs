@@ -1,7 +1,9 @@
 //! The embedded backend: one redb file, single node. Every write is durable before it
 //! is acknowledged; concurrent writes share one commit (group commit, see `Committer`).
 
-use super::{unavailable, Event, SwitchChange, SwitchState, TokenRecord, SCHEMA_VERSION};
+use super::{
+    unavailable, Event, SwitchChange, SwitchState, TimeIndex, TokenRecord, SCHEMA_VERSION,
+};
 use crate::error::Error;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
@@ -25,6 +27,15 @@ const PENDING_COUNT: TableDefinition<&str, u64> = TableDefinition::new("approval
 /// `<expires_at_ms, 20 digits>/id` for approvals created pending: the sweeper takes
 /// what fell due instead of reading every pending record each second.
 const DUE: TableDefinition<&str, u8> = TableDefinition::new("approvals_due");
+/// Decided approvals by `<updated_at_ms, 20 digits>/<id>`: retention reads only what is old.
+const DECIDED: TableDefinition<&str, u8> = TableDefinition::new("approvals_decided");
+
+fn index_table(index: TimeIndex) -> TableDefinition<'static, &'static str, u8> {
+    match index {
+        TimeIndex::Expiry => DUE,
+        TimeIndex::Decided => DECIDED,
+    }
+}
 
 fn due_key(expires_at_ms: u64, id: &str) -> String {
     format!("{expires_at_ms:020}/{id}")
@@ -181,6 +192,7 @@ impl Embedded {
                 tx.open_table(PENDING).map_err(unavailable)?;
                 tx.open_table(BY_STATE).map_err(unavailable)?;
                 tx.open_table(DUE).map_err(unavailable)?;
+                tx.open_table(DECIDED).map_err(unavailable)?;
                 // Stores written before the per-agent count existed: count once.
                 if meta.get("pending_count").map_err(unavailable)?.is_none() {
                     let mut n: std::collections::BTreeMap<String, u64> = Default::default();
@@ -579,15 +591,21 @@ impl Embedded {
         })
         .await
     }
-    /// Removes up to `limit` entries of the expiry index that fell due by `now_ms` and
-    /// answers the records they name that still exist (in whatever state they are now).
-    pub async fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+    /// Removes up to `limit` entries of `index` at or before `now_ms` and answers the
+    /// records they name that still exist (in whatever state they are now).
+    pub async fn take_due(
+        &self,
+        index: TimeIndex,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let table = index_table(index);
         // Most sweeps find nothing: look first, so an idle node does not commit (fsync)
         // an empty transaction every second.
         let any = self
             .blocking(move |db| {
                 let tx = db.begin_read().map_err(unavailable)?;
-                let due = tx.open_table(DUE).map_err(unavailable)?;
+                let due = tx.open_table(table).map_err(unavailable)?;
                 let hi = format!("{:020}0", now_ms);
                 let found = due.range(..hi.as_str()).map_err(unavailable)?.next();
                 Ok(found.is_some())
@@ -597,7 +615,7 @@ impl Embedded {
             return Ok(vec![]);
         }
         self.write(move |tx| {
-            let mut due = tx.open_table(DUE).map_err(unavailable)?;
+            let mut due = tx.open_table(table).map_err(unavailable)?;
             let hi = format!("{:020}0", now_ms);
             let mut keys = Vec::new();
             for row in due.range(..hi.as_str()).map_err(unavailable)?.take(limit) {
@@ -617,11 +635,12 @@ impl Embedded {
         .await
     }
 
-    /// (Re-)enters a pending approval in the expiry index; idempotent.
-    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
-        let key = due_key(expires_at_ms, id);
+    /// (Re-)enters an approval in `index` at `at_ms`; idempotent.
+    pub async fn track(&self, index: TimeIndex, id: &str, at_ms: u64) -> Result<(), Error> {
+        let key = due_key(at_ms, id);
+        let table = index_table(index);
         self.write(move |tx| {
-            tx.open_table(DUE)
+            tx.open_table(table)
                 .map_err(unavailable)?
                 .insert(key.as_str(), 1)
                 .map_err(unavailable)?;

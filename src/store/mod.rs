@@ -144,6 +144,15 @@ pub enum Event {
     Resync,
 }
 
+/// The time indexes over approvals, read by the sweeper so that it touches only what
+/// fell due: when a pending approval expires (`expires_at_ms`), and when a decided one
+/// was decided (`updated_at_ms`, for `approval_retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeIndex {
+    Expiry,
+    Decided,
+}
+
 /// One compare-and-set on an approval record.
 pub struct Cas<'a> {
     pub id: &'a str,
@@ -289,27 +298,35 @@ impl Store {
         }
     }
 
-    /// Takes (removes) up to `limit` expiry-index entries due by `now_ms` and answers
-    /// the records they name that still exist, whatever their state now: the caller
-    /// expires those still pending. An entry is taken once, by one replica; records
-    /// that left `pending` early are simply skipped when their time comes.
+    /// Takes (removes) up to `limit` entries of `index` at or before `until_ms` and
+    /// answers the records they name that still exist, whatever their state now: the
+    /// caller re-checks each (expires those still pending; deletes those decided long
+    /// enough ago). An entry is taken once, by one replica; records that moved on are
+    /// simply skipped when their time comes.
     pub async fn take_due_approvals(
         &self,
-        now_ms: u64,
+        index: TimeIndex,
+        until_ms: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
         match self {
-            Store::Embedded(s) => s.take_due(now_ms, limit).await,
-            Store::Redis(s) => s.take_due(now_ms, limit).await,
+            Store::Embedded(s) => s.take_due(index, until_ms, limit).await,
+            Store::Redis(s) => s.take_due(index, until_ms, limit).await,
         }
     }
 
-    /// (Re-)enters a pending approval in the expiry index (idempotent): at start, for
-    /// records written before the index existed or whose entry a failed sweep took.
-    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
+    /// (Re-)enters an approval in `index` at `at_ms` (idempotent): when it is created or
+    /// decided, and at start for records written before the index existed or whose
+    /// entry a failed sweep took.
+    pub async fn track_approval(
+        &self,
+        index: TimeIndex,
+        id: &str,
+        at_ms: u64,
+    ) -> Result<(), Error> {
         match self {
-            Store::Embedded(s) => s.track_expiry(id, expires_at_ms).await,
-            Store::Redis(s) => s.track_expiry(id, expires_at_ms).await,
+            Store::Embedded(s) => s.track(index, id, at_ms).await,
+            Store::Redis(s) => s.track(index, id, at_ms).await,
         }
     }
 

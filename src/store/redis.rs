@@ -1,7 +1,9 @@
 //! The redis backend: `ConnectionManager` for commands, one pub/sub connection for
 //! invalidations, and a heartbeat so a silent feed is noticed within a second.
 
-use super::{unavailable, Event, Scope, SwitchChange, SwitchState, TokenRecord, SCHEMA_VERSION};
+use super::{
+    unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord, SCHEMA_VERSION,
+};
 use crate::error::Error;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -316,7 +318,7 @@ impl RedisStore {
             .key(self.key(&format!("pending:{agent}")))
             .key(self.key("approvals"))
             .key(self.key("state:pending"))
-            .key(self.key("due"))
+            .key(self.key(index_key(TimeIndex::Expiry)))
             .key(self.channel())
             .arg(record)
             .arg(body)
@@ -329,13 +331,18 @@ impl RedisStore {
         Ok(ok == 1)
     }
 
-    /// Pops up to `limit` ids whose expiry fell due by `now_ms` from the index (so one
-    /// replica acts on each) and answers the records that still exist.
-    pub async fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+    /// Pops up to `limit` ids scored at or before `now_ms` from `index` (so one replica
+    /// acts on each) and answers the records that still exist.
+    pub async fn take_due(
+        &self,
+        index: TimeIndex,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
         let mut c = self.conn.clone();
         let ids: Vec<String> = self
             .take_due
-            .key(self.key("due"))
+            .key(self.key(index_key(index)))
             .arg(now_ms)
             .arg(limit)
             .invoke_async(&mut c)
@@ -356,11 +363,11 @@ impl RedisStore {
         Ok(vals.into_iter().flatten().collect())
     }
 
-    /// (Re-)enters a pending approval in the expiry index; idempotent.
-    pub async fn track_expiry(&self, id: &str, expires_at_ms: u64) -> Result<(), Error> {
+    /// (Re-)enters an approval in `index` at `at_ms`; idempotent.
+    pub async fn track(&self, index: TimeIndex, id: &str, at_ms: u64) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let _: i64 = c
-            .zadd(self.key("due"), id, expires_at_ms)
+            .zadd(self.key(index_key(index)), id, at_ms)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -426,9 +433,19 @@ impl RedisStore {
             .srem(self.key("approvals"), id)
             .srem(self.key(&format!("pending:{agent}")), id)
             .srem(self.key(&format!("state:{state}")), id)
+            .zrem(self.key(index_key(TimeIndex::Expiry)), id)
+            .zrem(self.key(index_key(TimeIndex::Decided)), id)
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// The sorted set behind each time index (scores are milliseconds).
+fn index_key(index: TimeIndex) -> &'static str {
+    match index {
+        TimeIndex::Expiry => "due",
+        TimeIndex::Decided => "decided",
     }
 }
