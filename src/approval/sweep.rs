@@ -57,15 +57,11 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
                 live.push(a);
             }
         }
-        // Concurrently, so the entries share commits (embedded) or a pipeline (redis)
-        // instead of costing a round trip and an fsync each at every boot.
-        for chunk in live.chunks(DUE_BATCH) {
-            futures_util::future::try_join_all(chunk.iter().map(|a| {
-                app.store
-                    .track_approval(TimeIndex::Expiry, &a.id, a.expires_at_ms)
-            }))
-            .await?;
-        }
+        let entries: Vec<_> = live
+            .iter()
+            .map(|a| (a.id.as_str(), a.expires_at_ms))
+            .collect();
+        index_all(app, TimeIndex::Expiry, &entries).await?;
         // Likewise every decided record, for retention: delete what is past it, index
         // the rest (records from before the index, entries lost between a decision and
         // its indexing).
@@ -81,13 +77,11 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
                     young.push(a);
                 }
             }
-            for chunk in young.chunks(DUE_BATCH) {
-                futures_util::future::try_join_all(chunk.iter().map(|a| {
-                    app.store
-                        .track_approval(TimeIndex::Decided, &a.id, a.updated_at_ms)
-                }))
-                .await?;
-            }
+            let entries: Vec<_> = young
+                .iter()
+                .map(|a| (a.id.as_str(), a.updated_at_ms))
+                .collect();
+            index_all(app, TimeIndex::Decided, &entries).await?;
         }
     } else {
         // Each second, only what fell due: O(expiring), not O(pending).
@@ -139,6 +133,20 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         if let Some(l2) = transition(app, &l, n, None).await? {
             audit(app, &l2.a, "replay_unknown", None, l2.a.detail.as_deref()).await;
         }
+    }
+    Ok(())
+}
+
+/// Enters `(id, at_ms)` pairs in `index` concurrently, so the entries share commits
+/// (embedded) or a pipeline (redis) instead of costing a round trip and an fsync each.
+async fn index_all(app: &App, index: TimeIndex, entries: &[(&str, u64)]) -> Result<(), Error> {
+    for chunk in entries.chunks(DUE_BATCH) {
+        futures_util::future::try_join_all(
+            chunk
+                .iter()
+                .map(|(id, at)| app.store.track_approval(index, id, *at)),
+        )
+        .await?;
     }
     Ok(())
 }
