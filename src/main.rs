@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     // Where transparent huge pages are `always` (Debian's default), mimalloc's 2-MiB
     // aligned regions fault in whole huge pages: 1,000 idle agent connections took
-    // 75 MiB instead of 41. Best effort: a kernel without the prctl keeps its default.
+    // 75 MiB instead of 44. Best effort: a kernel without the prctl keeps its default.
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let _ = rustls::crypto::ring::default_provider().install_default();

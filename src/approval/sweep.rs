@@ -168,7 +168,7 @@ async fn retention(app: &Arc<App>) -> Result<(), Error> {
     let now = now_ms();
     let keep = retention_ms(app);
     // Entries at or before `cutoff` are strictly older than `keep`.
-    let Some(cutoff) = now.checked_sub(keep + 1) else {
+    let Some(cutoff) = now.checked_sub(keep.saturating_add(1)) else {
         return Ok(());
     };
     loop {
