@@ -348,19 +348,29 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
-        if ids.is_empty() {
-            return Ok(vec![]);
+        self.approvals_by_id(&mut c, &ids).await
+    }
+
+    /// The records of `ids` that exist, read with MGET in chunks.
+    async fn approvals_by_id(
+        &self,
+        c: &mut ConnectionManager,
+        ids: &[String],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| self.key(&format!("approval:{id}")))
+                .collect();
+            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(c)
+                .await
+                .map_err(unavailable)?;
+            out.extend(vals.into_iter().flatten());
         }
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| self.key(&format!("approval:{id}")))
-            .collect();
-        let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(vals.into_iter().flatten().collect())
+        Ok(out)
     }
 
     /// (Re-)enters an approval in `index` at `at_ms`; idempotent.
@@ -407,20 +417,7 @@ impl RedisStore {
             None => self.key("approvals"),
         };
         let ids: Vec<String> = c.smembers(set).await.map_err(unavailable)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|id| self.key(&format!("approval:{id}")))
-                .collect();
-            let vals: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut c)
-                .await
-                .map_err(unavailable)?;
-            out.extend(vals.into_iter().flatten());
-        }
-        Ok(out)
+        self.approvals_by_id(&mut c, &ids).await
     }
 
     pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {

@@ -1337,3 +1337,30 @@ pub async fn read_to_eof<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> 
 pub fn crate_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// One admin API call with `token` (empty: no Authorization header).
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> Resp {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", admin.to_string());
+    if !token.is_empty() {
+        b = b.header("authorization", format!("Bearer {token}"));
+    }
+    let req = match body {
+        Some(v) => b
+            .header("content-type", "application/json")
+            .body(full(v.to_string()))
+            .unwrap(),
+        None => b.body(empty()).unwrap(),
+    };
+    send(admin, req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on the admin API ({admin}): {e}"))
+}

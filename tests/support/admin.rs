@@ -4,36 +4,10 @@
 #![allow(dead_code)]
 
 use crate::common::{self, Proxy, Resp, OPERATOR_SECRET};
-use http::Request;
 use serde_json::Value;
 use std::net::SocketAddr;
 
-/// One admin API call with `token` (empty: no Authorization header).
-pub async fn admin_call(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> Resp {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", admin.to_string());
-    if !token.is_empty() {
-        b = b.header("authorization", format!("Bearer {token}"));
-    }
-    let req = match body {
-        Some(v) => b
-            .header("content-type", "application/json")
-            .body(common::full(v.to_string()))
-            .unwrap(),
-        None => b.body(common::empty()).unwrap(),
-    };
-    common::send(admin, req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path} on the admin API ({admin}): {e}"))
-}
+pub use crate::common::admin_call;
 
 /// An admin call as the harness operator (all roles).
 pub async fn op(p: &Proxy, method: &str, path: &str, body: Option<&Value>) -> Resp {

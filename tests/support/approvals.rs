@@ -392,23 +392,7 @@ pub async fn admin(
     path: &str,
     body: Option<&Value>,
 ) -> Resp {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
-    if !who.is_empty() {
-        b = b.header("authorization", format!("Bearer {who}"));
-    }
-    let req = match body {
-        Some(v) => b
-            .header("content-type", "application/json")
-            .body(common::full(v.to_string()))
-            .unwrap(),
-        None => b.body(common::empty()).unwrap(),
-    };
-    common::send(addr, req)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path} on the admin API ({addr}): {e}"))
+    common::admin_call(addr, method, path, who, body).await
 }
 
 /// `POST /tokens` as the issuer; returns the agent credential `pcx_<id>_<secret>` and its id.
