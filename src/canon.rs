@@ -245,15 +245,59 @@ fn escape_at(s: &[u8], i: usize) -> Result<u8, Error> {
     }
 }
 
+/// Tracks the bytes the escapes of one target decode to: a backend decodes them as
+/// UTF-8, so an invalid sequence (an overlong `..`, a lone continuation byte, a
+/// surrogate) has no one meaning and is refused.
+#[derive(Default)]
+struct Utf8Check {
+    pending: [u8; 4],
+    len: usize,
+}
+
+impl Utf8Check {
+    /// Feeds one decoded byte of an escape; a raw ASCII byte ends any sequence.
+    fn escaped(&mut self, b: u8) -> Result<(), Error> {
+        if self.len == 0 && b < 0x80 {
+            return Ok(());
+        }
+        self.pending[self.len] = b;
+        self.len += 1;
+        match std::str::from_utf8(&self.pending[..self.len]) {
+            Ok(_) => {
+                self.len = 0;
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && self.len < 4 => Ok(()),
+            Err(_) => Err(bad_utf8()),
+        }
+    }
+    /// A raw byte or the end of the target: no sequence may be left open.
+    fn boundary(&mut self) -> Result<(), Error> {
+        if self.len != 0 {
+            return Err(bad_utf8());
+        }
+        Ok(())
+    }
+}
+
+fn bad_utf8() -> Error {
+    bad(
+        "bad_utf8",
+        "percent-escapes must decode to valid UTF-8 (no overlong forms, surrogates or stray bytes)",
+    )
+}
+
 fn canonical_path(path: &str) -> Result<(String, bool), Error> {
     let s = path.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut encoded_slash = false;
+    let mut utf8 = Utf8Check::default();
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
         if b == b'%' {
             let v = escape_at(s, i)?;
+            utf8.escaped(v)?;
             match v {
                 b'/' => {
                     encoded_slash = true;
@@ -284,9 +328,11 @@ fn canonical_path(path: &str) -> Result<(String, bool), Error> {
         if b != b'/' && !is_path_char(b) {
             return Err(raw_refusal(b));
         }
+        utf8.boundary()?;
         out.push(b as char);
         i += 1;
     }
+    utf8.boundary()?;
     check_segments(&out)?;
     if encoded_slash {
         // A backend that decodes `%2F` before routing must not find dot or empty
@@ -315,11 +361,13 @@ fn check_segments(path: &str) -> Result<(), Error> {
 fn canonical_query(q: &str) -> Result<String, Error> {
     let s = q.as_bytes();
     let mut out = String::with_capacity(s.len());
+    let mut utf8 = Utf8Check::default();
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
         if b == b'%' {
             let v = escape_at(s, i)?;
+            utf8.escaped(v)?;
             if is_unreserved(v) {
                 out.push(v as char);
             } else {
@@ -331,9 +379,11 @@ fn canonical_query(q: &str) -> Result<String, Error> {
         if !(is_path_char(b) || b == b'/' || b == b'?') {
             return Err(raw_refusal(b));
         }
+        utf8.boundary()?;
         out.push(b as char);
         i += 1;
     }
+    utf8.boundary()?;
     for pair in out.split('&') {
         let name = pair.split('=').next().unwrap_or("");
         if name.eq_ignore_ascii_case("_method") {
@@ -387,6 +437,8 @@ mod tests {
             ("/%61dmin", "/admin", None),
             ("/t/caf%C3%A9", "/t/caf%C3%A9", None),
             ("/t/caf%c3%a9", "/t/caf%c3%a9", None),
+            ("/t/%E2%82%AC/%F0%9F%98%80", "/t/%E2%82%AC/%F0%9F%98%80", None),
+            ("/t?q=%E2%82%AC", "/t", Some("q=%E2%82%AC")),
             ("/t/a%20b", "/t/a%20b", None),
             ("/t/%7euser", "/t/~user", None),
             ("/t?a=1&b=%2F", "/t", Some("a=1&b=%2F")),
@@ -437,6 +489,16 @@ mod tests {
             ("/a?%5Fmethod=DELETE", "method_override"),
             ("http://evil.test/a", "host_mismatch"),
             ("*", "bad_target"),
+            ("/a/%C0%AE%C0%AE/admin", "bad_utf8"),
+            ("/a/%E0%80%AF", "bad_utf8"),
+            ("/a/%80", "bad_utf8"),
+            ("/a/x%BFy", "bad_utf8"),
+            ("/a/%ED%A0%80", "bad_utf8"),
+            ("/a/%C3", "bad_utf8"),
+            ("/a/%C3x", "bad_utf8"),
+            ("/a/%F4%90%80%80", "bad_utf8"),
+            ("/a?q=%C0%AF", "bad_utf8"),
+            ("/a?q=%E9", "bad_utf8"),
         ];
         for (target, want) in cases {
             assert_eq!(reason(canon("GET", target)), want, "{target}");

@@ -166,8 +166,8 @@ pub fn check_template(t: &str) -> Result<(), String> {
 /// An explicit `tools[]` entry.
 #[derive(Debug)]
 pub struct Override {
-    /// `None` matches any method.
-    pub method: Option<Method>,
+    /// The methods it names (`"POST|PATCH /…"`); `None` (`"* /…"`) matches any method.
+    pub methods: Option<Vec<Method>>,
     pub pattern: Pattern,
     pub name: Arc<str>,
     pub risk: Risk,
@@ -297,19 +297,33 @@ impl Classifier {
     }
 
     /// Classifies a canonical path. The risk is the highest over the path and its
-    /// lenient spellings (one trailing slash off, `.ext` off the last segment, lower case).
+    /// lenient spellings (one trailing slash off, `.ext` off the last segment, lower case),
+    /// and, when it keeps an encoded `/`, over the path a backend that decodes `%2F` sees
+    /// (and that path's lenient spellings).
     pub fn classify(&self, m: Method, path: &str) -> Result<Tool, Unclassified> {
         let route = self.route_of(path).ok_or(Unclassified::NoRoute)?;
         let mut best = self.spelling(route, m, path, true)?;
-        for v in variants(path) {
+        let mut others = variants(path);
+        if let Some(decoded) = decode_slashes(path) {
+            let more = variants(&decoded);
+            others.push(decoded);
+            others.extend(more);
+        }
+        for v in others {
+            if v == path {
+                continue;
+            }
             let r = self.route_of(&v).unwrap_or(route);
             let Ok(t) = self.spelling(r, m, &v, false) else {
                 continue;
             };
-            // Highest risk wins; at equal risk a known template beats the heuristic,
-            // then the literal spelling. Every losing name stays as an alias.
+            // Highest risk wins; at equal risk a known template beats the heuristic, a
+            // template with more static segments beats one that took the segment as a
+            // parameter (`/items/EXPORT` is the export, not `items.get`), then the
+            // literal spelling. Every losing name stays as an alias.
             let t = Tool { route, ..t };
-            let loser = if (t.risk, t.known) > (best.risk, best.known) {
+            let rank = |t: &Tool| (t.risk, t.known, static_segments(&t.template));
+            let loser = if rank(&t) > rank(&best) {
                 std::mem::replace(&mut best, t)
             } else {
                 t
@@ -354,7 +368,7 @@ impl Classifier {
         let r = &self.routes[route];
         let mm = if m == Method::Head { Method::Get } else { m };
         for o in &r.overrides {
-            if o.method.is_none_or(|om| om == mm) && o.pattern.matches(path) {
+            if o.methods.as_ref().is_none_or(|ms| ms.contains(&mm)) && o.pattern.matches(path) {
                 return Ok(Tool {
                     name: o.name.clone(),
                     risk: o.risk,
@@ -393,6 +407,22 @@ impl Classifier {
             aliases: Vec::new(),
         })
     }
+}
+
+/// The path with every `%2F` decoded, if it has one.
+fn decode_slashes(path: &str) -> Option<String> {
+    if !path.contains("%2F") && !path.contains("%2f") {
+        return None;
+    }
+    Some(path.replace("%2F", "/").replace("%2f", "/"))
+}
+
+/// How many segments of a template are literal (not `{param}`).
+fn static_segments(template: &str) -> usize {
+    template
+        .split('/')
+        .filter(|s| !s.is_empty() && !s.starts_with('{'))
+        .count()
 }
 
 /// The other spellings a lenient backend may route to the same handler.
@@ -540,7 +570,7 @@ mod tests {
             "tickets".into(),
             false,
             vec![Override {
-                method: Some(Method::Post),
+                methods: Some(vec![Method::Post]),
                 pattern: Pattern::new("/tickets/{id}/refund").unwrap(),
                 name: "tickets.refund".into(),
                 risk: Risk::Critical,
@@ -737,6 +767,41 @@ mod tests {
             c.classify(Method::Get, "/tickets/Secret.txt").unwrap().risk,
             Risk::High
         );
+    }
+
+    #[test]
+    fn encoded_slashes_are_classified_as_a_decoding_backend_sees_them() {
+        let c = classifier();
+        // `1%2Frefund` fills `{id}` literally, but a backend that decodes `%2F` runs the refund.
+        let t = c.classify(Method::Post, "/tickets/1%2Frefund").unwrap();
+        assert_eq!((&*t.name, t.risk), ("tickets.refund", Risk::Critical));
+        assert!(t.aliases.iter().any(|a| &**a == "tickets.create"), "{t:?}");
+        let t = c.classify(Method::Get, "/tickets/1%2fexport").unwrap();
+        assert_eq!(t.risk, Risk::High);
+        // Its lenient spellings too.
+        let t = c.classify(Method::Post, "/tickets/1%2FRefund.json").unwrap();
+        assert_eq!(t.risk, Risk::Critical);
+    }
+
+    #[test]
+    fn a_static_template_segment_names_a_lenient_spelling() {
+        let items = RouteRules::new(
+            "/items".into(),
+            "items".into(),
+            false,
+            vec![],
+            &["/items/{id}".into(), "/items/export".into()],
+            vec![],
+        )
+        .unwrap();
+        let c = Classifier::new(vec![items], vec![]);
+        for p in ["/items/EXPORT", "/items/export.json", "/items/Export/"] {
+            let t = c.classify(Method::Get, p).unwrap();
+            assert_eq!(&*t.name, "items.export.list", "{p}");
+            assert!(t.aliases.iter().any(|a| &**a == "items.get"), "{p}: {t:?}");
+        }
+        let t = c.classify(Method::Get, "/items/42").unwrap();
+        assert_eq!((&*t.name, t.aliases.len()), ("items.get", 0));
     }
 
     #[test]

@@ -152,11 +152,13 @@ pub fn decide(i: &Input) -> Decision {
     if let Some(n) = t.names().find(|n| any_match(&p.deny, n)) {
         return deny("profile_deny", format!("profile `{}` denies `{n}`", p.name));
     }
+    // Grants hold only if they hold for every name: a spelling a lenient backend routes
+    // to another handler (`/items/EXPORT`) must be granted as that handler too.
     if let Some(tools) = &i.narrowing.tools {
-        if !any_match(tools, name) {
+        if let Some(n) = t.names().find(|n| !any_match(tools, n)) {
             return deny(
                 "token_scope",
-                format!("this credential is not scoped to `{name}`"),
+                format!("this credential is not scoped to `{n}`"),
             );
         }
     }
@@ -181,7 +183,8 @@ pub fn decide(i: &Input) -> Decision {
     if p.admin {
         return Decision::Allow { rule: "admin" };
     }
-    if any_match(&p.tools, name) {
+    let ungranted = t.names().find(|n| !any_match(&p.tools, n));
+    if ungranted.is_none() {
         let mut ceiling = p.max_risk;
         if let Some(r) = i.narrowing.max_risk {
             ceiling = ceiling.min(r);
@@ -209,9 +212,15 @@ pub fn decide(i: &Input) -> Decision {
         };
         return deny(reason, format!("`{name}` is {} risk; {why}", t.risk));
     }
+    let n = ungranted.unwrap_or(name);
+    let also = if n == name {
+        String::new()
+    } else {
+        format!(" (another spelling of `{name}`)")
+    };
     deny(
         "not_granted",
-        format!("profile `{}` does not grant `{name}`", p.name),
+        format!("profile `{}` does not grant `{n}`{also}", p.name),
     )
 }
 
@@ -293,6 +302,51 @@ mod tests {
             }
         ));
         assert!(matches!(d(&t, &none), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn grants_must_hold_for_every_alias() {
+        let a = agent(
+            Profile {
+                tools: vec![Glob("items.get".into())],
+                max_risk: Risk::High,
+                ..profile()
+            },
+            None,
+        );
+        let none = Switches::default();
+        let d = |t: &Tool, n: &Narrowing| {
+            decide(&Input {
+                agent: &a,
+                narrowing: n,
+                tool: t,
+                path: "/items/EXPORT",
+                switches: &none,
+                approved: false,
+            })
+        };
+        let mut t = tool("items.get", Risk::Low);
+        assert_eq!(d(&t, &Narrowing::default()), Decision::Allow { rule: "tools" });
+        t.aliases = vec!["items.export.list".into()];
+        let cases: [(Narrowing, &str); 2] = [
+            (Narrowing::default(), "not_granted"),
+            (
+                Narrowing {
+                    tools: Some(vec![Glob("items.get".into())]),
+                    max_risk: None,
+                },
+                "token_scope",
+            ),
+        ];
+        for (n, want) in cases {
+            match d(&t, &n) {
+                Decision::Deny { reason, detail } => {
+                    assert_eq!(reason, want);
+                    assert!(detail.contains("items.export.list"), "{detail}");
+                }
+                other => panic!("{want}: {other:?}"),
+            }
+        }
     }
 
     fn tool(name: &str, risk: Risk) -> Tool {

@@ -48,8 +48,8 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
     for (ri, rules) in snap.classifier.routes.iter().enumerate() {
         let mut entries: Vec<(Method, String)> = Vec::new();
         for o in &rules.overrides {
-            match o.method {
-                Some(m) => entries.push((m, o.pattern.text.clone())),
+            match &o.methods {
+                Some(ms) => entries.extend(ms.iter().map(|m| (*m, o.pattern.text.clone()))),
                 None => entries.extend(TABLE_METHODS.iter().map(|m| (*m, o.pattern.text.clone()))),
             }
         }
@@ -158,6 +158,9 @@ pub fn render(snap: &Snapshot) -> String {
     for (short, long) in &snap.shadows {
         let _ = writeln!(s, "note: route {long} takes precedence over {short} for paths under {long} (longest prefix wins)");
     }
+    for w in partial_overrides(snap) {
+        let _ = writeln!(s, "warning: {w}");
+    }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
             let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify)", snap.routes[ri].prefix);
@@ -165,4 +168,52 @@ pub fn render(snap: &Snapshot) -> String {
     }
     let _ = writeln!(s, "policy_version: {}", snap.policy_version);
     s
+}
+
+/// Templates with an override for some methods and not others: the other methods on
+/// that path fall to the next rule (a template or the heuristic), usually at a lower
+/// risk than the override meant (`POST /x/{id}/refund` critical, `PATCH` there medium).
+pub fn partial_overrides(snap: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for rules in &snap.classifier.routes {
+        let mut seen: Vec<&str> = Vec::new();
+        for o in &rules.overrides {
+            let t = o.pattern.text.as_str();
+            if seen.contains(&t) {
+                continue;
+            }
+            seen.push(t);
+            let mut covered: Vec<Method> = Vec::new();
+            for o2 in rules.overrides.iter().filter(|o2| o2.pattern.text == t) {
+                match &o2.methods {
+                    None => covered.extend(TABLE_METHODS),
+                    Some(ms) => covered.extend(ms.iter().copied()),
+                }
+            }
+            if covered.contains(&Method::Get) {
+                covered.push(Method::Head);
+            }
+            let missing: Vec<&str> = TABLE_METHODS
+                .into_iter()
+            .filter(|m| !covered.contains(m))
+            .map(Method::as_str)
+            .collect();
+            if !missing.is_empty() && missing.len() < 5 {
+                let names: Vec<&str> = covered
+                    .iter()
+                    .filter(|m| **m != Method::Head)
+                    .map(|m| m.as_str())
+                    .collect();
+                out.push(format!(
+                    "`{t}` has an override for {} but not for {}; those fall to the next rule \
+                     (write `match: \"{}|{} {t}\"` or `\"* {t}\"` to cover them)",
+                    names.join(", "),
+                    missing.join(", "),
+                    names.join("|"),
+                    missing.join("|"),
+                ));
+            }
+        }
+    }
+    out
 }

@@ -404,7 +404,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         let mut overrides = Vec::new();
         for (ti, t) in r.tools.iter().enumerate() {
             let tat = format!("{at}.tools[{ti}]");
-            let (method, template) =
+            let (methods, template) =
                 parse_match(&t.match_).map_err(|e| c.err(&format!("{tat}.match"), e))?;
             let pattern = Pattern::new(template).map_err(|e| c.err(&format!("{tat}.match"), e))?;
             if !classify::under_prefix(template, &prefix) {
@@ -420,7 +420,10 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                         format!("`{s}`: expected low, medium, high or critical"),
                     )
                 })?,
-                None => method.map_or(Risk::Low, Risk::of_method),
+                // Several methods: the highest of their default risks.
+                None => methods.as_ref().map_or(Risk::Low, |ms| {
+                    ms.iter().map(|m| Risk::of_method(*m)).max().unwrap_or(Risk::Low)
+                }),
             };
             let name = match &t.name {
                 Some(n) => {
@@ -438,12 +441,18 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                     }
                     n.clone()
                 }
-                None => classify::generated_name(
-                    &tool_prefix,
-                    &prefix,
-                    template,
-                    method.unwrap_or(Method::Get),
-                ),
+                None => match methods.as_deref() {
+                    Some([one]) => classify::generated_name(&tool_prefix, &prefix, template, *one),
+                    None => {
+                        classify::generated_name(&tool_prefix, &prefix, template, Method::Get)
+                    }
+                    Some(_) => {
+                        return Err(c.err(
+                            &format!("{tat}.name"),
+                            "an override for several methods needs a `name`",
+                        ))
+                    }
+                },
             };
             let approval_ttl = match &t.approval_ttl {
                 Some(s) => {
@@ -452,7 +461,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 None => None,
             };
             overrides.push(Override {
-                method,
+                methods,
                 pattern,
                 name: name.into(),
                 risk,
@@ -545,18 +554,25 @@ fn check_prefix(p: &str) -> Result<String, String> {
 }
 
 /// `"POST /tickets/{id}/refund"` or `"* /x"`.
-fn parse_match(s: &str) -> Result<(Option<Method>, &str), String> {
+/// `"POST /t"`, `"POST|PATCH|PUT /t"` or `"* /t"` → (methods, template); `None` = any.
+fn parse_match(s: &str) -> Result<(Option<Vec<Method>>, &str), String> {
     let (m, t) = s
         .trim()
         .split_once(' ')
-        .ok_or_else(|| format!("`{s}`: expected `METHOD /template`"))?;
+        .ok_or_else(|| format!("`{s}`: expected `METHOD /template` (or `M1|M2 /template`, `* /template`)"))?;
     let t = t.trim();
-    let method = if m == "*" {
-        None
-    } else {
-        Some(Method::parse(m).ok_or_else(|| format!("`{m}` is not a method portcullis forwards (GET HEAD POST PUT PATCH DELETE OPTIONS or *)"))?)
-    };
-    Ok((method, t))
+    if m == "*" {
+        return Ok((None, t));
+    }
+    let mut methods = Vec::new();
+    for one in m.split('|') {
+        let parsed = Method::parse(one).ok_or_else(|| format!("`{one}` is not a method portcullis forwards (GET HEAD POST PUT PATCH DELETE OPTIONS or *)"))?;
+        if methods.contains(&parsed) {
+            return Err(format!("`{one}` is listed twice"));
+        }
+        methods.push(parsed);
+    }
+    Ok((Some(methods), t))
 }
 
 fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
