@@ -67,6 +67,10 @@ pub struct App {
     pub store: Store,
     pub creds: Credentials,
     pub switches: Switchboard,
+    /// Per-agent refusal rate (`audit.max_refusals_per_second`).
+    pub refusals: crate::refusals::Meter,
+    /// Parks reading their bodies, per agent.
+    pub parking: crate::approval::inflight::Parking,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -92,6 +96,8 @@ impl App {
             store,
             creds: Credentials::default(),
             switches: Switchboard::default(),
+            refusals: Default::default(),
+            parking: Default::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let mut rx = app.store.events();
@@ -112,9 +118,28 @@ impl App {
                 }
             }
         });
+        let weak = Arc::downgrade(&app);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                app.flush_refusals(false);
+            }
+        });
         crate::approval::recover_own_leases(&app).await?;
         tokio::spawn(crate::approval::run_sweeper(app.clone()));
         Ok(app)
+    }
+
+    /// Writes the aggregate records of refusal floods whose second has ended (`all`:
+    /// also the current one, at shutdown).
+    pub fn flush_refusals(&self, all: bool) {
+        for r in self.refusals.take_closed(all) {
+            if self.audit.record(r).is_err() {
+                warn!("an aggregate refusal record could not be queued");
+            }
+        }
     }
 
     pub fn is_draining(&self) -> bool {

@@ -114,12 +114,17 @@ where
 
 /// Whether an error chain holds our [`TooLarge`].
 pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    too_large_limit(e).is_some()
+}
+
+/// The limit of the [`TooLarge`] in an error chain, if there is one.
+pub fn too_large_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<TooLarge>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<TooLarge>() {
+            return Some(t.0);
         }
         cur = err.source();
     }
-    false
+    None
 }

@@ -437,7 +437,11 @@ mod tests {
             ("/%61dmin", "/admin", None),
             ("/t/caf%C3%A9", "/t/caf%C3%A9", None),
             ("/t/caf%c3%a9", "/t/caf%c3%a9", None),
-            ("/t/%E2%82%AC/%F0%9F%98%80", "/t/%E2%82%AC/%F0%9F%98%80", None),
+            (
+                "/t/%E2%82%AC/%F0%9F%98%80",
+                "/t/%E2%82%AC/%F0%9F%98%80",
+                None,
+            ),
             ("/t?q=%E2%82%AC", "/t", Some("q=%E2%82%AC")),
             ("/t/a%20b", "/t/a%20b", None),
             ("/t/%7euser", "/t/~user", None),

@@ -779,7 +779,9 @@ mod tests {
         let t = c.classify(Method::Get, "/tickets/1%2fexport").unwrap();
         assert_eq!(t.risk, Risk::High);
         // Its lenient spellings too.
-        let t = c.classify(Method::Post, "/tickets/1%2FRefund.json").unwrap();
+        let t = c
+            .classify(Method::Post, "/tickets/1%2FRefund.json")
+            .unwrap();
         assert_eq!(t.risk, Risk::Critical);
     }
 

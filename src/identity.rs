@@ -135,10 +135,13 @@ pub struct Identity {
 
 #[derive(Default)]
 pub struct Credentials {
-    /// `None` remembers an id the store does not know: ids are server-generated
+    /// Credentials the store knows.
+    cache: RwLock<HashMap<String, Arc<Cached>>>,
+    /// Ids the store does not know, in their own bounded map: ids are server-generated
     /// UUIDv7s, so an unknown one is never about to become valid, and a flood of
-    /// made-up ids costs one store round trip each, not one per request.
-    cache: RwLock<HashMap<String, Option<Arc<Cached>>>>,
+    /// made-up ids costs one store round trip each, not one per request — and cannot
+    /// evict the valid credentials above when this map fills and is cleared.
+    unknown: RwLock<HashMap<String, ()>>,
     /// Bumped on every invalidation; a lookup that raced one does not fill the cache.
     gen: AtomicU64,
 }
@@ -148,18 +151,34 @@ impl Credentials {
         let live = store.feed_live();
         if live {
             if let Some(c) = self.cache.read().expect("cache lock").get(id) {
-                return Ok(c.clone());
+                return Ok(Some(c.clone()));
+            }
+            if self.unknown.read().expect("cache lock").contains_key(id) {
+                return Ok(None);
             }
         }
         let g = self.gen.load(Ordering::Acquire);
         let c = store.get_token(id).await?.map(compile);
         if live && store.feed_live() {
+            // The generation is checked under the lock an invalidation takes, so a
+            // lookup that raced one never stores what it read before it.
             let mut w = self.cache.write().expect("cache lock");
             if self.gen.load(Ordering::Acquire) == g {
-                if w.len() >= CACHE_MAX {
-                    w.clear();
+                match &c {
+                    Some(c) => {
+                        if w.len() >= CACHE_MAX {
+                            w.clear();
+                        }
+                        w.insert(id.to_string(), c.clone());
+                    }
+                    None => {
+                        let mut u = self.unknown.write().expect("cache lock");
+                        if u.len() >= CACHE_MAX {
+                            u.clear();
+                        }
+                        u.insert(id.to_string(), ());
+                    }
                 }
-                w.insert(id.to_string(), c.clone());
             }
         }
         Ok(c)
@@ -169,12 +188,14 @@ impl Credentials {
         let mut w = self.cache.write().expect("cache lock");
         self.gen.fetch_add(1, Ordering::AcqRel);
         w.remove(id);
+        self.unknown.write().expect("cache lock").remove(id);
     }
 
     pub fn clear(&self) {
         let mut w = self.cache.write().expect("cache lock");
         self.gen.fetch_add(1, Ordering::AcqRel);
         w.clear();
+        self.unknown.write().expect("cache lock").clear();
     }
 
     /// Missing, malformed, unknown, expired, revoked or unconfigured agent → 401.

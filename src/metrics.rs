@@ -60,3 +60,32 @@ fn describe() {
     );
     describe_counter!("portcullis_store_errors_total", "State store errors");
 }
+
+/// How many distinct heuristic tool names get their own `tool` label value.
+pub const MAX_HEURISTIC_LABELS: usize = 1000;
+
+static HEURISTIC: OnceLock<std::sync::Mutex<std::collections::HashSet<std::sync::Arc<str>>>> =
+    OnceLock::new();
+
+/// The `tool` label for a request: names from the configuration (overrides, `paths`
+/// templates) as they are; names the id heuristic made up from a path only while fewer
+/// than [`MAX_HEURISTIC_LABELS`] have been seen, then `other`. A flood of distinct paths
+/// cannot grow `/metrics` or memory.
+pub fn tool_label(tool: Option<&crate::classify::Tool>) -> std::sync::Arc<str> {
+    use std::sync::Arc;
+    let Some(t) = tool else {
+        return Arc::from("none");
+    };
+    if t.known {
+        return t.name.clone();
+    }
+    let mut seen = HEURISTIC
+        .get_or_init(Default::default)
+        .lock()
+        .expect("label set lock");
+    if seen.contains(&t.name) || seen.len() < MAX_HEURISTIC_LABELS {
+        seen.insert(t.name.clone());
+        return t.name.clone();
+    }
+    Arc::from("other")
+}

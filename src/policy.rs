@@ -326,7 +326,10 @@ mod tests {
             })
         };
         let mut t = tool("items.get", Risk::Low);
-        assert_eq!(d(&t, &Narrowing::default()), Decision::Allow { rule: "tools" });
+        assert_eq!(
+            d(&t, &Narrowing::default()),
+            Decision::Allow { rule: "tools" }
+        );
         t.aliases = vec!["items.export.list".into()];
         let cases: [(Narrowing, &str); 2] = [
             (Narrowing::default(), "not_granted"),

@@ -10,9 +10,11 @@ use crate::classify::{Tool, Unclassified};
 use crate::config::Snapshot;
 use crate::error::{Denial, Error};
 use crate::internal;
+use crate::override_scan;
 use crate::policy::{decide, Decision, Input};
 use crate::upstream::{self, Origin};
 use http::{header, HeaderValue, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -38,7 +40,11 @@ pub struct Trace {
     pub method: Option<&'static str>,
     pub path: Option<String>,
     pub tool: Option<Arc<str>>,
+    /// The tool's metrics label (bounded; see `metrics::tool_label`).
+    pub tool_label: Option<Arc<str>>,
     pub risk: Option<crate::classify::Risk>,
+    /// The policy in force when the request was decided.
+    pub policy_version: Option<Arc<str>>,
     pub remote_addr: Option<IpAddr>,
     pub upstream_started: Option<std::time::Instant>,
     /// The path already wrote this request's audit record (parking does, durably).
@@ -86,23 +92,32 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
         ),
         path: Some(match trace.path.as_deref() {
             Some(p) => redact_query(p, &snap.audit.redact_query),
-            None => {
-                let raw: String = raw_uri
-                    .path_and_query()
-                    .map_or("", |p| p.as_str())
-                    .chars()
-                    .take(2048)
-                    .collect();
-                redact_query(&raw, &snap.audit.redact_query)
-            }
+            None => redact_query(
+                raw_uri.path_and_query().map_or("", |p| p.as_str()),
+                &snap.audit.redact_query,
+            ),
         }),
         tool: trace.tool.as_ref().map(|t| t.to_string()),
         risk: trace.risk.map(|r| r.to_string()),
-        policy_version: Some(snap.policy_version.to_string()),
+        policy_version: Some(
+            trace
+                .policy_version
+                .as_deref()
+                .unwrap_or(&snap.policy_version)
+                .to_string(),
+        ),
         ..Default::default()
     };
+    if let Some(p) = rec.path.as_mut() {
+        if crate::audit::cap_path(p) {
+            rec.truncated = Some(true);
+        }
+    }
     let risk_label = trace.risk.map_or("none", |r| r.as_str());
-    let tool_label = trace.tool.as_deref().unwrap_or("none").to_string();
+    let tool_label: Arc<str> = trace
+        .tool_label
+        .clone()
+        .unwrap_or_else(|| Arc::from("none"));
     let mut resp = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -121,7 +136,7 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                     .record(t0.elapsed().as_secs_f64());
             }
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
-            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
+            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.to_string()).increment(1);
             info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
             // Allowed work is group-committed after the upstream answered.
             if !trace.recorded && app.audit.record(rec).is_err() {
@@ -143,7 +158,7 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                 metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
                     .increment(1);
             } else {
-                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.clone()).increment(1);
+                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.to_string()).increment(1);
             }
             let level_warn = e.status().is_server_error();
             if level_warn {
@@ -165,6 +180,17 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                 }
             ) {
                 e
+            } else if e.status().is_client_error() && !metered(&app, &trace, &request_id, snap) {
+                // Over the agent's refusal rate: counted into the second's aggregate
+                // record instead of one record each.
+                Error::TooMany {
+                    reason: "refusal_rate",
+                    detail: format!(
+                        "more than {} refused requests in one second",
+                        snap.audit.max_refusals_per_second
+                    ),
+                    retry_after: 1,
+                }
             } else {
                 // Refusals are durable before the agent hears back.
                 match app.audit.record_durable(rec).await {
@@ -179,6 +205,25 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// Counts a refusal of an authenticated agent; false when it is over the agent's
+/// refusal rate and must not get a record of its own. Writes the aggregate of a
+/// second this refusal closed.
+fn metered(app: &App, trace: &Trace, request_id: &str, snap: &Snapshot) -> bool {
+    let Some(agent) = trace.agent.as_deref() else {
+        return true;
+    };
+    let (verdict, closed) = app.refusals.refuse(
+        agent,
+        trace.tenant.as_deref(),
+        request_id,
+        snap.audit.max_refusals_per_second,
+    );
+    if let Some(r) = closed {
+        let _ = app.audit.record(r);
+    }
+    verdict == crate::refusals::Verdict::Record
 }
 
 fn deny(snap: &Snapshot, reason: &'static str, detail: String, tool: Option<&Tool>) -> Error {
@@ -205,24 +250,31 @@ async fn route_request(
     let canon = canon::canonicalize(req.method(), req.uri(), req.version(), req.headers());
     let (client_ip, forwarded_for) = client_origin(snap, conn.peer.ip(), req.headers());
     trace.remote_addr = Some(client_ip);
-    // Refusals of malformed requests are attributed (and so fully audited) only when
-    // they carry a valid credential; otherwise they count as unauthenticated.
+    // Authentication first: a client without a valid credential hears 401 and nothing
+    // about why its request would have been refused otherwise.
     let who = app
         .creds
         .authenticate(&app.store, pepper, &snap.agents, req.headers())
-        .await;
-    if let Ok(w) = &who {
-        trace.agent = Some(w.agent.id.clone());
-        trace.credential = Some(w.token.record.id.clone());
-        trace.tenant = w.agent.tenant.clone();
-    }
-    let c: Canonical = canon?;
+        .await?;
+    trace.agent = Some(who.agent.id.clone());
+    trace.credential = Some(who.token.record.id.clone());
+    trace.tenant = who.agent.tenant.clone();
+    trace.policy_version = Some(snap.policy_version.clone());
+    let c: Canonical = match canon {
+        Ok(c) => c,
+        Err(e) => {
+            // A malformed request still costs the agent its rate.
+            rate_limit(&live, &who)?;
+            return Err(e);
+        }
+    };
     trace.method = Some(c.method.as_str());
     trace.path = Some(c.path_and_query());
-    let who = who?;
     if canon_is_internal(&c.path) {
         return internal::handle(app, &live, &who, &c).await;
     }
+    // Every request of an agent counts against its rate, refused or not.
+    rate_limit(&live, &who)?;
     let tool = match snap.classifier.classify(c.method, &c.path) {
         Ok(t) => t,
         Err(Unclassified::NoRoute) => {
@@ -246,12 +298,23 @@ async fn route_request(
         }
     };
     trace.tool = Some(tool.name.clone());
+    trace.tool_label = Some(crate::metrics::tool_label(Some(&tool)));
     trace.risk = Some(tool.risk);
     let route = &snap.routes[tool.route];
     if c.encoded_slash && !route.allow_encoded_slash {
         return Err(Error::BadRequest {
             reason: "encoded_slash",
             detail: "an encoded `/` is not accepted on this route".into(),
+        });
+    }
+    let body_on_bodiless = carries_body(&c, req.headers(), req.body());
+    if body_on_bodiless && !route.allow_body_on.contains(&c.method) {
+        return Err(Error::BadRequest {
+            reason: "body_not_allowed",
+            detail: format!(
+                "a body on {} is not accepted on this route (allow_body_on)",
+                c.method
+            ),
         });
     }
     let switches = app.switches.current(&app.store).await?;
@@ -267,6 +330,7 @@ async fn route_request(
     match decision {
         Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
         Decision::Park => {
+            spend_budget(app, &who).await?;
             let (parts, body) = req.into_parts();
             trace.recorded = true;
             let r = approval::park(
@@ -287,8 +351,50 @@ async fn route_request(
             trace.recorded = r.is_ok();
             return r;
         }
-        Decision::Allow { .. } => {}
+        Decision::Allow { .. } => spend_budget(app, &who).await?,
     }
+    let limit = snap.limits.max_body_bytes;
+    if content_length(req.headers()).is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    if !app.audit.ready() {
+        return Err(Audit::unavailable());
+    }
+    let up = &snap.upstreams[route.upstream];
+    let origin = Origin {
+        forwarded_for: Some(&forwarded_for),
+        host: forwarded_host(snap, route, Some(&c.host)),
+        https: conn.https,
+        tenant: who.agent.tenant.as_deref(),
+        request_id,
+    };
+    let (parts, incoming) = req.into_parts();
+    let capped = Capped::new(incoming, limit);
+    let body = if capped.is_end_stream() {
+        upstream::boxed(capped)
+    } else {
+        match override_scan::format_of(&parts.headers) {
+            Some(f) => upstream::boxed(override_scan::guard(capped, f).await?),
+            None => upstream::boxed(capped),
+        }
+    };
+    let mut out = Request::new(body);
+    *out.method_mut() = c.method.to_http();
+    *out.uri_mut() = upstream::upstream_uri(up, route, &c)?;
+    *out.headers_mut() = upstream::outbound_headers(&parts.headers, up, &origin);
+    if body_on_bodiless {
+        upstream::mark_not_reused(out.headers_mut());
+    }
+    trace.upstream_started = Some(std::time::Instant::now());
+    let resp = upstream::send(&live.clients[route.upstream], up, out).await?;
+    let mut resp = upstream::inbound_response(resp, up);
+    resp.headers_mut()
+        .insert("portcullis-decision", HeaderValue::from_static("allow"));
+    Ok(resp)
+}
+
+/// The agent's per-replica token bucket (`rate_limit.per_minute`).
+fn rate_limit(live: &crate::app::Live, who: &crate::identity::Identity) -> Result<(), Error> {
     if let Some(l) = live.limiters.get(&who.agent.id) {
         if let Err(not_until) = l.check() {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -301,6 +407,11 @@ async fn route_request(
             });
         }
     }
+    Ok(())
+}
+
+/// One call of the credential's `max_calls`, for a request that is forwarded or parked.
+async fn spend_budget(app: &App, who: &crate::identity::Identity) -> Result<(), Error> {
     if let Some(max) = who.token.record.max_calls {
         if !app.store.spend_call(&who.token.record.id, max).await? {
             return Err(Error::TooMany {
@@ -310,32 +421,33 @@ async fn route_request(
             });
         }
     }
-    let limit = snap.limits.max_body_bytes;
-    if content_length(req.headers()).is_some_and(|n| n > limit) {
-        return Err(Error::BodyTooLarge { limit });
+    Ok(())
+}
+
+/// A body on a method that takes none (GET, HEAD, OPTIONS, DELETE): a backend that
+/// ignores it would read it as the next request on a pooled connection.
+fn carries_body(c: &Canonical, h: &http::HeaderMap, body: &Incoming) -> bool {
+    use crate::canon::Method;
+    matches!(
+        c.method,
+        Method::Get | Method::Head | Method::Options | Method::Delete
+    ) && (!http_body::Body::is_end_stream(body)
+        || h.contains_key(header::TRANSFER_ENCODING)
+        || content_length(h).is_some_and(|n| n > 0))
+}
+
+/// The X-Forwarded-Host to send: the route's `public_host`, else the listener's, else
+/// the client's Host only when it is one of the configured `hosts:`; otherwise none
+/// (an agent's arbitrary Host must not reach a backend that builds links or trusts it).
+pub fn forwarded_host<'a>(
+    snap: &'a Snapshot,
+    route: &'a crate::config::Route,
+    client_host: Option<&'a str>,
+) -> Option<&'a str> {
+    if let Some(h) = route.public_host.as_ref().or(snap.public_host.as_ref()) {
+        return h.to_str().ok();
     }
-    if !app.audit.ready() {
-        return Err(Audit::unavailable());
-    }
-    let up = &snap.upstreams[route.upstream];
-    let origin = Origin {
-        forwarded_for: Some(&forwarded_for),
-        host: Some(&c.host),
-        https: conn.https,
-        tenant: who.agent.tenant.as_deref(),
-        request_id,
-    };
-    let (parts, incoming) = req.into_parts();
-    let mut out = Request::new(upstream::boxed(Capped::new(incoming, limit)));
-    *out.method_mut() = c.method.to_http();
-    *out.uri_mut() = upstream::upstream_uri(up, route, &c)?;
-    *out.headers_mut() = upstream::outbound_headers(&parts.headers, up, &origin);
-    trace.upstream_started = Some(std::time::Instant::now());
-    let resp = upstream::send(&live.clients[route.upstream], up, out).await?;
-    let mut resp = upstream::inbound_response(resp);
-    resp.headers_mut()
-        .insert("portcullis-decision", HeaderValue::from_static("allow"));
-    Ok(resp)
+    client_host.filter(|h| snap.hosts.iter().any(|k| k.eq_ignore_ascii_case(h)))
 }
 
 fn canon_is_internal(path: &str) -> bool {

@@ -178,6 +178,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     // Records of requests already answered must not be lost with the process.
+    app.flush_refusals(true);
     app.audit.flush().await;
     Ok(())
 }

@@ -195,9 +195,9 @@ pub fn partial_overrides(snap: &Snapshot) -> Vec<String> {
             }
             let missing: Vec<&str> = TABLE_METHODS
                 .into_iter()
-            .filter(|m| !covered.contains(m))
-            .map(Method::as_str)
-            .collect();
+                .filter(|m| !covered.contains(m))
+                .map(Method::as_str)
+                .collect();
             if !missing.is_empty() && missing.len() < 5 {
                 let names: Vec<&str> = covered
                     .iter()

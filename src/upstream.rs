@@ -33,8 +33,10 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Client-sent headers the proxy owns or that carry the agent's identity.
-const CLIENT_STRIPPED: [&str; 8] = [
+/// Client-sent headers the proxy owns, that carry the agent's identity, that a backend
+/// or a framework routes on (a request the gate classified as one path must not run
+/// as another), or that claim a client address the proxy did not see.
+const CLIENT_STRIPPED: [&str; 23] = [
     "host",
     "authorization",
     "forwarded",
@@ -43,6 +45,23 @@ const CLIENT_STRIPPED: [&str; 8] = [
     "expect",
     "portcullis-decision",
     "cookie2",
+    // routing overrides (IIS URL Rewrite, Symfony, Zend/Laminas, Spring behind proxies)
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-host",
+    "x-http-destinationurl",
+    // client-address claims
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
 ];
 
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
@@ -95,7 +114,8 @@ pub struct Origin<'a> {
     /// none for replays, which have no client connection.
     pub forwarded_for: Option<&'a str>,
     pub https: bool,
-    /// The authority the client addressed (Host, or `:authority` on HTTP/2); none for replays.
+    /// The X-Forwarded-Host to send: configured (`public_host`), or the client's Host
+    /// when it is one of the configured `hosts:`; never an arbitrary client value.
     pub host: Option<&'a str>,
     pub tenant: Option<&'a str>,
     pub request_id: &'a str,
@@ -121,6 +141,7 @@ fn dropped(name: &HeaderName, named: &[HeaderName], up: &Upstream) -> bool {
     is_hop(n)
         || CLIENT_STRIPPED.contains(&n)
         || n.starts_with("x-forwarded-")
+        || (!up.cookies_pass && n == "cookie")
         || named.contains(name)
         || up.tenant_header.as_ref() == Some(name)
         || up.inject.as_ref().is_some_and(|i| i.header == name)
@@ -221,9 +242,11 @@ pub async fn send(
 }
 
 fn classify_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Error {
-    if body::is_too_large(e) {
-        let limit = find_too_large(e).unwrap_or(0);
+    if let Some(limit) = body::too_large_limit(e) {
         return Error::BodyTooLarge { limit };
+    }
+    if crate::override_scan::is_found(e) {
+        return crate::override_scan::refusal();
     }
     let connect = e.is_connect();
     let detail = if connect {
@@ -244,19 +267,17 @@ fn classify_error(up: &Upstream, e: &hyper_util::client::legacy::Error) -> Error
     }
 }
 
-fn find_too_large(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<body::TooLarge>() {
-            return Some(t.0);
-        }
-        cur = err.source();
-    }
-    None
+/// A bodiless method that carries a body (a route's `allow_body_on`): sent on a
+/// connection that is closed afterwards, so a backend that ignores the body cannot
+/// read it as the next request on a pooled connection.
+pub fn mark_not_reused(h: &mut HeaderMap) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
-/// The upstream's response as the client sees it: hop-by-hop headers removed.
-pub fn inbound_response(resp: Response<Incoming>) -> Response<Body> {
+/// The upstream's response as the client sees it: hop-by-hop headers removed, and
+/// `Set-Cookie` (a session minted under the injected credential) unless the upstream
+/// has `cookies: pass`.
+pub fn inbound_response(resp: Response<Incoming>, up: &Upstream) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     let named = connection_named(&parts.headers);
     for n in named {
@@ -264,6 +285,10 @@ pub fn inbound_response(resp: Response<Incoming>) -> Response<Body> {
     }
     for n in HOP_BY_HOP {
         parts.headers.remove(n);
+    }
+    if !up.cookies_pass {
+        parts.headers.remove(header::SET_COOKIE);
+        parts.headers.remove("set-cookie2");
     }
     let b = incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed();
     Response::from_parts(parts, b)

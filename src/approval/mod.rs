@@ -3,6 +3,7 @@
 //! `expired`). Every transition is a compare-and-set in the store, so any number of
 //! replicas produce at most one upstream call per approval.
 
+pub mod inflight;
 mod replay;
 mod sweep;
 mod views;
@@ -279,6 +280,14 @@ pub async fn audit(
 
 /// Parks a request the gate said needs approval: buffers the body (capped), stores the
 /// record, audits it durably, answers 202.
+fn pending_quota(agent: &str, quota: u32) -> Error {
+    Error::TooMany {
+        reason: "pending_quota",
+        detail: format!("agent `{agent}` already has {quota} requests waiting for approval"),
+        retry_after: 60,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn park(
     app: &App,
@@ -292,6 +301,25 @@ pub async fn park(
     origin: (Option<std::net::IpAddr>, std::time::Instant),
 ) -> Result<Response<crate::body::Body>, Error> {
     let snap = &live.snap;
+    // Everything that can refuse without the body is checked before it is read, and
+    // only a few parks per agent read bodies at once: one agent cannot hold
+    // concurrency × max_parked_body_bytes of memory.
+    let quota = snap.limits.max_pending_per_agent;
+    if app.store.pending_count(&who.agent.id).await? >= u64::from(quota) {
+        return Err(pending_quota(&who.agent.id, quota));
+    }
+    let _reading = app
+        .parking
+        .enter(&who.agent.id)
+        .ok_or_else(|| Error::TooMany {
+            reason: "parking_concurrency",
+            detail: format!(
+                "agent `{}` already has {} requests being parked; retry when they are answered",
+                who.agent.id,
+                inflight::MAX_PER_AGENT
+            ),
+            retry_after: 1,
+        })?;
     let limit = snap
         .limits
         .max_body_bytes
@@ -317,6 +345,12 @@ pub async fn park(
             }
         })?
         .to_bytes();
+    if let Some(f) = crate::override_scan::format_of(headers) {
+        let mut scan = crate::override_scan::Scanner::new(f);
+        if scan.feed(&body).and_then(|_| scan.finish()).is_err() {
+            return Err(crate::override_scan::refusal());
+        }
+    }
     if !app.audit.ready() {
         return Err(crate::audit::Audit::unavailable());
     }
@@ -367,14 +401,7 @@ pub async fn park(
         )
         .await?
     {
-        return Err(Error::TooMany {
-            reason: "pending_quota",
-            detail: format!(
-                "agent `{}` already has {} requests waiting for approval",
-                a.agent, snap.limits.max_pending_per_agent
-            ),
-            retry_after: 60,
-        });
+        return Err(pending_quota(&a.agent, quota));
     }
     let rec = Record {
         event: "request",
@@ -399,6 +426,12 @@ pub async fn park(
         duration_us: Some(origin.1.elapsed().as_micros() as u64),
         ..Default::default()
     };
+    let mut rec = rec;
+    if let Some(p) = rec.path.as_mut() {
+        if crate::audit::cap_path(p) {
+            rec.truncated = Some(true);
+        }
+    }
     if let Err(e) = app.audit.record_durable(rec).await {
         // Unrecorded work must not wait for approval: fail it, answer 503.
         let l = Loaded { a: a.clone(), raw };

@@ -175,7 +175,7 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         up,
         &Origin {
             forwarded_for: None,
-            host: None,
+            host: crate::proxy::forwarded_host(snap, route, None),
             https: false,
             tenant: agent.tenant.as_deref(),
             request_id: &a.request_id,
@@ -185,6 +185,17 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         if let Ok(v) = HeaderValue::from_str(&a.id) {
             headers.insert("idempotency-key", v);
         }
+    }
+    if !body.is_empty()
+        && matches!(
+            method,
+            crate::canon::Method::Get
+                | crate::canon::Method::Head
+                | crate::canon::Method::Options
+                | crate::canon::Method::Delete
+        )
+    {
+        upstream::mark_not_reused(&mut headers);
     }
     let mut req = Request::new(upstream::boxed(http_body_util::Full::new(Bytes::from(
         body,
@@ -196,7 +207,7 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
     let outcome = match upstream::send(&live.clients[route.upstream], up, req).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let (parts, body) = upstream::inbound_response(resp).into_parts();
+            let (parts, body) = upstream::inbound_response(resp, up).into_parts();
             let limit = snap.limits.max_result_bytes as usize;
             let collected =
                 tokio::time::timeout(snap.limits.request_deadline, read_capped(body, limit)).await;

@@ -48,6 +48,32 @@ pub struct Record {
     /// Free text an operator supplied (comment, reason); never request data.
     pub comment: Option<String>,
     pub old_policy_version: Option<String>,
+    /// The recorded path was cut at [`MAX_PATH`] bytes (only present when it was).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    /// `refusals_aggregated`: how many refusals, and the first and last of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_request_id: Option<String>,
+}
+
+/// The longest path (with its query) a record keeps.
+pub const MAX_PATH: usize = 2048;
+
+/// Caps a recorded path at [`MAX_PATH`] bytes on a character boundary; true if cut.
+pub fn cap_path(p: &mut String) -> bool {
+    if p.len() <= MAX_PATH {
+        return false;
+    }
+    let mut end = MAX_PATH;
+    while !p.is_char_boundary(end) {
+        end -= 1;
+    }
+    p.truncate(end);
+    true
 }
 
 /// What reaches the writer through its channel: work someone waits for, or a nudge to

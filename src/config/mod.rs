@@ -67,6 +67,9 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
     pub checkpoint: Option<(u64, Vec<u8>)>,
     pub redact_query: Vec<String>,
+    /// Refusals per second one agent may cause before they are answered 429 and
+    /// recorded as one aggregate record per second.
+    pub max_refusals_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ pub struct Upstream {
     pub tenant_header: Option<HeaderName>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// `cookies: pass`: Cookie goes up and Set-Cookie comes back (weakens the boundary).
+    pub cookies_pass: bool,
 }
 
 /// The forwarding half of a route (the classifying half is in `classifier.routes`, same index).
@@ -123,6 +128,10 @@ pub struct Route {
     pub upstream: usize,
     pub strip_prefix: bool,
     pub allow_encoded_slash: bool,
+    /// Bodiless methods that may carry a body here (sent on a connection not reused).
+    pub allow_body_on: Vec<Method>,
+    /// X-Forwarded-Host for this route (over the top-level `public_host`).
+    pub public_host: Option<HeaderValue>,
 }
 
 #[derive(Debug)]
@@ -138,6 +147,9 @@ pub struct Snapshot {
     pub audit: AuditConfig,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub public_host: Option<HeaderValue>,
+    /// Lower-cased authorities from `hosts:`.
+    pub hosts: Vec<String>,
     pub webhook_url: Option<String>,
     pub operators: Vec<Operator>,
     pub upstreams: Vec<Upstream>,
@@ -338,6 +350,17 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let public_host = raw
+        .public_host
+        .as_deref()
+        .map(|h| authority(c, "public_host", h))
+        .transpose()?;
+    let hosts = raw
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| authority(c, &format!("hosts[{i}]"), h).map(|_| h.to_ascii_lowercase()))
+        .collect::<Result<Vec<_>, _>>()?;
     let webhook_url = match raw.notify.as_ref().and_then(|n| n.webhook.as_ref()) {
         Some(w) => Some(c.secret("notify.webhook", &w.url_env, &w.url_file)?),
         None => None,
@@ -422,7 +445,10 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 })?,
                 // Several methods: the highest of their default risks.
                 None => methods.as_ref().map_or(Risk::Low, |ms| {
-                    ms.iter().map(|m| Risk::of_method(*m)).max().unwrap_or(Risk::Low)
+                    ms.iter()
+                        .map(|m| Risk::of_method(*m))
+                        .max()
+                        .unwrap_or(Risk::Low)
                 }),
             };
             let name = match &t.name {
@@ -443,9 +469,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 }
                 None => match methods.as_deref() {
                     Some([one]) => classify::generated_name(&tool_prefix, &prefix, template, *one),
-                    None => {
-                        classify::generated_name(&tool_prefix, &prefix, template, Method::Get)
-                    }
+                    None => classify::generated_name(&tool_prefix, &prefix, template, Method::Get),
                     Some(_) => {
                         return Err(c.err(
                             &format!("{tat}.name"),
@@ -486,12 +510,33 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             sensitive,
         )
         .map_err(|(i, e)| c.err(&format!("{at}.paths[{i}]"), e))?;
+        let mut allow_body_on = Vec::new();
+        for (mi, m) in r.allow_body_on.iter().enumerate() {
+            match Method::parse(m) {
+                Some(m @ (Method::Get | Method::Head | Method::Options | Method::Delete)) => {
+                    allow_body_on.push(m)
+                }
+                _ => {
+                    return Err(c.err(
+                        &format!("{at}.allow_body_on[{mi}]"),
+                        format!("`{m}`: expected GET, HEAD, OPTIONS or DELETE (the methods that take no body by default)"),
+                    ))
+                }
+            }
+        }
+        let route_public_host = r
+            .public_host
+            .as_deref()
+            .map(|h| authority(c, &format!("{at}.public_host"), h))
+            .transpose()?;
         rules.push(rule);
         routes.push(Route {
             prefix,
             upstream,
             strip_prefix: r.strip_prefix,
             allow_encoded_slash: r.allow_encoded_slash,
+            allow_body_on,
+            public_host: route_public_host,
         });
     }
     let mut shadows = Vec::new();
@@ -519,6 +564,8 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         audit,
         limits,
         trusted_proxies,
+        public_host,
+        hosts,
         webhook_url,
         operators,
         upstreams,
@@ -556,10 +603,9 @@ fn check_prefix(p: &str) -> Result<String, String> {
 /// `"POST /tickets/{id}/refund"` or `"* /x"`.
 /// `"POST /t"`, `"POST|PATCH|PUT /t"` or `"* /t"` → (methods, template); `None` = any.
 fn parse_match(s: &str) -> Result<(Option<Vec<Method>>, &str), String> {
-    let (m, t) = s
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| format!("`{s}`: expected `METHOD /template` (or `M1|M2 /template`, `* /template`)"))?;
+    let (m, t) = s.trim().split_once(' ').ok_or_else(|| {
+        format!("`{s}`: expected `METHOD /template` (or `M1|M2 /template`, `* /template`)")
+    })?;
     let t = t.trim();
     if m == "*" {
         return Ok((None, t));
@@ -635,7 +681,22 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
                 .map(String::from)
                 .to_vec()
         }),
+        max_refusals_per_second: match a.max_refusals_per_second {
+            Some(0) => return Err(c.err("audit.max_refusals_per_second", "must be at least 1")),
+            Some(n) => n,
+            None => 100,
+        },
     })
+}
+
+/// A `host[:port]` authority (no userinfo, no path), as a header value.
+fn authority(c: &Ctx, at: &str, h: &str) -> Result<HeaderValue, ConfigError> {
+    match h.parse::<http::uri::Authority>() {
+        Ok(a) if !a.as_str().contains('@') && !a.host().is_empty() && a.as_str() == h => {
+            HeaderValue::from_str(h).map_err(|_| c.err(at, format!("`{h}` is not a valid host")))
+        }
+        _ => Err(c.err(at, format!("`{h}`: expected host or host:port"))),
+    }
 }
 
 fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
@@ -781,6 +842,16 @@ fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstrea
         &u.timeouts.response,
         Duration::from_secs(30),
     )?;
+    let cookies_pass = match u.cookies.as_deref() {
+        None | Some("strip") => false,
+        Some("pass") => true,
+        Some(o) => {
+            return Err(c.err(
+                &format!("{at}.cookies"),
+                format!("`{o}`: expected strip or pass"),
+            ))
+        }
+    };
     let ca_file = u.ca_file.as_ref().map(|f| c.resolve(f));
     if let Some(f) = &ca_file {
         if !https {
@@ -803,6 +874,7 @@ fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstrea
         tenant_header,
         connect_timeout,
         response_timeout,
+        cookies_pass,
     })
 }
 

@@ -27,6 +27,12 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The public authority agents address; sent upstream as X-Forwarded-Host.
+    #[serde(default)]
+    pub public_host: Option<String>,
+    /// Authorities agents may address; a Host among them is sent as X-Forwarded-Host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     #[serde(default)]
     pub notify: Option<RawNotify>,
     #[serde(default)]
@@ -96,6 +102,8 @@ pub struct RawAudit {
     pub checkpoint: Option<RawCheckpoint>,
     #[serde(default)]
     pub redact_query: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_refusals_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,6 +164,9 @@ pub struct RawUpstream {
     pub tenant_header: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// `strip` (default) or `pass`.
+    #[serde(default)]
+    pub cookies: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -190,6 +201,11 @@ pub struct RawRoute {
     pub unknown_paths: Option<String>,
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    /// Bodiless methods (GET HEAD OPTIONS DELETE) that may carry a body on this route.
+    #[serde(default)]
+    pub allow_body_on: Vec<String>,
+    #[serde(default)]
+    pub public_host: Option<String>,
     #[serde(default)]
     pub paths: Vec<String>,
     #[serde(default)]

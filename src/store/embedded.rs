@@ -297,6 +297,18 @@ impl Embedded {
         Ok(())
     }
 
+    pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
+        let agent = agent.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
+            Ok(t.get(agent.as_str())
+                .map_err(unavailable)?
+                .map_or(0, |g| g.value()))
+        })
+        .await
+    }
+
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
         let id = id.to_string();
         self.blocking(move |db| {

@@ -260,6 +260,15 @@ impl Store {
         }
     }
 
+    /// How many approvals `agent` has pending (the quota `create_approval` enforces
+    /// atomically; read first so a full quota refuses before a body is read).
+    pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
+        match self {
+            Store::Embedded(s) => s.pending_count(agent).await,
+            Store::Redis(s) => s.pending_count(agent).await,
+        }
+    }
+
     pub async fn switches(&self) -> Result<SwitchState, Error> {
         match self {
             Store::Embedded(s) => s.switches().await,

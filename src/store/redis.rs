@@ -189,6 +189,15 @@ impl RedisStore {
         Ok(())
     }
 
+    pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        redis::cmd("SCARD")
+            .arg(self.key(&format!("pending:{agent}")))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
         let mut c = self.conn.clone();
         let (json, revoked): (Option<String>, Option<String>) = redis::pipe()
