@@ -183,8 +183,7 @@ pub fn decide(i: &Input) -> Decision {
     if p.admin {
         return Decision::Allow { rule: "admin" };
     }
-    let ungranted = t.names().find(|n| !any_match(&p.tools, n));
-    if ungranted.is_none() {
+    if any_match(&p.tools, name) {
         let mut ceiling = p.max_risk;
         if let Some(r) = i.narrowing.max_risk {
             ceiling = ceiling.min(r);
@@ -193,7 +192,16 @@ pub fn decide(i: &Input) -> Decision {
             ceiling = ceiling.min(Risk::Low);
         }
         if t.risk <= ceiling {
-            return Decision::Allow { rule: "tools" };
+            return match t.names().find(|n| !any_match(&p.tools, n)) {
+                None => Decision::Allow { rule: "tools" },
+                Some(n) => deny(
+                    "not_granted",
+                    format!(
+                        "profile `{}` does not grant `{n}` (another spelling of `{name}`)",
+                        p.name
+                    ),
+                ),
+            };
         }
         let reason = if s.draft_only
             && t.risk > Risk::Low
@@ -212,15 +220,9 @@ pub fn decide(i: &Input) -> Decision {
         };
         return deny(reason, format!("`{name}` is {} risk; {why}", t.risk));
     }
-    let n = ungranted.unwrap_or(name);
-    let also = if n == name {
-        String::new()
-    } else {
-        format!(" (another spelling of `{name}`)")
-    };
     deny(
         "not_granted",
-        format!("profile `{}` does not grant `{n}`{also}", p.name),
+        format!("profile `{}` does not grant `{name}`", p.name),
     )
 }
 

@@ -1013,10 +1013,11 @@ async fn rate_limit_per_minute() {
         hits,
         "a rate-limited request reached the upstream"
     );
-    // The gate answers first: a request the profile denies is a 403, limit or not.
+    // Refusals count against the rate too (issue 11): a request the profile would deny
+    // is refused as rate limited, so a limited agent cannot flood the trail with denials.
     let r = call(p.addr, "POST", "/tickets/1/comments", &slow).await;
-    assert_eq!(r.status, 403, "denied while rate limited: {}", r.text());
-    assert_eq!(r.reason().as_deref(), Some("risk_ceiling"), "{}", r.text());
+    assert_eq!(r.status, 429, "denied while rate limited: {}", r.text());
+    assert_eq!(r.reason().as_deref(), Some("rate_limited"), "{}", r.text());
     // Per agent: another agent is not limited by it.
     expect_allowed("other agent unaffected", &up, &p, "GET", "/tickets/1", &bot).await;
 }
