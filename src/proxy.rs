@@ -273,9 +273,11 @@ async fn route_request(
     if canon_is_internal(&c.path) {
         return internal::handle(app, &live, &who, &c).await;
     }
-    // Every request of an agent counts against its rate, refused or not.
-    rate_limit(&live, &who)?;
-    let tool = match snap.classifier.classify(c.method, &c.path) {
+    let classified = snap.classifier.classify(c.method, &c.path);
+    if classified.is_err() {
+        rate_limit(&live, &who)?;
+    }
+    let tool = match classified {
         Ok(t) => t,
         Err(Unclassified::NoRoute) => {
             return Err(deny(
@@ -300,6 +302,8 @@ async fn route_request(
     trace.tool = Some(tool.name.clone());
     trace.tool_label = Some(crate::metrics::tool_label(Some(&tool)));
     trace.risk = Some(tool.risk);
+    // Every request of an agent counts against its rate, refused or not.
+    rate_limit(&live, &who)?;
     let route = &snap.routes[tool.route];
     if c.encoded_slash && !route.allow_encoded_slash {
         return Err(Error::BadRequest {
@@ -447,7 +451,24 @@ pub fn forwarded_host<'a>(
     if let Some(h) = route.public_host.as_ref().or(snap.public_host.as_ref()) {
         return h.to_str().ok();
     }
-    client_host.filter(|h| snap.hosts.iter().any(|k| k.eq_ignore_ascii_case(h)))
+    client_host.filter(|h| snap.hosts.iter().any(|k| host_matches(k, h)))
+}
+
+/// A `hosts:` entry matches a Host exactly, or, written without a port, on any port.
+fn host_matches(entry: &str, host: &str) -> bool {
+    if entry.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !entry.contains(':')
+                && !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name.eq_ignore_ascii_case(entry)
+        }
+        _ => false,
+    }
 }
 
 fn canon_is_internal(path: &str) -> bool {

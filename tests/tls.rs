@@ -88,6 +88,7 @@ async fn tls_proxy() -> TlsProxy {
     let leaf = ca.issue();
     let cfg = config(&format!(
         "tls: {{ cert: certs/proxy.crt, key: certs/proxy.key }}\n\
+         hosts: [localhost]\n\
          upstreams:\n  api: {{ url: \"{}/base\" }}\n\
          routes:\n  - {{ prefix: /api, upstream: api }}\n",
         up.url()
