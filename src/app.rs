@@ -19,6 +19,9 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
+/// Seconds between the metrics recorder's upkeep runs.
+const UPKEEP_EVERY_S: u64 = 5;
+
 /// One configuration and everything derived from it; immutable once built.
 pub struct Live {
     pub snap: Snapshot,
@@ -121,10 +124,17 @@ impl App {
         let weak = Arc::downgrade(&app);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut tick_count: u64 = 0;
             loop {
                 tick.tick().await;
                 let Some(app) = weak.upgrade() else { return };
                 app.flush_refusals(false);
+                // Histograms keep every sample until upkeep drains them into their
+                // buckets; without this, memory grows whenever nobody scrapes /metrics.
+                if tick_count % UPKEEP_EVERY_S == 0 {
+                    app.metrics.run_upkeep();
+                }
+                tick_count += 1;
             }
         });
         crate::approval::recover_own_leases(&app).await?;

@@ -83,7 +83,9 @@ impl Error {
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Error::GatewayTimeout { .. } | Error::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::Internal(_) | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // A configuration that does not compile (a refused reload): the caller's input.
+            Error::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -104,7 +106,8 @@ impl Error {
             Error::BadGateway { .. } => "upstream_unreachable",
             Error::GatewayTimeout { .. } => "upstream_timeout",
             Error::Deadline(_) => "request_deadline",
-            Error::Internal(_) | Error::Config(_) => "internal",
+            Error::Internal(_) => "internal",
+            Error::Config(_) => "invalid_config",
         }
     }
 
@@ -123,7 +126,8 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::BadGateway { .. } => "bad_gateway",
             Error::GatewayTimeout { .. } | Error::Deadline(_) => "gateway_timeout",
-            Error::Internal(_) | Error::Config(_) => "internal",
+            Error::Internal(_) => "internal",
+            Error::Config(_) => "invalid_config",
         }
     }
 
@@ -143,9 +147,7 @@ impl Error {
         if !matches!(self, Error::Unauthorized) {
             o.insert("reason".into(), self.reason().into());
             let detail = match self {
-                Error::Internal(_) | Error::Config(_) => {
-                    "internal error; see the proxy log".to_string()
-                }
+                Error::Internal(_) => "internal error; see the proxy log".to_string(),
                 e => e.to_string(),
             };
             o.insert("detail".into(), detail.into());
