@@ -444,12 +444,12 @@ async fn rotation_keeps_the_chain_across_files() {
     let rest = &files[1..];
     assert_broken_at("the oldest file deleted", rest, &[], &[], &rest[0], 1);
     let oldest = lines_of(&files[0]);
-    let last = oldest.last().unwrap();
-    let (from_seq, from_hash) = ((seq_of_line(last) + 1).to_string(), hash_of_line(last));
+    let from = audit_support::continue_from(&files[0]);
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
     let out = assert_verifies(
         "the oldest file deleted, started from its last record",
         rest,
-        &["--from-seq", &from_seq, "--from-hash", &from_hash],
+        &from,
         &[],
     );
     assert!(
