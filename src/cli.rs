@@ -216,6 +216,16 @@ pub enum AuditCmd {
         /// Environment variable holding the checkpoint HMAC key.
         #[arg(long, default_value = "AUDIT_HMAC_KEY")]
         key_env: String,
+        /// The files start at this seq instead of 1 (older files deleted); with --from-hash.
+        #[arg(long, requires = "from_hash", value_parser = clap::value_parser!(u64).range(1..))]
+        from_seq: Option<u64>,
+        /// The `prev` the record at --from-seq must carry, i.e. the `hash` of the record
+        /// before it, copied from a record or checkpoint you trust; with --from-seq.
+        #[arg(long, requires = "from_seq", value_parser = crate::audit::verify::parse_hash)]
+        from_hash: Option<String>,
+        /// Files holding no record verify (otherwise an emptied trail is a break).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Print records as a table.
     Tail {
@@ -313,26 +323,29 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { files, key_env },
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    key_env,
+                    from_seq,
+                    from_hash,
+                    allow_empty,
+                },
         } => {
+            use crate::audit::verify::{verify, Options, Start};
             let key = std::env::var(&key_env).ok();
-            match crate::audit::verify::verify(&files, key.as_deref().map(str::as_bytes)) {
+            let start = match (from_seq, from_hash) {
+                (Some(seq), Some(prev)) => Start { seq, prev },
+                _ => Start::default(),
+            };
+            let opts = Options {
+                key: key.as_deref().map(str::as_bytes),
+                start,
+                allow_empty,
+            };
+            match verify(&files, &opts) {
                 Ok(s) => {
-                    println!(
-                        "ok: {} records, {} checkpoints{}, last seq {}, head {}",
-                        s.records,
-                        s.checkpoints,
-                        if key.is_some() {
-                            " (signatures checked)"
-                        } else {
-                            " (signatures not checked: no key)"
-                        },
-                        s.last_seq,
-                        s.head
-                    );
-                    if s.checkpoints > 0 && s.unsigned_tail > 0 {
-                        println!("note: {} records after the last checkpoint are not covered by a signature", s.unsigned_tail);
-                    }
+                    print!("{}", s.report(key.is_some()));
                     Ok(())
                 }
                 Err(b) => Err(Error::Internal(format!("audit chain broken at {b}"))),

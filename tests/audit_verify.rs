@@ -2,8 +2,9 @@
 //! on a real log and names `file:line` of the first broken link for an edited field, a
 //! re-sealed edited line, a deleted line, swapped lines, a cut-out middle and a file from
 //! another chain spliced in; rotation keeps the chain across files; signed checkpoints
-//! catch a chain rewritten without the key; `tail` filters by decision and agent and
-//! follows new records.
+//! catch a chain rewritten without the key; a cut head, an emptied trail and a moved
+//! checkpoint are refused (`--from-seq/--from-hash` and `--allow-empty` as the way out);
+//! `tail` filters by decision and agent and follows new records.
 
 #[path = "support/admin.rs"]
 mod admin_support;
@@ -156,14 +157,13 @@ fn assert_broken_at(
 }
 
 /// Recomputes `prev`/`hash` (and a checkpoint's `head`) of every line from `from` on, as
-/// someone rewriting the chain without the HMAC key would.
+/// someone rewriting the chain without the HMAC key would. The first line keeps its `prev`.
 fn reseal_from(lines: &mut [String], from: usize) {
     for i in from..lines.len() {
         let prev = if i == 0 {
-            "0".repeat(64)
+            json_of(&lines[0])["prev"].as_str().unwrap().to_string()
         } else {
-            let l = &lines[i - 1];
-            l[l.len() - 66..l.len() - 2].to_string()
+            hash_of_line(&lines[i - 1])
         };
         let l = &lines[i];
         // `...,"prev":"P","hash":"H"}`: cut `,"hash":"H"}` (75 bytes), set P, reseal.
@@ -178,6 +178,37 @@ fn reseal_from(lines: &mut [String], from: usize) {
         let hash = hex::encode(Sha256::digest(body.as_bytes()));
         lines[i] = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
     }
+}
+
+/// The `hash` a sealed line ends with.
+fn hash_of_line(l: &str) -> String {
+    l[l.len() - 66..l.len() - 2].to_string()
+}
+
+fn json_of(l: &str) -> Value {
+    serde_json::from_str(l).unwrap()
+}
+
+fn seq_of_line(l: &str) -> u64 {
+    json_of(l)["seq"].as_u64().unwrap()
+}
+
+/// Gives the lines from `from` on consecutive seqs starting at `first` (every line starts
+/// `{"seq":N,`); they still need re-sealing.
+fn renumber_from(lines: &mut [String], from: usize, first: u64) {
+    for (n, i) in (from..lines.len()).enumerate() {
+        let rest = &lines[i][lines[i].find(',').unwrap()..];
+        lines[i] = format!("{{\"seq\":{}{rest}", first + n as u64);
+    }
+}
+
+/// The combined stdout and stderr of a verify run.
+fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn index_where(lines: &[String], from: usize, pred: impl Fn(&Value) -> bool) -> usize {
@@ -393,10 +424,10 @@ async fn rotation_keeps_the_chain_across_files() {
         out.contains(&format!("{total} records")),
         "verify counts every record across the files ({total}): {out}"
     );
-    // Out of order, the chain breaks at the first line of the misplaced file.
+    // Out of order, the chain breaks at the first line: it does not start at seq 1.
     let mut wrong = files.clone();
     wrong.swap(0, 1);
-    assert_broken_at("rotated files out of order", &wrong, &[], &[], &wrong[1], 1);
+    assert_broken_at("rotated files out of order", &wrong, &[], &[], &wrong[0], 1);
     // A rotated file missing from the middle breaks the chain too.
     let mut missing = files.clone();
     missing.remove(1);
@@ -407,6 +438,23 @@ async fn rotation_keeps_the_chain_across_files() {
         &[],
         &missing[1],
         1,
+    );
+    // The oldest file deleted (retention): a cut head, unless the caller names where the
+    // rest starts, from the deleted file's last record.
+    let rest = &files[1..];
+    assert_broken_at("the oldest file deleted", rest, &[], &[], &rest[0], 1);
+    let oldest = lines_of(&files[0]);
+    let from = audit_support::continue_from(&files[0]);
+    let from: Vec<&str> = from.iter().map(String::as_str).collect();
+    let out = assert_verifies(
+        "the oldest file deleted, started from its last record",
+        rest,
+        &from,
+        &[],
+    );
+    assert!(
+        out.contains(&format!("{} records", total - oldest.len())),
+        "{out}"
     );
 }
 
@@ -483,6 +531,345 @@ async fn signed_checkpoints_catch_a_rewritten_chain() {
         &key_env,
         &f,
         cps[0] + 1,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Cut head, empty trail, moved checkpoint (issue 11, class 10)
+// ---------------------------------------------------------------------------------------
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn checkpoint_log_env() -> [(&'static str, &'static str); 1] {
+    [("AUDIT_HMAC_KEY", HMAC_KEY)]
+}
+
+async fn checkpoint_log() -> (Log, Vec<String>, Vec<usize>) {
+    let log = write_log(
+        5,
+        ", checkpoint: { every: 5, key_env: AUDIT_HMAC_KEY }",
+        &checkpoint_log_env(),
+    )
+    .await;
+    let lines = lines_of(&log.live());
+    let cps: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains("\"event\":\"checkpoint\""))
+        .collect();
+    assert!(cps.len() >= 3, "several checkpoints: {cps:?}");
+    (log, lines, cps)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_refuses_cut_head() {
+    let (_log, lines, cps) = checkpoint_log().await;
+    let key = checkpoint_log_env();
+    let work = tempfile::tempdir().unwrap();
+    let case = |name: &str, lines: &[String]| -> PathBuf {
+        let p = work.path().join(name);
+        write_lines(&p, lines);
+        p
+    };
+    let full = case("full.jsonl", &lines);
+    assert_verifies("the whole log", std::slice::from_ref(&full), &[], &[]);
+    assert_verifies(
+        "the whole log, keyed",
+        std::slice::from_ref(&full),
+        &[],
+        &key,
+    );
+
+    // The first N lines deleted, with and without the key: broken at line 1, and the
+    // message says where a chain must start and what it found.
+    for n in [1, 3, cps[0], cps[0] + 1] {
+        let f = case(&format!("cut-{n}.jsonl"), &lines[n..]);
+        for env in [&[][..], &key[..]] {
+            let what = format!("first {n} lines deleted (key: {})", !env.is_empty());
+            assert_broken_at(&what, std::slice::from_ref(&f), &[], env, &f, 1);
+            let msg = said(&verify(std::slice::from_ref(&f), &[], env));
+            assert!(
+                msg.contains("cut head")
+                    && msg.contains(&format!("seq 1 with prev {GENESIS}"))
+                    && msg.contains(&format!("found seq {}", n + 1)),
+                "{what}: {msg}"
+            );
+        }
+    }
+
+    // The right start, from the record before the cut (or a checkpoint): verifies.
+    let n = 3;
+    let cut = case("cut.jsonl", &lines[n..]);
+    let (seq, hash) = ((n + 1).to_string(), hash_of_line(&lines[n - 1]));
+    let out = assert_verifies(
+        "cut head with the right --from-seq/--from-hash",
+        std::slice::from_ref(&cut),
+        &["--from-seq", &seq, "--from-hash", &hash],
+        &key,
+    );
+    let last = lines.last().unwrap();
+    assert!(
+        out.contains(&format!("last seq {}", seq_of_line(last)))
+            && out.contains(&format!(
+                "--from-seq {} --from-hash {}",
+                seq_of_line(last) + 1,
+                hash_of_line(last)
+            )),
+        "verify prints where a continuation starts: {out}"
+    );
+    // Upper-case hex is the same hash.
+    assert_verifies(
+        "--from-hash in upper case",
+        std::slice::from_ref(&cut),
+        &["--from-seq", &seq, "--from-hash", &hash.to_uppercase()],
+        &[],
+    );
+    // Starting at a trusted checkpoint: its seq and its head.
+    let cp = json_of(&lines[cps[0]]);
+    let at_cp = case("at-checkpoint.jsonl", &lines[cps[0]..]);
+    assert_verifies(
+        "starting at a checkpoint, --from-hash its head",
+        std::slice::from_ref(&at_cp),
+        &[
+            "--from-seq",
+            &cp["seq"].to_string(),
+            "--from-hash",
+            cp["head"].as_str().unwrap(),
+        ],
+        &key,
+    );
+    // Starting right after it: the next seq and the checkpoint's own hash.
+    let after_cp = case("after-checkpoint.jsonl", &lines[cps[0] + 1..]);
+    assert_verifies(
+        "starting after a checkpoint, --from-hash its hash",
+        std::slice::from_ref(&after_cp),
+        &[
+            "--from-seq",
+            &(cp["seq"].as_u64().unwrap() + 1).to_string(),
+            "--from-hash",
+            &hash_of_line(&lines[cps[0]]),
+        ],
+        &key,
+    );
+
+    // A wrong hash, a wrong seq, or a claimed start the whole file does not begin at.
+    let wrong_hash = hash_of_line(&lines[n - 2]);
+    let o = verify(
+        std::slice::from_ref(&cut),
+        &["--from-seq", &seq, "--from-hash", &wrong_hash],
+        &[],
+    );
+    assert_broken_at(
+        "--from-hash of the wrong record",
+        std::slice::from_ref(&cut),
+        &["--from-seq", &seq, "--from-hash", &wrong_hash],
+        &[],
+        &cut,
+        1,
+    );
+    let msg = said(&o);
+    assert!(
+        msg.contains(&format!("expected seq {seq} with prev {wrong_hash}"))
+            && msg.contains(&format!("found seq {seq} with prev {hash}")),
+        "the message says what was expected and found: {msg}"
+    );
+    assert_broken_at(
+        "--from-seq off by one",
+        std::slice::from_ref(&cut),
+        &["--from-seq", &(n + 2).to_string(), "--from-hash", &hash],
+        &[],
+        &cut,
+        1,
+    );
+    assert_broken_at(
+        "a whole log given a later start",
+        std::slice::from_ref(&full),
+        &["--from-seq", "2", "--from-hash", &hash_of_line(&lines[0])],
+        &[],
+        &full,
+        1,
+    );
+    // A later break is still found after a named start.
+    let mut cut_gap = lines[n..].to_vec();
+    cut_gap.remove(4);
+    let f = case("cut-gap.jsonl", &cut_gap);
+    assert_broken_at(
+        "a deleted line after a named start",
+        std::slice::from_ref(&f),
+        &["--from-seq", &seq, "--from-hash", &hash],
+        &[],
+        &f,
+        5,
+    );
+
+    // A cut head re-sealed as a fresh chain from genesis passes without the key (nothing
+    // to compare against) and fails with it at the first checkpoint.
+    let mut fresh = lines[n..].to_vec();
+    renumber_from(&mut fresh, 0, 1);
+    fresh[0] = fresh[0].replacen(&hash_of_line(&lines[n - 1]), GENESIS, 1);
+    reseal_from(&mut fresh, 0);
+    let f = case("fresh.jsonl", &fresh);
+    assert_verifies(
+        "a cut head re-sealed from genesis, no key",
+        std::slice::from_ref(&f),
+        &[],
+        &[],
+    );
+    assert_broken_at(
+        "a cut head re-sealed from genesis, keyed",
+        std::slice::from_ref(&f),
+        &[],
+        &key,
+        &f,
+        cps[0] - n + 1,
+    );
+
+    // Usage: both flags or neither, a seq of at least 1, a 64-hex hash (exit 2).
+    for args in [
+        &["--from-seq", "4"][..],
+        &["--from-hash", &hash][..],
+        &["--from-seq", "0", "--from-hash", &hash][..],
+        &["--from-seq", "4", "--from-hash", "abc"][..],
+    ] {
+        let o = verify(std::slice::from_ref(&cut), args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", out_text(&o));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_refuses_empty_trail() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("audit.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let o = verify(std::slice::from_ref(&empty), &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "an empty file: {}", out_text(&o));
+    let msg = said(&o);
+    assert!(
+        msg.contains(&empty.display().to_string())
+            && msg.contains("no audit records")
+            && msg.contains("--allow-empty"),
+        "the message names the file and the way out: {msg}"
+    );
+    // With the key too: nothing to check is not a pass.
+    let o = verify(std::slice::from_ref(&empty), &[], &checkpoint_log_env());
+    assert_eq!(o.status.code(), Some(1), "keyed: {}", out_text(&o));
+    // Several files, none with a record.
+    let empty2 = work.path().join("audit.jsonl.000000000009");
+    std::fs::write(&empty2, "").unwrap();
+    let o = verify(&[empty2.clone(), empty.clone()], &[], &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "two empty files: {}",
+        out_text(&o)
+    );
+
+    let out = assert_verifies(
+        "--allow-empty",
+        std::slice::from_ref(&empty),
+        &["--allow-empty"],
+        &[],
+    );
+    assert!(out.contains("ok: 0 records"), "{out}");
+    let h = "ab".repeat(32);
+    let out = assert_verifies(
+        "--allow-empty after a named start",
+        &[empty2, empty.clone()],
+        &["--allow-empty", "--from-seq", "42", "--from-hash", &h],
+        &[],
+    );
+    assert!(
+        out.contains(&format!("last seq 41, head {h}")),
+        "nothing read: the start is the head: {out}"
+    );
+
+    // A real log emptied, and a real log followed by an empty live file (just rotated).
+    let log = write_log(1, "", &[]).await;
+    let live = log.live();
+    let lines = lines_of(&live);
+    assert!(!lines.is_empty());
+    let full = work.path().join("full.jsonl");
+    write_lines(&full, &lines);
+    assert_verifies(
+        "a log followed by an empty file",
+        &[full, empty.clone()],
+        &[],
+        &[],
+    );
+    std::fs::write(&live, "").unwrap();
+    let o = verify(std::slice::from_ref(&live), &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "emptied log: {}", out_text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_verify_refuses_moved_checkpoint() {
+    let (_log, lines, cps) = checkpoint_log().await;
+    let key = checkpoint_log_env();
+    let work = tempfile::tempdir().unwrap();
+    let case = |name: &str, lines: &[String]| -> PathBuf {
+        let p = work.path().join(name);
+        write_lines(&p, lines);
+        p
+    };
+
+    // The first checkpoint moved two records later, the chain renumbered and re-sealed
+    // without the key: consistent as a chain, refused with the key where it now sits.
+    let c = cps[0];
+    let mut moved = lines.clone();
+    let cp = moved.remove(c);
+    moved.insert(c + 2, cp);
+    renumber_from(&mut moved, c, c as u64 + 1);
+    reseal_from(&mut moved, c);
+    let f = case("moved.jsonl", &moved);
+    assert_verifies(
+        "a moved checkpoint, no key",
+        std::slice::from_ref(&f),
+        &[],
+        &[],
+    );
+    assert_broken_at(
+        "a moved checkpoint, keyed",
+        std::slice::from_ref(&f),
+        &[],
+        &key,
+        &f,
+        c + 3,
+    );
+    let msg = said(&verify(std::slice::from_ref(&f), &[], &key));
+    assert!(msg.contains("checkpoint signature invalid"), "{msg}");
+
+    // Only the seq changed: a file starting at the second checkpoint, renumbered 3 later,
+    // its head (a hash the caller trusts) kept. The head alone would still match; the
+    // signed seq does not.
+    let c = cps[1];
+    let cp = json_of(&lines[c]);
+    let (seq, head) = (cp["seq"].as_u64().unwrap(), cp["head"].as_str().unwrap());
+    let from_here = case("from-checkpoint.jsonl", &lines[c..]);
+    assert_verifies(
+        "from the checkpoint at its own seq",
+        std::slice::from_ref(&from_here),
+        &["--from-seq", &seq.to_string(), "--from-hash", head],
+        &key,
+    );
+    // Up to the next checkpoint only, so no later signature is what catches it.
+    let mut shifted = lines[c..cps[2]].to_vec();
+    renumber_from(&mut shifted, 0, seq + 3);
+    reseal_from(&mut shifted, 0);
+    assert_eq!(json_of(&shifted[0])["head"], head, "head kept");
+    assert_eq!(json_of(&shifted[0])["hmac"], cp["hmac"], "signature kept");
+    let f = case("shifted.jsonl", &shifted);
+    let args = ["--from-seq", &(seq + 3).to_string(), "--from-hash", head];
+    assert_verifies(
+        "a checkpoint at another seq, no key",
+        std::slice::from_ref(&f),
+        &args,
+        &[],
+    );
+    assert_broken_at(
+        "a checkpoint at another seq, keyed",
+        std::slice::from_ref(&f),
+        &args,
+        &key,
+        &f,
+        1,
     );
 }
 

@@ -74,6 +74,9 @@ fn as_display<S: serde::Serializer>(
     s.collect_str(ts)
 }
 
+/// HMAC-SHA256 (hex) over `{seq}:{head}`: `head` is the `hash` of the record at `seq`
+/// (the line before the checkpoint). Signing the seq with the head ties the checkpoint to
+/// its position, so it cannot be replayed elsewhere in this or another chain.
 pub fn checkpoint_mac(key: &[u8], seq: u64, head: &str) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("hmac takes any key length");
     m.update(format!("{seq}:{head}").as_bytes());

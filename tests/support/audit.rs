@@ -169,6 +169,20 @@ pub fn verify(files: &[PathBuf], extra: &[&str], env: &[(&str, &str)]) -> Output
     portcullis(&refs, env)
 }
 
+/// `--from-seq N --from-hash H` for files that continue the chain after the last record
+/// of `path` (its seq + 1 and its `hash`).
+pub fn continue_from(path: &Path) -> Vec<String> {
+    let last = records_of(path)
+        .pop()
+        .unwrap_or_else(|| panic!("{}: no record to continue from", path.display()));
+    vec![
+        "--from-seq".into(),
+        (last["seq"].as_u64().expect("seq") + 1).to_string(),
+        "--from-hash".into(),
+        last["hash"].as_str().expect("hash").to_string(),
+    ]
+}
+
 pub fn out_text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
