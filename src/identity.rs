@@ -135,48 +135,88 @@ pub struct Identity {
 
 #[derive(Default)]
 pub struct Credentials {
-    /// Credentials the store knows.
-    cache: RwLock<HashMap<String, Arc<Cached>>>,
+    /// Credentials the store knows, with the feed generation and time they were read in.
+    cache: RwLock<HashMap<String, Entry>>,
     /// Ids the store does not know, in their own bounded map: ids are server-generated
     /// UUIDv7s, so an unknown one is never about to become valid, and a flood of
     /// made-up ids costs one store round trip each, not one per request — and cannot
     /// evict the valid credentials above when this map fills and is cleared.
-    unknown: RwLock<HashMap<String, ()>>,
+    unknown: RwLock<HashMap<String, Filled>>,
     /// Bumped on every invalidation; a lookup that raced one does not fill the cache.
     gen: AtomicU64,
 }
 
+/// When and under which feed generation a cache entry was read from the store.
+#[derive(Clone, Copy)]
+pub struct Filled {
+    epoch: u64,
+    at: std::time::Instant,
+}
+
+impl Filled {
+    /// Served only under the feed generation it was read in, and for at most
+    /// [`crate::store::CACHE_MAX_AGE`]: a notice lost on the way still takes effect
+    /// within that bound.
+    pub fn fresh(&self, epoch: u64) -> bool {
+        self.epoch == epoch && self.at.elapsed() < crate::store::CACHE_MAX_AGE
+    }
+    pub fn now(epoch: u64) -> Filled {
+        Filled {
+            epoch,
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+struct Entry {
+    cached: Arc<Cached>,
+    filled: Filled,
+}
+
 impl Credentials {
     async fn lookup(&self, store: &Store, id: &str) -> Result<Option<Arc<Cached>>, Error> {
-        let live = store.feed_live();
-        if live {
+        let epoch = store.feed_epoch();
+        if let Some(e) = epoch {
             if let Some(c) = self.cache.read().expect("cache lock").get(id) {
-                return Ok(Some(c.clone()));
+                if c.filled.fresh(e) {
+                    return Ok(Some(c.cached.clone()));
+                }
             }
-            if self.unknown.read().expect("cache lock").contains_key(id) {
-                return Ok(None);
+            if let Some(f) = self.unknown.read().expect("cache lock").get(id) {
+                if f.fresh(e) {
+                    return Ok(None);
+                }
             }
         }
         let g = self.gen.load(Ordering::Acquire);
         let c = store.get_token(id).await?.map(compile);
-        if live && store.feed_live() {
+        if let Some(e) = epoch {
             // The generation is checked under the lock an invalidation takes, so a
-            // lookup that raced one never stores what it read before it.
+            // lookup that raced one never stores what it read before it; an entry
+            // filled while the feed was re-subscribing carries the old epoch and is
+            // never served.
             let mut w = self.cache.write().expect("cache lock");
-            if self.gen.load(Ordering::Acquire) == g {
+            if self.gen.load(Ordering::Acquire) == g && store.feed_epoch() == Some(e) {
+                let filled = Filled::now(e);
                 match &c {
                     Some(c) => {
                         if w.len() >= CACHE_MAX {
                             w.clear();
                         }
-                        w.insert(id.to_string(), c.clone());
+                        w.insert(
+                            id.to_string(),
+                            Entry {
+                                cached: c.clone(),
+                                filled,
+                            },
+                        );
                     }
                     None => {
                         let mut u = self.unknown.write().expect("cache lock");
                         if u.len() >= CACHE_MAX {
                             u.clear();
                         }
-                        u.insert(id.to_string(), ());
+                        u.insert(id.to_string(), filled);
                     }
                 }
             }

@@ -180,6 +180,10 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The longest a cached credential or switch state is served without re-reading the
+/// store, even while the invalidation feed is live: the backstop for a lost notice.
+pub const CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -208,9 +212,16 @@ impl Store {
 
     /// Whether invalidations are live: caches may be trusted only while this is true.
     pub fn feed_live(&self) -> bool {
+        self.feed_epoch().is_some()
+    }
+
+    /// The invalidation feed's generation while it is live (`None` while it is not).
+    /// A cache entry is served only under the generation it was filled in, so entries
+    /// from before a lost and re-established feed are never trusted again.
+    pub fn feed_epoch(&self) -> Option<u64> {
         match self {
-            Store::Embedded(_) => true,
-            Store::Redis(s) => s.feed_live(),
+            Store::Embedded(_) => Some(0),
+            Store::Redis(s) => s.feed_epoch(),
         }
     }
 

@@ -25,6 +25,10 @@ pub struct RedisStore {
     events: broadcast::Sender<Event>,
     /// Milliseconds since `epoch` when the feed last delivered anything.
     last_seen: Arc<AtomicU64>,
+    /// Bumped each time the feed (re)subscribes, before it is trusted again: cache
+    /// entries filled under an older generation are never served (they may predate a
+    /// change sent while the feed was down).
+    feed_gen: Arc<AtomicU64>,
     epoch: Instant,
     spend: redis::Script,
     create: redis::Script,
@@ -64,6 +68,7 @@ impl RedisStore {
             prefix,
             events,
             last_seen: Arc::new(AtomicU64::new(0)),
+            feed_gen: Arc::new(AtomicU64::new(0)),
             epoch,
             // The change notice is published by the script itself: one round trip.
             create: redis::Script::new(
@@ -106,13 +111,17 @@ impl RedisStore {
         let channel = self.channel();
         let events = self.events.clone();
         let last_seen = self.last_seen.clone();
+        let feed_gen = self.feed_gen.clone();
         let epoch = self.epoch;
         tokio::spawn(async move {
             loop {
                 match client.get_async_pubsub().await {
                     Ok(mut ps) => {
                         if ps.subscribe(&channel).await.is_ok() {
-                            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                            // A new generation first, then live: no entry cached before
+                            // the outage is trusted again.
+                            feed_gen.fetch_add(1, Ordering::SeqCst);
+                            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
                             let _ = events.send(Event::Resync);
                             let mut stream = ps.on_message();
                             // Heartbeats arrive every 250 ms; a second of silence means the feed is gone.
@@ -155,15 +164,17 @@ impl RedisStore {
     }
 
     pub fn feed_live(&self) -> bool {
-        let seen = self.last_seen.load(Ordering::Relaxed);
-        seen != 0
-            && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
-                < STALE_AFTER.as_millis() as u64
+        self.feed_epoch().is_some()
     }
 
-    async fn publish(&self, what: &str) {
-        let mut c = self.conn.clone();
-        let _: Result<i64, _> = c.publish(self.channel(), what).await;
+    /// The feed's generation while it is live.
+    pub fn feed_epoch(&self) -> Option<u64> {
+        let gen = self.feed_gen.load(Ordering::SeqCst);
+        let seen = self.last_seen.load(Ordering::SeqCst);
+        let live = seen != 0
+            && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
+                < STALE_AFTER.as_millis() as u64;
+        live.then_some(gen)
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
@@ -182,10 +193,11 @@ impl RedisStore {
             .atomic()
             .set(self.key(&format!("token:{}", t.id)), json)
             .sadd(self.key("tokens"), &t.id)
+            .publish(self.channel(), format!("token:{}", t.id))
+            .ignore()
             .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        self.publish(&format!("token:{}", t.id)).await;
         Ok(())
     }
 
@@ -237,11 +249,18 @@ impl RedisStore {
         if !exists {
             return Ok(false);
         }
-        let _: () = c
+        // The write and its change notice are one transaction: a notice that cannot be
+        // sent (a lost connection, an ACL without PUBLISH) leaves the write undone too,
+        // and the caller hears 503 instead of a change other replicas never learn of.
+        let _: () = redis::pipe()
+            .atomic()
             .set(self.key(&format!("revoked:{id}")), 1)
+            .ignore()
+            .publish(self.channel(), format!("token:{id}"))
+            .ignore()
+            .query_async(&mut c)
             .await
             .map_err(unavailable)?;
-        self.publish(&format!("token:{id}")).await;
         Ok(true)
     }
 
@@ -295,18 +314,26 @@ impl RedisStore {
             Scope::Tenant => "sw:paused_tenants",
             Scope::All => "sw:paused_all",
         };
-        let r: Result<(), _> = match ch {
-            SwitchChange::Pause(Scope::All, _) => c.set(self.key("sw:paused_all"), "1").await,
-            SwitchChange::Resume(Scope::All, _) => c.del(self.key("sw:paused_all")).await,
-            SwitchChange::Pause(s, t) => c.sadd(self.key(set(*s)), t).await,
-            SwitchChange::Resume(s, t) => c.srem(self.key(set(*s)), t).await,
-            SwitchChange::Disable(a) => c.sadd(self.key("sw:disabled_agents"), a).await,
-            SwitchChange::Enable(a) => c.srem(self.key("sw:disabled_agents"), a).await,
-            SwitchChange::DraftOnly(true) => c.set(self.key("sw:draft_only"), "1").await,
-            SwitchChange::DraftOnly(false) => c.del(self.key("sw:draft_only")).await,
-        };
-        r.map_err(unavailable)?;
-        self.publish("switches").await;
+        let mut p = redis::pipe();
+        p.atomic();
+        match ch {
+            SwitchChange::Pause(Scope::All, _) => p.set(self.key("sw:paused_all"), "1"),
+            SwitchChange::Resume(Scope::All, _) => p.del(self.key("sw:paused_all")),
+            SwitchChange::Pause(s, t) => p.sadd(self.key(set(*s)), t),
+            SwitchChange::Resume(s, t) => p.srem(self.key(set(*s)), t),
+            SwitchChange::Disable(a) => p.sadd(self.key("sw:disabled_agents"), a),
+            SwitchChange::Enable(a) => p.srem(self.key("sw:disabled_agents"), a),
+            SwitchChange::DraftOnly(true) => p.set(self.key("sw:draft_only"), "1"),
+            SwitchChange::DraftOnly(false) => p.del(self.key("sw:draft_only")),
+        }
+        .ignore();
+        // One transaction with its notice (see `revoke_token`).
+        let _: () = p
+            .publish(self.channel(), "switches")
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
