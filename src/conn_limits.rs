@@ -146,8 +146,11 @@ fn ip_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit (each connection is one
-/// descriptor; 1,024 is a common soft default) and logs both figures.
-pub fn raise_nofile() {
+/// descriptor; 1,024 is a common soft default), logs both figures, and warns when
+/// `max_connections` would not fit under it.
+pub fn raise_nofile(max_connections: u32) {
+    #[cfg(not(target_os = "linux"))]
+    let _ = max_connections;
     #[cfg(target_os = "linux")]
     {
         use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
@@ -178,6 +181,16 @@ pub fn raise_nofile() {
             nofile_was = before.current.unwrap_or(u64::MAX),
             "open-file limit"
         );
+        if let Some(soft) = now.current {
+            if soft <= u64::from(max_connections) {
+                warn!(
+                    nofile_soft = soft,
+                    max_connections,
+                    "limits.max_connections is not below the open-file limit: \
+                     accepts will fail before the cap refuses anything"
+                );
+            }
+        }
     }
 }
 

@@ -78,9 +78,9 @@ enum Side {
 /// against tokio's multi-threaded scheduler (bench/README.md). With one worker the
 /// agent port shares the main runtime (admin port, store feeds, sweeper) instead.
 pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
-    conn_limits::raise_nofile();
     let live = app.live.load_full();
     let snap = &live.snap;
+    conn_limits::raise_nofile(snap.limits.max_connections);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await

@@ -445,7 +445,9 @@ async fn the_open_file_limit_is_raised_and_logged() {
     };
     // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
-    let proxy = std::panic::catch_unwind(|| Proxy::start(&base_config(), &[]));
+    // A cap no descriptor limit can hold (nr_open is below 2^30) is warned about.
+    let cfg = config("limits: { max_connections: 4294967295 }");
+    let proxy = std::panic::catch_unwind(|| Proxy::start(&cfg, &[]));
     // SAFETY: as above.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &was) }, 0);
     let proxy = proxy.expect("proxy starts");
@@ -469,6 +471,10 @@ async fn the_open_file_limit_is_raised_and_logged() {
     );
     assert_eq!(before, low.rlim_cur, "{line}");
     assert_eq!(soft, hard, "soft limit not raised to the hard one: {line}");
+    assert!(
+        logs.contains("max_connections is not below the open-file limit"),
+        "no warning for a cap above the limit:\n{logs}"
+    );
     // The figure is the process's own.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
     let row = limits
