@@ -13,6 +13,8 @@ pub mod canon;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod conn_limits;
+pub mod conn_watch;
 pub mod demo;
 pub mod digest;
 pub mod error;

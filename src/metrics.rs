@@ -59,6 +59,18 @@ fn describe() {
         "Configuration reloads by result"
     );
     describe_counter!("portcullis_store_errors_total", "State store errors");
+    describe_gauge!(
+        "portcullis_connections_open",
+        "Open client connections by listener (agent, admin)"
+    );
+    describe_counter!(
+        "portcullis_connections_refused_total",
+        "Agent-port connections closed right after accept, by cap (max_connections, per_ip)"
+    );
+    describe_counter!(
+        "portcullis_connections_closed_total",
+        "Connections closed by a deadline (header_timeout, idle_timeout, close_timeout)"
+    );
 }
 
 /// How many distinct heuristic tool names get their own `tool` label value.

@@ -1,15 +1,18 @@
 //! Listeners: bind, optional inbound TLS (rustls), HTTP/1.1 + HTTP/2 via hyper-util's
-//! auto builder with header-read timeouts, and graceful shutdown with a bounded drain.
+//! auto builder, per-connection deadlines and caps (`conn_watch`, `conn_limits`), and
+//! graceful shutdown with a bounded drain.
 
 use crate::admin;
 use crate::app::App;
 use crate::config::{Snapshot, TlsFiles};
+use crate::conn_limits::{self, Caps, Listener};
+use crate::conn_watch::{self, Activity, Deadlines, Ended, Tracked};
 use crate::error::Error;
 use crate::proxy::{self, Conn};
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
@@ -19,7 +22,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long in-flight requests get to finish after SIGTERM/SIGINT.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -77,6 +80,7 @@ enum Side {
 pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
     let live = app.live.load_full();
     let snap = &live.snap;
+    conn_limits::raise_nofile(snap.limits.max_connections);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -90,11 +94,15 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
     let workers = workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // `true` stops the accept loops and asks every connection to close gracefully;
+    // each connection holds a receiver, so the drain is over when all are dropped.
     let (stop_tx, stop_rx) = watch::channel(false);
     // Worker runtimes outlive their accept loops until the drain is over: the
     // connections being drained are tasks on them.
     let (drained_tx, drained_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    // Separate counts: a full agent port never refuses the operators.
+    let agents = Listener::new("agent");
+    let operators = Listener::new("admin");
     info!(
         proxy = %proxy_l.local_addr().map_err(internal)?,
         admin = %admin_l.local_addr().map_err(internal)?,
@@ -111,7 +119,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
             proxy_tls,
             Side::Proxy,
             stop_rx.clone(),
-            graceful.clone(),
+            agents.clone(),
         )));
     } else {
         let shared = proxy_l.into_std().map_err(internal)?;
@@ -122,11 +130,11 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
                 .build()
                 .map_err(internal)?;
             let listener = shared.try_clone().map_err(internal)?;
-            let (app, tls, stop, graceful) = (
+            let (app, tls, stop, counts) = (
                 app.clone(),
                 proxy_tls.clone(),
                 stop_rx.clone(),
-                graceful.clone(),
+                agents.clone(),
             );
             let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel::<()>();
             let mut drained = drained_rx.clone();
@@ -135,7 +143,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
                 .spawn(move || {
                     rt.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(l) => accept_loop(app, l, tls, Side::Proxy, stop, graceful).await,
+                            Ok(l) => accept_loop(app, l, tls, Side::Proxy, stop, counts).await,
                             Err(e) => warn!(error = %e, "proxy worker cannot accept"),
                         }
                         let _ = accepted_tx.send(());
@@ -155,7 +163,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
         admin_tls,
         Side::Admin,
         stop_rx,
-        graceful.clone(),
+        operators,
     )));
     shutdown_signal().await;
     info!("shutting down: no new connections, draining in-flight requests");
@@ -165,8 +173,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
     for a in accepting {
         let _ = a.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    match tokio::time::timeout(DRAIN, graceful.shutdown()).await {
+    match tokio::time::timeout(DRAIN, stop_tx.closed()).await {
         Ok(()) => info!("drained"),
         Err(_) => warn!(
             after_s = DRAIN.as_secs(),
@@ -227,13 +234,14 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     side: Side,
     mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    counts: Arc<Listener>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -241,44 +249,122 @@ async fn accept_loop(
             },
             _ = stop.changed() => return,
         };
+        let born = tokio::time::Instant::now();
+        let live = app.live.load_full();
+        let limits = &live.snap.limits;
+        let caps = (side == Side::Proxy).then_some(Caps {
+            max: limits.max_connections as usize,
+            per_ip: limits.max_connections_per_ip as usize,
+        });
+        // Before any read: a refused connection costs an accept and a close.
+        let slot = match counts.admit(peer.ip(), caps) {
+            Ok(s) => s,
+            Err(why) => {
+                debug!(peer = %peer.ip(), reason = why.as_str(), "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        let deadlines = Deadlines {
+            header: limits.header_timeout,
+            idle: limits.idle_timeout,
+        };
+        let b = builder(&live.snap);
+        drop(live);
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
-        // A watcher, not a clone of the shutdown handle: the handle must be unique
-        // again when the accept loops end, or the drain below would wait on nothing.
-        let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let live = app.live.load_full();
-            let b = builder(&live.snap);
-            let handshake = live.snap.limits.header_timeout;
-            drop(live);
+            let _slot = slot;
             let conn = Conn {
                 peer,
                 https: tls.is_some(),
             };
-            let svc = service_fn(move |req| {
-                let app = app.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(match side {
-                        Side::Proxy => proxy::handle(app, conn, req).await,
-                        Side::Admin => admin::handle(app, conn, req).await,
-                    })
-                }
-            });
-            match tls {
+            let activity = Activity::new(born);
+            let ended = match tls {
                 None => {
-                    let c = b.serve_connection(TokioIo::new(stream), svc);
-                    let _ = watcher.watch(c.into_owned()).await;
+                    serve_io(
+                        app,
+                        side,
+                        conn,
+                        b,
+                        TokioIo::new(stream),
+                        &activity,
+                        deadlines,
+                        stop,
+                    )
+                    .await
                 }
                 Some(acc) => {
-                    let s = match tokio::time::timeout(handshake, acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        _ => return,
-                    };
-                    let c = b.serve_connection(TokioIo::new(s), svc);
-                    let _ = watcher.watch(c.into_owned()).await;
+                    // The handshake counts against the same deadline as the request head.
+                    let at = born + deadlines.header;
+                    match tokio::time::timeout_at(at, acc.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            serve_io(
+                                app,
+                                side,
+                                conn,
+                                b,
+                                TokioIo::new(s),
+                                &activity,
+                                deadlines,
+                                stop,
+                            )
+                            .await
+                        }
+                        Ok(Err(_)) => Ended::Closed,
+                        Err(_) => Ended::HeaderTimeout,
+                    }
                 }
+            };
+            if ended != Ended::Closed {
+                count_close(ended.as_str());
             }
         });
     }
+}
+
+fn count_close(reason: &'static str) {
+    metrics::counter!("portcullis_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Serves one accepted connection (plain or TLS) under its deadlines.
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<I>(
+    app: Arc<App>,
+    side: Side,
+    conn: Conn,
+    b: auto::Builder<TokioExecutor>,
+    io: I,
+    activity: &Arc<Activity>,
+    deadlines: Deadlines,
+    stop: watch::Receiver<bool>,
+) -> Ended
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let tracker = activity.clone();
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        // The head is parsed: this request is in flight until its response is sent.
+        let in_flight = tracker.enter();
+        async move {
+            let resp = match side {
+                Side::Proxy => proxy::handle(app, conn, req).await,
+                Side::Admin => admin::handle(app, conn, req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+        }
+    });
+    let c = b.serve_connection(io, svc).into_owned();
+    conn_watch::drive(
+        c,
+        |c| c.graceful_shutdown(),
+        activity,
+        deadlines,
+        stop,
+        || count_close("idle_timeout"),
+    )
+    .await
 }

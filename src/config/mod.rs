@@ -83,6 +83,12 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub request_deadline: Duration,
     pub max_header_bytes: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/1 and h2).
+    pub idle_timeout: Duration,
+    /// Open agent-port connections; more are closed right after accept.
+    pub max_connections: u32,
+    /// Open agent-port connections per client address (IPv6: per /64).
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -726,6 +732,13 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
             Duration::from_secs(60),
         )?,
         max_header_bytes: l.max_header_bytes.unwrap_or(65_536),
+        idle_timeout: c.duration(
+            "limits.idle_timeout",
+            &l.idle_timeout,
+            Duration::from_secs(60),
+        )?,
+        max_connections: l.max_connections.unwrap_or(10_000),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
     };
     if limits.max_header_bytes < 8192 {
         return Err(c.err("limits.max_header_bytes", "must be at least 8192"));
@@ -734,8 +747,17 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
         ("header_timeout", limits.header_timeout),
         ("request_deadline", limits.request_deadline),
         ("approval_ttl", limits.approval_ttl),
+        ("idle_timeout", limits.idle_timeout),
     ] {
         if d.is_zero() {
+            return Err(c.err(&format!("limits.{k}"), "must be more than zero"));
+        }
+    }
+    for (k, n) in [
+        ("max_connections", limits.max_connections),
+        ("max_connections_per_ip", limits.max_connections_per_ip),
+    ] {
+        if n == 0 {
             return Err(c.err(&format!("limits.{k}"), "must be more than zero"));
         }
     }

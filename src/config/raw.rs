@@ -125,6 +125,9 @@ pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub request_deadline: Option<String>,
     pub max_header_bytes: Option<u64>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

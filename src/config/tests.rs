@@ -170,3 +170,31 @@ fn tenant_header_needs_tenants() {
         .replace("tenant: acme", "owner: me");
     assert!(err(&text).contains("agents.bot: agent has no tenant"));
 }
+
+#[test]
+fn connection_limits_have_defaults_and_refuse_zero() {
+    let l = parse(GOOD).unwrap().limits;
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.max_connections, 10_000);
+    assert_eq!(l.max_connections_per_ip, 256);
+    let set = |extra: &str| format!("{GOOD}limits:\n  {extra}\n");
+    let l = parse(&set(
+        "{ idle_timeout: 500ms, max_connections: 7, max_connections_per_ip: 3 }",
+    ))
+    .unwrap()
+    .limits;
+    assert_eq!(l.idle_timeout, Duration::from_millis(500));
+    assert_eq!((l.max_connections, l.max_connections_per_ip), (7, 3));
+    for (extra, key) in [
+        ("idle_timeout: 0s", "limits.idle_timeout"),
+        ("max_connections: 0", "limits.max_connections"),
+        ("max_connections_per_ip: 0", "limits.max_connections_per_ip"),
+    ] {
+        let e = err(&set(extra));
+        assert!(
+            e.starts_with("routes.yaml:") && e.contains(&format!("{key}: must be more than zero")),
+            "{e}"
+        );
+    }
+    assert!(err(&set("max_connections: -1")).contains("limits.max_connections"));
+}
