@@ -168,7 +168,8 @@ pub struct Cas<'a> {
 
 pub enum Store {
     Embedded(embedded::Embedded),
-    Redis(redis::RedisStore),
+    /// Boxed: the redis handle is several times the size of the embedded one.
+    Redis(Box<redis::RedisStore>),
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -196,9 +197,9 @@ impl Store {
     pub async fn open(cfg: &StoreConfig, node: &str) -> Result<Store, Error> {
         match &cfg.kind {
             StoreKind::Embedded(path) => Ok(Store::Embedded(embedded::Embedded::open(path).await?)),
-            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(
+            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(Box::new(
                 redis::RedisStore::open(url, key_prefix, node).await?,
-            )),
+            ))),
         }
     }
 
