@@ -277,6 +277,18 @@ async fn park_approve_replay_result(store: &str, env: &[(&str, &str)]) -> (Proxy
     .await;
     assert_eq!(r.status, 404, "another agent's /result: {}", r.text());
 
+    // The replay's record names who approved it (issue 13).
+    let trail = p.audit_text();
+    let executed: Vec<serde_json::Value> = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| {
+            r["event"] == "replay_executed" && r["approval_id"] == id.as_str()
+        })
+        .collect();
+    assert_eq!(executed.len(), 1, "{trail}");
+    assert_eq!(executed[0]["operator"], "alice", "{}", executed[0]);
+
     // Deciding again changes nothing.
     let r = approve(p.admin, BOB, &id, None).await;
     assert_eq!(r.status, 409, "approving an executed request: {}", r.text());

@@ -268,7 +268,17 @@ pub async fn audit(
         policy_version: Some(app.live.load().snap.policy_version.to_string()),
         body_sha256: Some(a.body_sha256.clone()),
         approval_id: Some(a.id.clone()),
-        operator: operator.map(str::to_string),
+        // A replay names who approved it, so an execution and its approvers stand on
+        // one line even if an approval's own record was lost.
+        operator: operator.map(str::to_string).or_else(|| {
+            (event.starts_with("replay_") && !a.approvals.is_empty()).then(|| {
+                a.approvals
+                    .iter()
+                    .map(|v| v.operator.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        }),
         upstream_status: a.upstream_status,
         comment: comment.map(str::to_string),
         ..Default::default()

@@ -40,8 +40,21 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
     let Some(l) = load(app, id).await? else {
         return Ok(());
     };
-    if l.a.state != State::Approved {
+    let Some(l) = acquire(app, l).await? else {
         return Ok(());
+    };
+    match prepare(app, &l).await {
+        Ok(Some(ready)) => send(app, &l, ready).await,
+        Ok(None) => Ok(()),
+        // Nothing was sent: the request failed, it did not become `unknown`.
+        Err(e) => fail(app, &l, "failed_before_send", e.to_string()).await,
+    }
+}
+
+/// `approved → executing` with this node's lease; `None` if another node won it.
+async fn acquire(app: &App, l: Loaded) -> Result<Option<Loaded>, Error> {
+    if l.a.state != State::Approved {
+        return Ok(None);
     }
     let live = app.live.load_full();
     let snap = &live.snap;
@@ -53,19 +66,34 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         boot: app.boot_id.clone(),
         until_ms: now_ms() + lease_ms,
     });
-    let Some(l) = transition(app, &l, ex, None).await? else {
-        return Ok(());
-    };
+    transition(app, &l, ex, None).await
+}
+
+/// The request to send, built under the policy in force.
+struct Ready {
+    live: Arc<crate::app::Live>,
+    route: usize,
+    req: Request<crate::body::Body>,
+}
+
+/// Everything before the send: integrity, the credential, the gate re-run (as approved),
+/// the audit sink. A refusal fails the approval (`Ok(None)`); nothing is sent before
+/// this returns `Ready`.
+async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
     let a = &l.a;
+    let id = a.id.as_str();
+    let live = app.live.load_full();
+    let snap = &live.snap;
+    let refuse = |reason: &'static str, detail: String| async move {
+        fail(app, l, reason, detail).await.map(|_| None)
+    };
 
     // Integrity: the body and everything hashed are what the operator saw.
     let Some(body) = app.store.get_approval_body(id).await? else {
-        return fail(app, &l, "integrity", "the parked body is missing".into()).await;
+        return refuse("integrity", "the parked body is missing".into()).await;
     };
     if request_sha256(&a.method, &a.path, &a.headers, &body) != a.request_sha256 {
-        return fail(
-            app,
-            &l,
+        return refuse(
             "integrity",
             "the parked request no longer matches its request_sha256".into(),
         )
@@ -80,13 +108,11 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         _ => None,
     };
     if let Some(d) = detail {
-        return fail(app, &l, "policy_changed", d.into()).await;
+        return refuse("policy_changed", d.into()).await;
     }
     let token = token.expect("checked above");
     let Some(agent) = snap.agents.get(&a.agent).cloned() else {
-        return fail(
-            app,
-            &l,
+        return refuse(
             "policy_changed",
             format!("agent `{}` is no longer configured", a.agent),
         )
@@ -100,22 +126,12 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
     };
     let tool = match snap.classifier.classify(method, &path) {
         Ok(t) => t,
-        Err(_) => {
-            return fail(
-                app,
-                &l,
-                "policy_changed",
-                "the path is no longer routed".into(),
-            )
-            .await
-        }
+        Err(_) => return refuse("policy_changed", "the path is no longer routed".into()).await,
     };
     let route = &snap.routes[tool.route];
     let up = &snap.upstreams[route.upstream];
     if *tool.name != *a.tool || up.name != a.upstream || agent.tenant != a.tenant {
-        return fail(
-            app,
-            &l,
+        return refuse(
             "policy_changed",
             "a reload changed the tool, upstream or tenant of this request".into(),
         )
@@ -132,21 +148,17 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
         approved: true,
     });
     if let Decision::Deny { reason, detail } = d {
-        return fail(app, &l, "policy_changed", format!("{reason}: {detail}")).await;
+        return refuse("policy_changed", format!("{reason}: {detail}")).await;
     }
     if !matches!(d, Decision::Allow { .. }) {
-        return fail(
-            app,
-            &l,
+        return refuse(
             "policy_changed",
             "the gate no longer allows this request as approved".into(),
         )
         .await;
     }
     if !app.audit.ready() {
-        return fail(
-            app,
-            &l,
+        return refuse(
             "audit_unavailable",
             "the audit trail cannot be written".into(),
         )
@@ -203,6 +215,20 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
     *req.method_mut() = method.to_http();
     *req.uri_mut() = upstream::upstream_uri(up, route, &c)?;
     *req.headers_mut() = headers;
+    Ok(Some(Ready {
+        live: live.clone(),
+        route: tool.route,
+        req,
+    }))
+}
+
+/// Sends once and records the outcome.
+async fn send(app: &App, l: &Loaded, ready: Ready) -> Result<(), Error> {
+    let Ready { live, route, req } = ready;
+    let snap = &live.snap;
+    let a = &l.a;
+    let route = &snap.routes[route];
+    let up = &snap.upstreams[route.upstream];
     info!(approval_id = %a.id, tool.name = %a.tool, "replaying approved request");
     let outcome = match upstream::send(&live.clients[route.upstream], up, req).await {
         Ok(resp) => {
@@ -266,7 +292,8 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
             None
         }
     };
-    match transition(app, &l, n, result.as_deref()).await? {
+    let attempted = n.clone();
+    match transition(app, l, n, result.as_deref()).await? {
         Some(l2) => {
             let event = match l2.a.state {
                 State::Executed => "replay_executed",
@@ -276,7 +303,16 @@ async fn run(app: &App, id: &str) -> Result<(), Error> {
             audit(app, &l2.a, event, None, l2.a.detail.as_deref()).await;
         }
         None => {
-            warn!(approval_id = %a.id, "the replay's result could not be stored (the lease was taken over); the outcome stays unknown")
+            warn!(approval_id = %a.id, "the replay's result could not be stored (the lease was taken over); the outcome stays unknown");
+            // What the upstream answered still goes on the trail.
+            audit(
+                app,
+                &attempted,
+                "replay_result_after_lease",
+                None,
+                Some("the upstream answered after this node lost the lease; the approval's state was not changed"),
+            )
+            .await;
         }
     }
     Ok(())
