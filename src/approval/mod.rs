@@ -174,7 +174,7 @@ fn rfc3339(ms: u64) -> String {
 /// An approval as read, with the exact bytes the compare-and-set compares against.
 pub struct Loaded {
     pub a: Approval,
-    raw: Vec<u8>,
+    pub(crate) raw: Vec<u8>,
 }
 
 /// Reads a record; a pending one past its expiry is moved to `expired` on the way.
@@ -222,7 +222,7 @@ pub async fn transition(
             result,
         })
         .await?;
-    if ok {
+    if ok && from.a.state != to.state {
         metrics::counter!("portcullis_approvals_total", "outcome" => to.state.as_str())
             .increment(1);
         if to.state.is_final() {

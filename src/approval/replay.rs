@@ -16,6 +16,11 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use tracing::{info, warn};
 
+/// How long a replay's lease holds without renewal, by the store's clock.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(6);
+/// How often the owner renews it while the upstream works.
+const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Replays approval `id` if it is `approved` and this node wins the lease.
 pub async fn replay(app: Arc<App>, id: String) {
     if let Err(e) = run(&app, &id).await {
@@ -58,13 +63,12 @@ async fn acquire(app: &App, l: Loaded) -> Result<Option<Loaded>, Error> {
     }
     let live = app.live.load_full();
     let snap = &live.snap;
-    let lease_ms = (snap.limits.request_deadline.as_millis() as u64).saturating_add(30_000);
     let mut ex = l.a.clone();
     ex.state = State::Executing;
     ex.lease = Some(Lease {
         node: snap.node.clone(),
         boot: app.boot_id.clone(),
-        until_ms: now_ms() + lease_ms,
+        until_ms: app.store.clock_ms().await? + LEASE.as_millis() as u64,
     });
     transition(app, &l, ex, None).await
 }
@@ -230,35 +234,68 @@ async fn send(app: &App, l: &Loaded, ready: Ready) -> Result<(), Error> {
     let route = &snap.routes[route];
     let up = &snap.upstreams[route.upstream];
     info!(approval_id = %a.id, tool.name = %a.tool, "replaying approved request");
-    let outcome = match upstream::send(&live.clients[route.upstream], up, req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let (parts, body) = upstream::inbound_response(resp, up).into_parts();
-            let limit = snap.limits.max_result_bytes as usize;
-            let collected =
-                tokio::time::timeout(snap.limits.request_deadline, read_capped(body, limit)).await;
-            match collected {
-                Ok(Ok((bytes, truncated))) => Ok((status, parts.headers, bytes, truncated)),
-                _ => Err((
-                    "unknown",
-                    format!("the upstream answered {status} but its body could not be read"),
-                )),
+    let exchange = async {
+        match upstream::send(&live.clients[route.upstream], up, req).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let (parts, body) = upstream::inbound_response(resp, up).into_parts();
+                let limit = snap.limits.max_result_bytes as usize;
+                let collected =
+                    tokio::time::timeout(snap.limits.request_deadline, read_capped(body, limit))
+                        .await;
+                match collected {
+                    Ok(Ok((bytes, truncated))) => Ok((status, parts.headers, bytes, truncated)),
+                    _ => Err((
+                        "unknown",
+                        format!("the upstream answered {status} but its body could not be read"),
+                    )),
+                }
+            }
+            Err(Error::BadGateway {
+                connect: true,
+                detail,
+                ..
+            }) => Err((
+                "failed",
+                format!("upstream unreachable, nothing sent: {detail}"),
+            )),
+            Err(e) => Err((
+                "unknown",
+                format!("{e}; the upstream may or may not have acted"),
+            )),
+        }
+    };
+    // The lease is renewed while the upstream works, so a live owner's replay is never
+    // declared `unknown`, and a dead owner's is within one lease on any replica.
+    let mut current = Loaded {
+        a: l.a.clone(),
+        raw: l.raw.clone(),
+    };
+    let mut lost = false;
+    let mut renew = tokio::time::interval(LEASE_RENEW);
+    renew.tick().await;
+    let mut exchange = std::pin::pin!(exchange);
+    let outcome = loop {
+        tokio::select! {
+            o = &mut exchange => break o,
+            _ = renew.tick(), if !lost => {
+                let mut r = current.a.clone();
+                if let Some(lease) = r.lease.as_mut() {
+                    lease.until_ms = app.store.clock_ms().await.unwrap_or_else(|_| now_ms()) + LEASE.as_millis() as u64;
+                }
+                match transition(app, &current, r, None).await {
+                    Ok(Some(next)) => current = next,
+                    Ok(None) => {
+                        lost = true;
+                        warn!(approval_id = %a.id, "this node lost the replay's lease while the upstream was working");
+                    }
+                    Err(e) => warn!(approval_id = %a.id, error = %e, "lease renewal failed; retrying"),
+                }
             }
         }
-        Err(Error::BadGateway {
-            connect: true,
-            detail,
-            ..
-        }) => Err((
-            "failed",
-            format!("upstream unreachable, nothing sent: {detail}"),
-        )),
-        Err(e) => Err((
-            "unknown",
-            format!("{e}; the upstream may or may not have acted"),
-        )),
     };
-    let mut n = a.clone();
+    let l = &current;
+    let mut n = l.a.clone();
     n.lease = None;
     let result = match outcome {
         Ok((status, headers, bytes, truncated)) => {

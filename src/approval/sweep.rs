@@ -43,7 +43,8 @@ pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
 const DUE_BATCH: usize = 1000;
 
 async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
-    let now = now_ms();
+    // The store's clock: leases are renewed by it, so every node judges them alike.
+    let now = app.store.clock_ms().await?;
     if at_start {
         // Once per boot, every pending record: expire what is due, and (re-)index the
         // rest — records stored before the index existed, or whose entry a sweep took

@@ -226,6 +226,15 @@ impl Store {
         }
     }
 
+    /// Milliseconds since the epoch by the store's clock (redis `TIME`; the local clock
+    /// for the embedded store): leases are compared against one clock for every node.
+    pub async fn clock_ms(&self) -> Result<u64, Error> {
+        match self {
+            Store::Embedded(_) => Ok(now_ms()),
+            Store::Redis(s) => s.clock_ms().await,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         match self {
             Store::Embedded(s) => s.ping().await,

@@ -177,6 +177,15 @@ impl RedisStore {
         live.then_some(gen)
     }
 
+    pub async fn clock_ms(&self) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         let mut c = self.conn.clone();
         let _: String = redis::cmd("PING")
