@@ -19,6 +19,13 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{info, warn};
 
+/// This process's id: leases on replays belong to it (not to the `node` name), and
+/// heartbeats announce it.
+pub fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::now_v7().simple().to_string())
+}
+
 /// Seconds between the metrics recorder's upkeep runs.
 const UPKEEP_EVERY_S: u64 = 5;
 
@@ -92,7 +99,7 @@ impl App {
                     .allow_burst(NonZeroU32::new(50).expect("nonzero")),
             ),
             metrics,
-            boot_id: uuid::Uuid::now_v7().simple().to_string(),
+            boot_id: boot_id().to_string(),
             ui_sessions: Default::default(),
             config_path,
             draining: AtomicBool::new(false),

@@ -92,3 +92,46 @@ async fn a_killed_owner_leaves_unknown_on_the_other_replica_within_ten_seconds()
     up.release();
     assert_eq!(up.hits(), 1, "never a second call");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_a_replica_with_the_same_node_name_leaves_the_others_replay_alone() {
+    let redis = RedisServer::start();
+    let prefix = random_prefix();
+    let up = ReplayUpstream::start_holding().await;
+    // Both replicas share one `node` name, as one shared routes.yaml would give them.
+    let a = replica("proxy-a", &up, &redis, &prefix);
+    let mut b = replica("proxy-a", &up, &redis, &prefix);
+    let (bot, _) = issue(a.admin, "bot").await;
+    let parked = park(&a, &bot, "/tickets/9/close", &[], b"{}").await;
+    let id = approval_id(&parked);
+    let r = approve(a.admin, ALICE, &id, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        up.wait_hits(1, Duration::from_secs(10)).await,
+        "the replay was sent"
+    );
+    let replaying =
+        |p: &Proxy| p.logs().contains("replaying approved request") && p.logs().contains(&id);
+    let a_owns = replaying(&a);
+    assert!(a_owns || replaying(&b), "one of them replays");
+    // Restart the replica that does not own the replay (same name, new process).
+    let (owner, other) = if a_owns {
+        (&a, &mut b)
+    } else {
+        (&b, &mut { a })
+    };
+    sigkill(other);
+    let _ = other.wait_exit(Duration::from_secs(10)).await;
+    let restarted = replica("proxy-a", &up, &redis, &prefix);
+    // Its start-up sweep and three more seconds of sweeps leave the live replay alone.
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        let v = view(restarted.admin, &id).await;
+        assert_eq!(v["state"], "executing", "after the restart: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    up.release();
+    let v = wait_state(owner.admin, &id, "executed", Duration::from_secs(10)).await;
+    assert_eq!(v["state"], "executed", "{v}");
+    assert_eq!(up.hits(), 1);
+}

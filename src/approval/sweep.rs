@@ -33,8 +33,9 @@ pub async fn run_sweeper(app: Arc<App>) {
     }
 }
 
-/// At start: `executing` records this node held before it restarted cannot be
-/// executing now — their outcome is `unknown` (never an automatic second call).
+/// At start: one sweep. `executing` records whose lease has lapsed (their owner stopped
+/// renewing it, e.g. this node before it restarted) become `unknown` — never an
+/// automatic second call; live leases are left to their owners.
 pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
     sweep(app, true).await
 }
@@ -110,11 +111,12 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
             tokio::spawn(async move { super::replay(app2, id).await });
         }
     }
-    let node = app.live.load().snap.node.clone();
     for a in in_state(app, State::Executing).await? {
-        let stale = a.lease.as_ref().is_none_or(|l| {
-            l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id)
-        });
+        // A lease is the owner process's (its boot id), renewed while it works: it is
+        // reclaimed only once it has lapsed by the store's clock. The `node` name is a
+        // label — a restart of one replica never takes over another's live replay,
+        // even when both share one name.
+        let stale = a.lease.as_ref().is_none_or(|l| l.until_ms <= now);
         if !stale {
             continue;
         }

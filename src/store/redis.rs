@@ -94,7 +94,7 @@ impl RedisStore {
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
             ),
         };
-        s.spawn_feed(client, node.to_string());
+        s.spawn_feed(client, node.to_string(), crate::app::boot_id().to_string());
         Ok(s)
     }
 
@@ -107,7 +107,9 @@ impl RedisStore {
     }
 
     /// Subscriber with reconnect, plus the heartbeat publisher.
-    fn spawn_feed(&self, client: redis::Client, node: String) {
+    fn spawn_feed(&self, client: redis::Client, node: String, boot: String) {
+        let own_boot = boot.clone();
+        let own_node = node.clone();
         let channel = self.channel();
         let events = self.events.clone();
         let last_seen = self.last_seen.clone();
@@ -131,7 +133,13 @@ impl RedisStore {
                                 last_seen
                                     .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                                 let payload: String = msg.get_payload().unwrap_or_default();
-                                if payload == "switches" {
+                                if let Some((n, boot)) =
+                                    payload.strip_prefix("hb:").and_then(|r| r.rsplit_once('/'))
+                                {
+                                    if n == own_node && boot != own_boot {
+                                        warn!(node = %n, "another live process announces the same `node` name; it is only a label (leases belong to processes), but logs and audit records of the two cannot be told apart by it");
+                                    }
+                                } else if payload == "switches" {
                                     let _ = events.send(Event::Switches);
                                 } else if let Some(id) = payload.strip_prefix("token:") {
                                     let _ = events.send(Event::Token(id.to_string()));
@@ -150,7 +158,7 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let channel = self.channel();
         tokio::spawn(async move {
-            let beat = format!("hb:{node}");
+            let beat = format!("hb:{node}/{boot}");
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
