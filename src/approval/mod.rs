@@ -109,6 +109,12 @@ pub struct Approval {
     /// Canonical path + query, exactly as it will be sent.
     pub path: String,
     pub upstream: String,
+    /// The URI the replay will send to (scheme, authority, base path, path, query),
+    /// fixed at park time and covered by `request_sha256`: a reload that moves the
+    /// upstream fails the replay instead of sending the approved request elsewhere.
+    /// Absent in records parked before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_uri: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
     pub body_sha256: String,
@@ -147,6 +153,7 @@ pub fn request_sha256(
     path: &str,
     headers: &[(String, String)],
     body: &[u8],
+    upstream_uri: Option<&str>,
 ) -> String {
     let mut h = Sha256::new();
     put_len(&mut h, method.as_bytes());
@@ -159,6 +166,9 @@ pub fn request_sha256(
         put_len(&mut h, v.as_bytes());
     }
     put_len(&mut h, body);
+    if let Some(u) = upstream_uri {
+        put_len(&mut h, u.as_bytes());
+    }
     crate::digest::to_hex(&h.finalize())
 }
 
@@ -367,6 +377,7 @@ pub async fn park(
     let route = &snap.routes[tool.route];
     let up = &snap.upstreams[route.upstream];
     let kept = crate::upstream::kept_headers(headers, up);
+    let upstream_uri = crate::upstream::upstream_uri(up, route, c)?.to_string();
     let path = c.path_and_query();
     let now = now_ms();
     let ttl = tool.approval_ttl.unwrap_or(snap.limits.approval_ttl);
@@ -380,7 +391,8 @@ pub async fn park(
         tool: tool.name.to_string(),
         risk: tool.risk,
         method: c.method.as_str().to_string(),
-        request_sha256: request_sha256(c.method.as_str(), &path, &kept, &body),
+        request_sha256: request_sha256(c.method.as_str(), &path, &kept, &body, Some(&upstream_uri)),
+        upstream_uri: Some(upstream_uri),
         path,
         upstream: up.name.clone(),
         headers: kept,

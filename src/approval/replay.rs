@@ -96,7 +96,14 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
     let Some(body) = app.store.get_approval_body(id).await? else {
         return refuse("integrity", "the parked body is missing".into()).await;
     };
-    if request_sha256(&a.method, &a.path, &a.headers, &body) != a.request_sha256 {
+    if request_sha256(
+        &a.method,
+        &a.path,
+        &a.headers,
+        &body,
+        a.upstream_uri.as_deref(),
+    ) != a.request_sha256
+    {
         return refuse(
             "integrity",
             "the parked request no longer matches its request_sha256".into(),
@@ -217,7 +224,21 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
         body,
     ))));
     *req.method_mut() = method.to_http();
-    *req.uri_mut() = upstream::upstream_uri(up, route, &c)?;
+    let uri = upstream::upstream_uri(up, route, &c)?;
+    if a.upstream_uri
+        .as_deref()
+        .is_some_and(|u| u != uri.to_string())
+    {
+        return refuse(
+            "policy_changed",
+            format!(
+                "a reload moved this request from `{}` to `{uri}`",
+                a.upstream_uri.as_deref().unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+    *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Ok(Some(Ready {
         live: live.clone(),

@@ -46,6 +46,7 @@ pub fn operator_view(a: &Approval, body: Option<&[u8]>) -> Value {
     o.insert("request_id".into(), a.request_id.clone().into());
     o.insert("credential".into(), a.credential.clone().into());
     o.insert("upstream".into(), a.upstream.clone().into());
+    o.insert("upstream_uri".into(), json!(a.upstream_uri));
     o.insert("headers".into(), json!(a.headers));
     o.insert("body_sha256".into(), a.body_sha256.clone().into());
     o.insert("body_len".into(), a.body_len.into());
