@@ -227,7 +227,7 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
     let uri = upstream::upstream_uri(up, route, &c)?;
     if a.upstream_uri
         .as_deref()
-        .is_some_and(|u| u != uri.to_string())
+        .is_some_and(|u| uri != u)
     {
         return refuse(
             "policy_changed",
