@@ -384,14 +384,19 @@ fn canonical_query(q: &str) -> Result<String, Error> {
         i += 1;
     }
     utf8.boundary()?;
-    for pair in out.split('&') {
-        let name = pair.split('=').next().unwrap_or("");
-        if name.eq_ignore_ascii_case("_method") {
-            return Err(bad(
-                "method_override",
-                "a `_method` query parameter is not accepted",
-            ));
-        }
+    // Names are read as the frameworks that honour `_method` read them (PHP drops leading
+    // spaces and turns ` `, `+` and `.` into `_`: `?+_method=` and `?.method=` are
+    // Symfony's and Laravel's `_method` too), with the body scanner's urlencoded rules.
+    let mut scan = crate::override_scan::Scanner::new(crate::override_scan::Format::UrlEncoded);
+    if scan
+        .feed(out.as_bytes())
+        .and_then(|()| scan.finish())
+        .is_err()
+    {
+        return Err(bad(
+            "method_override",
+            "a `_method` query parameter is not accepted",
+        ));
     }
     Ok(out)
 }
@@ -447,6 +452,11 @@ mod tests {
             ("/t/%7euser", "/t/~user", None),
             ("/t?a=1&b=%2F", "/t", Some("a=1&b=%2F")),
             ("/t?q=%61b", "/t", Some("q=ab")),
+            (
+                "/t?pay.method=card&x_method=1&_methods=2&a=_method",
+                "/t",
+                Some("pay.method=card&x_method=1&_methods=2&a=_method"),
+            ),
             ("/t?", "/t", Some("")),
             ("/", "/", None),
             ("/t/a:b@c,d=e+f", "/t/a:b@c,d=e+f", None),
@@ -491,6 +501,11 @@ mod tests {
             ("/a?_method=DELETE", "method_override"),
             ("/a?x=1&_METHOD=DELETE", "method_override"),
             ("/a?%5Fmethod=DELETE", "method_override"),
+            ("/a?+_method=DELETE", "method_override"),
+            ("/a?%20_method=DELETE", "method_override"),
+            ("/a?.method=DELETE", "method_override"),
+            ("/a?x=1&_method%5B%5D=DELETE", "method_override"),
+            ("/a?_method", "method_override"),
             ("http://evil.test/a", "host_mismatch"),
             ("*", "bad_target"),
             ("/a/%C0%AE%C0%AE/admin", "bad_utf8"),

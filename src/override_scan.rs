@@ -32,21 +32,32 @@ pub enum Format {
 
 /// The format to scan a body as, from its Content-Type; `None` for formats no
 /// framework reads `_method` from.
-pub fn format_of(h: &HeaderMap) -> Option<Format> {
-    let Some(v) = h.get(header::CONTENT_TYPE) else {
-        return Some(Format::UrlEncoded);
+///
+/// The media type is read as leniently as the frameworks read it: PHP cuts it at the
+/// first `;`, `,` or space (`application/x-www-form-urlencoded, text/plain` is a form
+/// there), and Laravel takes any header containing `/json` or `+json` for JSON
+/// (`text/plain; profile="/json"`). A Content-Type that two of those readings take for
+/// different formats, or a second Content-Type header (frameworks differ on which one
+/// wins), has no one meaning: refused (`ambiguous_content_type`).
+pub fn format_of(h: &HeaderMap) -> Result<Option<Format>, Error> {
+    let mut values = h.get_all(header::CONTENT_TYPE).iter();
+    let Some(v) = values.next() else {
+        return Ok(Some(Format::UrlEncoded));
     };
+    if values.next().is_some() {
+        return Err(ambiguous("more than one Content-Type header"));
+    }
     // Not ASCII: no framework agrees on what it says; scan it as the strictest.
     let Ok(v) = v.to_str() else {
-        return Some(Format::UrlEncoded);
+        return Ok(Some(Format::UrlEncoded));
     };
-    let media = v
-        .split(';')
+    let lower = v.to_ascii_lowercase();
+    let media = lower
+        .trim_start()
+        .split([';', ',', ' ', '\t'])
         .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if media.is_empty() || media == "application/x-www-form-urlencoded" {
+        .unwrap_or("");
+    let by_media = if media.is_empty() || media == "application/x-www-form-urlencoded" {
         Some(Format::UrlEncoded)
     } else if media.starts_with("multipart/") {
         Some(Format::Multipart)
@@ -54,6 +65,21 @@ pub fn format_of(h: &HeaderMap) -> Option<Format> {
         Some(Format::Json)
     } else {
         None
+    };
+    let json_anywhere = lower.contains("/json") || lower.contains("+json");
+    match by_media {
+        Some(f) if f != Format::Json && json_anywhere => {
+            Err(ambiguous("the Content-Type reads as a form and as JSON"))
+        }
+        None if json_anywhere => Ok(Some(Format::Json)),
+        f => Ok(f),
+    }
+}
+
+fn ambiguous(detail: &str) -> Error {
+    Error::BadRequest {
+        reason: "ambiguous_content_type",
+        detail: format!("{detail}: frameworks would disagree on how to read the body"),
     }
 }
 
@@ -639,7 +665,7 @@ mod tests {
             if let Some(v) = v {
                 h.insert(header::CONTENT_TYPE, v.parse().unwrap());
             }
-            format_of(&h)
+            format_of(&h).unwrap()
         };
         assert_eq!(ct(None), Some(Format::UrlEncoded));
         assert_eq!(
@@ -652,5 +678,41 @@ mod tests {
         );
         assert_eq!(ct(Some("application/vnd.api+json")), Some(Format::Json));
         assert_eq!(ct(Some("application/octet-stream")), None);
+        // PHP's reading: the media type ends at `;`, `,` or a space.
+        for v in [
+            "application/x-www-form-urlencoded, text/plain",
+            "application/x-www-form-urlencoded foo",
+            " Application/X-WWW-Form-Urlencoded;charset=utf-8",
+        ] {
+            assert_eq!(ct(Some(v)), Some(Format::UrlEncoded), "{v}");
+        }
+        assert_eq!(
+            ct(Some("text/plain, application/x-www-form-urlencoded")),
+            None
+        );
+        // Laravel's isJson(): `/json` or `+json` anywhere in the header.
+        assert_eq!(
+            ct(Some("text/plain; profile=\"/json\"")),
+            Some(Format::Json)
+        );
+        let refused = |h: &HeaderMap| match format_of(h) {
+            Err(Error::BadRequest { reason, .. }) => reason == "ambiguous_content_type",
+            _ => false,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded; x=/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(refused(&h));
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.append(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        assert!(refused(&h));
     }
 }

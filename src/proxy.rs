@@ -377,7 +377,7 @@ async fn route_request(
     let body = if capped.is_end_stream() {
         upstream::boxed(capped)
     } else {
-        match override_scan::format_of(&parts.headers) {
+        match override_scan::format_of(&parts.headers)? {
             Some(f) => upstream::boxed(override_scan::guard(capped, f).await?),
             None => upstream::boxed(capped),
         }

@@ -365,7 +365,7 @@ pub async fn park(
             }
         })?
         .to_bytes();
-    if let Some(f) = crate::override_scan::format_of(headers) {
+    if let Some(f) = crate::override_scan::format_of(headers)?.filter(|_| !body.is_empty()) {
         let mut scan = crate::override_scan::Scanner::new(f);
         if scan.feed(&body).and_then(|_| scan.finish()).is_err() {
             return Err(crate::override_scan::refusal());
