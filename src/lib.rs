@@ -13,6 +13,7 @@ pub mod canon;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod decode;
 pub mod demo;
 pub mod digest;
 pub mod error;

@@ -3,6 +3,8 @@
 //! `expired`). Every transition is a compare-and-set in the store, so any number of
 //! replicas produce at most one upstream call per approval.
 
+pub mod controls;
+pub mod encoding;
 mod replay;
 mod sweep;
 mod views;
@@ -291,6 +293,7 @@ pub async fn park(
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
 ) -> Result<Response<crate::body::Body>, Error> {
+    encoding::check_parkable(headers)?;
     let snap = &live.snap;
     let limit = snap
         .limits
