@@ -117,33 +117,9 @@ async fn read_json_or_empty<T: for<'de> Deserialize<'de> + Default>(
     })
 }
 
+/// Query parameter `name` of an admin request, decoded (`crate::decode`).
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    let q = req.uri().query()?;
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == name {
-            return Some(percent_decode(v));
-        }
-    }
-    None
-}
-
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::decode::query_param(req.uri().query()?, name)
 }
 
 async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {

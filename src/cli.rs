@@ -3,6 +3,7 @@
 
 use crate::admin_client::AdminClient;
 use crate::app::App;
+use crate::approval::controls;
 use crate::config::{self, Snapshot};
 use crate::error::Error;
 use crate::policy::Switches;
@@ -386,8 +387,17 @@ async fn remote(
     let v = AdminClient::new(&admin.admin, admin.token_file.as_ref())?
         .call(m, path, body)
         .await?;
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    // A terminal would obey a bidirectional control in the agent's text: escape it.
+    println!(
+        "{}",
+        controls::escape_json_text(&serde_json::to_string_pretty(&v).unwrap_or_default())
+    );
     Ok(())
+}
+
+/// Agent text for a terminal line: hidden characters spelled `<U+XXXX>`.
+fn spelled(s: &str) -> String {
+    controls::visible(s).into_iter().map(|p| p.text).collect()
 }
 
 async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
@@ -488,7 +498,7 @@ async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
                     s("risk"),
                     format!("{}s", s("age_s")),
                     s("method"),
-                    s("path")
+                    spelled(&s("path"))
                 );
             }
             return Ok(());
@@ -530,7 +540,10 @@ async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
             .await?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    println!(
+        "{}",
+        controls::escape_json_text(&serde_json::to_string_pretty(&v).unwrap_or_default())
+    );
     Ok(())
 }
 

@@ -41,6 +41,11 @@ pub enum Error {
     #[error("the request body exceeds the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
     #[error("{detail}")]
+    UnsupportedMediaType {
+        reason: &'static str,
+        detail: String,
+    },
+    #[error("{detail}")]
     TooMany {
         reason: &'static str,
         detail: String,
@@ -79,6 +84,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::BadGateway { .. } => StatusCode::BAD_GATEWAY,
@@ -101,6 +107,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Gone(_) => "gone",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::UnsupportedMediaType { reason, .. } => reason,
             Error::TooMany { reason, .. } => reason,
             Error::Unavailable { reason, .. } => reason,
             Error::BadGateway { .. } => "upstream_unreachable",
@@ -122,6 +129,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Gone(_) => "gone",
             Error::BodyTooLarge { .. } => "payload_too_large",
+            Error::UnsupportedMediaType { .. } => "unsupported_media_type",
             Error::TooMany { .. } => "too_many_requests",
             Error::Unavailable { .. } => "unavailable",
             Error::BadGateway { .. } => "bad_gateway",

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_limits;
 pub mod conn_watch;
+pub mod decode;
 pub mod demo;
 pub mod digest;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Approval notifications: an optional webhook (Slack-compatible `text` plus structured
 //! fields) when a request parks and when it is decided. Fire-and-forget with retries
-//! and a timeout; never blocks the agent, never carries a secret or a body.
+//! and a timeout; never blocks the agent, never carries a secret or a body; the path's
+//! query is redacted as in the audit trail (`audit.redact_query`).
 
 use crate::app::App;
 use crate::approval::{Approval, State};
@@ -15,9 +16,12 @@ const ATTEMPTS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn approval(app: &App, a: &Approval) {
-    let Some(url) = app.live.load().snap.webhook_url.clone() else {
+    let live = app.live.load();
+    let Some(url) = live.snap.webhook_url.clone() else {
         return;
     };
+    let path = crate::audit::redact_query(&a.path, &live.snap.audit.redact_query);
+    drop(live);
     let verb = match a.state {
         State::Pending if a.approvals.is_empty() => "needs approval",
         State::Pending => "has one of two approvals",
@@ -31,11 +35,11 @@ pub fn approval(app: &App, a: &Approval) {
     };
     let text = format!(
         "[portcullis] {} {} `{}` ({} risk) for agent {} — approval {}",
-        a.method, a.path, a.tool, a.risk, a.agent, a.id
+        a.method, path, a.tool, a.risk, a.agent, a.id
     );
     let payload = serde_json::json!({
         "text": format!("{text} {verb}"), "event": a.state.as_str(), "approval_id": a.id, "agent": a.agent,
-        "tenant": a.tenant, "tool": a.tool, "risk": a.risk, "method": a.method, "path": a.path,
+        "tenant": a.tenant, "tool": a.tool, "risk": a.risk, "method": a.method, "path": path,
         "request_sha256": a.request_sha256, "decided_by": a.decided_by,
     });
     let body = serde_json::to_vec(&payload).unwrap_or_default();

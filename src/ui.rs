@@ -1,72 +1,34 @@
 //! The operator web page under `/ui`: sign in with an operator token, see pending
 //! approvals, read a request as it will be sent, approve (quoting its hash), deny, or
 //! resolve an `unknown`. The session cookie is honoured only here (Path=/ui,
-//! HttpOnly, SameSite=Strict); every form carries a per-session CSRF token.
-//! Decisions go through the same `approval::*` functions as the API and CLI.
+//! HttpOnly, SameSite=Strict); every form carries a per-session CSRF token, and every
+//! request re-reads the operator from the live configuration. Decisions go through the
+//! same `approval::*` functions as the API and CLI. Pages show agent text with hidden
+//! characters spelled out, and no page echoes its query string.
 
-use crate::admin::{operator_by_token, percent_decode, Role};
+mod session;
+mod shown;
+
+pub use session::Sessions;
+
+use crate::admin::{operator_by_token, Role};
 use crate::app::App;
+use crate::approval::controls::{any_hidden, visible, Piece};
 use crate::approval::{self, Approval, State};
 use crate::body::{self, Body};
+use crate::decode::{cookie, form, query_param};
 use crate::error::Error;
-use crate::identity::{digest_eq, random_hex};
+use crate::identity::digest_eq;
 use askama::Template;
-use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 const COOKIE: &str = "pc_session";
-const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-const MAX_SESSIONS: usize = 10_000;
 const MAX_FORM: usize = 16 * 1024;
-
-struct Session {
-    operator: String,
-    roles: Vec<String>,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Sessions of this node (a load balancer in front of several replicas needs sticky
-/// sessions for the page; the API and CLI need nothing).
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
-
-impl Sessions {
-    fn create(&self, operator: String, roles: Vec<String>) -> String {
-        let id = random_hex(32);
-        let mut m = self.0.lock().expect("sessions lock");
-        let now = Instant::now();
-        m.retain(|_, s| s.expires > now);
-        if m.len() >= MAX_SESSIONS {
-            m.clear();
-        }
-        m.insert(
-            id.clone(),
-            Session {
-                operator,
-                roles,
-                csrf: random_hex(16),
-                expires: now + SESSION_TTL,
-            },
-        );
-        id
-    }
-
-    /// (operator, roles, csrf) of a live session.
-    fn get(&self, id: &str) -> Option<(String, Vec<String>, String)> {
-        let m = self.0.lock().expect("sessions lock");
-        let s = m.get(id).filter(|s| s.expires > Instant::now())?;
-        Some((s.operator.clone(), s.roles.clone(), s.csrf.clone()))
-    }
-
-    fn remove(&self, id: &str) {
-        self.0.lock().expect("sessions lock").remove(id);
-    }
-}
 
 #[derive(Template)]
 #[template(path = "ui/login.html")]
@@ -77,7 +39,8 @@ struct LoginPage {
 struct Row {
     id: String,
     method: String,
-    path: String,
+    path: Vec<Piece>,
+    hidden: bool,
     tool: String,
     risk: String,
     agent: String,
@@ -104,7 +67,7 @@ struct ListPage {
 struct Detail {
     id: String,
     method: String,
-    path: String,
+    path: Vec<Piece>,
     state: String,
     votes: usize,
     voters: String,
@@ -118,11 +81,15 @@ struct Detail {
     created_at: String,
     expires_at: String,
     request_sha256: String,
-    outcome: Option<String>,
-    headers: Vec<(String, String)>,
-    body: String,
+    outcome: Option<Vec<Piece>>,
+    headers: Vec<(String, Vec<Piece>)>,
+    body: Vec<Piece>,
     body_len: u64,
-    body_encoding: String,
+    body_encoding: &'static str,
+    body_note: Option<String>,
+    body_undecodable: bool,
+    /// Something shown holds invisible or bidirectional control characters.
+    hidden: bool,
     decidable: bool,
     resolvable: bool,
 }
@@ -187,31 +154,36 @@ fn redirect(to: &str, cookie: Option<String>) -> Result<Response<Body>, Error> {
 }
 
 fn session_id(req: &Request<Incoming>) -> Option<String> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(COOKIE)?
-                .strip_prefix('=')
-                .map(str::to_string)
-        })
-}
-
-fn form(bytes: &[u8]) -> HashMap<String, String> {
-    String::from_utf8_lossy(bytes)
-        .split('&')
-        .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
-            Some((percent_decode(k), percent_decode(v)))
-        })
-        .collect()
+    cookie(
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        COOKIE,
+    )
 }
 
 async fn read_form(req: Request<Incoming>) -> Result<HashMap<String, String>, Error> {
     Ok(form(&body::read_small(req.into_body(), MAX_FORM).await?))
+}
+
+fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// What the page says when a decision is refused. Refusals the server words from its
+/// own state (conflict, expired, forbidden, not found) are shown as worded; any other
+/// shows only its fixed reason code. Nothing the client sent is echoed.
+fn refusal(e: &Error) -> String {
+    match e {
+        Error::Conflict(_) | Error::Gone(_) | Error::Forbidden(_) | Error::NotFound => {
+            format!("Not recorded: {e}.")
+        }
+        _ => format!("Not recorded ({}).", e.reason()),
+    }
 }
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Error> {
@@ -226,17 +198,29 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         return login(app, req).await;
     }
     let sid = session_id(&req);
-    let Some((operator, roles, csrf)) = sid.as_deref().and_then(|s| app.ui_sessions.get(s)) else {
+    let Some(s) = sid.as_deref().and_then(|s| app.ui_sessions.get(s)) else {
         return html(StatusCode::OK, &LoginPage { message: None });
     };
-    let secure = app.live.load().snap.admin_tls.is_some();
+    let live = app.live.load();
+    let secure = live.snap.admin_tls.is_some();
+    // The operator as configured now: removed, re-keyed or demoted ends the session.
+    let Some(roles) = session::live_roles(&live.snap.operators, &s) else {
+        if let Some(id) = &sid {
+            app.ui_sessions.remove(id);
+        }
+        tracing::info!(operator = %s.operator, "operator page session ended: the operator was removed, given a new token or lost a role");
+        return redirect("/ui", Some(clear_cookie(secure)));
+    };
+    drop(live);
+    let (operator, csrf) = (s.operator, s.csrf);
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["ui"]) => list(app, operator, roles, csrf, &query).await,
         (Method::GET, ["ui", "approvals", id]) => {
             let id = id.to_string();
-            let msg = query
-                .strip_prefix("done=")
-                .map(|d| format!("Recorded: {}.", percent_decode(d)));
+            // Only a state name selects a (fixed) message; nothing else is echoed.
+            let msg = query_param(&query, "done")
+                .and_then(|d| State::parse(&d))
+                .map(|st| format!("Recorded: {}.", st.as_str()));
             detail(app, operator, csrf, &id, msg, StatusCode::OK).await
         }
         (Method::POST, rest) => {
@@ -253,13 +237,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                     if let Some(s) = &sid {
                         app.ui_sessions.remove(s);
                     }
-                    redirect(
-                        "/ui",
-                        Some(format!(
-                            "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
-                            if secure { "; Secure" } else { "" }
-                        )),
-                    )
+                    redirect("/ui", Some(clear_cookie(secure)))
                 }
                 ["ui", "approvals", id, verb @ ("approve" | "deny" | "resolve")] => {
                     let id = id.to_string();
@@ -313,7 +291,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                             None,
                         ),
                         Err(e) => {
-                            detail(app, operator, csrf, &id, Some(e.to_string()), e.status()).await
+                            detail(app, operator, csrf, &id, Some(refusal(&e)), e.status()).await
                         }
                     }
                 }
@@ -333,11 +311,13 @@ async fn login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Erro
     match operator_by_token(app, &token, Role::Viewer) {
         Ok((name, roles)) => {
             tracing::info!(operator = %name, "operator page sign-in");
-            let sid = app.ui_sessions.create(name, roles);
+            let sid = app
+                .ui_sessions
+                .create(name, roles, Sha256::digest(token.as_bytes()).into());
             let secure = app.live.load().snap.admin_tls.is_some();
             let cookie = format!(
                 "{COOKIE}={sid}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-                SESSION_TTL.as_secs(),
+                session::TTL.as_secs(),
                 if secure { "; Secure" } else { "" }
             );
             redirect("/ui", Some(cookie))
@@ -358,14 +338,10 @@ async fn list(
     csrf: String,
     query: &str,
 ) -> Result<Response<Body>, Error> {
-    let wanted = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("state="))
-        .unwrap_or("pending");
-    let state = if wanted == "all" {
-        None
-    } else {
-        Some(State::parse(wanted).unwrap_or(State::Pending))
+    let wanted = query_param(query, "state");
+    let state = match wanted.as_deref() {
+        Some("all") => None,
+        w => Some(w.and_then(State::parse).unwrap_or(State::Pending)),
     };
     let now = crate::store::now_ms();
     let rows = approval::list(app, state)
@@ -379,9 +355,10 @@ async fn list(
             state: a.state.as_str().into(),
             tenant: a.tenant.unwrap_or_else(|| "-".into()),
             risk: a.risk.to_string(),
+            hidden: any_hidden(&visible(&a.path)),
+            path: visible(&a.path),
             id: a.id,
             method: a.method,
-            path: a.path,
             tool: a.tool,
             agent: a.agent,
         })
@@ -414,15 +391,31 @@ async fn detail(
     status: StatusCode,
 ) -> Result<Response<Body>, Error> {
     let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
-    let body = app.store.get_approval_body(id).await?.unwrap_or_default();
-    let (body, body_encoding) = match String::from_utf8(body.clone()) {
-        Ok(s) => (s, "utf-8"),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&body),
-            "base64",
-        ),
-    };
+    let raw = app.store.get_approval_body(id).await?.unwrap_or_default();
     let a: Approval = l.a;
+    let limit = app.live.load().snap.limits.max_parked_body_bytes;
+    let body = shown::body(
+        &raw,
+        &a.headers,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
+    let path = visible(&a.path);
+    let headers: Vec<(String, Vec<Piece>)> = a
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), visible(v)))
+        .collect();
+    let outcome = match (&a.reason, &a.detail, a.upstream_status) {
+        (_, _, Some(s)) => Some(format!("upstream answered {s}")),
+        (Some(r), Some(d), _) => Some(format!("{r}: {d}")),
+        (Some(r), None, _) => Some(r.clone()),
+        _ => None,
+    }
+    .map(|o| visible(&o));
+    let hidden = any_hidden(&path)
+        || any_hidden(&body.pieces)
+        || headers.iter().any(|(_, v)| any_hidden(v))
+        || outcome.as_deref().is_some_and(any_hidden);
     let d = Detail {
         decidable: a.state == State::Pending,
         resolvable: a.state == State::Unknown,
@@ -439,24 +432,22 @@ async fn detail(
         tenant: a.tenant.clone().unwrap_or_else(|| "-".into()),
         created_at: ts(a.created_at_ms),
         expires_at: ts(a.expires_at_ms),
-        outcome: match (&a.reason, &a.detail, a.upstream_status) {
-            (_, _, Some(s)) => Some(format!("upstream answered {s}")),
-            (Some(r), Some(d), _) => Some(format!("{r}: {d}")),
-            (Some(r), None, _) => Some(r.clone()),
-            _ => None,
-        },
-        body,
+        outcome,
+        hidden,
+        body: body.pieces,
         body_len: a.body_len,
-        body_encoding: body_encoding.into(),
+        body_encoding: body.encoding,
+        body_note: body.note,
+        body_undecodable: body.undecodable,
+        path,
+        headers,
         id: a.id,
         method: a.method,
-        path: a.path,
         tool: a.tool,
         agent: a.agent,
         credential: a.credential,
         upstream: a.upstream,
         request_sha256: a.request_sha256,
-        headers: a.headers,
     };
     html(
         status,

@@ -1000,6 +1000,12 @@ async fn webhook_on_park_and_decision_without_secrets_or_body() {
             "{what} carries the body: {}",
             h.raw
         );
+        // Class 13: the query is redacted as in the audit trail (`audit.redact_query`).
+        assert!(
+            !h.raw.contains("QUERY-SECRET-8812"),
+            "{what} carries a query secret: {}",
+            h.raw
+        );
     };
 
     // Park → one post, before anyone decides.
@@ -1007,7 +1013,7 @@ async fn webhook_on_park_and_decision_without_secrets_or_body() {
         &park(
             &p,
             &bot,
-            "/tickets/21/close",
+            "/tickets/21/close?token=QUERY-SECRET-8812&x=1",
             &[("cookie", AGENT_COOKIE)],
             body,
         )
@@ -1020,6 +1026,14 @@ async fn webhook_on_park_and_decision_without_secrets_or_body() {
     );
     let first = hook.about(&id);
     check("park post", &first[0]);
+    let v = first[0].json();
+    for got in [&v["path"], &v["text"]] {
+        assert!(
+            got.as_str()
+                .is_some_and(|t| t.contains("/tickets/21/close?token=REDACTED&x=1")),
+            "the webhook does not show the redacted path: {v}"
+        );
+    }
     let park_text = first[0].json()["text"].as_str().unwrap().to_string();
 
     // Approve → a decision post.

@@ -4,6 +4,8 @@
 //! replicas produce at most one upstream call per approval.
 
 pub mod inflight;
+pub mod controls;
+pub mod encoding;
 mod replay;
 mod sweep;
 mod views;
@@ -320,6 +322,7 @@ pub async fn park(
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
 ) -> Result<Response<crate::body::Body>, Error> {
+    encoding::check_parkable(headers)?;
     let snap = &live.snap;
     // Everything that can refuse without the body is checked before it is read, and
     // only a few parks per agent read bodies at once: one agent cannot hold
