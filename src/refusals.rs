@@ -19,6 +19,19 @@ struct Window {
     tenant: Option<String>,
 }
 
+impl Window {
+    fn starting(second: u64) -> Window {
+        Window {
+            second,
+            count: 0,
+            suppressed: 0,
+            first: None,
+            last: None,
+            tenant: None,
+        }
+    }
+}
+
 /// Whether a refusal gets its own record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -49,25 +62,13 @@ impl Meter {
     ) -> (Verdict, Option<Record>) {
         let now = now_second();
         let mut m = self.0.lock().expect("refusal meter lock");
-        let w = m.entry(agent.to_string()).or_insert_with(|| Window {
-            second: now,
-            count: 0,
-            suppressed: 0,
-            first: None,
-            last: None,
-            tenant: None,
-        });
+        let w = m
+            .entry(agent.to_string())
+            .or_insert_with(|| Window::starting(now));
         let mut closed = None;
         if w.second != now {
             closed = aggregate(agent, w);
-            *w = Window {
-                second: now,
-                count: 0,
-                suppressed: 0,
-                first: None,
-                last: None,
-                tenant: None,
-            };
+            *w = Window::starting(now);
         }
         w.count = w.count.saturating_add(1);
         if w.count <= max_per_second {

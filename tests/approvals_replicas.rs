@@ -17,13 +17,8 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A replica named `node` on the shared redis store under `prefix`.
 fn replica(node: &str, up: &ReplayUpstream, redis: &RedisServer, prefix: &str) -> Proxy {
-    let url = redis.url();
-    Proxy::start(
-        &config(node, &redis_store(prefix), &up.url(), ""),
-        &[("API_KEY", UPSTREAM_KEY), ("REDIS_URL", &url)],
-    )
+    replica_on(node, up, &redis.url(), prefix)
 }
 
 #[tokio::test(flavor = "multi_thread")]

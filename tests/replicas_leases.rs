@@ -15,11 +15,7 @@ use redis_support::{random_prefix, RedisServer};
 use std::time::{Duration, Instant};
 
 fn replica(node: &str, up: &ReplayUpstream, redis: &RedisServer, prefix: &str) -> Proxy {
-    let url = redis.url();
-    Proxy::start(
-        &config(node, &redis_store(prefix), &up.url(), ""),
-        &[("API_KEY", UPSTREAM_KEY), ("REDIS_URL", &url)],
-    )
+    replica_on(node, up, &redis.url(), prefix)
 }
 
 #[tokio::test(flavor = "multi_thread")]

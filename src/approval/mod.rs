@@ -3,9 +3,9 @@
 //! `expired`). Every transition is a compare-and-set in the store, so any number of
 //! replicas produce at most one upstream call per approval.
 
-pub mod inflight;
 pub mod controls;
 pub mod encoding;
+pub mod inflight;
 mod replay;
 mod sweep;
 mod views;

@@ -225,10 +225,7 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
     ))));
     *req.method_mut() = method.to_http();
     let uri = upstream::upstream_uri(up, route, &c)?;
-    if a.upstream_uri
-        .as_deref()
-        .is_some_and(|u| uri != u)
-    {
+    if a.upstream_uri.as_deref().is_some_and(|u| uri != u) {
         return refuse(
             "policy_changed",
             format!(

@@ -568,3 +568,12 @@ pub fn sigkill(p: &Proxy) {
     let rc = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGKILL) };
     assert_eq!(rc, 0, "kill(SIGKILL) failed");
 }
+
+/// A replica named `node` on the shared redis store under `prefix` (tests that also
+/// include `support/redis.rs`).
+pub fn replica_on(node: &str, up: &ReplayUpstream, redis_url: &str, prefix: &str) -> Proxy {
+    Proxy::start(
+        &config(node, &redis_store(prefix), &up.url(), ""),
+        &[("API_KEY", UPSTREAM_KEY), ("REDIS_URL", redis_url)],
+    )
+}
