@@ -17,6 +17,8 @@ use subtle::ConstantTimeEq;
 pub const AGENT_PREFIX: &str = "pcx_";
 pub const OPERATOR_PREFIX: &str = "pco_";
 const CACHE_MAX: usize = 100_000;
+/// Made-up ids remembered as unknown (their own map: a flood of them clears only it).
+const UNKNOWN_MAX: usize = 10_000;
 
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -213,7 +215,7 @@ impl Credentials {
                     }
                     None => {
                         let mut u = self.unknown.write().expect("cache lock");
-                        if u.len() >= CACHE_MAX {
+                        if u.len() >= UNKNOWN_MAX {
                             u.clear();
                         }
                         u.insert(id.to_string(), filled);
@@ -265,6 +267,41 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_ids_does_not_evict_valid_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &crate::config::StoreConfig {
+                kind: crate::config::StoreKind::Embedded(dir.path().join("s.redb")),
+                pepper: None,
+            },
+            "n",
+        )
+        .await
+        .unwrap();
+        let i = issue(
+            None,
+            IssueRequest {
+                agent: "a".into(),
+                ttl_ms: 3_600_000,
+                tools: None,
+                max_risk: None,
+                max_calls: None,
+                issued_by: "op".into(),
+            },
+        );
+        store.put_token(&i.record).await.unwrap();
+        let creds = Credentials::default();
+        assert!(creds.lookup(&store, &i.record.id).await.unwrap().is_some());
+        for n in 0..UNKNOWN_MAX + 10 {
+            let made_up = format!("{n:032x}");
+            assert!(creds.lookup(&store, &made_up).await.unwrap().is_none());
+        }
+        // The unknown map filled and was cleared; the valid credential is still cached.
+        assert!(creds.unknown.read().unwrap().len() < UNKNOWN_MAX);
+        assert!(creds.cache.read().unwrap().contains_key(&i.record.id));
+    }
 
     #[test]
     fn tokens_parse_and_hash() {
