@@ -201,3 +201,112 @@ async fn a_lost_notice_is_bounded_by_the_cache_age() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Polls `addr` with `token` until the status is `want` or `bound` passes; returns the time taken.
+async fn until_status(
+    addr: std::net::SocketAddr,
+    token: &str,
+    want: u16,
+    bound: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = call(addr, "GET", "/tickets/1", token).await;
+        if r.status == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < bound,
+            "still {} after {bound:?} (want {want}): {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_during_a_feed_reconnect_is_not_missed() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let prefix = random_prefix();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Proxy::start(&cfg(&up, "node-a", &prefix, "REDIS_URL"), &env);
+    let b = Proxy::start(&cfg(&up, "node-b", &prefix, "REDIS_URL"), &env);
+    for round in 0..5 {
+        let t = issue_at(a.admin, json!({"agent": "bot", "ttl": "1h"})).await;
+        until_status(b.addr, &t.token, 200, Duration::from_secs(2)).await;
+        // Cut every subscriber; revoke while the feeds reconnect.
+        let mut c = redis.conn();
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "pubsub"])
+            .query(&mut c)
+            .unwrap();
+        let r = admin_call(
+            a.admin,
+            "DELETE",
+            &format!("/tokens/{}", t.id),
+            OPERATOR_SECRET,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        let took = until_status(b.addr, &t.token, 401, Duration::from_secs(3)).await;
+        eprintln!("round {round}: revoke held on B after {took:?}");
+        // Once refused, never served again.
+        for _ in 0..20 {
+            assert_eq!(
+                call(b.addr, "GET", "/tickets/1", &t.token).await.status,
+                401
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refills_racing_invalidations_never_keep_an_old_switch_state() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let prefix = random_prefix();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Proxy::start(&cfg(&up, "node-a", &prefix, "REDIS_URL"), &env);
+    let b = Proxy::start(&cfg(&up, "node-b", &prefix, "REDIS_URL"), &env);
+    let t = issue_at(a.admin, json!({"agent": "bot", "ttl": "1h"})).await;
+    // B is kept busy refilling its switch cache from several tasks while A flips.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, token, addr) = (stop.clone(), t.token.clone(), b.addr);
+        load.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = call(addr, "GET", "/tickets/1", &token).await;
+            }
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for i in 0..30 {
+        let (path, want) = if i % 2 == 0 {
+            ("/pause", 403)
+        } else {
+            ("/resume", 200)
+        };
+        let r = admin_call(
+            a.admin,
+            "POST",
+            path,
+            OPERATOR_SECRET,
+            Some(&json!({"scope": "all"})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Within the feed's bound, and far inside the cache's maximum age.
+        worst = worst.max(until_status(b.addr, &t.token, want, Duration::from_secs(2)).await);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    eprintln!("30 flips: B followed each within {worst:?}");
+}
