@@ -43,3 +43,50 @@ async fn a_reload_that_moves_the_upstream_fails_the_replay() {
     assert!(v["detail"].as_str().unwrap().contains(&second.url()), "{v}");
     assert_eq!(first.hits() + second.hits(), 0, "nothing was sent anywhere");
 }
+
+/// Issue 13, item 7: a request's audit record names the policy that decided it, even
+/// when a reload lands while the upstream is still working on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_record_names_the_policy_in_force_when_it_was_decided() {
+    use common::{Behaviour, Upstream};
+    let up = Upstream::start(Behaviour::Hold).await;
+    let cfg = common::config(&format!(
+        "upstreams:\n  api: {{ url: \"{}\" }}\nroutes:\n  - {{ prefix: /api, upstream: api }}\n",
+        up.url()
+    ));
+    let p = Proxy::start(&cfg, &[]);
+    let token = p.agent_token("bot").await;
+    let before = admin(p.admin, common::OPERATOR_SECRET, "GET", "/policy", None)
+        .await
+        .json()["policy_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (addr, host, t) = (p.addr, p.addr.to_string(), token.clone());
+    let pending = tokio::spawn(async move {
+        common::raw_request(addr, &common::raw_get("GET", b"/api/slow", &host, &t, "")).await
+    });
+    assert!(up.wait_hits(1, Duration::from_secs(10)).await);
+    std::fs::write(
+        &p.config_path,
+        format!("{cfg}sensitive_paths: [\"/api/x\"]\n"),
+    )
+    .unwrap();
+    let r = admin(p.admin, common::OPERATOR_SECRET, "POST", "/reload", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = r.json()["policy_version"].as_str().unwrap().to_string();
+    assert_ne!(before, after);
+    up.release();
+    let resp = pending.await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let id = resp.header("x-request-id").unwrap().to_string();
+    let mut p = p;
+    assert!(p.terminate(Duration::from_secs(10)).await.is_some());
+    let rec: serde_json::Value = p
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|r: &serde_json::Value| r["request_id"] == id.as_str() && r["event"] == "request")
+        .expect("the request's record");
+    assert_eq!(rec["policy_version"], before, "{rec}");
+}
