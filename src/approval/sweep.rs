@@ -1,7 +1,8 @@
 //! The background sweep every node runs: expire pending approvals (through the expiry
-//! index), pick up orphaned `approved` ones and turn expired `executing` leases into
-//! `unknown` (each second, through the per-state index), and delete decided records past
-//! `approval_retention` (each minute, through the decided index).
+//! index), pick up orphaned `approved` ones, turn expired `executing` leases into
+//! `unknown` and abandoned `parking` records into `failed` (`unaudited`) (each second,
+//! through the per-state index), and delete decided records past `approval_retention`
+//! (each minute, through the decided index).
 
 use super::{audit, in_state, load, transition, State};
 use crate::app::App;
@@ -34,7 +35,8 @@ pub async fn run_sweeper(app: Arc<App>) {
 }
 
 /// At start: `executing` records this node held before it restarted cannot be
-/// executing now — their outcome is `unknown` (never an automatic second call).
+/// executing now — their outcome is `unknown` (never an automatic second call); its
+/// `parking` records were never confirmed audited — they fail `unaudited`.
 pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
     sweep(app, true).await
 }
@@ -110,11 +112,18 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         }
     }
     let node = app.live.load().snap.node.clone();
-    for a in in_state(app, State::Executing).await? {
-        let stale = a.lease.as_ref().is_none_or(|l| {
+    let stale = |a: &super::Approval| {
+        a.lease.as_ref().is_none_or(|l| {
             l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id)
-        });
-        if !stale {
+        })
+    };
+    for a in in_state(app, State::Parking).await? {
+        if stale(&a) {
+            abandon(app, &a.id).await?;
+        }
+    }
+    for a in in_state(app, State::Executing).await? {
+        if !stale(&a) {
             continue;
         }
         let Some(l) = load(app, &a.id).await? else {
@@ -133,6 +142,37 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         if let Some(l2) = transition(app, &l, n, None).await? {
             audit(app, &l2.a, "replay_unknown", None, l2.a.detail.as_deref()).await;
         }
+    }
+    Ok(())
+}
+
+/// A `parking` record whose node stopped (or gave up) before confirming its park record
+/// durable: it was never answered 202 and must never be decided. `failed`, reason
+/// `unaudited`, with an `approval_abandoned` record.
+async fn abandon(app: &App, id: &str) -> Result<(), Error> {
+    let Some(l) = load(app, id).await? else {
+        return Ok(());
+    };
+    if l.a.state != State::Parking {
+        return Ok(());
+    }
+    let mut n = l.a.clone();
+    n.state = State::Failed;
+    n.reason = Some("unaudited".into());
+    n.detail = Some(
+        "the node parking this request stopped before its park record was confirmed in the audit trail; it was never answered 202 and is never executed".into(),
+    );
+    n.lease = None;
+    if let Some(l2) = transition(app, &l, n, None).await? {
+        warn!(approval_id = %id, "a park that was never confirmed audited is failed as unaudited");
+        audit(
+            app,
+            &l2.a,
+            "approval_abandoned",
+            None,
+            l2.a.detail.as_deref(),
+        )
+        .await;
     }
     Ok(())
 }

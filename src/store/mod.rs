@@ -3,6 +3,8 @@
 //! Both pass the same conformance suite (`tests/store_conformance.rs`).
 
 mod embedded;
+mod link;
+mod redb_handle;
 mod redis;
 
 use crate::classify::Risk;
@@ -168,11 +170,21 @@ pub struct Cas<'a> {
 
 pub enum Store {
     Embedded(embedded::Embedded),
-    Redis(redis::RedisStore),
+    /// Boxed: the redis backend carries its scripts and connections inline.
+    Redis(Box<redis::RedisStore>),
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
     tracing::error!(error = %e, "store error");
+    metrics::counter!("portcullis_store_errors_total").increment(1);
+    Error::Unavailable {
+        reason: "store_unavailable",
+        detail: "the state store is unavailable; nothing was forwarded".into(),
+    }
+}
+
+/// The store is known to be down (a fast refusal): counted, not logged each time.
+pub(crate) fn known_down() -> Error {
     metrics::counter!("portcullis_store_errors_total").increment(1);
     Error::Unavailable {
         reason: "store_unavailable",
@@ -192,9 +204,9 @@ impl Store {
     pub async fn open(cfg: &StoreConfig, node: &str) -> Result<Store, Error> {
         match &cfg.kind {
             StoreKind::Embedded(path) => Ok(Store::Embedded(embedded::Embedded::open(path).await?)),
-            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(
+            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(Box::new(
                 redis::RedisStore::open(url, key_prefix, node).await?,
-            )),
+            ))),
         }
     }
 
@@ -283,13 +295,16 @@ impl Store {
         }
     }
 
-    /// Stores a new pending approval and its body, unless `agent` already has
-    /// `max_pending` pending ones (then false). Atomic with the count; enters the
-    /// approval in the expiry index under `expires_at_ms`.
+    /// Stores a new approval (in `state`, which counts as pending) and its body, unless
+    /// `agent` already has `max_pending` pending ones (then false). Atomic with the
+    /// count; enters the approval in the per-state index under `state` and in the expiry
+    /// index under `expires_at_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         id: &str,
         agent: &str,
+        state: &str,
         record: &[u8],
         body: &[u8],
         max_pending: u32,
@@ -297,11 +312,11 @@ impl Store {
     ) -> Result<bool, Error> {
         match self {
             Store::Embedded(s) => {
-                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
+                s.create_approval(id, agent, state, record, body, max_pending, expires_at_ms)
                     .await
             }
             Store::Redis(s) => {
-                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
+                s.create_approval(id, agent, state, record, body, max_pending, expires_at_ms)
                     .await
             }
         }

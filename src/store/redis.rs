@@ -1,13 +1,16 @@
 //! The redis backend: `ConnectionManager` for commands, one pub/sub connection for
-//! invalidations, and a heartbeat so a silent feed is noticed within a second.
+//! invalidations, and a heartbeat so a silent feed is noticed within a second. While the
+//! connection is known down (`link`), calls fail at once and a background task reconnects.
 
+use super::link::Link;
 use super::{
-    unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord, SCHEMA_VERSION,
+    known_down, unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord,
+    SCHEMA_VERSION,
 };
 use crate::error::Error;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
+use redis::{AsyncCommands, RedisError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ const STALE_AFTER: Duration = Duration::from_millis(1000);
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    link: Link,
     prefix: String,
     events: broadcast::Sender<Event>,
     /// Milliseconds since `epoch` when the feed last delivered anything.
@@ -60,6 +64,7 @@ impl RedisStore {
         let (events, _) = broadcast::channel(1024);
         let epoch = Instant::now();
         let s = RedisStore {
+            link: Link::start(conn.clone()),
             conn,
             prefix,
             events,
@@ -91,6 +96,20 @@ impl RedisStore {
         };
         s.spawn_feed(client, node.to_string());
         Ok(s)
+    }
+
+    /// A connection for one call, or at once 503 while redis is known down.
+    fn conn(&self) -> Result<ConnectionManager, Error> {
+        if self.link.is_down() {
+            return Err(known_down());
+        }
+        Ok(self.conn.clone())
+    }
+
+    /// A failed command: marks the link down if the connection failed; 503 either way.
+    fn fail(&self, e: RedisError) -> Error {
+        self.link.saw(&e);
+        unavailable(e)
     }
 
     fn key(&self, k: &str) -> String {
@@ -140,12 +159,19 @@ impl RedisStore {
         });
         let mut conn = self.conn.clone();
         let channel = self.channel();
+        let link = self.link.clone();
         tokio::spawn(async move {
             let beat = format!("hb:{node}");
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
-                let _: Result<i64, _> = conn.publish(&channel, &beat).await;
+                if link.is_down() {
+                    continue;
+                }
+                // A failed heartbeat marks the link down before any request has to wait.
+                if let Err(e) = conn.publish::<_, _, i64>(&channel, &beat).await {
+                    link.saw(&e);
+                }
             }
         });
     }
@@ -162,21 +188,23 @@ impl RedisStore {
     }
 
     async fn publish(&self, what: &str) {
-        let mut c = self.conn.clone();
-        let _: Result<i64, _> = c.publish(self.channel(), what).await;
+        let Ok(mut c) = self.conn() else { return };
+        if let Err(e) = c.publish::<_, _, i64>(self.channel(), what).await {
+            self.link.saw(&e);
+        }
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: String = redis::cmd("PING")
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let json = serde_json::to_string(t).map_err(unavailable)?;
         let _: () = redis::pipe()
             .atomic()
@@ -184,28 +212,28 @@ impl RedisStore {
             .sadd(self.key("tokens"), &t.id)
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         self.publish(&format!("token:{}", t.id)).await;
         Ok(())
     }
 
     pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         redis::cmd("SCARD")
             .arg(self.key(&format!("pending:{agent}")))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(e))
     }
 
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let (json, revoked): (Option<String>, Option<String>) = redis::pipe()
             .get(self.key(&format!("token:{id}")))
             .get(self.key(&format!("revoked:{id}")))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         match json {
             Some(j) => {
                 let mut t: TokenRecord = serde_json::from_str(&j).map_err(unavailable)?;
@@ -217,8 +245,11 @@ impl RedisStore {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c.smembers(self.key("tokens")).await.map_err(unavailable)?;
+        let mut c = self.conn()?;
+        let ids: Vec<String> = c
+            .smembers(self.key("tokens"))
+            .await
+            .map_err(|e| self.fail(e))?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(t) = self.get_token(&id).await? {
@@ -229,36 +260,36 @@ impl RedisStore {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let exists: bool = c
             .exists(self.key(&format!("token:{id}")))
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         if !exists {
             return Ok(false);
         }
         let _: () = c
             .set(self.key(&format!("revoked:{id}")), 1)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         self.publish(&format!("token:{id}")).await;
         Ok(true)
     }
 
     pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .spend
             .key(self.key(&format!("calls:{id}")))
             .arg(max)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
     pub async fn switches(&self) -> Result<SwitchState, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         type Raw = (
             Option<String>,
             Vec<String>,
@@ -276,7 +307,7 @@ impl RedisStore {
             .get(self.key("sw:draft_only"))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(SwitchState {
             paused_all: all.as_deref() == Some("1"),
             paused_agents: agents.into_iter().collect(),
@@ -288,7 +319,7 @@ impl RedisStore {
     }
 
     pub async fn apply(&self, ch: &SwitchChange) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let set = |s: Scope| match s {
             Scope::Agent => "sw:paused_agents",
             Scope::Tool => "sw:paused_tools",
@@ -305,28 +336,30 @@ impl RedisStore {
             SwitchChange::DraftOnly(true) => c.set(self.key("sw:draft_only"), "1").await,
             SwitchChange::DraftOnly(false) => c.del(self.key("sw:draft_only")).await,
         };
-        r.map_err(unavailable)?;
+        r.map_err(|e| self.fail(e))?;
         self.publish("switches").await;
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         id: &str,
         agent: &str,
+        state: &str,
         record: &[u8],
         body: &[u8],
         max_pending: u32,
         expires_at_ms: u64,
     ) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .create
             .key(self.key(&format!("approval:{id}")))
             .key(self.key(&format!("approval:{id}:body")))
             .key(self.key(&format!("pending:{agent}")))
             .key(self.key("approvals"))
-            .key(self.key("state:pending"))
+            .key(self.key(&format!("state:{state}")))
             .key(self.key(index_key(TimeIndex::Expiry)))
             .key(self.channel())
             .arg(record)
@@ -336,7 +369,7 @@ impl RedisStore {
             .arg(expires_at_ms)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
@@ -348,7 +381,7 @@ impl RedisStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ids: Vec<String> = self
             .take_due
             .key(self.key(index_key(index)))
@@ -356,7 +389,7 @@ impl RedisStore {
             .arg(limit)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         self.approvals_by_id(&mut c, &ids).await
     }
 
@@ -376,7 +409,7 @@ impl RedisStore {
                 .arg(&keys)
                 .query_async(c)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.fail(e))?;
             out.extend(vals.into_iter().flatten());
         }
         Ok(out)
@@ -384,21 +417,21 @@ impl RedisStore {
 
     /// (Re-)enters an approval in `index` at `at_ms`; idempotent.
     pub async fn track(&self, index: TimeIndex, id: &str, at_ms: u64) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: i64 = c
             .zadd(self.key(index_key(index)), id, at_ms)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
-        c.get(self.key(key)).await.map_err(unavailable)
+        let mut c = self.conn()?;
+        c.get(self.key(key)).await.map_err(|e| self.fail(e))
     }
 
     pub async fn cas_approval(&self, cas: super::Cas<'_>) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .cas
             .key(self.key(&format!("approval:{}", cas.id)))
@@ -415,22 +448,22 @@ impl RedisStore {
             .arg(cas.result.unwrap_or_default())
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
     pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let set = match state {
             Some(s) => self.key(&format!("state:{s}")),
             None => self.key("approvals"),
         };
-        let ids: Vec<String> = c.smembers(set).await.map_err(unavailable)?;
+        let ids: Vec<String> = c.smembers(set).await.map_err(|e| self.fail(e))?;
         self.approvals_by_id(&mut c, &ids).await
     }
 
     pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: () = redis::pipe()
             .atomic()
             .del(self.key(&format!("approval:{id}")))
@@ -443,7 +476,7 @@ impl RedisStore {
             .zrem(self.key(index_key(TimeIndex::Decided)), id)
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
