@@ -269,17 +269,19 @@ impl Writer {
             || force
             || self.fsync == Fsync::Always
             || self.last_sync.elapsed() >= GROUP_COMMIT;
-        let result = match self.append(batch, sync_now) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let msg = e.to_string();
-                self.fail(e);
-                Err(msg)
+        match self.append(batch, sync_now) {
+            Ok(()) => {
+                for j in batch.drain(..) {
+                    if let Some(ack) = j.ack {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
             }
-        };
-        for j in batch.drain(..) {
-            if let Some(ack) = j.ack {
-                let _ = ack.send(result.clone());
+            Err(e) => {
+                // What was written goes back into the backlog (`fail`); what never got
+                // that far is still in the batch and follows it there.
+                self.fail(e);
+                self.shelve(batch);
             }
         }
     }
@@ -365,19 +367,24 @@ impl Writer {
         }
     }
 
-    /// Appends the batch; records nobody waits for count as written only once fsynced
-    /// (until then they are also held in `unsynced`).
-    fn append(&mut self, batch: &mut [Job], sync_now: bool) -> std::io::Result<()> {
+    /// Appends the batch. Records nobody waits for leave the batch for `unsynced`
+    /// before the write (they count as written only once fsynced); the batch keeps the
+    /// durable ones, whose callers are answered by `round`.
+    fn append(&mut self, batch: &mut Vec<Job>, sync_now: bool) -> std::io::Result<()> {
         self.prepare()?;
         let mut buf = Vec::with_capacity(batch.len() * 512);
         for j in batch.iter() {
             self.line(&j.record, &mut buf);
         }
-        for j in batch.iter_mut() {
-            if j.ack.is_none() {
-                self.unsynced.push(std::mem::take(&mut j.record));
+        let mut durable = Vec::with_capacity(batch.len());
+        for j in batch.drain(..) {
+            if j.ack.is_some() {
+                durable.push(j);
+            } else {
+                self.unsynced.push(j.record);
             }
         }
+        *batch = durable;
         self.file.write_all(&buf)?;
         self.size += buf.len() as u64;
         if sync_now {
@@ -502,10 +509,20 @@ impl Writer {
 
     /// Renames the full file to `<path>.<last seq>` and starts a new one; the chain
     /// continues. Only an fsync failure is an error here: a rename or create that fails
-    /// is logged and retried before the next write (which, if the path is then left
-    /// without a file, re-creates it or fails and keeps the records).
+    /// is logged, and the write that follows (`ensure_file`) creates the file or fails
+    /// and keeps its records for later.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.sync()?;
+        // Only our own file is renamed: after an attempt that renamed it but could not
+        // create the next one, the path is empty (or holds someone else's file), and a
+        // rename now would overwrite the rotated file of that name.
+        let ours = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(p), Ok(f)) => p.ino() == f.ino() && p.dev() == f.dev(),
+            _ => false,
+        };
+        if !ours {
+            return Ok(());
+        }
         let mut name = self.path.as_os_str().to_owned();
         name.push(format!(".{:012}", self.seq));
         let name = PathBuf::from(name);
