@@ -150,6 +150,8 @@ impl RedisStore {
                                 }
                             }
                         }
+                        // Untrusted at once, not a second later.
+                        last_seen.store(0, Ordering::Relaxed);
                         warn!("redis invalidation feed lost; caches bypassed until it is back");
                     }
                     Err(e) => warn!(error = %e, "redis invalidation feed: cannot connect"),
@@ -180,9 +182,12 @@ impl RedisStore {
         self.events.subscribe()
     }
 
+    /// Whether invalidations are live: not while the command connection is known down
+    /// (nothing could be invalidated then), nor after a second without a heartbeat.
     pub fn feed_live(&self) -> bool {
         let seen = self.last_seen.load(Ordering::Relaxed);
-        seen != 0
+        !self.link.is_down()
+            && seen != 0
             && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
                 < STALE_AFTER.as_millis() as u64
     }
