@@ -122,12 +122,20 @@ async fn scenario(fault: Fault) {
     }
     let recovered = t_back.elapsed();
     assert_eq!(up.hits(), tally.get(200), "upstream calls vs 200 answers");
+    // Every request answered 200 has its record (group-committed within milliseconds).
+    let want = tally.get(200);
+    let served = |t: &str| t.lines().filter(|l| l.contains("\"status\":200")).count();
+    assert!(
+        poll_until_async(BOUND, || served(&p.audit_text()) >= want).await,
+        "{} records of 200s for {want} answered",
+        served(&p.audit_text())
+    );
     report(
         &format!("redis {fault:?}"),
         tally.sent(),
         &tally,
         up.hits(),
-        0,
+        p.audit_text().lines().count(),
     );
     eprintln!(
         "  noticed after {noticed:?} ({} served meanwhile); {TIMED} 503s: median {median:?}, p95 {p95:?}, max {max:?}; serving again {recovered:?} after redis came back",
