@@ -292,10 +292,18 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 /// Operator changes are recorded durably; the policy version in force is stamped on.
+/// If the trail is down the change (already made) is queued to be recorded when it
+/// recovers, and the operator hears 503.
 async fn record(app: &App, mut r: Record) -> Result<(), Error> {
     r.policy_version = Some(app.live.load().snap.policy_version.to_string());
     r.decision.get_or_insert_with(|| "ok".into());
-    app.audit.record_durable(r).await
+    match app.audit.record_durable(r.clone()).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = app.audit.record(r);
+            Err(e)
+        }
+    }
 }
 
 async fn handle_readyz(app: &App) -> Result<Response<Body>, Error> {

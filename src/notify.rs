@@ -31,7 +31,7 @@ pub fn approval(app: &App, a: &Approval) {
         State::Executed => "was executed",
         State::Failed => "failed",
         State::Unknown => "has an unknown outcome",
-        State::Executing => return,
+        State::Executing | State::Parking => return,
     };
     let text = format!(
         "[portcullis] {} {} `{}` ({} risk) for agent {} — approval {}",

@@ -419,21 +419,21 @@ async fn check_approvals(b: &Backend) {
     use portcullis::store::Cas;
     let s = b.fresh().await;
     assert!(s
-        .create_approval("a1", "bot", b"rec-1", b"body-1", 2, 1_000)
+        .create_approval("a1", "bot", "pending", b"rec-1", b"body-1", 2, 1_000)
         .await
         .unwrap());
     assert!(s
-        .create_approval("a2", "bot", b"rec-2", b"", 2, 1_000)
+        .create_approval("a2", "bot", "pending", b"rec-2", b"", 2, 1_000)
         .await
         .unwrap());
     assert!(
-        !s.create_approval("a3", "bot", b"rec-3", b"", 2, 1_000)
+        !s.create_approval("a3", "bot", "pending", b"rec-3", b"", 2, 1_000)
             .await
             .unwrap(),
         "quota of 2"
     );
     assert!(
-        s.create_approval("b1", "other", b"rec-b", b"", 2, 1_000)
+        s.create_approval("b1", "other", "pending", b"rec-b", b"", 2, 1_000)
             .await
             .unwrap(),
         "the quota is per agent"
@@ -474,7 +474,7 @@ async fn check_approvals(b: &Backend) {
     );
     // Leaving `pending` frees the agent's quota slot.
     assert!(s
-        .create_approval("a3", "bot", b"rec-3", b"", 2, 1_000)
+        .create_approval("a3", "bot", "pending", b"rec-3", b"", 2, 1_000)
         .await
         .unwrap());
 
@@ -552,12 +552,12 @@ async fn check_expiry_index(b: &Backend) {
     for (id, exp) in [("x1", 100), ("x2", 200), ("x3", 300)] {
         let rec = format!("rec-{id}");
         assert!(s
-            .create_approval(id, "bot", rec.as_bytes(), b"", 3, exp)
+            .create_approval(id, "bot", "pending", rec.as_bytes(), b"", 3, exp)
             .await
             .unwrap());
     }
     assert!(
-        !s.create_approval("x9", "bot", b"rec-x9", b"", 3, 900)
+        !s.create_approval("x9", "bot", "pending", b"rec-x9", b"", 3, 900)
             .await
             .unwrap(),
         "quota of 3"
@@ -595,13 +595,13 @@ async fn check_expiry_index(b: &Backend) {
         "a deleted record is skipped"
     );
     assert!(
-        s.create_approval("x4", "bot", b"rec-x4", b"", 3, 400)
+        s.create_approval("x4", "bot", "pending", b"rec-x4", b"", 3, 400)
             .await
             .unwrap(),
         "deleting a pending record freed its quota slot"
     );
     assert!(!s
-        .create_approval("x5", "bot", b"rec-x5", b"", 3, 400)
+        .create_approval("x5", "bot", "pending", b"rec-x5", b"", 3, 400)
         .await
         .unwrap());
 }
@@ -611,11 +611,11 @@ async fn check_expiry_index(b: &Backend) {
 async fn check_decided_index(b: &Backend) {
     let s = b.fresh().await;
     assert!(s
-        .create_approval("d1", "bot", b"rec-d1", b"", 5, 10_000)
+        .create_approval("d1", "bot", "pending", b"rec-d1", b"", 5, 10_000)
         .await
         .unwrap());
     assert!(s
-        .create_approval("d2", "bot", b"rec-d2", b"", 5, 10_000)
+        .create_approval("d2", "bot", "pending", b"rec-d2", b"", 5, 10_000)
         .await
         .unwrap());
     s.track_approval(Decided, "d1", 50).await.unwrap();

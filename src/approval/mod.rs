@@ -1,7 +1,12 @@
 //! Request-then-approve: parking, operator decisions, and the state machine
-//! `pending → approved → executing → executed | failed | unknown` (plus `denied`,
-//! `expired`). Every transition is a compare-and-set in the store, so any number of
-//! replicas produce at most one upstream call per approval.
+//! `parking → pending → approved → executing → executed | failed | unknown` (plus
+//! `denied`, `expired`). Every transition is a compare-and-set in the store, so any
+//! number of replicas produce at most one upstream call per approval.
+//!
+//! A park is stored as `parking` and becomes `pending` (decidable) only once its park
+//! record is durable in the audit trail; a `parking` record whose node stopped or gave
+//! up is moved to `failed` (`unaudited`) by the sweeper, so nothing unaudited can ever
+//! be approved or executed.
 
 pub mod controls;
 pub mod encoding;
@@ -33,6 +38,8 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// Stored, its park record not yet confirmed durable: not decidable.
+    Parking,
     Pending,
     Approved,
     Executing,
@@ -46,6 +53,7 @@ pub enum State {
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Parking => "parking",
             State::Pending => "pending",
             State::Approved => "approved",
             State::Executing => "executing",
@@ -58,6 +66,7 @@ impl State {
     }
     pub fn parse(s: &str) -> Option<State> {
         [
+            State::Parking,
             State::Pending,
             State::Approved,
             State::Executing,
@@ -295,13 +304,14 @@ pub async fn audit(
         comment: comment.map(str::to_string),
         ..Default::default()
     };
-    if let Err(e) = app.audit.record_durable(r).await {
-        tracing::error!(approval_id = %a.id, event, error = %e, "approval event could not be audited");
+    if let Err(e) = app.audit.record_durable(r.clone()).await {
+        // The trail is down: queue it instead, to be written when it recovers.
+        if app.audit.record(r).is_err() {
+            tracing::error!(approval_id = %a.id, event, error = %e, "approval event could not be audited");
+        }
     }
 }
 
-/// Parks a request the gate said needs approval: buffers the body (capped), stores the
-/// record, audits it durably, answers 202.
 fn pending_quota(agent: &str, quota: u32) -> Error {
     Error::TooMany {
         reason: "pending_quota",
@@ -310,6 +320,12 @@ fn pending_quota(agent: &str, quota: u32) -> Error {
     }
 }
 
+/// How long past `request_deadline` a `parking` record is left to its node before the
+/// sweeper calls it abandoned (the node's request has been cut off by then).
+const PARK_GRACE_MS: u64 = 5_000;
+
+/// Parks a request the gate said needs approval: buffers the body (capped), stores the
+/// record as `parking`, audits it durably, then makes it `pending` and answers 202.
 #[allow(clippy::too_many_arguments)]
 pub async fn park(
     app: &App,
@@ -386,7 +402,7 @@ pub async fn park(
     let ttl = tool.approval_ttl.unwrap_or(snap.limits.approval_ttl);
     let a = Approval {
         id: uuid::Uuid::now_v7().to_string(),
-        state: State::Pending,
+        state: State::Parking,
         request_id: request_id.to_string(),
         agent: who.agent.id.clone(),
         credential: who.token.record.id.clone(),
@@ -410,7 +426,13 @@ pub async fn park(
         decided_by: None,
         reason: None,
         detail: None,
-        lease: None,
+        lease: Some(Lease {
+            node: snap.node.clone(),
+            boot: app.boot_id.clone(),
+            until_ms: now
+                .saturating_add(snap.limits.request_deadline.as_millis() as u64)
+                .saturating_add(PARK_GRACE_MS),
+        }),
         upstream_status: None,
     };
     let raw = encode(&a);
@@ -419,6 +441,7 @@ pub async fn park(
         .create_approval(
             &a.id,
             &a.agent,
+            a.state.as_str(),
             &raw,
             &body,
             snap.limits.max_pending_per_agent,
@@ -457,17 +480,29 @@ pub async fn park(
             rec.truncated = Some(true);
         }
     }
+    let l = Loaded { a: a.clone(), raw };
     if let Err(e) = app.audit.record_durable(rec).await {
         // Unrecorded work must not wait for approval: fail it, answer 503.
-        let l = Loaded { a: a.clone(), raw };
         let mut f = a.clone();
         f.state = State::Failed;
         f.reason = Some("audit_unavailable".into());
+        f.lease = None;
         let _ = transition(app, &l, f, None).await;
         return Err(e);
     }
+    // The park record is durable: only now may it be decided (and so executed). If this
+    // does not happen (crash, store error, deadline), the sweeper fails it `unaudited`.
+    let mut p = a.clone();
+    p.state = State::Pending;
+    p.lease = None;
+    let a = transition(app, &l, p, None)
+        .await?
+        .ok_or_else(|| Error::Unavailable {
+            reason: "store_unavailable",
+            detail: "the park could not be confirmed in time; nothing waits for approval".into(),
+        })?
+        .a;
     metrics::gauge!("portcullis_parked").increment(1.0);
-    crate::notify::approval(app, &a);
     info!(request_id, approval_id = %a.id, agent.id = %a.agent, tool.name = %a.tool, risk = %a.risk, decision = "park", "parked for approval");
     let mut r = crate::body::json_response(
         StatusCode::ACCEPTED,
@@ -549,6 +584,9 @@ pub async fn approve(
 fn check_decidable(a: &Approval) -> Result<(), Error> {
     match a.state {
         State::Pending => Ok(()),
+        State::Parking => Err(Error::Conflict(
+            "the request is still being parked (its audit record is not confirmed yet)".into(),
+        )),
         State::Expired => Err(Error::Gone("the approval request expired".into())),
         s => Err(Error::Conflict(format!(
             "the approval is already {}",

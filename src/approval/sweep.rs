@@ -1,7 +1,8 @@
 //! The background sweep every node runs: expire pending approvals (through the expiry
-//! index), pick up orphaned `approved` ones and turn expired `executing` leases into
-//! `unknown` (each second, through the per-state index), and delete decided records past
-//! `approval_retention` (each minute, through the decided index).
+//! index), pick up orphaned `approved` ones, turn expired `executing` leases into
+//! `unknown` and abandoned `parking` records into `failed` (`unaudited`) (each second,
+//! through the per-state index), and delete decided records past `approval_retention`
+//! (each minute, through the decided index).
 
 use super::{audit, in_state, load, transition, State};
 use crate::app::App;
@@ -35,7 +36,8 @@ pub async fn run_sweeper(app: Arc<App>) {
 
 /// At start: one sweep. `executing` records whose lease has lapsed (their owner stopped
 /// renewing it, e.g. this node before it restarted) become `unknown` — never an
-/// automatic second call; live leases are left to their owners.
+/// automatic second call; live leases are left to their owners. This process's own
+/// earlier `parking` records were never confirmed audited — they fail `unaudited`.
 pub async fn recover_own_leases(app: &Arc<App>) -> Result<(), Error> {
     sweep(app, true).await
 }
@@ -111,11 +113,22 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
             tokio::spawn(async move { super::replay(app2, id).await });
         }
     }
+    // `parking` records live for one request: this node's own from before a restart
+    // are abandoned at once, anyone's once their lease lapsed.
+    let node = app.live.load().snap.node.clone();
+    for a in in_state(app, State::Parking).await? {
+        let stale = a.lease.as_ref().is_none_or(|l| {
+            l.until_ms <= now || (at_start && l.node == node && l.boot != app.boot_id)
+        });
+        if stale {
+            abandon(app, &a.id).await?;
+        }
+    }
     for a in in_state(app, State::Executing).await? {
-        // A lease is the owner process's (its boot id), renewed while it works: it is
-        // reclaimed only once it has lapsed by the store's clock. The `node` name is a
-        // label — a restart of one replica never takes over another's live replay,
-        // even when both share one name.
+        // A replay's lease is the owner process's (its boot id), renewed while it
+        // works: it is reclaimed only once it has lapsed by the store's clock. The
+        // `node` name is a label — a restart of one replica never takes over another's
+        // live replay, even when both share one name.
         let stale = a.lease.as_ref().is_none_or(|l| l.until_ms <= now);
         if !stale {
             continue;
@@ -136,6 +149,37 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         if let Some(l2) = transition(app, &l, n, None).await? {
             audit(app, &l2.a, "replay_unknown", None, l2.a.detail.as_deref()).await;
         }
+    }
+    Ok(())
+}
+
+/// A `parking` record whose node stopped (or gave up) before confirming its park record
+/// durable: it was never answered 202 and must never be decided. `failed`, reason
+/// `unaudited`, with an `approval_abandoned` record.
+async fn abandon(app: &App, id: &str) -> Result<(), Error> {
+    let Some(l) = load(app, id).await? else {
+        return Ok(());
+    };
+    if l.a.state != State::Parking {
+        return Ok(());
+    }
+    let mut n = l.a.clone();
+    n.state = State::Failed;
+    n.reason = Some("unaudited".into());
+    n.detail = Some(
+        "the node parking this request stopped before its park record was confirmed in the audit trail; it was never answered 202 and is never executed".into(),
+    );
+    n.lease = None;
+    if let Some(l2) = transition(app, &l, n, None).await? {
+        warn!(approval_id = %id, "a park that was never confirmed audited is failed as unaudited");
+        audit(
+            app,
+            &l2.a,
+            "approval_abandoned",
+            None,
+            l2.a.detail.as_deref(),
+        )
+        .await;
     }
     Ok(())
 }

@@ -3,9 +3,13 @@
 //!
 //! Deny and park records are durable before the agent hears back (`record_durable`);
 //! allow records are queued after the upstream answered (`record`). While the writer is
-//! unhealthy or its queue is full, `ready()` is false and the proxy answers 503.
+//! unhealthy or its queue is full, `ready()` is false and the proxy answers 503: the
+//! writer is unhealthy from its first failed write until it has written (and fsynced)
+//! every record it kept meanwhile (see `writer`).
 
+mod backlog;
 mod chain;
+mod files;
 pub mod tail;
 pub mod verify;
 mod writer;
@@ -155,7 +159,7 @@ impl Audit {
     /// is not full, and its file is still in place.
     pub fn ready(&self) -> bool {
         let h = &self.health;
-        h.healthy.load(Ordering::Relaxed)
+        h.healthy.load(Ordering::Acquire)
             && (h.depth.load(Ordering::Relaxed) as usize) < QUEUE
             && h.file_in_place()
     }
@@ -207,6 +211,9 @@ impl Audit {
 
     /// Writes a record and waits until it is on disk (fsynced).
     pub async fn record_durable(&self, r: Record) -> Result<(), Error> {
+        if !self.health.healthy.load(Ordering::Acquire) {
+            return Err(Self::unavailable());
+        }
         let (ack, done) = oneshot::channel();
         self.admit()?;
         if self

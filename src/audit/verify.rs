@@ -59,6 +59,10 @@ pub struct Summary {
     pub head: String,
     /// Records after the last signed checkpoint (a cut there cannot be detected).
     pub unsigned_tail: u64,
+    /// `gap` records (the writer lost records past `audit.max_pending_bytes`), and how
+    /// many records they say were lost.
+    pub gaps: u64,
+    pub lost: u64,
 }
 
 impl Summary {
@@ -85,6 +89,12 @@ impl Summary {
             out.push_str(&format!(
                 "note: no checkpoint: none of the {} records is covered by a signature\n",
                 self.unsigned_tail
+            ));
+        }
+        if self.gaps > 0 {
+            out.push_str(&format!(
+                "note: {} gap record(s): {} records were lost while the trail could not be written (see the `gap` records)\n",
+                self.gaps, self.lost
             ));
         }
         out.push_str(&format!(
@@ -206,6 +216,10 @@ pub fn verify(files: &[PathBuf], o: &Options) -> Result<Summary, Broken> {
                 s.checkpoints += 1;
                 s.unsigned_tail = 0;
             } else {
+                if v.get("event").and_then(|e| e.as_str()) == Some("gap") {
+                    s.gaps += 1;
+                    s.lost += v.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+                }
                 s.records += 1;
                 s.unsigned_tail += 1;
             }

@@ -70,6 +70,9 @@ pub struct AuditConfig {
     /// Refusals per second one agent may cause before they are answered 429 and
     /// recorded as one aggregate record per second.
     pub max_refusals_per_second: u32,
+    /// Records kept in memory while the trail cannot be written, written first when it
+    /// can again; past this, they are counted into one `gap` record.
+    pub max_pending_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -692,6 +695,7 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
             Some(n) => n,
             None => 100,
         },
+        max_pending_bytes: a.max_pending_bytes.unwrap_or(64 << 20),
     })
 }
 

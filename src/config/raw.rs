@@ -104,6 +104,8 @@ pub struct RawAudit {
     pub redact_query: Option<Vec<String>>,
     #[serde(default)]
     pub max_refusals_per_second: Option<u32>,
+    #[serde(default)]
+    pub max_pending_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -1,6 +1,9 @@
 //! The embedded backend: one redb file, single node. Every write is durable before it
 //! is acknowledged; concurrent writes share one commit (group commit, see `Committer`).
+//! A commit that fails (a full disk) is refused whole, and the file is reopened before
+//! the next write (see `redb_handle`), so the store works again once there is space.
 
+use super::redb_handle::Handle;
 use super::{
     unavailable, Event, SwitchChange, SwitchState, TimeIndex, TokenRecord, SCHEMA_VERSION,
 };
@@ -8,6 +11,7 @@ use crate::error::Error;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, oneshot};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -65,7 +69,7 @@ fn table(name: &str) -> TableDefinition<'static, &'static str, &'static [u8]> {
 }
 
 pub struct Embedded {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     events: broadcast::Sender<Event>,
     /// `None` only while dropping.
     writes: Option<std::sync::mpsc::Sender<Op>>,
@@ -85,6 +89,9 @@ impl Drop for Embedded {
 
 /// Most writes one commit takes; more wait for the next.
 const MAX_GROUP: usize = 512;
+/// After a failed write, the file is reopened at most this often: writes in between
+/// are refused at once.
+const REOPEN_EVERY: Duration = Duration::from_millis(100);
 
 /// One write, run inside a shared transaction. It answers `None` when it failed (it has
 /// already told its caller why; the whole transaction is then aborted), otherwise how to
@@ -97,14 +104,33 @@ type Reply = Box<dyn FnOnce(Result<(), Error>) + Send>;
 /// fsync, not N. Each write reads its own state inside the transaction and decides from
 /// it before it writes (check, then write), so sharing a transaction changes nothing a
 /// caller can observe. A write that fails aborts the transaction: every write in it is
-/// refused and none is acknowledged — nothing is reported durable that is not.
+/// refused and none is acknowledged — nothing is reported durable that is not. After a
+/// failure the database is reopened before the next write (redb refuses writes after an
+/// I/O error until then).
 struct Committer {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     queue: std::sync::mpsc::Receiver<Op>,
+    /// A write failed: reopen before the next one.
+    poisoned: bool,
+    last_reopen: Option<Instant>,
 }
 
 impl Committer {
-    fn run(self) {
+    /// Reopens a poisoned database (at most every [`REOPEN_EVERY`]); true when it is
+    /// fit to write.
+    fn ready(&mut self) -> bool {
+        if !self.poisoned {
+            return true;
+        }
+        if self.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return false;
+        }
+        self.last_reopen = Some(Instant::now());
+        self.poisoned = self.db.reopen().is_err();
+        !self.poisoned
+    }
+
+    fn run(mut self) {
         while let Ok(first) = self.queue.recv() {
             let mut ops = vec![first];
             while ops.len() < MAX_GROUP {
@@ -113,11 +139,19 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let tx = match self.db.begin_write() {
+            // Dropping an op drops its caller's channel: it hears "unavailable".
+            if !self.ready() {
+                continue;
+            }
+            let Some(db) = self.db.get() else {
+                self.poisoned = true;
+                continue;
+            };
+            let tx = match db.begin_write() {
                 Ok(tx) => tx,
                 Err(e) => {
-                    // Dropping an op drops its caller's channel: it hears "unavailable".
                     let _ = unavailable(e);
+                    self.poisoned = true;
                     continue;
                 }
             };
@@ -137,6 +171,7 @@ impl Committer {
                 for r in replies {
                     r(Err(unavailable("a write sharing this commit failed")));
                 }
+                self.poisoned = true;
                 continue;
             }
             match tx.commit() {
@@ -146,6 +181,7 @@ impl Committer {
                     }
                 }
                 Err(e) => {
+                    self.poisoned = true;
                     let msg = e.to_string();
                     for r in replies {
                         r(Err(unavailable(&msg)));
@@ -158,6 +194,7 @@ impl Committer {
 
 impl Embedded {
     pub async fn open(path: &Path) -> Result<Embedded, Error> {
+        let file = path.to_path_buf();
         let path = path.to_path_buf();
         let db = tokio::task::spawn_blocking(move || -> Result<Database, Error> {
             if let Some(dir) = path.parent() {
@@ -220,11 +257,13 @@ impl Embedded {
         .await
         .map_err(unavailable)??;
         let (events, _) = broadcast::channel(1024);
-        let db = Arc::new(db);
+        let db = Arc::new(Handle::new(file, db));
         let (writes, queue) = std::sync::mpsc::channel();
         let committer = Committer {
             db: db.clone(),
             queue,
+            poisoned: false,
+            last_reopen: None,
         };
         let committer = std::thread::Builder::new()
             .name("store-commit".into())
@@ -271,7 +310,10 @@ impl Embedded {
         &self,
         f: impl FnOnce(&Database) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let db = self.db.clone();
+        let db = self
+            .db
+            .get()
+            .ok_or_else(|| unavailable("the store is being reopened"))?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(unavailable)?
@@ -420,18 +462,21 @@ impl Embedded {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         id: &str,
         agent: &str,
+        state: &str,
         record: &[u8],
         body: &[u8],
         max_pending: u32,
         expires_at_ms: u64,
     ) -> Result<bool, Error> {
-        let (id, agent, record, body) = (
+        let (id, agent, state, record, body) = (
             id.to_string(),
             agent.to_string(),
+            state.to_string(),
             record.to_vec(),
             body.to_vec(),
         );
@@ -458,7 +503,7 @@ impl Embedded {
                         .map_err(unavailable)?;
                     tx.open_table(BY_STATE)
                         .map_err(unavailable)?
-                        .insert(format!("pending/{id}").as_str(), 1)
+                        .insert(format!("{state}/{id}").as_str(), 1)
                         .map_err(unavailable)?;
                     tx.open_table(APPROVALS)
                         .map_err(unavailable)?

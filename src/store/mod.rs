@@ -3,6 +3,8 @@
 //! Both pass the same conformance suite (`tests/store_conformance.rs`).
 
 mod embedded;
+mod link;
+mod redb_handle;
 mod redis;
 
 use crate::classify::Risk;
@@ -185,6 +187,15 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
 /// store, even while the invalidation feed is live: the backstop for a lost notice.
 pub const CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The store is known to be down (a fast refusal): counted, not logged each time.
+pub(crate) fn known_down() -> Error {
+    metrics::counter!("portcullis_store_errors_total").increment(1);
+    Error::Unavailable {
+        reason: "store_unavailable",
+        detail: "the state store is unavailable; nothing was forwarded".into(),
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -304,13 +315,16 @@ impl Store {
         }
     }
 
-    /// Stores a new pending approval and its body, unless `agent` already has
-    /// `max_pending` pending ones (then false). Atomic with the count; enters the
-    /// approval in the expiry index under `expires_at_ms`.
+    /// Stores a new approval (in `state`, which counts as pending) and its body, unless
+    /// `agent` already has `max_pending` pending ones (then false). Atomic with the
+    /// count; enters the approval in the per-state index under `state` and in the expiry
+    /// index under `expires_at_ms`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         id: &str,
         agent: &str,
+        state: &str,
         record: &[u8],
         body: &[u8],
         max_pending: u32,
@@ -318,11 +332,11 @@ impl Store {
     ) -> Result<bool, Error> {
         match self {
             Store::Embedded(s) => {
-                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
+                s.create_approval(id, agent, state, record, body, max_pending, expires_at_ms)
                     .await
             }
             Store::Redis(s) => {
-                s.create_approval(id, agent, record, body, max_pending, expires_at_ms)
+                s.create_approval(id, agent, state, record, body, max_pending, expires_at_ms)
                     .await
             }
         }

@@ -1,13 +1,16 @@
 //! The redis backend: `ConnectionManager` for commands, one pub/sub connection for
-//! invalidations, and a heartbeat so a silent feed is noticed within a second.
+//! invalidations, and a heartbeat so a silent feed is noticed within a second. While the
+//! connection is known down (`link`), calls fail at once and a background task reconnects.
 
+use super::link::Link;
 use super::{
-    unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord, SCHEMA_VERSION,
+    known_down, unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord,
+    SCHEMA_VERSION,
 };
 use crate::error::Error;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
+use redis::{AsyncCommands, RedisError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ const STALE_AFTER: Duration = Duration::from_millis(1000);
 
 pub struct RedisStore {
     conn: ConnectionManager,
+    link: Link,
     prefix: String,
     events: broadcast::Sender<Event>,
     /// Milliseconds since `epoch` when the feed last delivered anything.
@@ -64,6 +68,7 @@ impl RedisStore {
         let (events, _) = broadcast::channel(1024);
         let epoch = Instant::now();
         let s = RedisStore {
+            link: Link::start(conn.clone()),
             conn,
             prefix,
             events,
@@ -96,6 +101,20 @@ impl RedisStore {
         };
         s.spawn_feed(client, node.to_string(), crate::app::boot_id().to_string());
         Ok(s)
+    }
+
+    /// A connection for one call, or at once 503 while redis is known down.
+    fn conn(&self) -> Result<ConnectionManager, Error> {
+        if self.link.is_down() {
+            return Err(known_down());
+        }
+        Ok(self.conn.clone())
+    }
+
+    /// A failed command: marks the link down if the connection failed; 503 either way.
+    fn fail(&self, e: RedisError) -> Error {
+        self.link.saw(&e);
+        unavailable(e)
     }
 
     fn key(&self, k: &str) -> String {
@@ -148,6 +167,8 @@ impl RedisStore {
                                 }
                             }
                         }
+                        // Untrusted at once, not a second later.
+                        last_seen.store(0, Ordering::Relaxed);
                         warn!("redis invalidation feed lost; caches bypassed until it is back");
                     }
                     Err(e) => warn!(error = %e, "redis invalidation feed: cannot connect"),
@@ -157,12 +178,19 @@ impl RedisStore {
         });
         let mut conn = self.conn.clone();
         let channel = self.channel();
+        let link = self.link.clone();
         tokio::spawn(async move {
             let beat = format!("hb:{node}/{boot}");
             let mut tick = tokio::time::interval(HEARTBEAT);
             loop {
                 tick.tick().await;
-                let _: Result<i64, _> = conn.publish(&channel, &beat).await;
+                if link.is_down() {
+                    continue;
+                }
+                // A failed heartbeat marks the link down before any request has to wait.
+                if let Err(e) = conn.publish::<_, _, i64>(&channel, &beat).await {
+                    link.saw(&e);
+                }
             }
         });
     }
@@ -171,40 +199,43 @@ impl RedisStore {
         self.events.subscribe()
     }
 
+    /// Whether invalidations are live: not while the command connection is known down
+    /// (nothing could be invalidated then), nor after a second without a heartbeat.
     pub fn feed_live(&self) -> bool {
         self.feed_epoch().is_some()
     }
 
-    /// The feed's generation while it is live.
+    /// The feed's generation while it is live (and the command link is up).
     pub fn feed_epoch(&self) -> Option<u64> {
         let gen = self.feed_gen.load(Ordering::SeqCst);
         let seen = self.last_seen.load(Ordering::SeqCst);
-        let live = seen != 0
+        let live = !self.link.is_down()
+            && seen != 0
             && (self.epoch.elapsed().as_millis() as u64).saturating_sub(seen)
                 < STALE_AFTER.as_millis() as u64;
         live.then_some(gen)
     }
 
     pub async fn clock_ms(&self) -> Result<u64, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(secs * 1000 + micros / 1000)
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: String = redis::cmd("PING")
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let json = serde_json::to_string(t).map_err(unavailable)?;
         let _: () = redis::pipe()
             .atomic()
@@ -214,27 +245,27 @@ impl RedisStore {
             .ignore()
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         redis::cmd("SCARD")
             .arg(self.key(&format!("pending:{agent}")))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(e))
     }
 
     pub async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let (json, revoked): (Option<String>, Option<String>) = redis::pipe()
             .get(self.key(&format!("token:{id}")))
             .get(self.key(&format!("revoked:{id}")))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         match json {
             Some(j) => {
                 let mut t: TokenRecord = serde_json::from_str(&j).map_err(unavailable)?;
@@ -246,8 +277,11 @@ impl RedisStore {
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, Error> {
-        let mut c = self.conn.clone();
-        let ids: Vec<String> = c.smembers(self.key("tokens")).await.map_err(unavailable)?;
+        let mut c = self.conn()?;
+        let ids: Vec<String> = c
+            .smembers(self.key("tokens"))
+            .await
+            .map_err(|e| self.fail(e))?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(t) = self.get_token(&id).await? {
@@ -258,11 +292,11 @@ impl RedisStore {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let exists: bool = c
             .exists(self.key(&format!("token:{id}")))
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         if !exists {
             return Ok(false);
         }
@@ -277,24 +311,24 @@ impl RedisStore {
             .ignore()
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(true)
     }
 
     pub async fn spend_call(&self, id: &str, max: u64) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .spend
             .key(self.key(&format!("calls:{id}")))
             .arg(max)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
     pub async fn switches(&self) -> Result<SwitchState, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         type Raw = (
             Option<String>,
             Vec<String>,
@@ -312,7 +346,7 @@ impl RedisStore {
             .get(self.key("sw:draft_only"))
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(SwitchState {
             paused_all: all.as_deref() == Some("1"),
             paused_agents: agents.into_iter().collect(),
@@ -324,7 +358,7 @@ impl RedisStore {
     }
 
     pub async fn apply(&self, ch: &SwitchChange) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let set = |s: Scope| match s {
             Scope::Agent => "sw:paused_agents",
             Scope::Tool => "sw:paused_tools",
@@ -350,27 +384,29 @@ impl RedisStore {
             .ignore()
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_approval(
         &self,
         id: &str,
         agent: &str,
+        state: &str,
         record: &[u8],
         body: &[u8],
         max_pending: u32,
         expires_at_ms: u64,
     ) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .create
             .key(self.key(&format!("approval:{id}")))
             .key(self.key(&format!("approval:{id}:body")))
             .key(self.key(&format!("pending:{agent}")))
             .key(self.key("approvals"))
-            .key(self.key("state:pending"))
+            .key(self.key(&format!("state:{state}")))
             .key(self.key(index_key(TimeIndex::Expiry)))
             .key(self.channel())
             .arg(record)
@@ -380,7 +416,7 @@ impl RedisStore {
             .arg(expires_at_ms)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
@@ -392,7 +428,7 @@ impl RedisStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ids: Vec<String> = self
             .take_due
             .key(self.key(index_key(index)))
@@ -400,7 +436,7 @@ impl RedisStore {
             .arg(limit)
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         self.approvals_by_id(&mut c, &ids).await
     }
 
@@ -420,7 +456,7 @@ impl RedisStore {
                 .arg(&keys)
                 .query_async(c)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.fail(e))?;
             out.extend(vals.into_iter().flatten());
         }
         Ok(out)
@@ -428,21 +464,21 @@ impl RedisStore {
 
     /// (Re-)enters an approval in `index` at `at_ms`; idempotent.
     pub async fn track(&self, index: TimeIndex, id: &str, at_ms: u64) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: i64 = c
             .zadd(self.key(index_key(index)), id, at_ms)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
-        c.get(self.key(key)).await.map_err(unavailable)
+        let mut c = self.conn()?;
+        c.get(self.key(key)).await.map_err(|e| self.fail(e))
     }
 
     pub async fn cas_approval(&self, cas: super::Cas<'_>) -> Result<bool, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let ok: i64 = self
             .cas
             .key(self.key(&format!("approval:{}", cas.id)))
@@ -459,22 +495,22 @@ impl RedisStore {
             .arg(cas.result.unwrap_or_default())
             .invoke_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(ok == 1)
     }
 
     pub async fn list_approvals(&self, state: Option<&str>) -> Result<Vec<Vec<u8>>, Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let set = match state {
             Some(s) => self.key(&format!("state:{s}")),
             None => self.key("approvals"),
         };
-        let ids: Vec<String> = c.smembers(set).await.map_err(unavailable)?;
+        let ids: Vec<String> = c.smembers(set).await.map_err(|e| self.fail(e))?;
         self.approvals_by_id(&mut c, &ids).await
     }
 
     pub async fn delete_approval(&self, id: &str, agent: &str, state: &str) -> Result<(), Error> {
-        let mut c = self.conn.clone();
+        let mut c = self.conn()?;
         let _: () = redis::pipe()
             .atomic()
             .del(self.key(&format!("approval:{id}")))
@@ -487,7 +523,7 @@ impl RedisStore {
             .zrem(self.key(index_key(TimeIndex::Decided)), id)
             .query_async(&mut c)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 }

@@ -169,6 +169,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
+        // SAFETY: `kill` on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({signal}) on redis-server failed");
+    }
+
     /// Whether the server process is running.
     pub fn running(&mut self) -> bool {
         match self.child.as_mut() {
