@@ -371,12 +371,13 @@ async fn wait_recovered(p: &Proxy, up: &Upstream, bot: &str) -> Resp {
 }
 
 /// After an outage: the allowed request's record is in the new file, which continues the
-/// chain from the last record before the outage (`from`: `--from-seq/--from-hash`) — and,
-/// its head being gone, does not verify as a chain of its own.
-async fn check_after_recovery(p: &Proxy, r: &Resp, from: &[String]) {
+/// chain from the last durable record before the outage (`old`: what the old file held)
+/// — and, its head being gone, does not verify as a chain of its own.
+async fn check_after_recovery(p: &Proxy, r: &Resp, old: &[serde_json::Value]) {
     let path = p.path(AUDIT);
     let rec = wait_request_record(&path, r.header("x-request-id").unwrap()).await;
     assert_eq!(rec["decision"], "allow", "{rec}");
+    let from = audit_support::continue_after_outage(old, &path);
     let from: Vec<&str> = from.iter().map(String::as_str).collect();
     let o = verify(std::slice::from_ref(&path), &from, &[]);
     assert!(o.status.success(), "{}", audit_support::out_text(&o));
@@ -414,7 +415,7 @@ async fn audit_dir_removed_requests_fail_closed_then_recover() {
     assert_eq!(r.status, 200);
     wait_request_record(&p.path(AUDIT), r.header("x-request-id").unwrap()).await;
 
-    let from = audit_support::continue_from(&p.path(AUDIT));
+    let old = audit_support::records_of(&p.path(AUDIT));
     std::fs::remove_dir_all(p.path(AUDIT_DIR)).unwrap();
     // A refusal must be durable before its response: it cannot be, so 503.
     let r = call(p.addr, "DELETE", "/tickets/1", &bot).await;
@@ -464,7 +465,7 @@ async fn audit_dir_removed_requests_fail_closed_then_recover() {
 
     std::fs::create_dir_all(p.path(AUDIT_DIR)).unwrap();
     let r = wait_recovered(&p, &up, &bot).await;
-    check_after_recovery(&p, &r, &from).await;
+    check_after_recovery(&p, &r, &old).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,7 +475,7 @@ async fn audit_path_replaced_by_a_directory_fails_closed_then_recovers() {
     assert_eq!(r.status, 200);
     wait_request_record(&p.path(AUDIT), r.header("x-request-id").unwrap()).await;
 
-    let from = audit_support::continue_from(&p.path(AUDIT));
+    let old = audit_support::records_of(&p.path(AUDIT));
     std::fs::remove_file(p.path(AUDIT)).unwrap();
     std::fs::create_dir(p.path(AUDIT)).unwrap();
     let r = call(p.addr, "DELETE", "/tickets/1", &bot).await;
@@ -492,5 +493,5 @@ async fn audit_path_replaced_by_a_directory_fails_closed_then_recovers() {
 
     std::fs::remove_dir(p.path(AUDIT)).unwrap();
     let r = wait_recovered(&p, &up, &bot).await;
-    check_after_recovery(&p, &r, &from).await;
+    check_after_recovery(&p, &r, &old).await;
 }

@@ -183,6 +183,33 @@ pub fn continue_from(path: &Path) -> Vec<String> {
     ]
 }
 
+/// The `--from-seq/--from-hash` that verify a file written after an outage, given the
+/// records the old file held: the new file starts right after the last record that was
+/// durable before the outage — the last old record, or an earlier one when the writer
+/// kept records it had written but not yet fsynced and wrote them again.
+pub fn continue_after_outage(old: &[Value], new_file: &Path) -> Vec<String> {
+    let first = records_of(new_file)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("{}: no record after the outage", new_file.display()));
+    let seq = first["seq"].as_u64().expect("seq");
+    let last_old = old.last().and_then(|r| r["seq"].as_u64()).unwrap_or(0);
+    assert!(
+        seq >= 1 && seq <= last_old + 1,
+        "the new file starts at seq {seq}, past the old file's last record {last_old}"
+    );
+    let before = old
+        .iter()
+        .find(|r| r["seq"].as_u64() == Some(seq - 1))
+        .unwrap_or_else(|| panic!("no old record with seq {}", seq - 1));
+    vec![
+        "--from-seq".into(),
+        seq.to_string(),
+        "--from-hash".into(),
+        before["hash"].as_str().expect("hash").to_string(),
+    ]
+}
+
 pub fn out_text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
