@@ -2,9 +2,9 @@
 //! files, and per-agent tool listings — all through the same canon, classify and decide.
 
 use crate::canon;
-use crate::classify::Unclassified;
 use crate::config::Snapshot;
 use crate::error::Error;
+use crate::pipeline;
 use crate::policy::{decide, Agent, Decision, Input, Narrowing, Switches};
 use crate::tooltable;
 use serde::{Deserialize, Serialize};
@@ -48,11 +48,10 @@ pub fn explain(
         http::header::HOST,
         http::HeaderValue::from_static("portcullis.explain"),
     );
-    let c = canon::canonicalize(&m, &uri, http::Version::HTTP_11, &h)?;
     let mut e = Explanation {
         agent: agent.into(),
-        method: c.method.as_str().into(),
-        path: c.path_and_query(),
+        method: method.into(),
+        path: target.into(),
         tool: None,
         risk: None,
         template: None,
@@ -63,45 +62,58 @@ pub fn explain(
         detail: String::new(),
         policy_version: snap.policy_version.to_string(),
     };
-    let tool = match snap.classifier.classify(c.method, &c.path) {
-        Ok(t) => t,
-        Err(Unclassified::NoRoute) => {
-            e.reason = "no_route".into();
-            e.detail = format!("no route serves `{}`", c.path);
-            return Ok(e);
-        }
-        Err(Unclassified::UnknownPath(r)) => {
-            e.reason = "unknown_path".into();
-            e.route = Some(snap.routes[r].prefix.clone());
-            e.detail = format!(
-                "`{}` is not a known path of route `{}`",
-                c.path, snap.routes[r].prefix
-            );
-            return Ok(e);
-        }
+    // The proxy's own path: canonicalise, then `pipeline::judge` (no body, no token
+    // narrowing, no rate). A refusal is explained with the reason the proxy gives.
+    let c = match canon::canonicalize(&m, &uri, http::Version::HTTP_11, &h) {
+        Ok(c) => c,
+        Err(err) => return Ok(refused(e, &err)),
     };
-    let route = &snap.routes[tool.route];
-    e.tool = Some(tool.name.to_string());
-    e.risk = Some(tool.risk.to_string());
-    e.template = Some(tool.template.to_string());
-    e.route = Some(route.prefix.clone());
-    e.upstream = Some(snap.upstreams[route.upstream].name.clone());
-    let d = decide(&Input {
-        agent: a,
-        narrowing: &Narrowing::default(),
-        tool: &tool,
-        path: &c.path,
+    e.method = c.method.as_str().into();
+    e.path = c.path_and_query();
+    let mut seen = None;
+    let judged = pipeline::judge(
+        snap,
+        a,
+        &Narrowing::default(),
         switches,
-        approved: false,
-    });
-    e.decision = d.label().into();
-    e.reason = d.reason().into();
-    e.detail = match d {
-        Decision::Deny { detail, .. } => detail,
-        Decision::Park => format!("`{}` waits for an operator's approval", tool.name),
-        Decision::Allow { rule } => format!("allowed by the profile's `{rule}` rule"),
-    };
-    Ok(e)
+        &c,
+        false,
+        &mut |tool| {
+            seen = tool.cloned();
+            Ok(())
+        },
+    );
+    if let Some(tool) = &seen {
+        let route = &snap.routes[tool.route];
+        e.tool = Some(tool.name.to_string());
+        e.risk = Some(tool.risk.to_string());
+        e.template = Some(tool.template.to_string());
+        e.route = Some(route.prefix.clone());
+        e.upstream = Some(snap.upstreams[route.upstream].name.clone());
+    } else if let Some(r) = snap.classifier.route_of(&c.path) {
+        e.route = Some(snap.routes[r].prefix.clone());
+    }
+    match judged {
+        Ok(j) => {
+            e.decision = j.decision.label().into();
+            e.reason = j.decision.reason().into();
+            e.detail = match j.decision {
+                Decision::Park => format!("`{}` waits for an operator's approval", j.tool.name),
+                Decision::Allow { rule } => format!("allowed by the profile's `{rule}` rule"),
+                Decision::Deny { detail, .. } => detail,
+            };
+            Ok(e)
+        }
+        Err(err) => Ok(refused(e, &err)),
+    }
+}
+
+/// An explanation of a refusal: the decision, reason and detail the proxy would give.
+fn refused(mut e: Explanation, err: &Error) -> Explanation {
+    e.decision = err.decision().into();
+    e.reason = err.reason().into();
+    e.detail = err.to_string();
+    e
 }
 
 impl std::fmt::Display for Explanation {

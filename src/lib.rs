@@ -25,6 +25,7 @@ pub mod internal;
 pub mod metrics;
 pub mod notify;
 pub mod override_scan;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod refusals;

@@ -6,12 +6,11 @@ use crate::approval;
 use crate::audit::{redact_query, Audit, Record};
 use crate::body::{self, Body, Capped};
 use crate::canon::{self, Canonical};
-use crate::classify::{Tool, Unclassified};
 use crate::config::Snapshot;
-use crate::error::{Denial, Error};
+use crate::error::Error;
 use crate::internal;
 use crate::override_scan;
-use crate::policy::{decide, Decision, Input};
+use crate::policy::Decision;
 use crate::upstream::{self, Origin};
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body as _;
@@ -226,16 +225,6 @@ fn metered(app: &App, trace: &Trace, request_id: &str, snap: &Snapshot) -> bool 
     verdict == crate::refusals::Verdict::Record
 }
 
-fn deny(snap: &Snapshot, reason: &'static str, detail: String, tool: Option<&Tool>) -> Error {
-    Error::Denied(Box::new(Denial {
-        reason,
-        detail,
-        tool: tool.map(|t| t.name.clone()),
-        risk: tool.map(|t| t.risk),
-        policy_version: snap.policy_version.clone(),
-    }))
-}
-
 async fn route_request(
     app: &App,
     conn: Conn,
@@ -273,89 +262,51 @@ async fn route_request(
     if canon_is_internal(&c.path) {
         return internal::handle(app, &live, &who, &c).await;
     }
-    let classified = snap.classifier.classify(c.method, &c.path);
-    if classified.is_err() {
-        rate_limit(&live, &who)?;
-    }
-    let tool = match classified {
-        Ok(t) => t,
-        Err(Unclassified::NoRoute) => {
-            return Err(deny(
-                snap,
-                "no_route",
-                format!("no route serves `{}`", c.path),
-                None,
-            ))
-        }
-        Err(Unclassified::UnknownPath(r)) => {
-            return Err(deny(
-                snap,
-                "unknown_path",
-                format!(
-                    "`{}` is not a known path of route `{}`",
-                    c.path, snap.routes[r].prefix
-                ),
-                None,
-            ))
-        }
-    };
-    trace.tool = Some(tool.name.clone());
-    trace.tool_label = Some(crate::metrics::tool_label(Some(&tool)));
-    trace.risk = Some(tool.risk);
-    // Every request of an agent counts against its rate, refused or not.
-    rate_limit(&live, &who)?;
-    let route = &snap.routes[tool.route];
-    if c.encoded_slash && !route.allow_encoded_slash {
-        return Err(Error::BadRequest {
-            reason: "encoded_slash",
-            detail: "an encoded `/` is not accepted on this route".into(),
-        });
-    }
     let body_on_bodiless = carries_body(&c, req.headers(), req.body());
-    if body_on_bodiless && !route.allow_body_on.contains(&c.method) {
-        return Err(Error::BadRequest {
-            reason: "body_not_allowed",
-            detail: format!(
-                "a body on {} is not accepted on this route (allow_body_on)",
-                c.method
-            ),
-        });
-    }
     let switches = app.switches.current(&app.store).await?;
-    let decision = decide(&Input {
-        agent: &who.agent,
-        narrowing: &who.token.narrowing,
-        tool: &tool,
-        path: &c.path,
-        switches: &switches,
-        approved: false,
-    });
+    // The one path from canonical request to decision (`explain` runs it too). Once
+    // the request has a tool, it is traced and counted against the agent's rate —
+    // refused or not.
+    let judged = crate::pipeline::judge(
+        snap,
+        &who.agent,
+        &who.token.narrowing,
+        &switches,
+        &c,
+        body_on_bodiless,
+        &mut |tool| {
+            if let Some(tool) = tool {
+                trace.tool = Some(tool.name.clone());
+                trace.tool_label = Some(crate::metrics::tool_label(Some(tool)));
+                trace.risk = Some(tool.risk);
+            }
+            rate_limit(&live, &who)
+        },
+    );
     metrics::histogram!("portcullis_gate_seconds").record(gate_started.elapsed().as_secs_f64());
-    match decision {
-        Decision::Deny { reason, detail } => return Err(deny(snap, reason, detail, Some(&tool))),
-        Decision::Park => {
-            spend_budget(app, &who).await?;
-            let (parts, body) = req.into_parts();
-            trace.recorded = true;
-            let r = approval::park(
-                app,
-                &live,
-                &who,
-                &c,
-                &tool,
-                &parts.headers,
-                body,
-                request_id,
-                (
-                    trace.remote_addr,
-                    trace.started.unwrap_or_else(std::time::Instant::now),
-                ),
-            )
-            .await;
-            trace.recorded = r.is_ok();
-            return r;
-        }
-        Decision::Allow { .. } => spend_budget(app, &who).await?,
+    let crate::pipeline::Judged { tool, decision } = judged?;
+    let route = &snap.routes[tool.route];
+    spend_budget(app, &who).await?;
+    if decision == Decision::Park {
+        let (parts, body) = req.into_parts();
+        trace.recorded = true;
+        let r = approval::park(
+            app,
+            &live,
+            &who,
+            &c,
+            &tool,
+            &parts.headers,
+            body,
+            request_id,
+            (
+                trace.remote_addr,
+                trace.started.unwrap_or_else(std::time::Instant::now),
+            ),
+        )
+        .await;
+        trace.recorded = r.is_ok();
+        return r;
     }
     let limit = snap.limits.max_body_bytes;
     if content_length(req.headers()).is_some_and(|n| n > limit) {
@@ -431,13 +382,10 @@ async fn spend_budget(app: &App, who: &crate::identity::Identity) -> Result<(), 
 /// A body on a method that takes none (GET, HEAD, OPTIONS, DELETE): a backend that
 /// ignores it would read it as the next request on a pooled connection.
 fn carries_body(c: &Canonical, h: &http::HeaderMap, body: &Incoming) -> bool {
-    use crate::canon::Method;
-    matches!(
-        c.method,
-        Method::Get | Method::Head | Method::Options | Method::Delete
-    ) && (!http_body::Body::is_end_stream(body)
-        || h.contains_key(header::TRANSFER_ENCODING)
-        || content_length(h).is_some_and(|n| n > 0))
+    crate::pipeline::bodiless(c.method)
+        && (!http_body::Body::is_end_stream(body)
+            || h.contains_key(header::TRANSFER_ENCODING)
+            || content_length(h).is_some_and(|n| n > 0))
 }
 
 /// The X-Forwarded-Host to send: the route's `public_host`, else the listener's, else
