@@ -43,6 +43,18 @@ agents:
     )
 }
 
+/// Two replicas (`node-a`, `node-b`) with full rights on one fresh redis-server.
+async fn pair() -> (RedisServer, Upstream, Proxy, Proxy) {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let prefix = random_prefix();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let a = Proxy::start(&cfg(&up, "node-a", &prefix, "REDIS_URL"), &env);
+    let b = Proxy::start(&cfg(&up, "node-b", &prefix, "REDIS_URL"), &env);
+    (redis, up, a, b)
+}
+
 /// A redis user that may do everything but publish.
 fn no_publish_url(redis: &RedisServer) -> String {
     let mut c = redis.conn();
@@ -227,13 +239,7 @@ async fn until_status(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoke_during_a_feed_reconnect_is_not_missed() {
-    let redis = RedisServer::start();
-    let up = Upstream::start(Behaviour::Fixed).await;
-    let prefix = random_prefix();
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let a = Proxy::start(&cfg(&up, "node-a", &prefix, "REDIS_URL"), &env);
-    let b = Proxy::start(&cfg(&up, "node-b", &prefix, "REDIS_URL"), &env);
+    let (redis, _up, a, b) = pair().await;
     for round in 0..5 {
         let t = issue_at(a.admin, json!({"agent": "bot", "ttl": "1h"})).await;
         until_status(b.addr, &t.token, 200, Duration::from_secs(2)).await;
@@ -266,13 +272,7 @@ async fn a_revoke_during_a_feed_reconnect_is_not_missed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refills_racing_invalidations_never_keep_an_old_switch_state() {
-    let redis = RedisServer::start();
-    let up = Upstream::start(Behaviour::Fixed).await;
-    let prefix = random_prefix();
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let a = Proxy::start(&cfg(&up, "node-a", &prefix, "REDIS_URL"), &env);
-    let b = Proxy::start(&cfg(&up, "node-b", &prefix, "REDIS_URL"), &env);
+    let (_redis, _up, a, b) = pair().await;
     let t = issue_at(a.admin, json!({"agent": "bot", "ttl": "1h"})).await;
     // B is kept busy refilling its switch cache from several tasks while A flips.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
