@@ -6,48 +6,49 @@ use crate::error::Error;
 use crate::identity::Filled;
 use crate::policy::Switches;
 use crate::store::Store;
+use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 pub struct Switchboard {
-    /// The cached switches and when they were read; `gen` counts invalidations. Both
-    /// under one lock, so a refill that read before an invalidation is never stored
-    /// after it.
-    state: Mutex<State>,
+    /// What requests read: lock-free.
+    cached: ArcSwapOption<Entry>,
+    /// Invalidations so far. A refill stores only under this lock and only if no
+    /// invalidation came since it started, so it never outlives one.
+    gen: Mutex<u64>,
 }
 
-#[derive(Default)]
-struct State {
-    cached: Option<(Arc<Switches>, Filled)>,
-    gen: u64,
+struct Entry {
+    switches: Arc<Switches>,
+    filled: Filled,
 }
 
 impl Switchboard {
     pub async fn current(&self, store: &Store) -> Result<Arc<Switches>, Error> {
         let epoch = store.feed_epoch();
-        let g = {
-            let st = self.state.lock().expect("switchboard lock");
-            if let (Some(e), Some((s, filled))) = (epoch, &st.cached) {
-                if filled.fresh(e) {
-                    return Ok(s.clone());
-                }
+        if let (Some(e), Some(c)) = (epoch, &*self.cached.load()) {
+            if c.filled.fresh(e) {
+                return Ok(c.switches.clone());
             }
-            st.gen
-        };
+        }
+        let g = *self.gen.lock().expect("switchboard lock");
         let s = Arc::new(store.switches().await?.to_policy());
         if let Some(e) = epoch {
-            let mut st = self.state.lock().expect("switchboard lock");
-            if st.gen == g && store.feed_epoch() == Some(e) {
-                st.cached = Some((s.clone(), Filled::now(e)));
+            let gen = self.gen.lock().expect("switchboard lock");
+            if *gen == g && store.feed_epoch() == Some(e) {
+                self.cached.store(Some(Arc::new(Entry {
+                    switches: s.clone(),
+                    filled: Filled::now(e),
+                })));
             }
         }
         Ok(s)
     }
 
     pub fn invalidate(&self) {
-        let mut st = self.state.lock().expect("switchboard lock");
-        st.gen += 1;
-        st.cached = None;
+        let mut gen = self.gen.lock().expect("switchboard lock");
+        *gen += 1;
+        self.cached.store(None);
     }
 }
 
@@ -58,15 +59,18 @@ mod tests {
     #[test]
     fn a_refill_that_read_before_an_invalidation_is_not_stored() {
         let sb = Switchboard::default();
-        // Simulate the refill's two halves around an invalidation.
-        let g = sb.state.lock().unwrap().gen;
+        // The refill's two halves around an invalidation, as `current` runs them.
+        let g = *sb.gen.lock().unwrap();
         sb.invalidate();
         {
-            let mut st = sb.state.lock().unwrap();
-            if st.gen == g {
-                st.cached = Some((Arc::new(Switches::default()), Filled::now(0)));
+            let gen = sb.gen.lock().unwrap();
+            if *gen == g {
+                sb.cached.store(Some(Arc::new(Entry {
+                    switches: Arc::new(Switches::default()),
+                    filled: Filled::now(0),
+                })));
             }
         }
-        assert!(sb.state.lock().unwrap().cached.is_none());
+        assert!(sb.cached.load().is_none());
     }
 }

@@ -209,15 +209,7 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
             headers.insert("idempotency-key", v);
         }
     }
-    if !body.is_empty()
-        && matches!(
-            method,
-            crate::canon::Method::Get
-                | crate::canon::Method::Head
-                | crate::canon::Method::Options
-                | crate::canon::Method::Delete
-        )
-    {
+    if !body.is_empty() && crate::pipeline::bodiless(method) {
         upstream::mark_not_reused(&mut headers);
     }
     let mut req = Request::new(upstream::boxed(http_body_util::Full::new(Bytes::from(
