@@ -1,0 +1,488 @@
+//! DESIGN.md "Canonical request": what cannot be put into one unambiguous form is
+//! refused (400, or 405 for methods) with a JSON reason and never reaches a backend;
+//! what can is forwarded in exactly that form.
+//!
+//! Hostile targets go over a raw socket, since hyper/curl-style clients would normalise
+//! them before they left the test.
+
+use crate::common::*;
+
+struct Fixture {
+    up: Upstream,
+    proxy: Proxy,
+    token: String,
+    host: String,
+}
+
+async fn setup() -> Fixture {
+    let up = Upstream::start(Behaviour::Echo).await;
+    let cfg = config(&format!(
+        "upstreams:\n  api: {{ url: \"{}/base\" }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n  - {{ prefix: /enc, upstream: api, allow_encoded_slash: true }}\n",
+        up.url()
+    ));
+    let proxy = Proxy::start(&cfg, &[]);
+    let token = proxy.agent_token("bot").await;
+    let host = proxy.addr.to_string();
+    Fixture {
+        up,
+        proxy,
+        token,
+        host,
+    }
+}
+
+impl Fixture {
+    /// `GET target` with Host and the agent token, plus `extra` header lines.
+    fn req(&self, method: &str, target: &[u8], extra: &str) -> Vec<u8> {
+        raw_get(method, target, &self.host, &self.token, extra)
+    }
+
+    /// Sends every request, checks each is refused with `status` and a JSON reason, and
+    /// reports all mismatches together; then checks the upstream saw nothing.
+    async fn expect_refused(&self, status: u16, cases: &[(&str, Vec<u8>)]) {
+        let mut failures = Vec::new();
+        for (what, bytes) in cases {
+            let r = raw_request(self.proxy.addr, bytes).await;
+            match check_refusal(&r, status) {
+                Ok(reason) if reason == "no_route" || reason == "unauthenticated" => {
+                    failures.push(format!("{what}: refused for the wrong reason `{reason}`"))
+                }
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{what}: {e}")),
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "requests not refused as expected:\n{}",
+            failures.join("\n")
+        );
+        assert_eq!(
+            self.up.hits(),
+            0,
+            "the upstream received refused requests: {:#?}",
+            self.up.seen()
+        );
+    }
+
+    /// Sends one request that must be forwarded; returns the target the upstream saw.
+    async fn expect_forwarded(&self, target: &[u8]) -> String {
+        let before = self.up.hits();
+        let r = raw_request(self.proxy.addr, &self.req("GET", target, "")).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{:?} should be forwarded; got {}",
+            String::from_utf8_lossy(target),
+            r.text()
+        );
+        assert_eq!(r.header("portcullis-decision"), Some("allow"));
+        assert_eq!(
+            self.up.hits(),
+            before + 1,
+            "{:?} did not reach the upstream once",
+            String::from_utf8_lossy(target)
+        );
+        self.up.last().target
+    }
+}
+
+fn case(what: &str, bytes: Vec<u8>) -> (&str, Vec<u8>) {
+    (what, bytes)
+}
+
+#[tokio::test]
+async fn encoded_slash_refused_unless_the_route_allows_it() {
+    let f = setup().await;
+    f.expect_refused(
+        400,
+        &[
+            case("%2F", f.req("GET", b"/api/a%2Fb", "")),
+            case("%2f", f.req("GET", b"/api/a%2fb", "")),
+            case("%2F at the end", f.req("GET", b"/api/a%2F", "")),
+        ],
+    )
+    .await;
+    // Control: the same shape on a route with allow_encoded_slash is forwarded, still encoded.
+    assert_eq!(f.expect_forwarded(b"/enc/a%2Fb").await, "/base/enc/a%2Fb");
+    assert_eq!(f.expect_forwarded(b"/enc/a%2fb").await, "/base/enc/a%2fb");
+}
+
+#[tokio::test]
+async fn encoded_backslash_percent_semicolon_hash_dot_nul_and_controls_refused() {
+    let f = setup().await;
+    let targets: &[&[u8]] = &[
+        b"/api/a%5Cb",
+        b"/api/a%5cb",
+        b"/api/%5C..%5Cadmin",
+        b"/api/a%25b",
+        b"/api/%252e%252e/admin",
+        b"/api/a%3Bb",
+        b"/api/a%3bjsessionid=1",
+        b"/api/a%23frag",
+        b"/api/%2e%2e/admin",
+        b"/api/%2E%2E/admin",
+        b"/api/%2e/x",
+        b"/api/a%2eb",
+        b"/api/a%00b",
+        b"/api/a%00",
+        b"/api/a%0Ab",
+        b"/api/a%0d%0aX-Injected:%201",
+        b"/api/a%09b",
+        b"/api/a%1fb",
+        b"/api/a%7Fb",
+    ];
+    let cases: Vec<_> = targets
+        .iter()
+        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .collect();
+    f.expect_refused(400, &cases).await;
+}
+
+#[tokio::test]
+async fn raw_backslash_semicolon_and_non_ascii_refused() {
+    let f = setup().await;
+    f.expect_refused(
+        400,
+        &[
+            case("raw \\", f.req("GET", b"/api/a\\b", "")),
+            case("raw \\..\\", f.req("GET", b"/api\\..\\admin", "")),
+            case("raw ;", f.req("GET", b"/api/a;b=1", "")),
+            case("raw ; in query", f.req("GET", b"/api/a?x=1;y=2", "")),
+            case("raw UTF-8", f.req("GET", b"/api/caf\xc3\xa9", "")),
+        ],
+    )
+    .await;
+}
+
+/// Raw control bytes and bytes that are not UTF-8 in the request line are refused by the
+/// HTTP parser before the proxy sees a request (so no JSON body is required here), and
+/// are never forwarded.
+#[tokio::test]
+async fn raw_control_and_invalid_utf8_bytes_refused_and_not_forwarded() {
+    let f = setup().await;
+    for t in [
+        &b"/api/a\x01b"[..],
+        b"/api/a\x7fb",
+        b"/api/a\x00b",
+        b"/api/a\x1bb",
+        b"/api/a\xffb",
+        b"/api/a\xc3b",
+    ] {
+        let r = try_raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
+        // Refused: either a 400, or the connection is closed without an answer.
+        if let Ok(r) = r {
+            assert_eq!(
+                r.status,
+                400,
+                "{:?}: {}",
+                String::from_utf8_lossy(t),
+                r.text()
+            );
+        }
+    }
+    assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+}
+
+#[tokio::test]
+async fn dot_segments_and_empty_segments_refused() {
+    let f = setup().await;
+    let targets: &[&[u8]] = &[
+        b"/api/./x",
+        b"/api/x/./y",
+        b"/api/x/..",
+        b"/api/x/../y",
+        b"/api/../api/x",
+        b"/api/.",
+        b"/api/..",
+        b"/api//x",
+        b"//api/x",
+        b"/api/x//",
+        b"/api/x//y",
+    ];
+    let cases: Vec<_> = targets
+        .iter()
+        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .collect();
+    f.expect_refused(400, &cases).await;
+}
+
+#[tokio::test]
+async fn authority_form_star_and_foreign_absolute_form_refused() {
+    let f = setup().await;
+    let own = f.host.clone();
+    f.expect_refused(
+        400,
+        &[
+            case("authority-form", f.req("GET", b"example.com:80", "")),
+            case(
+                "authority-form naming the proxy",
+                f.req("GET", own.as_bytes(), ""),
+            ),
+            case("OPTIONS *", f.req("OPTIONS", b"*", "")),
+            case("GET *", f.req("GET", b"*", "")),
+            case(
+                "absolute-form, other authority",
+                f.req("GET", b"http://evil.example/api/x", ""),
+            ),
+            case(
+                "absolute-form, other port",
+                f.req("GET", b"http://127.0.0.1:1/api/x", ""),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn absolute_form_naming_the_host_is_forwarded_as_origin_form() {
+    let f = setup().await;
+    let target = format!("http://{}/api/x?y=1", f.host);
+    assert_eq!(
+        f.expect_forwarded(target.as_bytes()).await,
+        "/base/api/x?y=1"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_or_missing_host_refused() {
+    let f = setup().await;
+    let auth = Proxy::auth_line(&f.token);
+    let dup = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: {0}\r\n{auth}Connection: close\r\n\r\n",
+        f.host
+    );
+    let dup_other = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {0}\r\nHost: evil.example\r\n{auth}Connection: close\r\n\r\n",
+        f.host
+    );
+    let missing11 = format!("GET /api/x HTTP/1.1\r\n{auth}Connection: close\r\n\r\n");
+    let missing10 = format!("GET /api/x HTTP/1.0\r\n{auth}\r\n");
+    f.expect_refused(
+        400,
+        &[
+            case("duplicate Host", dup.into_bytes()),
+            case("two different Hosts", dup_other.into_bytes()),
+            case("no Host, HTTP/1.1", missing11.into_bytes()),
+            case("no Host, HTTP/1.0", missing10.into_bytes()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn method_overrides_refused() {
+    let f = setup().await;
+    f.expect_refused(
+        400,
+        &[
+            case(
+                "X-HTTP-Method-Override",
+                f.req("GET", b"/api/x", "X-HTTP-Method-Override: DELETE\r\n"),
+            ),
+            case(
+                "X-HTTP-Method",
+                f.req("GET", b"/api/x", "X-HTTP-Method: DELETE\r\n"),
+            ),
+            case(
+                "X-Method-Override",
+                f.req("GET", b"/api/x", "X-Method-Override: DELETE\r\n"),
+            ),
+            case(
+                "override on POST",
+                f.req(
+                    "POST",
+                    b"/api/x",
+                    "X-HTTP-Method-Override: PUT\r\nContent-Length: 0\r\n",
+                ),
+            ),
+            case("_method query", f.req("GET", b"/api/x?_method=DELETE", "")),
+            case(
+                "_method second param",
+                f.req("GET", b"/api/x?a=1&_method=DELETE", ""),
+            ),
+            case(
+                "%5Fmethod (decodes to _method)",
+                f.req("GET", b"/api/x?%5Fmethod=DELETE", ""),
+            ),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn header_names_with_underscore_refused() {
+    let f = setup().await;
+    f.expect_refused(
+        400,
+        &[
+            case(
+                "X_Tenant_Id",
+                f.req("GET", b"/api/x", "X_Tenant_Id: evil\r\n"),
+            ),
+            case(
+                "X_Forwarded_For",
+                f.req("GET", b"/api/x", "X_Forwarded_For: 10.0.0.1\r\n"),
+            ),
+            case("Some_Header", f.req("GET", b"/api/x", "Some_Header: 1\r\n")),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn upgrade_refused() {
+    let f = setup().await;
+    let ws = "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    f.expect_refused(
+        400,
+        &[
+            // raw_get adds `Connection: close`; an Upgrade header alone must already be refused.
+            case("Upgrade: websocket", f.req("GET", b"/api/x", ws)),
+            case(
+                "Upgrade: h2c",
+                f.req(
+                    "GET",
+                    b"/api/x",
+                    "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+                ),
+            ),
+        ],
+    )
+    .await;
+    // And with the usual `Connection: Upgrade` too.
+    let auth = Proxy::auth_line(&f.token);
+    let req = format!(
+        "GET /api/x HTTP/1.1\r\nHost: {}\r\n{auth}Connection: Upgrade\r\n{ws}\r\n",
+        f.host
+    );
+    let r = raw_request(f.proxy.addr, req.as_bytes()).await;
+    assert_refusal("Connection: Upgrade + Upgrade: websocket", &r, 400);
+    assert_eq!(f.up.hits(), 0);
+}
+
+#[tokio::test]
+async fn connect_trace_lowercase_and_unknown_methods_get_405() {
+    let f = setup().await;
+    let own = f.host.clone();
+    f.expect_refused(
+        405,
+        &[
+            case("CONNECT authority", f.req("CONNECT", own.as_bytes(), "")),
+            case("CONNECT path", f.req("CONNECT", b"/api/x", "")),
+            case("TRACE", f.req("TRACE", b"/api/x", "")),
+            case("get", f.req("get", b"/api/x", "")),
+            case("Get", f.req("Get", b"/api/x", "")),
+            case("FOO", f.req("FOO", b"/api/x", "")),
+            case("PROPFIND", f.req("PROPFIND", b"/api/x", "")),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unreserved_escapes_decoded_others_kept_trailing_slash_kept() {
+    let f = setup().await;
+    assert_eq!(f.expect_forwarded(b"/api/%61dmin").await, "/base/api/admin");
+    assert_eq!(f.expect_forwarded(b"/api/%41%42c").await, "/base/api/ABc");
+    assert_eq!(f.expect_forwarded(b"/api/%7Euser").await, "/base/api/~user");
+    assert_eq!(
+        f.expect_forwarded(b"/api/caf%C3%A9").await,
+        "/base/api/caf%C3%A9"
+    );
+    assert_eq!(
+        f.expect_forwarded(b"/api/caf%c3%a9").await,
+        "/base/api/caf%c3%a9"
+    );
+    assert_eq!(f.expect_forwarded(b"/api/a%20b").await, "/base/api/a%20b");
+    assert_eq!(f.expect_forwarded(b"/api/items/").await, "/base/api/items/");
+    assert_eq!(f.expect_forwarded(b"/api/items").await, "/base/api/items");
+    assert_eq!(f.expect_forwarded(b"/api").await, "/base/api");
+    assert_eq!(
+        f.expect_forwarded(b"/api/x?q=1&r=two").await,
+        "/base/api/x?q=1&r=two"
+    );
+    // Decoding makes `/%61pi/..` the same as `/api/..`: routed by the decoded form.
+    assert_eq!(f.expect_forwarded(b"/%61pi/x").await, "/base/api/x");
+}
+
+#[tokio::test]
+async fn path_under_no_route_is_403_no_route_and_not_forwarded() {
+    let f = setup().await;
+    for t in [
+        &b"/nowhere"[..],
+        b"/nowhere/x",
+        b"/apix",
+        b"/ap",
+        b"/",
+        b"/API/x",
+        b"/%61pix",
+    ] {
+        let r = raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
+        let what = String::from_utf8_lossy(t);
+        assert_eq!(assert_refusal(&what, &r, 403), "no_route", "{what}");
+    }
+    assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+}
+
+#[tokio::test]
+async fn internal_prefix_is_never_forwarded() {
+    let f = setup().await;
+    for t in [
+        &b"/_portcullis"[..],
+        b"/_portcullis/",
+        b"/_portcullis/tools",
+        b"/_portcullis/approvals/abc",
+        b"/%5Fportcullis/tools",
+        b"/%5fportcullis/approvals/abc/result",
+    ] {
+        let r = raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
+        let what = String::from_utf8_lossy(t);
+        // Whatever the proxy answers itself, it is not the upstream's echo.
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+            assert!(
+                v.get("target").is_none(),
+                "{what} reached the upstream: {v}"
+            );
+        }
+        assert!(
+            r.header("x-request-id").is_some(),
+            "{what}: no X-Request-Id"
+        );
+    }
+    assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+    // The same proxy does forward a normal request (the fixture is live).
+    assert_eq!(f.expect_forwarded(b"/api/x").await, "/base/api/x");
+}
+
+#[tokio::test]
+async fn refused_request_on_a_keep_alive_connection_forwards_nothing() {
+    // A refused request followed by a valid one on the same connection: the refused one
+    // must not reach the upstream in any form; the valid one is forwarded only as itself.
+    let f = setup().await;
+    let auth = Proxy::auth_line(&f.token);
+    let two = format!(
+        "GET /api/a/%2e%2e/admin HTTP/1.1\r\nHost: {0}\r\n{auth}\r\nGET /api/ok HTTP/1.1\r\nHost: {0}\r\n{auth}Connection: close\r\n\r\n",
+        f.host
+    );
+    let mut s = tokio::net::TcpStream::connect(f.proxy.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, two.as_bytes())
+        .await
+        .unwrap();
+    let all = read_to_eof(&mut s).await;
+    let resps = parse_pipelined(&all);
+    assert!(
+        !resps.is_empty(),
+        "no response at all: {:?}",
+        String::from_utf8_lossy(&all)
+    );
+    assert_refusal("first (encoded dot segment)", &resps[0], 400);
+    let forwarded: Vec<String> = f.up.seen().into_iter().map(|s| s.target).collect();
+    if resps.len() > 1 {
+        // The proxy kept the connection open and answered the second request.
+        assert_eq!(resps[1].status, 200, "{}", resps[1].text());
+        assert_eq!(forwarded, vec!["/base/api/ok".to_string()]);
+    } else {
+        assert!(forwarded.is_empty(), "{forwarded:?}");
+    }
+}

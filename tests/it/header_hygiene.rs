@@ -1,0 +1,425 @@
+//! DESIGN.md "Canonical request" → Forwarded: what the upstream receives is the
+//! client's request re-serialised, with hop-by-hop headers, the agent's credential and
+//! every header the proxy owns removed, then the proxy's own headers and the upstream
+//! credential set last. The injected secret never travels back to the agent.
+
+use crate::common::*;
+use std::time::Duration;
+
+const CANARY: &str = "canary-upstream-secret-5d1e88b0c2f94a7e";
+const API_KEY: &str = "canary-api-key-0b7f3c9d2e6a41f8";
+
+struct Fixture {
+    up: Upstream,
+    proxy: Proxy,
+    token: String,
+}
+
+/// `/api` → upstream `api` (base `/base`, injects `Authorization`, tenant header),
+/// `/strip` → upstream `other` (base `/other`, injects `X-Api-Key`, strip_prefix).
+async fn setup(behaviour: Behaviour, env_extra: &[(&str, &str)]) -> Fixture {
+    let up = Upstream::start(behaviour).await;
+    let cfg = config(&format!(
+        "upstreams:\n\
+         \x20 api:\n\
+         \x20   url: \"{u}/base\"\n\
+         \x20   inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
+         \x20   tenant_header: X-Tenant-Id\n\
+         \x20 other:\n\
+         \x20   url: \"{u}/other/\"\n\
+         \x20   inject: {{ header: X-Api-Key, value_env: TEST_UPSTREAM_KEY }}\n\
+         \x20   tenant_header: X-Tenant-Id\n\
+         routes:\n\
+         \x20 - {{ prefix: /api, upstream: api }}\n\
+         \x20 - {{ prefix: /strip, upstream: other, strip_prefix: true }}\n",
+        u = up.url()
+    ));
+    let auth = format!("Bearer {CANARY}");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("TEST_UPSTREAM_AUTH", auth.as_str()),
+        ("TEST_UPSTREAM_KEY", API_KEY),
+    ];
+    env.extend_from_slice(env_extra);
+    let proxy = Proxy::start(&cfg, &env);
+    let token = proxy.agent_token("bot").await;
+    Fixture { up, proxy, token }
+}
+
+impl Fixture {
+    /// The agent's Authorization header line: its real token, or (before identity exists)
+    /// a stand-in, so that stripping the agent's credential is always exercised.
+    fn agent_auth(&self) -> String {
+        if self.token.is_empty() {
+            "Authorization: Bearer agent-credential-stand-in\r\n".into()
+        } else {
+            format!("Authorization: Bearer {}\r\n", self.token)
+        }
+    }
+}
+
+/// Everything a client could send that must not cross the proxy as sent.
+fn hostile_headers() -> String {
+    [
+        "Forwarded: for=6.6.6.6;proto=https;host=evil.example",
+        "X-Forwarded-For: 6.6.6.6, 7.7.7.7",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: evil.example",
+        "X-Forwarded-Port: 443",
+        "X-Forwarded-Prefix: /evil",
+        "X-Real-IP: 6.6.6.6",
+        "X-Tenant-Id: other-tenant",
+        "X-Api-Key: client-supplied-key",
+        "X-Request-Id: client-chosen-request-id",
+        "Keep-Alive: timeout=5",
+        "TE: trailers",
+        "Trailer: X-Checksum",
+        "Proxy-Authorization: Basic cHJveHk6cHJveHk=",
+        "Proxy-Connection: keep-alive",
+        "X-Hop-Custom: named-in-connection",
+        "X-Also-Hop: named-in-second-connection-header",
+        "Connection: close, X-Hop-Custom",
+        "Connection: X-Also-Hop",
+        "X-Custom: kept-end-to-end",
+        "Accept: application/json",
+    ]
+    .iter()
+    .map(|h| format!("{h}\r\n"))
+    .collect()
+}
+
+fn raw(f: &Fixture, target: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: {}\r\n{}{}\r\n",
+        f.proxy.addr,
+        f.agent_auth(),
+        hostile_headers()
+    )
+    .into_bytes()
+}
+
+fn names(s: &Seen) -> Vec<String> {
+    s.headers.iter().map(|(n, _)| n.clone()).collect()
+}
+
+/// The checks every forwarded request must pass, whichever upstream.
+fn assert_common_hygiene(f: &Fixture, s: &Seen) {
+    let all = names(s);
+    for gone in [
+        "forwarded",
+        "x-real-ip",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "x-hop-custom",
+        "x-also-hop",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(!s.has(gone), "upstream received `{gone}`: {all:?}");
+    }
+    for v in s.header_all("connection") {
+        let v = v.to_ascii_lowercase();
+        assert!(
+            !v.contains("x-hop-custom") && !v.contains("x-also-hop"),
+            "client's Connection tokens forwarded: {v}"
+        );
+    }
+    let up_authority = f.up.addr.to_string();
+    assert_eq!(
+        s.header_all("host"),
+        vec![up_authority.as_str()],
+        "Host must be the upstream's authority"
+    );
+    assert_eq!(
+        s.header_all("x-forwarded-for"),
+        vec!["127.0.0.1"],
+        "X-Forwarded-For must be the peer only"
+    );
+    assert_eq!(s.header_all("x-forwarded-proto"), vec!["http"]);
+    // The agent's Host is not a configured `hosts:` entry and there is no `public_host`:
+    // no X-Forwarded-Host at all (issue 11, class 6; see tests/hardening.rs).
+    assert!(
+        s.header_all("x-forwarded-host").is_empty(),
+        "an arbitrary client Host must not be sent as X-Forwarded-Host"
+    );
+    for (n, v) in &s.headers {
+        assert!(
+            !v.contains("6.6.6.6") && !v.contains("evil.example"),
+            "client-forged value forwarded in `{n}: {v}`"
+        );
+        assert!(
+            !v.contains("agent-credential-stand-in"),
+            "agent credential forwarded in `{n}`"
+        );
+        if !f.token.is_empty() {
+            assert!(!v.contains(&f.token), "agent token forwarded in `{n}`");
+        }
+        assert!(
+            !v.contains("client-chosen-request-id"),
+            "client's X-Request-Id forwarded in `{n}`"
+        );
+    }
+    // The tenant header is the agent's tenant, set by the proxy; the client's copy is gone.
+    let tenant = s.header_all("x-tenant-id");
+    assert!(
+        !tenant.contains(&"other-tenant"),
+        "client's tenant header forwarded: {tenant:?}"
+    );
+    if !f.token.is_empty() {
+        assert_eq!(
+            tenant,
+            vec!["acme"],
+            "tenant header must be the agent's tenant, exactly once"
+        );
+    }
+    // End-to-end headers pass.
+    assert_eq!(s.header_all("x-custom"), vec!["kept-end-to-end"]);
+    assert_eq!(s.header_all("accept"), vec!["application/json"]);
+}
+
+#[tokio::test]
+async fn upstream_receives_clean_headers_and_its_own_credential_once() {
+    let f = setup(Behaviour::Echo, &[]).await;
+    let r = raw_request(f.proxy.addr, &raw(&f, "/api/items/42?q=1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(f.up.hits(), 1);
+    let s = f.up.last();
+    assert_eq!(s.method, "GET");
+    assert_eq!(
+        s.target, "/base/api/items/42?q=1",
+        "path = upstream base path + canonical path"
+    );
+    assert_common_hygiene(&f, &s);
+    let expected = format!("Bearer {CANARY}");
+    assert_eq!(
+        s.header_all("authorization"),
+        vec![expected.as_str()],
+        "exactly the injected credential, once"
+    );
+
+    // Response side.
+    let ids = r.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "exactly one X-Request-Id: {ids:?}");
+    assert!(
+        !ids[0].is_empty() && ids[0] != "client-chosen-request-id",
+        "X-Request-Id must be the proxy's: {ids:?}"
+    );
+    assert_eq!(r.header("portcullis-decision"), Some("allow"));
+}
+
+#[tokio::test]
+async fn strip_prefix_and_a_non_authorization_credential() {
+    let f = setup(Behaviour::Echo, &[]).await;
+    let r = raw_request(f.proxy.addr, &raw(&f, "/strip/items/42?q=1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let s = f.up.last();
+    assert_eq!(
+        s.target, "/other/items/42?q=1",
+        "base path + path minus the route prefix"
+    );
+    assert_common_hygiene(&f, &s);
+    assert_eq!(
+        s.header_all("x-api-key"),
+        vec![API_KEY],
+        "the injected key replaces the client's, once"
+    );
+    assert!(
+        !s.has("authorization"),
+        "the agent's Authorization must not reach an upstream: {:?}",
+        s.header_all("authorization")
+    );
+
+    // The bare prefix maps to the base path.
+    let r = raw_request(f.proxy.addr, &raw(&f, "/strip")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = f.up.last().target;
+    assert!(
+        t == "/other" || t == "/other/",
+        "bare prefix with strip_prefix → base path, got {t}"
+    );
+    let r = raw_request(f.proxy.addr, &raw(&f, "/strip/")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(f.up.last().target, "/other/", "trailing slash kept");
+}
+
+#[tokio::test]
+async fn duplicate_agent_credentials_are_not_forwarded() {
+    // A second Authorization header from the client is removed with the first.
+    let f = setup(Behaviour::Echo, &[]).await;
+    let req = format!(
+        "GET /strip/x HTTP/1.1\r\nHost: {}\r\n{}Authorization: Basic c2Vjb25kOmNyZWQ=\r\nConnection: close\r\n\r\n",
+        f.proxy.addr,
+        f.agent_auth()
+    );
+    let r = raw_request(f.proxy.addr, req.as_bytes()).await;
+    // With identity, two credentials are not one well-formed credential: a 401 is right too.
+    if r.status == 200 {
+        let s = f.up.last();
+        assert!(
+            !s.has("authorization"),
+            "{:?}",
+            s.header_all("authorization")
+        );
+    } else {
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert_eq!(f.up.hits(), 0);
+    }
+}
+
+#[tokio::test]
+async fn request_id_is_set_even_when_the_client_sends_none() {
+    let f = setup(Behaviour::Echo, &[]).await;
+    let r = get(f.proxy.addr, "/api/x", &f.token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header_all("x-request-id").len(), 1);
+    let r2 = get(f.proxy.addr, "/api/x", &f.token).await;
+    assert_ne!(
+        r.header("x-request-id"),
+        r2.header("x-request-id"),
+        "request ids must differ per request"
+    );
+    // Proxy-generated answers carry one too.
+    let r3 = get(f.proxy.addr, "/nowhere", &f.token).await;
+    assert_eq!(r3.header_all("x-request-id").len(), 1);
+}
+
+#[tokio::test]
+async fn injected_secret_never_reaches_the_agent_or_the_logs() {
+    // The upstream reflects nothing of the request, so any canary in a response came from the proxy.
+    let f = setup(Behaviour::Fixed, &[("RUST_LOG", "portcullis=trace,info")]).await;
+    let mut responses = Vec::new();
+    responses.push(raw_request(f.proxy.addr, &raw(&f, "/api/items/1")).await);
+    responses.push(raw_request(f.proxy.addr, &raw(&f, "/strip/items/1")).await);
+    responses.push(get(f.proxy.addr, "/api/items/2", &f.token).await);
+    responses.push(get(f.proxy.addr, "/nowhere", &f.token).await);
+    responses.push(
+        raw_request(
+            f.proxy.addr,
+            &raw_get(
+                "GET",
+                b"/api/%2e%2e/x",
+                &f.proxy.addr.to_string(),
+                &f.token,
+                "",
+            ),
+        )
+        .await,
+    );
+    assert_eq!(responses[0].status, 200, "{}", responses[0].text());
+    assert_eq!(responses[1].status, 200, "{}", responses[1].text());
+    // The secret did go upstream (so its absence below means something).
+    let seen = f.up.seen();
+    assert!(seen.iter().any(|s| s
+        .header_all("authorization")
+        .iter()
+        .any(|v| v.contains(CANARY))));
+    assert!(seen
+        .iter()
+        .any(|s| s.header_all("x-api-key").contains(&API_KEY)));
+
+    for r in &responses {
+        let t = r.all_text();
+        assert!(
+            !t.contains(CANARY) && !t.contains(API_KEY),
+            "secret in a response to the agent: {t}"
+        );
+    }
+    // Give the proxy a moment's worth of log lines to flush: wait until it logged something
+    // about the last request (bounded), then check everything it wrote.
+    let last_id = responses
+        .last()
+        .unwrap()
+        .header("x-request-id")
+        .unwrap_or_default()
+        .to_string();
+    f.proxy.wait_for_log(&last_id, Duration::from_secs(5)).await;
+    let logs = f.proxy.logs();
+    assert!(!logs.is_empty());
+    assert!(
+        !logs.contains(CANARY) && !logs.contains(API_KEY),
+        "secret in the proxy's log:\n{logs}"
+    );
+    let audit = f.proxy.audit_text();
+    assert!(
+        !audit.contains(CANARY) && !audit.contains(API_KEY),
+        "secret in the audit file:\n{audit}"
+    );
+    if !f.token.is_empty() {
+        let secret_part = f.token.rsplit('_').next().unwrap();
+        assert!(
+            !logs.contains(secret_part),
+            "agent token secret in the proxy's log"
+        );
+        assert!(
+            !audit.contains(secret_part),
+            "agent token secret in the audit file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_failure_does_not_leak_the_secret() {
+    // Upstream down: the 502 must not quote the request it tried to send.
+    let dead = dead_port();
+    let cfg = config(&format!(
+        "upstreams:\n  api:\n    url: \"http://{dead}/base\"\n    inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n"
+    ));
+    let auth = format!("Bearer {CANARY}");
+    let proxy = Proxy::start(
+        &cfg,
+        &[
+            ("TEST_UPSTREAM_AUTH", &auth),
+            ("RUST_LOG", "portcullis=trace,info"),
+        ],
+    );
+    let token = proxy.agent_token("bot").await;
+    let r = get(proxy.addr, "/api/x", &token).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.all_text().contains(CANARY));
+    let id = r.header("x-request-id").unwrap_or_default().to_string();
+    proxy.wait_for_log(&id, Duration::from_secs(5)).await;
+    assert!(
+        !proxy.logs().contains(CANARY),
+        "secret in the proxy's log:\n{}",
+        proxy.logs()
+    );
+}
+
+#[tokio::test]
+async fn trailers_are_never_merged_into_headers() {
+    // A chunked body whose trailer section tries to set headers the proxy owns.
+    let f = setup(Behaviour::Echo, &[]).await;
+    let req = format!(
+        "POST /api/items HTTP/1.1\r\nHost: {}\r\n{}Transfer-Encoding: chunked\r\n\
+         Trailer: X-Tenant-Id, Authorization, X-Forwarded-For\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Tenant-Id: evil-tenant\r\nAuthorization: Bearer trailer-cred\r\n\
+         X-Forwarded-For: 6.6.6.6\r\n\r\n",
+        f.proxy.addr,
+        f.agent_auth()
+    );
+    let r = raw_request(f.proxy.addr, req.as_bytes()).await;
+    // Dropped or refused, never merged.
+    if r.status == 200 {
+        let s = f.up.last();
+        assert_eq!(s.body_bytes, 5);
+        for (n, v) in s.headers.iter().chain(s.trailers.iter()) {
+            assert!(
+                !v.contains("evil-tenant") && !v.contains("trailer-cred") && !v.contains("6.6.6.6"),
+                "a trailer field reached the upstream as `{n}: {v}`"
+            );
+        }
+        assert!(
+            s.trailers.is_empty(),
+            "trailers forwarded: {:?}",
+            s.trailers
+        );
+    } else {
+        assert_refusal("request with trailers", &r, 400);
+        assert_eq!(f.up.hits(), 0);
+    }
+}

@@ -1,0 +1,41 @@
+//! The integration suite: one test binary (one link of hyper, rustls, redis and rcgen)
+//! with a module per area. `common` is the harness (the real binary, real upstreams,
+//! clients); `support` holds the helpers several areas share.
+
+mod common;
+mod support;
+
+mod approvals;
+mod approvals_binding;
+mod approvals_crash;
+mod approvals_replicas;
+mod audit_rotation;
+mod audit_trail;
+mod audit_verify;
+mod bench_smoke;
+mod canary;
+mod canon_rejections;
+mod check_cli;
+mod connections;
+mod differential;
+mod explain_matches_proxy;
+mod faults_audit_disk;
+mod faults_audit_rotation;
+mod faults_park_kill;
+mod faults_redis;
+mod faults_reload;
+mod faults_store_disk;
+mod gate_e2e;
+mod hardening;
+mod header_hygiene;
+mod metrics_health;
+mod operator_ui;
+mod replicas;
+mod replicas_invalidation;
+mod replicas_leases;
+mod secrets_never_logged;
+mod shutdown;
+mod store_conformance;
+mod streaming;
+mod timeouts;
+mod tls;

@@ -1,0 +1,132 @@
+//! SIGTERM drains: requests in flight finish, new connections are refused, exit code 0.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+async fn start() -> (Upstream, Proxy, String) {
+    let up = Upstream::start(Behaviour::Hold).await;
+    let cfg = config(&format!(
+        "upstreams:\n  api: {{ url: \"{}\" }}\nroutes:\n  - {{ prefix: /api, upstream: api }}\n",
+        up.url()
+    ));
+    let proxy = Proxy::start(&cfg, &[]);
+    let token = proxy.agent_token("bot").await;
+    (up, proxy, token)
+}
+
+/// Polls until a TCP connect to `addr` is refused; returns whether it was within `bound`.
+async fn wait_refused(addr: std::net::SocketAddr, bound: Duration) -> bool {
+    let end = Instant::now() + bound;
+    while Instant::now() < end {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
+    let (up, mut proxy, token) = start().await;
+    let addr = proxy.addr;
+    let in_flight = tokio::spawn({
+        let req = request("GET", addr, "/api/slow", &token)
+            .body(empty())
+            .unwrap();
+        async move { send(addr, req).await }
+    });
+    assert!(
+        up.wait_hits(1, Duration::from_secs(10)).await,
+        "the request never reached the upstream"
+    );
+
+    proxy.sigterm();
+    assert!(
+        proxy
+            .wait_for_log("shutting down", Duration::from_secs(10))
+            .await,
+        "no shutdown log line:\n{}",
+        proxy.logs()
+    );
+    assert!(
+        wait_refused(addr, Duration::from_secs(5)).await,
+        "new connections are still accepted after SIGTERM"
+    );
+    assert!(
+        wait_refused(proxy.admin, Duration::from_secs(5)).await,
+        "the admin listener still accepts after SIGTERM"
+    );
+    // Still refused on a second try, and the held request is still being served.
+    assert!(
+        matches!(tokio::net::TcpStream::connect(addr).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(
+        proxy.wait_exit(Duration::from_millis(0)).await.is_none(),
+        "the proxy exited with a request in flight; log:\n{}",
+        proxy.logs()
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request ended before its upstream answered; log:\n{}",
+        proxy.logs()
+    );
+
+    up.release();
+    let r = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("in-flight request finished")
+        .expect("task")
+        .unwrap_or_else(|e| panic!("the in-flight request failed: {e}; log:\n{}", proxy.logs()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("portcullis-decision"), Some("allow"));
+    assert_eq!(r.json()["target"], "/api/slow");
+
+    let status = proxy
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the proxy exits after draining");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status {status:?}; log:\n{}",
+        proxy.logs()
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_with_an_idle_keep_alive_connection_exits_0_promptly() {
+    let (up, mut proxy, token) = start().await;
+    up.release();
+    // An agent that keeps its connection open between requests must not hold up shutdown.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = tx
+        .send_request(
+            request("GET", proxy.addr, "/api/x", &token)
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drain_body(resp.into_body(), 0).await.unwrap();
+
+    let started = Instant::now();
+    let status = proxy
+        .terminate(Duration::from_secs(10))
+        .await
+        .expect("exit within 10 s");
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(tx);
+    let _ = conn.await;
+}
