@@ -1,6 +1,6 @@
 //! The state store: credentials and switches (approvals join later), behind one type
 //! with two backends — `embedded` (redb, single node) and `redis` (shared by replicas).
-//! Both pass the same conformance suite (`tests/store_conformance.rs`).
+//! Both pass the same conformance suite (`tests/it/store_conformance.rs`).
 
 mod embedded;
 mod link;
