@@ -91,6 +91,7 @@ impl App {
         let store = Store::open(&snap.store, &snap.node).await?;
         let audit = Audit::start(&snap.audit, &snap.node)?;
         let live = Live::new(snap)?;
+        crate::store::set_cache_max_age(live.snap.timers.cache_max_age);
         let app = Arc::new(App {
             live: ArcSwap::from_pointee(live),
             audit,
@@ -204,6 +205,7 @@ impl App {
             }
         };
         let live = Live::new(snap)?;
+        crate::store::set_cache_max_age(live.snap.timers.cache_max_age);
         let new = live.snap.policy_version.to_string();
         let old = self
             .live

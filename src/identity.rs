@@ -157,10 +157,10 @@ pub struct Filled {
 
 impl Filled {
     /// Served only under the feed generation it was read in, and for at most
-    /// [`crate::store::CACHE_MAX_AGE`]: a notice lost on the way still takes effect
+    /// [`crate::store::cache_max_age`]: a notice lost on the way still takes effect
     /// within that bound.
     pub fn fresh(&self, epoch: u64) -> bool {
-        self.epoch == epoch && self.at.elapsed() < crate::store::CACHE_MAX_AGE
+        self.epoch == epoch && self.at.elapsed() < crate::store::cache_max_age()
     }
     pub fn now(epoch: u64) -> Filled {
         Filled {

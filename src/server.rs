@@ -196,11 +196,11 @@ async fn reload_triggers(app: Arc<App>) {
     let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = mtime(&app.config_path);
     let mut hup = signal(SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let every = app.live.load().snap.timers.watch_every;
         let by_signal = tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
-            _ = tick.tick() => false,
+            _ = tokio::time::sleep(every) => false,
         };
         let now = mtime(&app.config_path);
         if by_signal || now != seen {

@@ -1,5 +1,5 @@
 //! The kill switches in force on this node: read from the store, cached while the
-//! invalidation feed is live (and for at most `store::CACHE_MAX_AGE`), dropped on
+//! invalidation feed is live (and for at most `timers.cache_max_age`), dropped on
 //! every change notice.
 
 use crate::error::Error;

@@ -16,10 +16,11 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use tracing::{info, warn};
 
-/// How long a replay's lease holds without renewal, by the store's clock.
-pub const LEASE: std::time::Duration = std::time::Duration::from_secs(6);
-/// How often the owner renews it while the upstream works.
-const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a replay's lease holds without renewal, by the store's clock
+/// (`timers.replay_lease`); the owner renews it every third of that.
+fn snap_lease_ms(app: &App) -> u64 {
+    app.live.load().snap.timers.replay_lease.as_millis() as u64
+}
 
 /// Replays approval `id` if it is `approved` and this node wins the lease.
 pub async fn replay(app: Arc<App>, id: String) {
@@ -68,7 +69,7 @@ async fn acquire(app: &App, l: Loaded) -> Result<Option<Loaded>, Error> {
     ex.lease = Some(Lease {
         node: snap.node.clone(),
         boot: app.boot_id.clone(),
-        until_ms: app.store.clock_ms().await? + LEASE.as_millis() as u64,
+        until_ms: app.store.clock_ms().await? + snap_lease_ms(app),
     });
     transition(app, &l, ex, None).await
 }
@@ -282,7 +283,9 @@ async fn send(app: &App, l: &Loaded, ready: Ready) -> Result<(), Error> {
         raw: l.raw.clone(),
     };
     let mut lost = false;
-    let mut renew = tokio::time::interval(LEASE_RENEW);
+    let mut renew = tokio::time::interval(std::time::Duration::from_millis(
+        (snap_lease_ms(app) / 3).max(1),
+    ));
     renew.tick().await;
     let mut exchange = std::pin::pin!(exchange);
     let outcome = loop {
@@ -291,7 +294,7 @@ async fn send(app: &App, l: &Loaded, ready: Ready) -> Result<(), Error> {
             _ = renew.tick(), if !lost => {
                 let mut r = current.a.clone();
                 if let Some(lease) = r.lease.as_mut() {
-                    lease.until_ms = app.store.clock_ms().await.unwrap_or_else(|_| now_ms()) + LEASE.as_millis() as u64;
+                    lease.until_ms = app.store.clock_ms().await.unwrap_or_else(|_| now_ms()) + snap_lease_ms(app);
                 }
                 match transition(app, &current, r, None).await {
                     Ok(Some(next)) => current = next,

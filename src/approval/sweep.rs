@@ -1,6 +1,6 @@
 //! The background sweep every node runs: expire pending approvals (through the expiry
 //! index), pick up orphaned `approved` ones, turn expired `executing` leases into
-//! `unknown` and abandoned `parking` records into `failed` (`unaudited`) (each second,
+//! `unknown` and abandoned `parking` records into `failed` (`unaudited`) (each `timers.sweep_every`,
 //! through the per-state index), and delete decided records past `approval_retention`
 //! (each minute, through the decided index).
 
@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
 
-const EVERY: Duration = Duration::from_secs(1);
 /// Retention runs this often, or every `approval_retention` when that is shorter.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run_sweeper(app: Arc<App>) {
-    let mut tick = tokio::time::interval(EVERY);
     let mut last_retention = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        // `timers.sweep_every`, re-read each tick so a reload takes effect.
+        tokio::time::sleep(app.live.load().snap.timers.sweep_every).await;
         if let Err(e) = sweep(&app, false).await {
             warn!(error = %e, "approval sweep failed");
         }

@@ -94,6 +94,20 @@ pub struct Limits {
     pub max_connections_per_ip: u32,
 }
 
+/// How often the background work runs and how long its bounds last (`timers:`).
+#[derive(Debug, Clone)]
+pub struct Timers {
+    /// The approval sweeper's tick: expiries, abandoned parks, lapsed replay leases.
+    pub sweep_every: Duration,
+    /// How often the config file's modification time is checked for a reload.
+    pub watch_every: Duration,
+    /// A replaying node's lease on an approval; renewed every third of it.
+    pub replay_lease: Duration,
+    /// The longest a cached credential or switch state is served without a re-read
+    /// (the bound on a lost invalidation notice between replicas).
+    pub cache_max_age: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Operator {
     pub name: String,
@@ -155,6 +169,7 @@ pub struct Snapshot {
     pub store: StoreConfig,
     pub audit: AuditConfig,
     pub limits: Limits,
+    pub timers: Timers,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub public_host: Option<HeaderValue>,
     /// Lower-cased authorities from `hosts:`.
@@ -344,6 +359,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
     let store = compile_store(c, &raw.store)?;
     let audit = compile_audit(c, &raw.audit)?;
     let limits = compile_limits(c, &raw.limits)?;
+    let timers = compile_timers(c, &raw.timers)?;
     let trusted_proxies = raw
         .trusted_proxies
         .iter()
@@ -572,6 +588,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         store,
         audit,
         limits,
+        timers,
         trusted_proxies,
         public_host,
         hosts,
@@ -707,6 +724,43 @@ fn authority(c: &Ctx, at: &str, h: &str) -> Result<HeaderValue, ConfigError> {
         }
         _ => Err(c.err(at, format!("`{h}`: expected host or host:port"))),
     }
+}
+
+fn compile_timers(c: &Ctx, t: &raw::RawTimers) -> Result<Timers, ConfigError> {
+    let ms = Duration::from_millis;
+    let get = |k: &str, v: &Option<String>, default: Duration, min: Duration, max: Duration| {
+        let at = format!("timers.{k}");
+        let d = c.duration(&at, v, default)?;
+        if d < min || d > max {
+            return Err(c.err(
+                &at,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+        Ok(d)
+    };
+    Ok(Timers {
+        sweep_every: get("sweep_every", &t.sweep_every, ms(1000), ms(10), ms(60_000))?,
+        watch_every: get("watch_every", &t.watch_every, ms(1000), ms(10), ms(60_000))?,
+        replay_lease: get(
+            "replay_lease",
+            &t.replay_lease,
+            ms(6000),
+            ms(300),
+            ms(600_000),
+        )?,
+        cache_max_age: get(
+            "cache_max_age",
+            &t.cache_max_age,
+            ms(5000),
+            ms(10),
+            ms(60_000),
+        )?,
+    })
 }
 
 fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {

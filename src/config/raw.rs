@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub timers: RawTimers,
+    #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// The public authority agents address; sent upstream as X-Forwarded-Host.
     #[serde(default)]
@@ -130,6 +132,16 @@ pub struct RawLimits {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+}
+
+/// Background cadences; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimers {
+    pub sweep_every: Option<String>,
+    pub watch_every: Option<String>,
+    pub replay_lease: Option<String>,
+    pub cache_max_age: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

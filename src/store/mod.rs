@@ -184,8 +184,17 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
 }
 
 /// The longest a cached credential or switch state is served without re-reading the
-/// store, even while the invalidation feed is live: the backstop for a lost notice.
-pub const CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+/// store, even while the invalidation feed is live: the backstop for a lost notice
+/// (`timers.cache_max_age`, set from the config in force; one config per process).
+static CACHE_MAX_AGE_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5_000);
+
+pub fn cache_max_age() -> std::time::Duration {
+    std::time::Duration::from_millis(CACHE_MAX_AGE_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+pub fn set_cache_max_age(d: std::time::Duration) {
+    CACHE_MAX_AGE_MS.store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The store is known to be down (a fast refusal): counted, not logged each time.
 pub(crate) fn known_down() -> Error {

@@ -65,12 +65,10 @@ async fn rotation_under_load_refuses_nothing_and_keeps_the_chain() {
     files.sort();
     assert!(files.len() >= 3, "rotation happened: {files:?}");
     files.push(dir.join("audit.jsonl"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("audit")
-        .arg("verify")
-        .args(&files)
-        .output()
-        .unwrap();
+    let mut args = vec!["audit".to_string(), "verify".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = crate::common::run_bin(&args, &[], crate::common::CLI_BOUND);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

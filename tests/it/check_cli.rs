@@ -2,7 +2,7 @@
 //! one exits 1 and says where (`file:line:col`) and which key path is wrong.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 const KEY_VAR: &str = "PC_CHECK_TEST_TICKETS_KEY";
 
@@ -33,16 +33,18 @@ agents: {{ bot: {{ profile: all }} }}
 fn check(dir: &Path, yaml: &str, with_key: bool) -> (Output, String) {
     let file = dir.join("routes.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.arg("check")
-        .arg("--config")
-        .arg(&file)
-        .current_dir(dir)
-        .env_remove(KEY_VAR);
-    if with_key {
-        cmd.env(KEY_VAR, "secret-value");
-    }
-    let out = cmd.output().expect("run portcullis check");
+    let path = file.display().to_string();
+    let env: &[(&str, &str)] = if with_key {
+        &[(KEY_VAR, "secret-value")]
+    } else {
+        &[]
+    };
+    let out = crate::common::run_bin_in(
+        Some(dir),
+        &["check", "--config", &path],
+        env,
+        crate::common::CLI_BOUND,
+    );
     (out, file.display().to_string())
 }
 

@@ -63,6 +63,160 @@ pub fn base_config() -> String {
     )
 }
 
+/// The background cadences the suite runs the proxy at (`timers:`), appended to a config
+/// that does not set its own: the sweeper and the config watcher tick every 100 ms, so
+/// expiries, abandoned parks and file reloads are seen in a tenth of the production
+/// time with the same code.
+pub const TEST_TIMERS: &str = "timers: { sweep_every: 100ms, watch_every: 100ms }";
+
+pub fn with_test_timers(yaml: &str) -> String {
+    if yaml.lines().any(|l| l.starts_with("timers:")) {
+        return yaml.to_string();
+    }
+    let mut s = yaml.to_string();
+    if !s.is_empty() && !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s.push_str(TEST_TIMERS);
+    s.push('\n');
+    s
+}
+
+/// Writes `bytes` to `path` through a temp file in the same directory and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, bytes).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+/// Polls `f` until it returns `Some`, with a short back-off (5 ms doubling to 100 ms),
+/// for at most `bound`; panics naming `what` when the bound passes. Replaces hand-written
+/// poll loops: the condition is the synchronisation, never a sleep.
+pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + bound;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not within {bound:?}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Runs the `portcullis` binary with `args` and `env` (no inherited operator token, admin
+/// address or audit HMAC key: a test passes those where it means to), its
+/// stdin closed, and waits at most `bound`: a hung CLI is killed and fails the test
+/// instead of hanging the suite.
+pub fn run_bin(args: &[&str], env: &[(&str, &str)], bound: Duration) -> std::process::Output {
+    run_bin_in(None, args, env, bound)
+}
+
+/// [`run_bin`] in working directory `cwd`.
+pub fn run_bin_in(
+    cwd: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    bound: Duration,
+) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.args(args)
+        .env_remove("PORTCULLIS_OPERATOR_TOKEN")
+        .env_remove("PORTCULLIS_ADMIN")
+        .env_remove("AUDIT_HMAC_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn portcullis");
+    let (out, err) = (
+        child.stdout.take().expect("stdout"),
+        child.stderr.take().expect("stderr"),
+    );
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+    let end = Instant::now() + bound;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait portcullis") {
+            break st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`portcullis {}` did not finish within {bound:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// How long a CLI run may take before the suite calls it hung.
+pub const CLI_BOUND: Duration = Duration::from_secs(60);
+
+/// A local address nothing will ever answer on: a socket bound to it, never listening,
+/// held for as long as this value lives, so no other test can take the port in between
+/// (connecting is refused at once).
+pub struct DeadPort {
+    _socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind a port");
+        let addr = socket.local_addr().expect("local addr");
+        DeadPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A [`DeadPort`] held until the test process exits (the socket is leaked on purpose:
+/// a handful of bound descriptors, and no test can ever be handed the port).
+pub fn dead_port() -> SocketAddr {
+    let d = DeadPort::new();
+    let addr = d.addr;
+    std::mem::forget(d);
+    addr
+}
+
+impl Default for DeadPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `base_config()` followed by `rest`.
 pub fn config(rest: &str) -> String {
     let mut s = base_config();
@@ -202,6 +356,7 @@ impl Proxy {
             std::fs::write(&p, bytes).expect("write file");
         }
         let config_path = dir.path().join("portcullis.yaml");
+        let config_yaml = &with_test_timers(config_yaml);
         std::fs::write(&config_path, config_yaml).expect("write config");
         // Run from a different directory so that relative paths must resolve against the config's dir.
         let cwd = dir.path().join("cwd");
@@ -254,12 +409,20 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Replaces the running proxy's config file the way an operator's deploy should:
+    /// a temp file renamed into place, so the file watcher never reads half a file.
+    /// The harness' test timers are added as at start.
+    pub fn write_config(&self, yaml: &str) {
+        write_atomically(&self.config_path, with_test_timers(yaml).as_bytes());
+    }
+
     /// Everything the process wrote to stderr and stdout so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
-    /// Waits (bounded) for `needle` to appear in the logs.
+    /// Waits (bounded) for `needle` to appear in the logs; whether it did.
+    #[must_use = "assert it: a line that never came means the check after it proves nothing"]
     pub async fn wait_for_log(&self, needle: &str, bound: Duration) -> bool {
         let logs = self.logs.clone();
         poll_until_async(bound, || logs.lock().unwrap().contains(needle)).await
@@ -301,8 +464,7 @@ impl Proxy {
     }
 
     /// An agent credential for `agent`, issued through the admin API (`POST /tokens`) as the
-    /// configured operator. Returns an empty string while the admin API has no `/tokens`
-    /// (identity not implemented yet); helpers then send no `Authorization` header.
+    /// configured operator.
     pub async fn agent_token(&self, agent: &str) -> String {
         let body = serde_json::json!({ "agent": agent, "ttl": "1h" }).to_string();
         let req = Request::post("/tokens")
@@ -314,11 +476,8 @@ impl Proxy {
         let resp = send(self.admin, req)
             .await
             .expect("POST /tokens on the admin listener");
-        if resp.status == 404 {
-            return String::new();
-        }
         assert!(
-            resp.status == 200 || resp.status == 201,
+            resp.status == 201,
             "POST /tokens answered {}: {}",
             resp.status,
             resp.text()
@@ -1247,14 +1406,6 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
         http::HeaderValue::from_static("application/json"),
     );
     r
-}
-
-/// A local port that was bound and released: connecting to it is refused.
-pub fn dead_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
 }
 
 /// Checks a proxy-generated refusal: status, JSON body with a non-empty `reason`,

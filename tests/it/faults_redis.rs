@@ -90,8 +90,10 @@ async fn scenario(fault: Fault) {
     assert_eq!(up.hits(), hits_at_503, "forwarded while redis was down");
     times.sort();
     let (median, p95, max) = (times[TIMED / 2], times[TIMED * 95 / 100], times[TIMED - 1]);
+    // Known-down refusals answer without waiting on redis (its response timeout is
+    // 500 ms); the bound leaves slack for a loaded machine and still tells the two apart.
     assert!(
-        median <= Duration::from_millis(10) && p95 <= Duration::from_millis(50),
+        median <= Duration::from_millis(100) && p95 <= Duration::from_millis(250),
         "503s while redis is known down took median {median:?}, p95 {p95:?} (max {max:?})"
     );
 

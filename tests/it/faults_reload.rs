@@ -18,17 +18,14 @@ async fn a_refused_reload_answers_422_with_the_file_position() {
     let before = op(&p, "GET", "/policy", None).await.json()["policy_version"].clone();
     // routes[0].upstream names an upstream that does not exist.
     let bad = good.replace("upstream: api }", "upstream: nope }");
-    std::fs::write(&p.config_path, &bad).unwrap();
+    p.write_config(&bad);
     let line = bad
         .lines()
         .position(|l| l.contains("upstream: nope"))
         .unwrap()
         + 1;
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(&p.config_path)
-        .output()
-        .unwrap();
+    let path = p.config_path.display().to_string();
+    let check = run_bin(&["check", "--config", &path], &[], CLI_BOUND);
     let check_text = String::from_utf8_lossy(&check.stderr).to_string()
         + &String::from_utf8_lossy(&check.stdout);
 
@@ -47,11 +44,12 @@ async fn a_refused_reload_answers_422_with_the_file_position() {
         "check printed {check_text:?}, reload said {detail:?}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["reload", "--admin", &format!("http://{}", p.admin)])
-        .env("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)
-        .output()
-        .unwrap();
+    let admin = format!("http://{}", p.admin);
+    let out = run_bin(
+        &["reload", "--admin", &admin],
+        &[("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)],
+        CLI_BOUND,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains(detail), "{stderr}");

@@ -1413,7 +1413,7 @@ async fn reload_on_sighup_and_on_file_change() {
     expect_allowed("before", &up, &p, "GET", "/reports", &bot).await;
 
     // A change to the file alone is picked up (bounded poll on GET /policy).
-    std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
+    p.write_config(&gate_config_text(&up.url(), false));
     let end = Instant::now() + Duration::from_secs(15);
     let mut v = v1.clone();
     while v == v1 && Instant::now() < end {
@@ -1438,7 +1438,11 @@ async fn reload_on_sighup_and_on_file_change() {
         .truncate(true)
         .open(&p.config_path)
         .unwrap();
-    std::io::Write::write_all(&mut &f, gate_config_text(&up.url(), true).as_bytes()).unwrap();
+    std::io::Write::write_all(
+        &mut &f,
+        common::with_test_timers(&gate_config_text(&up.url(), true)).as_bytes(),
+    )
+    .unwrap();
     f.set_modified(before).unwrap();
     drop(f);
     let st = Command::new("kill")
@@ -1456,6 +1460,15 @@ async fn reload_on_sighup_and_on_file_change() {
     assert_eq!(
         v3, v1,
         "SIGHUP did not reload the (restored) config within 15s"
+    );
+    // The watcher may have noticed the rewrite too (its tick is 100 ms here): the trail
+    // says which trigger reloaded, and the signal must be one of them.
+    assert!(
+        common::poll_until_async(Duration::from_secs(15), || p
+            .audit_text()
+            .contains("\"operator\":\"signal:SIGHUP\""))
+        .await,
+        "no reload record by signal:SIGHUP in the trail"
     );
     expect_allowed("route back after SIGHUP", &up, &p, "GET", "/reports", &bot).await;
 }

@@ -634,11 +634,8 @@ async fn check_warns_about_overrides_for_some_methods_only() {
         "\"POST /x/items/{id}/refund\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let path = cfg.display().to_string();
+    let out = run_bin(&["check", "--config", &path], &[], CLI_BOUND);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(

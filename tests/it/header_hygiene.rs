@@ -336,7 +336,13 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
         .header("x-request-id")
         .unwrap_or_default()
         .to_string();
-    f.proxy.wait_for_log(&last_id, Duration::from_secs(5)).await;
+    assert!(
+        !last_id.is_empty()
+            && f.proxy
+                .wait_for_log(&last_id, Duration::from_secs(10))
+                .await,
+        "the request's log line (id {last_id:?}) was written"
+    );
     let logs = f.proxy.logs();
     assert!(!logs.is_empty());
     assert!(
@@ -382,7 +388,10 @@ async fn upstream_failure_does_not_leak_the_secret() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(!r.all_text().contains(CANARY));
     let id = r.header("x-request-id").unwrap_or_default().to_string();
-    proxy.wait_for_log(&id, Duration::from_secs(5)).await;
+    assert!(
+        !id.is_empty() && proxy.wait_for_log(&id, Duration::from_secs(10)).await,
+        "the request's log line (id {id:?}) was written"
+    );
     assert!(
         !proxy.logs().contains(CANARY),
         "secret in the proxy's log:\n{}",

@@ -1,7 +1,8 @@
-//! Issue 13: a replay's lease follows its live owner. The owner renews it (every 2 s,
-//! 6 s by the store's clock) while the upstream works, so an upstream slower than the
-//! lease does not turn a live replay `unknown` on another replica; a killed owner's
-//! replay is `unknown` on the other replica within about ten seconds, and never sent twice.
+//! Issue 13: a replay's lease follows its live owner. The owner renews it (every third
+//! of `timers.replay_lease`, by the store's clock) while the upstream works, so an
+//! upstream slower than the lease does not turn a live replay `unknown` on another
+//! replica; a killed owner's replay is `unknown` on the other replica within about a
+//! lease, and never sent twice. The suite runs a 3-s lease (`TEST_LEASE`).
 
 use crate::common::Proxy;
 use crate::support::approvals::*;
@@ -28,9 +29,9 @@ async fn a_slow_upstream_outlives_the_lease_and_the_replay_still_executes() {
         up.wait_hits(1, Duration::from_secs(10)).await,
         "the replay was sent"
     );
-    // Hold the upstream for longer than one lease (6 s) while B's sweeper runs each second.
+    // Hold the upstream for one and a half leases while B's sweeper runs.
     let held = Instant::now();
-    while held.elapsed() < Duration::from_secs(9) {
+    while held.elapsed() < TEST_LEASE * 3 / 2 {
         let v = view(b.admin, &id).await;
         assert_eq!(
             v["state"],
@@ -47,7 +48,7 @@ async fn a_slow_upstream_outlives_the_lease_and_the_replay_still_executes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_owner_leaves_unknown_on_the_other_replica_within_ten_seconds() {
+async fn a_killed_owner_leaves_unknown_on_the_other_replica_within_about_a_lease() {
     let redis = RedisServer::start();
     let prefix = random_prefix();
     let up = ReplayUpstream::start_holding().await;
@@ -78,7 +79,8 @@ async fn a_killed_owner_leaves_unknown_on_the_other_replica_within_ten_seconds()
     assert_eq!(v["state"], "unknown", "{v}");
     let took = killed.elapsed();
     eprintln!("unknown on the survivor {took:?} after the owner was killed");
-    assert!(took < Duration::from_secs(11), "took {took:?}");
+    // A lease, the sweeper's tick, and generous slack for a loaded machine.
+    assert!(took < TEST_LEASE + Duration::from_secs(8), "took {took:?}");
     up.release();
     assert_eq!(up.hits(), 1, "never a second call");
 }
@@ -113,9 +115,9 @@ async fn restarting_a_replica_with_the_same_node_name_leaves_the_others_replay_a
     sigkill(other);
     let _ = other.wait_exit(Duration::from_secs(10)).await;
     let restarted = replica("proxy-a", &up, &redis, &prefix);
-    // Its start-up sweep and three more seconds of sweeps leave the live replay alone.
+    // Its start-up sweep and a lease and a half of sweeps leave the live replay alone.
     let since = Instant::now();
-    while since.elapsed() < Duration::from_secs(3) {
+    while since.elapsed() < TEST_LEASE * 3 / 2 {
         let v = view(restarted.admin, &id).await;
         assert_eq!(v["state"], "executing", "after the restart: {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;

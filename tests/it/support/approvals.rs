@@ -42,6 +42,10 @@ pub const RESULT_BODY: &[u8] = b"{\"refund\":\"r-991\",\"note\":\"caf\xc3\xa9\"}
 /// How long anything the proxy does on its own (replay, sweep) may take to show.
 pub const BOUND: Duration = Duration::from_secs(15);
 
+/// The replay lease these configs set (`timers.replay_lease`; production: 6 s). The
+/// owner renews it every third, so a live replay outlasts it by design.
+pub const TEST_LEASE: Duration = Duration::from_secs(3);
+
 pub fn sha_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -54,9 +58,11 @@ pub fn sha_hex(s: &str) -> String {
 /// `approval_ttl: 1s`) — all three in the `approval:` list of profile `drafter`.
 /// Agents `bot`, `other`, `bot2`, `bot3` (tenant acme), all `drafter`.
 pub fn config(node: &str, store: &str, upstream_url: &str, extra: &str) -> String {
+    let lease = TEST_LEASE.as_millis();
     let mut s = format!(
         r#"listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
+timers: {{ sweep_every: 100ms, watch_every: 100ms, replay_lease: {lease}ms }}
 node: {node}
 store: {store}
 audit: {{ path: data/audit.jsonl }}

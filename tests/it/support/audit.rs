@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,15 +149,7 @@ pub fn s<'a>(what: &str, r: &'a Value, k: &str) -> &'a str {
 
 /// Runs `portcullis ARGS` with `env` (bounded: the verbs used here exit by themselves).
 pub fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.args(args)
-        .env_remove("AUDIT_HMAC_KEY")
-        .env_remove("PORTCULLIS_OPERATOR_TOKEN")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run portcullis")
+    common::run_bin(args, env, common::CLI_BOUND)
 }
 
 /// Runs `portcullis audit verify FILES..` (+ `extra` args).

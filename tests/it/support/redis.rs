@@ -1,4 +1,4 @@
-//! A real `redis-server` for tests: its own process on an ephemeral loopback port and
+//! A real `redis-server` for tests: its own process on a loopback port and
 //! its own temp dir, ready once a TCP `PING` answers `+PONG` (a bounded poll, never a
 //! fixed sleep), killed on drop. `start_aof` persists every write (`appendfsync always`)
 //! so `restart` proves data survives a server restart.
@@ -22,10 +22,25 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
+/// A free port drawn at random from *below* the kernel's ephemeral range: nothing on the
+/// machine is ever handed one of these implicitly (listeners on port 0 and outgoing
+/// connections take theirs from the ephemeral range), so a server killed for a fault
+/// test gets its port back on restart instead of finding another test on it.
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_001));
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One `PING` over a fresh TCP connection; true if the answer is `+PONG`.
