@@ -1110,9 +1110,42 @@ pub enum Behaviour {
     Consume,
     /// Waits this long before sending response headers, then echoes.
     Slow(Duration),
-    /// Waits until [`Upstream::release`] before sending response headers, then echoes.
+    /// Waits until [`Upstream::release`] before sending response headers, then echoes
+    /// (the same as [`Upstream::start_holding`] with [`Behaviour::Echo`]).
     Hold,
+    /// Reads the body, answers this status, headers and body.
+    Reply(Reply),
+    /// Answers the status the last path segment names (`/x/503` → 503; otherwise 200)
+    /// with `{"status":N}`.
+    StatusFromPath,
 }
+
+/// A programmed answer: status, headers, body.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// How much of each request body the upstream keeps in [`Seen::body`] (all of it is
+/// counted in `body_bytes` and checked against the pattern).
+pub const CAPTURE_CAP: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyState {
@@ -1131,6 +1164,8 @@ pub struct Seen {
     /// Header names lower-case, in the order hyper parsed them.
     pub headers: Vec<(String, String)>,
     pub body_bytes: u64,
+    /// The body's first [`CAPTURE_CAP`] bytes.
+    pub body: Vec<u8>,
     pub body_pattern_ok: bool,
     pub body_state: BodyState,
     /// Trailer fields received after a chunked body.
@@ -1155,6 +1190,8 @@ impl Seen {
 
 struct UpState {
     behaviour: Behaviour,
+    /// Answers wait for [`Upstream::release`] (after the body is read).
+    hold: bool,
     hits: AtomicUsize,
     connections: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
@@ -1179,7 +1216,12 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts a plain HTTP upstream (HTTP/1.1) on the current tokio runtime.
     pub async fn start(behaviour: Behaviour) -> Upstream {
-        Self::start_inner(behaviour, None).await
+        Self::start_inner(behaviour, false, None).await
+    }
+
+    /// Like [`Upstream::start`], each answer held until [`Upstream::release`].
+    pub async fn start_holding(behaviour: Behaviour) -> Upstream {
+        Self::start_inner(behaviour, true, None).await
     }
 
     /// Starts an HTTPS upstream whose certificate a fresh private CA signed.
@@ -1188,19 +1230,25 @@ impl Upstream {
         let leaf = ca.issue();
         let acceptor =
             tokio_rustls::TlsAcceptor::from(Arc::new(tls_server_config(&leaf, &[b"http/1.1"])));
-        let mut u = Self::start_inner(behaviour, Some(acceptor)).await;
+        let mut u = Self::start_inner(behaviour, false, Some(acceptor)).await;
         u.ca_pem = Some(ca.pem());
         u
     }
 
-    async fn start_inner(behaviour: Behaviour, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+    async fn start_inner(
+        behaviour: Behaviour,
+        hold: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let (release, _) = watch::channel(false);
+        let hold = hold || matches!(behaviour, Behaviour::Hold);
         let state = Arc::new(UpState {
             behaviour,
+            hold,
             hits: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
@@ -1279,7 +1327,30 @@ impl Upstream {
             .expect("the upstream saw no request")
     }
 
-    /// Lets held ([`Behaviour::Hold`]) requests answer, now and from now on.
+    /// Requests whose whole body arrived, in arrival order.
+    pub fn got(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.body_state == BodyState::Complete)
+            .collect()
+    }
+
+    /// Waits (bounded) until `n` requests have arrived with their whole body.
+    pub async fn wait_got(&self, n: usize, bound: Duration) -> bool {
+        let st = self.state.clone();
+        poll_until_async(bound, || {
+            st.seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.body_state == BodyState::Complete)
+                .count()
+                >= n
+        })
+        .await
+    }
+
+    /// Lets held requests answer, now and from now on.
     pub fn release(&self) {
         self.state.release.send_replace(true);
     }
@@ -1319,6 +1390,7 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
             version: parts.version,
             headers: headers_vec(&parts.headers),
             body_bytes: 0,
+            body: Vec::new(),
             body_pattern_ok: true,
             body_state: BodyState::Reading,
             trailers: Vec::new(),
@@ -1353,6 +1425,10 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
                     }
                     n += d.len() as u64;
                     let mut seen = st.seen.lock().unwrap();
+                    let keep = CAPTURE_CAP
+                        .saturating_sub(seen[idx].body.len())
+                        .min(d.len());
+                    seen[idx].body.extend_from_slice(&d[..keep]);
                     seen[idx].body_bytes = n;
                     seen[idx].body_pattern_ok = ok;
                 }
@@ -1382,11 +1458,37 @@ async fn handle_upstream(st: Arc<UpState>, req: Request<Incoming>) -> Response<B
         return r;
     }
 
+    if let Behaviour::Slow(d) = &st.behaviour {
+        tokio::time::sleep(*d).await;
+    }
+    if st.hold {
+        let mut rx = st.release.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
     match &st.behaviour {
-        Behaviour::Slow(d) => tokio::time::sleep(*d).await,
-        Behaviour::Hold => {
-            let mut rx = st.release.subscribe();
-            let _ = rx.wait_for(|v| *v).await;
+        Behaviour::Reply(reply) => {
+            let mut r = Response::new(full(reply.body.clone()));
+            *r.status_mut() = StatusCode::from_u16(reply.status).expect("a valid status");
+            for (name, value) in &reply.headers {
+                r.headers_mut().append(
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                    http::HeaderValue::from_str(value).expect("a header value"),
+                );
+            }
+            return r;
+        }
+        Behaviour::StatusFromPath => {
+            let code = parts
+                .uri
+                .path()
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK);
+            let mut r = Response::new(full(format!("{{\"status\":{}}}", code.as_u16())));
+            *r.status_mut() = code;
+            return r;
         }
         _ => {}
     }

@@ -7,19 +7,10 @@
 
 use crate::common::{self, Proxy, Resp};
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Issues agent credentials (all roles, so a refusal to approve is about having issued).
 pub const ISSUER: &str = "pco-approvals-issuer-6d0c1f93a2b84e57";
@@ -121,163 +112,37 @@ pub fn redis_store(prefix: &str) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// One request as the upstream received it, body included.
-#[derive(Clone, Debug)]
-pub struct Got {
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+pub type Got = common::Seen;
 
-impl Got {
-    pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_all(name).first().copied()
+/// The harness upstream ([`common::Upstream`]) answering what a replayed request gets:
+/// [`RESULT_STATUS`] with `X-Upstream-Marker: RESULT_MARKER` and [`RESULT_BODY`] —
+/// after [`common::Upstream::release`] if it holds.
+pub struct ReplayUpstream(pub common::Upstream);
+
+impl std::ops::Deref for ReplayUpstream {
+    type Target = common::Upstream;
+    fn deref(&self) -> &common::Upstream {
+        &self.0
     }
 }
 
-struct UpState {
-    hits: AtomicUsize,
-    got: Mutex<Vec<Got>>,
-    hold: bool,
-    release: watch::Sender<bool>,
-}
-
-/// A real HTTP/1.1 server on 127.0.0.1:0 that counts and records every request (counted
-/// when its head arrives) and answers [`RESULT_STATUS`] with `X-Upstream-Marker:
-/// RESULT_MARKER` and [`RESULT_BODY`] — after [`ReplayUpstream::release`] if it holds.
-pub struct ReplayUpstream {
-    pub addr: SocketAddr,
-    state: Arc<UpState>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ReplayUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+fn replay_result() -> common::Behaviour {
+    common::Behaviour::Reply(
+        common::Reply::new(RESULT_STATUS, Bytes::from_static(RESULT_BODY))
+            .header("content-type", "application/json; charset=utf-8")
+            .header("x-upstream-marker", RESULT_MARKER),
+    )
 }
 
 impl ReplayUpstream {
     pub async fn start() -> ReplayUpstream {
-        Self::start_inner(false).await
+        ReplayUpstream(common::Upstream::start(replay_result()).await)
     }
 
-    /// Holds every request (after reading its body) until [`ReplayUpstream::release`].
+    /// Holds every request (after reading its body) until released.
     pub async fn start_holding() -> ReplayUpstream {
-        Self::start_inner(true).await
+        ReplayUpstream(common::Upstream::start_holding(replay_result()).await)
     }
-
-    async fn start_inner(hold: bool) -> ReplayUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let addr = listener.local_addr().unwrap();
-        let (release, _) = watch::channel(false);
-        let state = Arc::new(UpState {
-            hits: AtomicUsize::new(0),
-            got: Mutex::new(Vec::new()),
-            hold,
-            release,
-        });
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        ReplayUpstream { addr, state, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn hits(&self) -> usize {
-        self.state.hits.load(Ordering::SeqCst)
-    }
-
-    pub fn got(&self) -> Vec<Got> {
-        self.state.got.lock().unwrap().clone()
-    }
-
-    pub fn release(&self) {
-        self.state.release.send_replace(true);
-    }
-
-    /// Waits (bounded) until `n` requests have arrived.
-    pub async fn wait_hits(&self, n: usize, bound: Duration) -> bool {
-        let st = self.state.clone();
-        common::poll_until_async(bound, || st.hits.load(Ordering::SeqCst) >= n).await
-    }
-
-    /// Waits (bounded) until `n` requests have arrived with their whole body.
-    pub async fn wait_got(&self, n: usize, bound: Duration) -> bool {
-        let st = self.state.clone();
-        common::poll_until_async(bound, || st.got.lock().unwrap().len() >= n).await
-    }
-}
-
-async fn answer(st: Arc<UpState>, req: Request<Incoming>) -> Response<common::Body> {
-    st.hits.fetch_add(1, Ordering::SeqCst);
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes().to_vec())
-        .unwrap_or_default();
-    st.got.lock().unwrap().push(Got {
-        method: parts.method.as_str().to_string(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body,
-    });
-    if st.hold {
-        let mut rx = st.release.subscribe();
-        let _ = rx.wait_for(|v| *v).await;
-    }
-    let mut r = Response::new(common::full(Bytes::from_static(RESULT_BODY)));
-    *r.status_mut() = http::StatusCode::from_u16(RESULT_STATUS).unwrap();
-    r.headers_mut().insert(
-        "content-type",
-        http::HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    r.headers_mut().insert(
-        "x-upstream-marker",
-        http::HeaderValue::from_static(RESULT_MARKER),
-    );
-    r
 }
 
 // ---------------------------------------------------------------------------------------
@@ -298,68 +163,28 @@ impl Hooked {
     }
 }
 
-/// A real HTTP server that records every request it gets and answers 200.
-pub struct Hook {
-    pub addr: SocketAddr,
-    got: Arc<Mutex<Vec<Hooked>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// The harness upstream as a webhook receiver: records every request, answers 200.
+pub struct Hook(common::Upstream);
 
 impl Hook {
     pub async fn start() -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind hook");
-        let addr = listener.local_addr().unwrap();
-        let got: Arc<Mutex<Vec<Hooked>>> = Arc::default();
-        let g = got.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let g = g.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let g = g.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let raw = body
-                                .collect()
-                                .await
-                                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                                .unwrap_or_default();
-                            g.lock().unwrap().push(Hooked {
-                                method: parts.method.as_str().to_string(),
-                                content_type: parts
-                                    .headers
-                                    .get("content-type")
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string),
-                                raw,
-                            });
-                            Ok::<_, std::convert::Infallible>(Response::new(common::full("ok")))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Hook { addr, got, task }
+        Hook(common::Upstream::start(common::Behaviour::Reply(common::Reply::new(200, "ok"))).await)
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        format!("{}/hook", self.0.url())
     }
 
     pub fn got(&self) -> Vec<Hooked> {
-        self.got.lock().unwrap().clone()
+        self.0
+            .got()
+            .into_iter()
+            .map(|s| Hooked {
+                method: s.method.clone(),
+                content_type: s.header("content-type").map(str::to_string),
+                raw: String::from_utf8_lossy(&s.body).into_owned(),
+            })
+            .collect()
     }
 
     /// The posts about approval `id` so far.
@@ -372,17 +197,16 @@ impl Hook {
 
     /// Waits (bounded) until at least `n` posts about `id` have arrived.
     pub async fn wait_about(&self, id: &str, n: usize, bound: Duration) -> bool {
-        let got = self.got.clone();
-        let id = id.to_string();
-        common::poll_until_async(bound, || {
-            got.lock()
-                .unwrap()
-                .iter()
-                .filter(|h| h.json()["approval_id"].as_str() == Some(id.as_str()))
-                .count()
-                >= n
-        })
-        .await
+        let end = Instant::now() + bound;
+        loop {
+            if self.about(id).len() >= n {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

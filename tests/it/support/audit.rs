@@ -6,19 +6,13 @@
 //! Include with `mod common;` first, then `#[path = "support/audit.rs"] mod audit_support;`.
 #![allow(dead_code)]
 
-use crate::common::{self, Body, Proxy};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use crate::common::{self, Proxy};
+use http::Request;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// How long an audit record may take to appear (allow records are group-committed).
 pub const RECORD_BOUND: Duration = Duration::from_secs(10);
@@ -236,67 +230,20 @@ pub fn chain_files(live: &Path) -> Vec<PathBuf> {
 // An upstream that answers with a chosen status
 // ---------------------------------------------------------------------------------------
 
-/// A real hyper upstream answering `GET .../<code>` with that status (200 otherwise) and a
-/// small JSON body; counts the requests that reach it.
-pub struct StatusUpstream {
-    pub addr: std::net::SocketAddr,
-    hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// The harness upstream answering the status its last path segment names (`/x/503` →
+/// 503, otherwise 200) with a small JSON body.
+pub struct StatusUpstream(common::Upstream);
 
-impl Drop for StatusUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
+impl std::ops::Deref for StatusUpstream {
+    type Target = common::Upstream;
+    fn deref(&self) -> &common::Upstream {
+        &self.0
     }
 }
 
 impl StatusUpstream {
     pub async fn start() -> StatusUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let h = hits.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let h = h.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let code = req
-                                .uri()
-                                .path()
-                                .rsplit('/')
-                                .next()
-                                .and_then(|s| s.parse::<u16>().ok())
-                                .and_then(|c| StatusCode::from_u16(c).ok())
-                                .unwrap_or(StatusCode::OK);
-                            let mut r: Response<Body> = Response::new(common::full(format!(
-                                "{{\"status\":{}}}",
-                                code.as_u16()
-                            )));
-                            *r.status_mut() = code;
-                            Ok::<_, std::convert::Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        StatusUpstream { addr, hits, task }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
+        StatusUpstream(common::Upstream::start(common::Behaviour::StatusFromPath).await)
     }
 }
 
