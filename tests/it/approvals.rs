@@ -912,7 +912,7 @@ async fn change_then_approve_fails(agent: &str, change: Change) {
             let from = r#"approval: ["tickets.refund", "tickets.close", "tickets.quick"]"#;
             assert!(text.contains(from));
             let text = text.replace(from, r#"approval: ["tickets.refund", "tickets.quick"]"#);
-            std::fs::write(&p.config_path, text).unwrap();
+            common::write_atomically(&p.config_path, text.as_bytes());
             call("POST", "/reload".into(), None).await;
             let r = agent_call(p.addr, &token, "POST", "/tickets/9/close", &[], b"{}").await;
             assert_eq!(

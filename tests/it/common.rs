@@ -47,19 +47,83 @@ pub fn operator_hash() -> String {
     hex::encode(Sha256::digest(OPERATOR_SECRET.as_bytes()))
 }
 
-/// The keys every test config shares: loopback listeners on port 0, the embedded store,
-/// the audit file, one operator (`tester`) and one agent (`bot`, tenant `acme`, admin profile).
-/// Append `upstreams:`, `routes:` and anything else a test needs.
+/// The head every test config starts with: loopback listeners on port 0, optionally a
+/// `node:` name, the store (default: embedded, `data/p.redb`), the audit sink (default:
+/// `data/audit.jsonl`) and an `operators:` list starting with `tester` (all roles, secret
+/// [`OPERATOR_SECRET`]). A config continues it with more `  - { name: … }` operator lines
+/// or the next top-level key. It is a format argument: `format!("{head}upstreams: …")`.
+#[derive(Clone, Debug)]
+pub struct Head {
+    node: Option<String>,
+    store: String,
+    audit: String,
+    tester: bool,
+}
+
+impl Head {
+    pub fn new() -> Head {
+        Head {
+            node: None,
+            store: "{ embedded: data/p.redb }".into(),
+            audit: "{ path: data/audit.jsonl }".into(),
+            tester: true,
+        }
+    }
+    pub fn node(mut self, node: &str) -> Head {
+        self.node = Some(node.into());
+        self
+    }
+    /// The `store:` value (YAML, flow style).
+    pub fn store(mut self, store: &str) -> Head {
+        self.store = store.into();
+        self
+    }
+    /// The `audit:` value (YAML, flow style).
+    pub fn audit(mut self, audit: &str) -> Head {
+        self.audit = audit.into();
+        self
+    }
+    /// An `operators:` list that does not start with `tester` (the config lists its own).
+    pub fn without_tester(mut self) -> Head {
+        self.tester = false;
+        self
+    }
+}
+
+impl Default for Head {
+    fn default() -> Head {
+        Head::new()
+    }
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "listen: 127.0.0.1:0")?;
+        writeln!(f, "admin_listen: 127.0.0.1:0")?;
+        if let Some(n) = &self.node {
+            writeln!(f, "node: {n}")?;
+        }
+        writeln!(f, "store: {}", self.store)?;
+        writeln!(f, "audit: {}", self.audit)?;
+        writeln!(f, "operators:")?;
+        if self.tester {
+            writeln!(
+                f,
+                "  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}",
+                operator_hash()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Head`] and one agent (`bot`, tenant `acme`, admin profile). Append `upstreams:`,
+/// `routes:` and anything else a test needs.
 pub fn base_config() -> String {
     format!(
-        "listen: 127.0.0.1:0\n\
-         admin_listen: 127.0.0.1:0\n\
-         store: {{ embedded: data/p.redb }}\n\
-         audit: {{ path: data/audit.jsonl }}\n\
-         operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
-         profiles: {{ all: {{ admin: true }} }}\n\
+        "{}profiles: {{ all: {{ admin: true }} }}\n\
          agents: {{ bot: {{ profile: all, tenant: acme }} }}\n",
-        operator_hash()
+        Head::new()
     )
 }
 

@@ -313,13 +313,7 @@ impl Who {
 
 fn proxy_config(backend: SocketAddr) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store: {{ embedded: data/p.redb }}
-audit: {{ path: data/audit.jsonl, redact_query: [], max_refusals_per_second: 1000000 }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api:
     url: http://{backend}
     inject: {{ header: X-Api-Key, value_env: DIFF_API_KEY }}
@@ -353,7 +347,9 @@ agents:
   lowbot: {{ profile: low, tenant: acme }}
   midbot: {{ profile: mid, tenant: beta }}
 "#,
-        op = operator_hash(),
+        head = Head::new().audit(
+            "{ path: data/audit.jsonl, redact_query: [], max_refusals_per_second: 1000000 }"
+        ),
     )
 }
 

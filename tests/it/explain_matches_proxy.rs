@@ -9,13 +9,7 @@ use serde_json::Value;
 
 fn cfg(url: &str) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store: {{ embedded: data/p.redb }}
-audit: {{ path: data/audit.jsonl }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api: {{ url: "{url}" }}
 sensitive_paths: ["/x/admin/{{*rest}}"]
 routes:
@@ -43,7 +37,7 @@ profiles:
 agents:
   low: {{ profile: low, tenant: acme }}
 "#,
-        op = operator_hash(),
+        head = Head::new(),
     )
 }
 

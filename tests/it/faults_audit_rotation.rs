@@ -129,9 +129,10 @@ async fn rotation_while_the_disk_is_full_keeps_the_chain_whole() {
         .filter(|a| a.0 == 200)
         .map(|a| &a.1)
         .collect();
-    let files = chain_files(&audit);
     let end = Instant::now() + BOUND;
-    let recs = loop {
+    let (files, recs) = loop {
+        // Listed afresh each time: the writer may rotate again while the backlog drains.
+        let files = chain_files(&audit);
         let recs: Vec<serde_json::Value> = files.iter().flat_map(|f| records_of(f)).collect();
         let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
         for r in &recs {
@@ -140,7 +141,7 @@ async fn rotation_while_the_disk_is_full_keeps_the_chain_whole() {
             }
         }
         if ok.iter().all(|id| per_id.get(id.as_str()) == Some(&1)) {
-            break recs;
+            break (files, recs);
         }
         assert!(
             Instant::now() < end,

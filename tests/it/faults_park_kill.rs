@@ -14,7 +14,7 @@ use crate::common;
 use crate::support::approvals as approvals_support;
 use crate::support::redis as redis_support;
 
-use crate::common::Proxy;
+use crate::common::{Head, Proxy};
 use crate::support::approvals::{
     admin, approve, sha_hex, sigkill, wait_state, ReplayUpstream, ALICE, ISSUER, UPSTREAM_KEY,
 };
@@ -56,13 +56,7 @@ fn cfg(shared: &Path, store: Option<&str>, up: &ReplayUpstream) -> String {
         agents.push_str(&format!("  a{i}: {{ profile: drafter, tenant: acme }}\n"));
     }
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-node: kill-node
-store: {store}
-audit: {{ path: "{audit}" }}
-operators:
-  - {{ name: issuer, token_sha256: "{issuer}", roles: [viewer, approver, admin] }}
+        r#"{head}  - {{ name: issuer, token_sha256: "{issuer}", roles: [viewer, approver, admin] }}
   - {{ name: alice, token_sha256: "{alice}", roles: [viewer, approver] }}
 upstreams:
   api:
@@ -83,11 +77,17 @@ profiles:
 agents:
 {agents}limits: {{ max_pending_per_agent: 100000, request_deadline: 5s }}
 "#,
-        store = store.map_or_else(
-            || format!("{{ embedded: \"{}\" }}", shared.join("p.redb").display()),
-            str::to_string
-        ),
-        audit = shared.join("audit.jsonl").display(),
+        head = Head::new()
+            .node("kill-node")
+            .store(&store.map_or_else(
+                || format!("{{ embedded: \"{}\" }}", shared.join("p.redb").display()),
+                str::to_string
+            ))
+            .audit(&format!(
+                "{{ path: \"{}\" }}",
+                shared.join("audit.jsonl").display()
+            ))
+            .without_tester(),
         issuer = sha_hex(ISSUER),
         alice = sha_hex(ALICE),
         url = up.url(),

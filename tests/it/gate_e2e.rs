@@ -1324,7 +1324,7 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     expect_allowed("agent before reload", &up, &p, "GET", "/tickets/1", &other).await;
 
     // Remove the /reports route, then reload.
-    std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
+    p.write_config(&gate_config_text(&up.url(), false));
     let r = op(&p, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "POST /reload: {}", r.text());
     let v2 = policy_version(&p).await;
@@ -1364,7 +1364,7 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     // An invalid config is refused whole; the old one keeps serving.
     let mut bad = gate_config_text(&up.url(), true);
     bad.push_str("no_such_key: true\n");
-    std::fs::write(&p.config_path, bad).unwrap();
+    p.write_config(&bad);
     let r = op(&p, "POST", "/reload", None).await;
     assert!(
         r.status >= 400,

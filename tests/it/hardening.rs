@@ -12,13 +12,7 @@ const BOUND: Duration = Duration::from_secs(10);
 /// and `/enc` (`allow_encoded_slash`, `allow_body_on: [GET]`).
 fn hardened_config(url: &str, extra: &str) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store: {{ embedded: data/p.redb }}
-audit: {{ path: data/audit.jsonl, max_refusals_per_second: 1000 }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api: {{ url: "{url}" }}
 routes:
   - prefix: /x
@@ -48,7 +42,7 @@ agents:
   bot: {{ profile: all, tenant: acme }}
   low: {{ profile: low, tenant: acme }}
 {extra}"#,
-        op = operator_hash(),
+        head = Head::new().audit("{ path: data/audit.jsonl, max_refusals_per_second: 1000 }"),
     )
 }
 

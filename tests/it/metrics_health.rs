@@ -9,7 +9,7 @@
 use crate::common;
 use crate::support::audit as audit_support;
 
-use crate::common::{Behaviour, Proxy, Resp, Upstream, OPERATOR_SECRET};
+use crate::common::{Behaviour, Head, Proxy, Resp, Upstream, OPERATOR_SECRET};
 use crate::support::admin::{admin_call, call, issue, op_ok};
 use crate::support::audit::{parse_exposition, records_of, scrape, verify, wait_request_record};
 use serde_json::json;
@@ -25,14 +25,7 @@ const RECOVERY: Duration = Duration::from_secs(10);
 
 fn config(url: &str, dead: SocketAddr) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-node: metrics-node
-store: {{ embedded: data/p.redb }}
-audit: {{ path: {AUDIT} }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-  - {{ name: watcher, token_sha256: "{viewer}", roles: [viewer] }}
+        r#"{head}  - {{ name: watcher, token_sha256: "{viewer}", roles: [viewer] }}
 upstreams:
   api: {{ url: "{url}" }}
   down: {{ url: "http://{dead}", timeouts: {{ connect: 500ms, response: 2s }} }}
@@ -53,7 +46,9 @@ profiles:
 agents:
   bot: {{ profile: drafter, tenant: acme }}
 "#,
-        op = common::operator_hash(),
+        head = Head::new()
+            .node("metrics-node")
+            .audit(&format!("{{ path: {AUDIT} }}")),
         viewer = hex::encode(Sha256::digest(VIEWER_SECRET.as_bytes())),
     )
 }

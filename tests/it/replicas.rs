@@ -3,9 +3,7 @@
 //! once — the time each took is printed), a redis outage (fail closed, recover with the data), and a restart on the
 //! embedded store (tokens, budgets and switches survive).
 
-use crate::common;
-
-use crate::common::{Behaviour, Proxy, Resp, Upstream, OPERATOR_SECRET};
+use crate::common::{Behaviour, Head, Proxy, Resp, Upstream, OPERATOR_SECRET};
 use crate::support::admin::{admin_call, assert_unauthenticated, call, issue_at, Issued};
 use crate::support::redis::{random_prefix, RedisServer};
 use serde_json::{json, Value};
@@ -18,15 +16,10 @@ use std::time::{Duration, Instant};
 /// it fails on a replica that trusts its cache, not on a slow scheduler.
 const REPLICA_BOUND: Duration = Duration::from_secs(3);
 
-/// Everything but `store:` and `node:`.
+/// Everything after the head (listeners, `node:`, `store:`, audit, operators).
 fn body(up: &Upstream) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-audit: {{ path: data/audit.jsonl }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"upstreams:
   api:
     url: {url}
     tenant_header: X-Tenant-Id
@@ -43,24 +36,18 @@ agents:
   bot: {{ profile: drafter, tenant: acme }}
   ops: {{ profile: drafter, tenant: globex }}
 "#,
-        op = common::operator_hash(),
         url = up.url(),
     )
 }
 
 fn redis_config(up: &Upstream, node: &str, prefix: &str) -> String {
-    format!(
-        "node: {node}\nstore:\n  redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }}\n{}",
-        body(up)
-    )
+    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
+    format!("{}{}", Head::new().node(node).store(&store), body(up))
 }
 
 fn embedded_config(up: &Upstream, store: &std::path::Path) -> String {
-    format!(
-        "node: solo\nstore: {{ embedded: \"{}\" }}\n{}",
-        store.display(),
-        body(up)
-    )
+    let store = format!("{{ embedded: \"{}\" }}", store.display());
+    format!("{}{}", Head::new().node("solo").store(&store), body(up))
 }
 
 async fn admin_ok(admin: SocketAddr, method: &str, path: &str, b: Option<Value>) -> Value {

@@ -4,9 +4,7 @@
 //! Two `portcullis serve` processes on one real `redis-server`, one of them as a redis
 //! user whose ACL denies `PUBLISH`.
 
-use crate::common;
-
-use crate::common::{Behaviour, Proxy, Upstream, OPERATOR_SECRET};
+use crate::common::{Behaviour, Head, Proxy, Upstream, OPERATOR_SECRET};
 use crate::support::admin::{admin_call, call, issue_at};
 use crate::support::redis::{random_prefix, RedisServer};
 use serde_json::json;
@@ -19,15 +17,7 @@ const STALE_BOUND: Duration = Duration::from_secs(4);
 
 fn cfg(up: &Upstream, node: &str, prefix: &str, url_env: &str) -> String {
     format!(
-        r#"node: {node}
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store:
-  redis: {{ url_env: {url_env}, key_prefix: "{prefix}" }}
-audit: {{ path: data/audit.jsonl }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api: {{ url: "{url}" }}
 routes:
   - {{ prefix: /tickets, upstream: api, tool_prefix: tickets }}
@@ -36,7 +26,9 @@ profiles:
 agents:
   bot: {{ profile: drafter, tenant: acme }}
 "#,
-        op = common::operator_hash(),
+        head = Head::new().node(node).store(&format!(
+            "{{ redis: {{ url_env: {url_env}, key_prefix: \"{prefix}\" }} }}"
+        )),
         url = up.url(),
     )
 }

@@ -1,6 +1,5 @@
 //! Small helpers over `tests/common` for the identity/gate tests: admin API calls as an
 //! operator, token issue/revoke, agent-port calls, and the deny-body check.
-//! Include with `mod common;` first, then `#[path = "support/admin.rs"] mod admin_support;`.
 #![allow(dead_code)]
 
 use crate::common::{self, Proxy, Resp, OPERATOR_SECRET};

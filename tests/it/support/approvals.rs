@@ -2,10 +2,9 @@
 //! (an `issuer` who issues agent credentials, two approvers `alice` and `bob`, a viewer
 //! `carol`), a recording upstream that answers replays with a distinctive response (or
 //! holds them until released), a webhook receiver, and small admin/agent calls.
-//! Include with `mod common;` first, then `#[path = "support/approvals.rs"] mod approvals_support;`.
 #![allow(dead_code)]
 
-use crate::common::{self, Proxy, Resp};
+use crate::common::{self, Head, Proxy, Resp};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -51,17 +50,11 @@ pub fn sha_hex(s: &str) -> String {
 pub fn config(node: &str, store: &str, upstream_url: &str, extra: &str) -> String {
     let lease = TEST_LEASE.as_millis();
     let mut s = format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-timers: {{ sweep_every: 100ms, watch_every: 100ms, replay_lease: {lease}ms }}
-node: {node}
-store: {store}
-audit: {{ path: data/audit.jsonl }}
-operators:
-  - {{ name: issuer, token_sha256: "{issuer}", roles: [viewer, approver, admin] }}
+        r#"{head}  - {{ name: issuer, token_sha256: "{issuer}", roles: [viewer, approver, admin] }}
   - {{ name: alice, token_sha256: "{alice}", roles: [viewer, approver] }}
   - {{ name: bob, token_sha256: "{bob}", roles: [viewer, approver] }}
   - {{ name: carol, token_sha256: "{carol}", roles: [viewer] }}
+timers: {{ sweep_every: 100ms, watch_every: 100ms, replay_lease: {lease}ms }}
 upstreams:
   api:
     url: {upstream_url}/v2
@@ -87,6 +80,7 @@ agents:
   bot2: {{ profile: drafter, tenant: acme }}
   bot3: {{ profile: drafter, tenant: acme }}
 "#,
+        head = Head::new().node(node).store(store).without_tester(),
         issuer = sha_hex(ISSUER),
         alice = sha_hex(ALICE),
         bob = sha_hex(BOB),

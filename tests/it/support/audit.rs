@@ -3,7 +3,6 @@
 //! small upstream that answers with the status named in its path, and a Prometheus text
 //! exposition parser.
 //!
-//! Include with `mod common;` first, then `#[path = "support/audit.rs"] mod audit_support;`.
 #![allow(dead_code)]
 
 use crate::common::{self, Proxy};

@@ -3,7 +3,6 @@
 //! filled to the last byte or the last inode and freed again, and a tally of answers by
 //! status for the closing report of each scenario.
 //!
-//! Include with `mod common;` first, then `#[path = "support/faults.rs"] mod faults_support;`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
