@@ -153,21 +153,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).expect("rename into place");
 }
 
-/// Polls `f` until it returns `Some`, with a short back-off (5 ms doubling to 100 ms),
-/// for at most `bound`; panics naming `what` when the bound passes. Replaces hand-written
-/// poll loops: the condition is the synchronisation, never a sleep.
+/// Polls `f` until it returns `Ok`, with a short back-off (5 ms doubling to 100 ms), for
+/// at most `bound`; then panics naming `what` and the last `Err` (the state it saw, for
+/// the failure message). Replaces hand-written poll loops: the condition is the
+/// synchronisation, never a sleep.
 pub async fn eventually<T, F, Fut>(what: &str, bound: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let end = Instant::now() + bound;
     let mut pause = Duration::from_millis(5);
     loop {
-        if let Some(v) = f().await {
-            return v;
+        match f().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < end,
+                "{what}: not within {bound:?}; last seen: {last}"
+            ),
         }
-        assert!(Instant::now() < end, "{what}: not within {bound:?}");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     }

@@ -66,6 +66,17 @@ async fn readyz(p: &Proxy) -> u16 {
     admin_call(p.admin, "GET", "/readyz", "", None).await.status
 }
 
+/// Waits (bounded) until `/readyz` answers `want`.
+async fn wait_ready(p: &Proxy, want: u16, what: &str) {
+    eventually(what, BOUND, || async {
+        match readyz(p).await {
+            s if s == want => Ok(()),
+            s => Err(format!("/readyz {s}")),
+        }
+    })
+    .await
+}
+
 /// Waits (bounded) for every id in `ids` to have a record; panics naming the missing.
 async fn wait_records(audit: &Path, ids: &[String]) -> Vec<Value> {
     let end = Instant::now() + BOUND;
@@ -153,14 +164,7 @@ async fn full_audit_disk_forwards_nothing_unrecorded_and_recovers_in_order() {
 
     // Space returns: ready again once the kept records are written.
     fs.free();
-    let end = Instant::now() + BOUND;
-    while readyz(&p).await != 200 {
-        assert!(
-            Instant::now() < end,
-            "not ready within {BOUND:?} of space returning"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&p, 200, "ready again once space returns").await;
     let after = burst(p.addr, &token, 10).await;
     assert!(after.iter().all(|a| a.status == 200), "{after:?}");
     answers.extend(after);
@@ -265,29 +269,19 @@ async fn records_past_max_pending_bytes_leave_one_gap_record() {
     // Records wait in the queue until the writer's next retry; only when that fails too
     // are they moved to the bounded backlog. Wait until it has taken them all and
     // counted the overflow, with the disk still full.
-    let end = Instant::now() + BOUND;
-    loop {
+    eventually("the writer shelves the records", BOUND, || async {
         let m = scrape(&p).await;
         let lost = m.sum("portcullis_audit_records_lost_total");
         let queued = m.sum("portcullis_audit_queue_depth");
         if lost > 0.0 && queued == 0.0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("lost {lost}, queued {queued}"))
         }
-        assert!(
-            Instant::now() < end,
-            "the writer did not shelve the records within {BOUND:?} (lost {lost}, queued {queued})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     fs.free();
-    let end = Instant::now() + BOUND;
-    while readyz(&p).await != 200 {
-        assert!(
-            Instant::now() < end,
-            "not ready within {BOUND:?} of space returning"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&p, 200, "ready again once space returns").await;
     let recs = records_of(&audit);
     let gaps: Vec<&Value> = recs.iter().filter(|r| r["event"] == "gap").collect();
     assert_eq!(

@@ -922,17 +922,17 @@ async fn redis_outage_fails_closed_and_recovers() {
     }
 
     server.restart();
-    let end = Instant::now() + Duration::from_secs(10);
-    let tok = loop {
-        if let Ok(Some(t)) = s.get_token("33330001").await {
-            break t;
-        }
-        assert!(
-            Instant::now() < end,
-            "store did not recover after redis came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let tok = crate::common::eventually(
+        "the store recovers after redis comes back",
+        Duration::from_secs(10),
+        || async {
+            match s.get_token("33330001").await {
+                Ok(Some(t)) => Ok(t),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(tok.id, "33330001", "token survived the redis restart (AOF)");
     assert_eq!(s.switches().await.unwrap().disabled_agents, set(&["bot"]));
     wait_live(&s).await;

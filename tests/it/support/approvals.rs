@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Issues agent credentials (all roles, so a refusal to approve is about having issued).
 pub const ISSUER: &str = "pco-approvals-issuer-6d0c1f93a2b84e57";
@@ -191,16 +191,7 @@ impl Hook {
 
     /// Waits (bounded) until at least `n` posts about `id` have arrived.
     pub async fn wait_about(&self, id: &str, n: usize, bound: Duration) -> bool {
-        let end = Instant::now() + bound;
-        loop {
-            if self.about(id).len() >= n {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::poll_until_async(bound, || self.about(id).len() >= n).await
     }
 }
 
@@ -264,17 +255,19 @@ pub async fn approve(admin_addr: SocketAddr, who: &str, id: &str, body: Option<V
 
 /// Polls `GET /approvals/{id}` (bounded) until its `state` is `want`; returns the last view.
 pub async fn wait_state(admin_addr: SocketAddr, id: &str, want: &str, bound: Duration) -> Value {
-    let end = Instant::now() + bound;
-    loop {
-        let v = view(admin_addr, id).await;
-        if v["state"] == want {
-            return v;
-        }
-        if Instant::now() >= end {
-            panic!("approval {id} did not reach `{want}` within {bound:?}; last view: {v}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        &format!("approval {id} reaches `{want}`"),
+        bound,
+        || async {
+            let v = view(admin_addr, id).await;
+            if v["state"] == want {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await
 }
 
 /// A request on the agent port with `token`, `extra` headers and `body`.
@@ -355,19 +348,18 @@ pub async fn agent_status(p: &Proxy, token: &str, id: &str, wait: Option<u64>) -
 
 /// Polls the agent's view (bounded) until `status` is `want`; returns it.
 pub async fn agent_wait_status(p: &Proxy, token: &str, id: &str, want: &str) -> Value {
-    let end = Instant::now() + BOUND;
-    loop {
+    let what = format!("approval {id} shows `{want}` to the agent");
+    common::eventually(&what, BOUND, || async {
         let r = agent_status(p, token, id, None).await;
         assert_eq!(r.status, 200, "agent poll of {id}: {}", r.text());
         let v = r.json();
         if v["status"] == want {
-            return v;
+            Ok(v)
+        } else {
+            Err(v.to_string())
         }
-        if Instant::now() >= end {
-            panic!("approval {id} did not show `{want}` to the agent within {BOUND:?}; last: {v}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Parses an RFC 3339 timestamp into milliseconds since the epoch.
