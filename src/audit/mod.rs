@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Queue depth beyond which requests are refused rather than recorded late.
-const QUEUE: usize = 65_536;
 
 /// One event. Every field is always present in the line (null when unknown), so a SIEM
 /// sees one schema. Never a secret, an Authorization/Cookie value, or a body.
@@ -131,6 +129,9 @@ impl Health {
 pub struct Audit {
     tx: std::sync::mpsc::SyncSender<Msg>,
     health: Arc<Health>,
+    /// Queue depth beyond which requests are refused rather than recorded late
+    /// (`audit.max_queue_records`).
+    queue: usize,
 }
 
 impl Audit {
@@ -145,14 +146,15 @@ impl Audit {
             idle: AtomicBool::new(false),
             path: cfg.path.clone(),
         });
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let queue = cfg.max_queue_records;
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
         let w = writer::Writer::open(cfg, node, health.clone())
             .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| Error::Internal(format!("audit writer: {e}")))?;
-        Ok(Audit { tx, health })
+        Ok(Audit { tx, health, queue })
     }
 
     /// Whether a request may proceed to be recorded: the writer is healthy, its queue
@@ -160,7 +162,7 @@ impl Audit {
     pub fn ready(&self) -> bool {
         let h = &self.health;
         h.healthy.load(Ordering::Acquire)
-            && (h.depth.load(Ordering::Relaxed) as usize) < QUEUE
+            && (h.depth.load(Ordering::Relaxed) as usize) < self.queue
             && h.file_in_place()
     }
 
@@ -174,7 +176,7 @@ impl Audit {
     /// Counts a record against the queue bound; refuses when full.
     fn admit(&self) -> Result<(), Error> {
         let depth = self.health.depth.fetch_add(1, Ordering::Relaxed);
-        if depth as usize >= QUEUE {
+        if depth as usize >= self.queue {
             self.health.depth.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full")
                 .increment(1);

@@ -73,6 +73,9 @@ pub struct AuditConfig {
     /// Records kept in memory while the trail cannot be written, written first when it
     /// can again; past this, they are counted into one `gap` record.
     pub max_pending_bytes: u64,
+    /// Records waiting for the writer beyond which requests are refused (503
+    /// `audit_unavailable`) rather than recorded late. Read at start.
+    pub max_queue_records: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -713,6 +716,16 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
             None => 100,
         },
         max_pending_bytes: a.max_pending_bytes.unwrap_or(64 << 20),
+        max_queue_records: match a.max_queue_records {
+            None => 65_536,
+            Some(n @ 16..=16_777_216) => n as usize,
+            Some(_) => {
+                return Err(c.err(
+                    "audit.max_queue_records",
+                    "must be between 16 and 16777216",
+                ))
+            }
+        },
     })
 }
 

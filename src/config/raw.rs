@@ -108,6 +108,8 @@ pub struct RawAudit {
     pub max_refusals_per_second: Option<u32>,
     #[serde(default)]
     pub max_pending_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_queue_records: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
