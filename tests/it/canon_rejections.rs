@@ -6,6 +6,7 @@
 //! them before they left the test.
 
 use crate::common::*;
+use std::time::Duration;
 
 struct Fixture {
     up: Upstream,
@@ -155,9 +156,10 @@ async fn raw_backslash_semicolon_and_non_ascii_refused() {
     .await;
 }
 
-/// Raw control bytes and bytes that are not UTF-8 in the request line are refused by the
-/// HTTP parser before the proxy sees a request (so no JSON body is required here), and
-/// are never forwarded.
+/// Raw control bytes and raw bytes that are not UTF-8 in the request line are refused by
+/// the HTTP/1 parser before the proxy sees a request: a bare 400 (no proxy decision).
+/// Raw non-ASCII that is valid UTF-8 reaches canonicalisation and is refused as
+/// `non_ascii`. None is forwarded; a clean request on the same proxy is.
 #[tokio::test]
 async fn raw_control_and_invalid_utf8_bytes_refused_and_not_forwarded() {
     let f = setup().await;
@@ -169,19 +171,27 @@ async fn raw_control_and_invalid_utf8_bytes_refused_and_not_forwarded() {
         b"/api/a\xffb",
         b"/api/a\xc3b",
     ] {
-        let r = try_raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
-        // Refused: either a 400, or the connection is closed without an answer.
-        if let Ok(r) = r {
-            assert_eq!(
-                r.status,
-                400,
-                "{:?}: {}",
-                String::from_utf8_lossy(t),
-                r.text()
-            );
-        }
+        let what = String::from_utf8_lossy(t);
+        let r = try_raw_request(f.proxy.addr, &f.req("GET", t, ""))
+            .await
+            .unwrap_or_else(|e| panic!("{what:?}: no answer ({e})"));
+        assert_eq!(r.status, 400, "{what:?}: {}", r.text());
+        assert_eq!(
+            r.header("portcullis-decision"),
+            None,
+            "{what:?}: the parser, not the proxy, refuses it"
+        );
+    }
+    for t in [&b"/api/a\xc3\xa9b"[..], b"/api/\xe2\x80\xaex"] {
+        let what = String::from_utf8_lossy(t);
+        let r = raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
+        assert_eq!(assert_refusal(&what, &r, 400), "non_ascii", "{what:?}");
     }
     assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+    assert_eq!(
+        f.expect_forwarded(b"/api/a%C3%A9b").await,
+        "/base/api/a%C3%A9b"
+    );
 }
 
 #[tokio::test]
@@ -428,22 +438,30 @@ async fn path_under_no_route_is_403_no_route_and_not_forwarded() {
 #[tokio::test]
 async fn internal_prefix_is_never_forwarded() {
     let f = setup().await;
-    for t in [
-        &b"/_portcullis"[..],
-        b"/_portcullis/",
-        b"/_portcullis/tools",
-        b"/_portcullis/approvals/abc",
-        b"/%5Fportcullis/tools",
-        b"/%5fportcullis/approvals/abc/result",
+    // (target, status the proxy itself answers): unknown internal paths and ids are 404,
+    // the tool listing is the agent's own; an escaped `_` is the same path.
+    for (t, status) in [
+        (&b"/_portcullis"[..], 404),
+        (b"/_portcullis/", 404),
+        (b"/_portcullis/nothing", 404),
+        (b"/_portcullis/tools", 200),
+        (b"/_portcullis/approvals/abc", 404),
+        (b"/%5Fportcullis/tools", 200),
+        (b"/%5fportcullis/approvals/abc/result", 404),
     ] {
         let r = raw_request(f.proxy.addr, &f.req("GET", t, "")).await;
         let what = String::from_utf8_lossy(t);
-        // Whatever the proxy answers itself, it is not the upstream's echo.
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
-            assert!(
-                v.get("target").is_none(),
-                "{what} reached the upstream: {v}"
-            );
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        let v = r.json();
+        assert!(
+            v.get("target").is_none(),
+            "{what} reached the upstream: {v}"
+        );
+        if status == 200 {
+            assert_eq!(v["agent"], "bot", "{what}: {v}");
+            assert!(v["tools"].is_array(), "{what}: {v}");
+        } else {
+            assert_eq!(v["reason"], "not_found", "{what}: {v}");
         }
         assert!(
             r.header("x-request-id").is_some(),
@@ -451,6 +469,13 @@ async fn internal_prefix_is_never_forwarded() {
         );
     }
     assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+    // Without a credential it is a bare 401 like any other path.
+    let r = raw_request(
+        f.proxy.addr,
+        &raw_get("GET", b"/_portcullis/tools", &f.host, "", ""),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{}", r.text());
     // The same proxy does forward a normal request (the fixture is live).
     assert_eq!(f.expect_forwarded(b"/api/x").await, "/base/api/x");
 }
@@ -485,4 +510,217 @@ async fn refused_request_on_a_keep_alive_connection_forwards_nothing() {
     } else {
         assert!(forwarded.is_empty(), "{forwarded:?}");
     }
+}
+
+/// What one row of the reason table must be answered with.
+#[derive(Clone, Copy, Debug)]
+enum Want {
+    /// A proxy answer: this status and `reason`, `Portcullis-Decision` deny (4xx) or
+    /// error (5xx), the body's `request_id` equal to `X-Request-Id`, and an audit record
+    /// with the same reason and status.
+    Proxy(u16, &'static str),
+    /// Refused by the HTTP/1 parser before the proxy sees a request: this status, no
+    /// proxy body. (Bytes that `http::Uri` cannot hold never reach canonicalisation.)
+    Parser(u16),
+}
+
+fn head(method: &str, target: &[u8], host: &str, token: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(method.as_bytes());
+    v.push(b' ');
+    v.extend_from_slice(target);
+    v.extend_from_slice(b" HTTP/1.1\r\n");
+    if !host.is_empty() {
+        v.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
+    }
+    v.extend_from_slice(Proxy::auth_line(token).as_bytes());
+    v.extend_from_slice(extra.as_bytes());
+    v.extend_from_slice(b"Connection: close\r\n\r\n");
+    v.extend_from_slice(body);
+    v
+}
+
+/// Issue 14: every canonicalisation reason and every upstream-error reason the product
+/// has, pinned as (request, status, reason) through the real binary, each checked in
+/// the response and in the audit trail; nothing refused reaches an upstream, and
+/// controls on the same routes are forwarded.
+#[tokio::test]
+async fn every_refusal_and_upstream_error_reason_end_to_end() {
+    let api = Upstream::start(Behaviour::Echo).await;
+    let slow = Upstream::start(Behaviour::Slow(Duration::from_secs(30))).await;
+    let held = Upstream::start(Behaviour::Hold).await;
+    let dead = crate::net_support::HeldPort::new();
+    let cfg = config(&format!(
+        "limits: {{ max_body_bytes: 1024, request_deadline: 3s }}\n\
+         upstreams:\n\
+         \x20 api: {{ url: \"{api}\" }}\n\
+         \x20 dead: {{ url: \"http://{dead}\", timeouts: {{ connect: 10s }} }}\n\
+         \x20 slow: {{ url: \"{slow}\", timeouts: {{ response: 400ms }} }}\n\
+         \x20 held: {{ url: \"{held}\", timeouts: {{ response: 60s }} }}\n\
+         routes:\n\
+         \x20 - {{ prefix: /api, upstream: api }}\n\
+         \x20 - {{ prefix: /enc, upstream: api, allow_encoded_slash: true }}\n\
+         \x20 - {{ prefix: /known, upstream: api, unknown_paths: deny, paths: [\"/known/{{id}}\"] }}\n\
+         \x20 - {{ prefix: /dead, upstream: dead }}\n\
+         \x20 - {{ prefix: /slow, upstream: slow }}\n\
+         \x20 - {{ prefix: /held, upstream: held }}\n",
+        api = api.url(),
+        dead = dead.addr,
+        slow = slow.url(),
+        held = held.url(),
+    ));
+    let proxy = Proxy::start(&cfg, &[]);
+    let token = proxy.agent_token("bot").await;
+    let host = proxy.addr.to_string();
+    let h = host.as_str();
+    let t = token.as_str();
+    let form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n";
+    let rows: Vec<(&str, Vec<u8>, Want)> = vec![
+        // Canonicalisation of the target.
+        ("encoded /", head("GET", b"/api/a%2Fb", h, t, "", b""), Want::Proxy(400, "encoded_slash")),
+        ("encoded .", head("GET", b"/api/%2e%2e/x", h, t, "", b""), Want::Proxy(400, "encoded_dot")),
+        ("encoded \\", head("GET", b"/api/a%5Cb", h, t, "", b""), Want::Proxy(400, "encoded_backslash")),
+        ("encoded %", head("GET", b"/api/a%252e", h, t, "", b""), Want::Proxy(400, "encoded_percent")),
+        ("encoded ;", head("GET", b"/api/a%3Bb", h, t, "", b""), Want::Proxy(400, "encoded_semicolon")),
+        ("encoded #", head("GET", b"/api/a%23b", h, t, "", b""), Want::Proxy(400, "encoded_hash")),
+        ("encoded NUL", head("GET", b"/api/a%00b", h, t, "", b""), Want::Proxy(400, "encoded_control")),
+        ("encoded LF", head("GET", b"/api/a%0Ab", h, t, "", b""), Want::Proxy(400, "encoded_control")),
+        ("malformed escape", head("GET", b"/api/a%zzb", h, t, "", b""), Want::Proxy(400, "bad_escape")),
+        ("escape cut short", head("GET", b"/api/a%4", h, t, "", b""), Want::Proxy(400, "bad_escape")),
+        ("overlong UTF-8 `.`", head("GET", b"/api/%C0%AE", h, t, "", b""), Want::Proxy(400, "bad_utf8")),
+        ("lone continuation byte in the query", head("GET", b"/api/x?q=%80", h, t, "", b""), Want::Proxy(400, "bad_utf8")),
+        ("raw \\", head("GET", b"/api/a\\b", h, t, "", b""), Want::Proxy(400, "backslash")),
+        ("raw ; in the path", head("GET", b"/api/a;b=1", h, t, "", b""), Want::Proxy(400, "semicolon")),
+        ("raw ; in the query", head("GET", b"/api/a?x=1;y=2", h, t, "", b""), Want::Proxy(400, "semicolon")),
+        ("raw non-ASCII", head("GET", b"/api/caf\xc3\xa9", h, t, "", b""), Want::Proxy(400, "non_ascii")),
+        ("raw {", head("GET", b"/api/a{b", h, t, "", b""), Want::Proxy(400, "bad_character")),
+        ("raw |", head("GET", b"/api/a|b", h, t, "", b""), Want::Proxy(400, "bad_character")),
+        // Raw control bytes: the HTTP/1 parser refuses them first.
+        ("raw DEL", head("GET", b"/api/a\x7fb", h, t, "", b""), Want::Parser(400)),
+        ("raw ESC", head("GET", b"/api/a\x1bb", h, t, "", b""), Want::Parser(400)),
+        ("dot segment", head("GET", b"/api/x/../y", h, t, "", b""), Want::Proxy(400, "dot_segment")),
+        ("`.` segment", head("GET", b"/api/./y", h, t, "", b""), Want::Proxy(400, "dot_segment")),
+        ("empty segment", head("GET", b"/api//x", h, t, "", b""), Want::Proxy(400, "empty_segment")),
+        // Authority-form naming another host fails the Host check first (`host_mismatch`).
+        ("authority-form naming the proxy", head("GET", h.as_bytes(), h, t, "", b""), Want::Proxy(400, "authority_form")),
+        ("authority-form, other host", head("GET", b"example.com:80", h, t, "", b""), Want::Proxy(400, "host_mismatch")),
+        ("`*` target", head("GET", b"*", h, t, "", b""), Want::Proxy(400, "bad_target")),
+        ("absolute-form, other host", head("GET", b"http://evil.example/api/x", h, t, "", b""), Want::Proxy(400, "host_mismatch")),
+        // Host.
+        ("two Hosts", head("GET", b"/api/x", h, t, &format!("Host: {h}\r\n"), b""), Want::Proxy(400, "duplicate_host")),
+        ("no Host", head("GET", b"/api/x", "", t, "", b""), Want::Proxy(400, "missing_host")),
+        ("Host with userinfo", head("GET", b"/api/x", "u@evil.example", t, "", b""), Want::Proxy(400, "bad_host")),
+        // Headers.
+        ("X-HTTP-Method-Override", head("GET", b"/api/x", h, t, "X-HTTP-Method-Override: DELETE\r\n", b""), Want::Proxy(400, "method_override")),
+        ("_method query", head("GET", b"/api/x?_method=DELETE", h, t, "", b""), Want::Proxy(400, "method_override")),
+        ("header name with _", head("GET", b"/api/x", h, t, "X_Tenant_Id: evil\r\n", b""), Want::Proxy(400, "underscore_header")),
+        ("Upgrade", head("GET", b"/api/x", h, t, "Upgrade: websocket\r\n", b""), Want::Proxy(400, "upgrade")),
+        // Methods.
+        ("TRACE", head("TRACE", b"/api/x", h, t, "", b""), Want::Proxy(405, "method_not_allowed")),
+        ("lower-case get", head("get", b"/api/x", h, t, "", b""), Want::Proxy(405, "method_not_allowed")),
+        // Route rules and bodies.
+        ("body on GET", head("GET", b"/api/x", h, t, "Content-Length: 5\r\n", b"hello"), Want::Proxy(400, "body_not_allowed")),
+        ("_method in a form body", head("POST", b"/api/x", h, t, form, b"_method=DELETE"), Want::Proxy(400, "method_override")),
+        (
+            "two Content-Types",
+            head("POST", b"/api/x", h, t, "Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n", b"{}"),
+            Want::Proxy(400, "ambiguous_content_type"),
+        ),
+        ("Content-Length over max_body_bytes", head("POST", b"/api/x", h, t, "Content-Length: 2048\r\n", &[b'x'; 2048]), Want::Proxy(413, "body_too_large")),
+        ("under no route", head("GET", b"/nowhere", h, t, "", b""), Want::Proxy(403, "no_route")),
+        ("unknown path of a deny route", head("GET", b"/known/1/x", h, t, "", b""), Want::Proxy(403, "unknown_path")),
+        // Upstream errors.
+        ("upstream refuses connections", head("GET", b"/dead/x", h, t, "", b""), Want::Proxy(502, "upstream_unreachable")),
+        ("upstream slower than its response timeout", head("GET", b"/slow/x", h, t, "", b""), Want::Proxy(504, "upstream_timeout")),
+        ("request past request_deadline", head("GET", b"/held/x", h, t, "", b""), Want::Proxy(504, "request_deadline")),
+    ];
+    let audit = proxy.path("data/audit.jsonl");
+    let mut failures = Vec::new();
+    let mut recorded = Vec::new();
+    for (what, bytes, want) in &rows {
+        let r = match try_raw_request(proxy.addr, bytes).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{what}: no response ({e})"));
+                continue;
+            }
+        };
+        match *want {
+            Want::Proxy(status, reason) => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                let decision = if status >= 500 { "error" } else { "deny" };
+                let id = r.header("x-request-id").unwrap_or_default().to_string();
+                if r.status != status
+                    || v["reason"].as_str() != Some(reason)
+                    || r.header("portcullis-decision") != Some(decision)
+                    || id.is_empty()
+                    || v["request_id"].as_str() != Some(id.as_str())
+                {
+                    failures.push(format!(
+                        "{what}: want {status} `{reason}` ({decision}); got {} {:?} decision {:?}: {}",
+                        r.status,
+                        v["reason"],
+                        r.header("portcullis-decision"),
+                        r.text()
+                    ));
+                } else {
+                    recorded.push((what.to_string(), id, status, reason));
+                }
+            }
+            Want::Parser(status) => {
+                if r.status != status || r.header("portcullis-decision").is_some() {
+                    failures.push(format!(
+                        "{what}: want a bare {status} from the HTTP parser; got {} {:?}: {}",
+                        r.status,
+                        r.headers,
+                        r.text()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "rows answered otherwise:\n{}",
+        failures.join("\n")
+    );
+    for (what, id, status, reason) in &recorded {
+        let rec = crate::support::audit::wait_request_record(&audit, id).await;
+        assert_eq!(rec["reason"].as_str(), Some(*reason), "{what}: audit {rec}");
+        assert_eq!(
+            rec["status"].as_u64(),
+            Some(*status as u64),
+            "{what}: audit {rec}"
+        );
+    }
+    assert_eq!(
+        api.hits(),
+        0,
+        "a refused request reached the upstream: {:#?}",
+        api.seen()
+    );
+    assert_eq!(
+        slow.hits(),
+        1,
+        "the slow upstream was asked once, not retried"
+    );
+    assert_eq!(held.hits(), 1, "the held upstream was asked once");
+    // Controls on the same proxy and routes: forwarded as they are.
+    for (target, seen) in [
+        (&b"/api/x?q=1"[..], "/api/x?q=1"),
+        (b"/enc/a%2Fb", "/enc/a%2Fb"),
+        (b"/known/1", "/known/1"),
+        (b"/api/caf%C3%A9", "/api/caf%C3%A9"),
+    ] {
+        let r = raw_request(proxy.addr, &head("GET", target, h, t, "", b"")).await;
+        assert_eq!(r.status, 200, "control {seen}: {}", r.text());
+        assert_eq!(api.last().target, seen);
+    }
+    let r = raw_request(
+        proxy.addr,
+        &head("POST", b"/api/x", h, t, form, b"_xethod=DELETE"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "control form: {}", r.text());
+    assert_eq!(api.hits(), 5);
 }
