@@ -46,14 +46,10 @@ async fn setup(behaviour: Behaviour, env_extra: &[(&str, &str)]) -> Fixture {
 }
 
 impl Fixture {
-    /// The agent's Authorization header line: its real token, or (before identity exists)
-    /// a stand-in, so that stripping the agent's credential is always exercised.
+    /// The agent's Authorization header line.
     fn agent_auth(&self) -> String {
-        if self.token.is_empty() {
-            "Authorization: Bearer agent-credential-stand-in\r\n".into()
-        } else {
-            format!("Authorization: Bearer {}\r\n", self.token)
-        }
+        assert!(self.token.starts_with("pcx_"), "{}", self.token);
+        format!("Authorization: Bearer {}\r\n", self.token)
     }
 }
 
@@ -151,13 +147,7 @@ fn assert_common_hygiene(f: &Fixture, s: &Seen) {
             !v.contains("6.6.6.6") && !v.contains("evil.example"),
             "client-forged value forwarded in `{n}: {v}`"
         );
-        assert!(
-            !v.contains("agent-credential-stand-in"),
-            "agent credential forwarded in `{n}`"
-        );
-        if !f.token.is_empty() {
-            assert!(!v.contains(&f.token), "agent token forwarded in `{n}`");
-        }
+        assert!(!v.contains(&f.token), "agent token forwarded in `{n}`");
         assert!(
             !v.contains("client-chosen-request-id"),
             "client's X-Request-Id forwarded in `{n}`"
@@ -169,13 +159,11 @@ fn assert_common_hygiene(f: &Fixture, s: &Seen) {
         !tenant.contains(&"other-tenant"),
         "client's tenant header forwarded: {tenant:?}"
     );
-    if !f.token.is_empty() {
-        assert_eq!(
-            tenant,
-            vec!["acme"],
-            "tenant header must be the agent's tenant, exactly once"
-        );
-    }
+    assert_eq!(
+        tenant,
+        vec!["acme"],
+        "tenant header must be the agent's tenant, exactly once"
+    );
     // End-to-end headers pass.
     assert_eq!(s.header_all("x-custom"), vec!["kept-end-to-end"]);
     assert_eq!(s.header_all("accept"), vec!["application/json"]);
@@ -359,9 +347,14 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
         .last()
         .unwrap()
         .header("x-request-id")
-        .unwrap_or_default()
+        .expect("X-Request-Id")
         .to_string();
-    f.proxy.wait_for_log(&last_id, Duration::from_secs(5)).await;
+    assert!(
+        f.proxy
+            .wait_for_log(&last_id, Duration::from_secs(10))
+            .await,
+        "the last request was never logged"
+    );
     let logs = f.proxy.logs();
     assert!(!logs.is_empty());
     assert!(
@@ -373,26 +366,25 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
         !audit.contains(CANARY) && !audit.contains(API_KEY),
         "secret in the audit file:\n{audit}"
     );
-    if !f.token.is_empty() {
-        let secret_part = f.token.rsplit('_').next().unwrap();
-        assert!(
-            !logs.contains(secret_part),
-            "agent token secret in the proxy's log"
-        );
-        assert!(
-            !audit.contains(secret_part),
-            "agent token secret in the audit file"
-        );
-    }
+    let secret_part = f.token.rsplit('_').next().unwrap();
+    assert!(
+        !logs.contains(secret_part),
+        "agent token secret in the proxy's log"
+    );
+    assert!(
+        !audit.contains(secret_part),
+        "agent token secret in the audit file"
+    );
 }
 
 #[tokio::test]
 async fn upstream_failure_does_not_leak_the_secret() {
     // Upstream down: the 502 must not quote the request it tried to send.
-    let dead = dead_port();
+    let dead = crate::net_support::HeldPort::new();
     let cfg = config(&format!(
-        "upstreams:\n  api:\n    url: \"http://{dead}/base\"\n    inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
-         routes:\n  - {{ prefix: /api, upstream: api }}\n"
+        "upstreams:\n  api:\n    url: \"http://{}/base\"\n    inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n",
+        dead.addr
     ));
     let auth = format!("Bearer {CANARY}");
     let proxy = Proxy::start(
@@ -405,9 +397,13 @@ async fn upstream_failure_does_not_leak_the_secret() {
     let token = proxy.agent_token("bot").await;
     let r = get(proxy.addr, "/api/x", &token).await;
     assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.reason().as_deref(), Some("upstream_unreachable"));
     assert!(!r.all_text().contains(CANARY));
-    let id = r.header("x-request-id").unwrap_or_default().to_string();
-    proxy.wait_for_log(&id, Duration::from_secs(5)).await;
+    let id = r.header("x-request-id").expect("X-Request-Id").to_string();
+    assert!(
+        proxy.wait_for_log(&id, Duration::from_secs(10)).await,
+        "the failed request was never logged"
+    );
     assert!(
         !proxy.logs().contains(CANARY),
         "secret in the proxy's log:\n{}",
