@@ -724,3 +724,440 @@ async fn every_refusal_and_upstream_error_reason_end_to_end() {
     assert_eq!(r.status, 200, "control form: {}", r.text());
     assert_eq!(api.hits(), 5);
 }
+
+/// What the h2 table expects for one stream.
+#[derive(Clone, Copy, Debug)]
+enum WantH2 {
+    /// The proxy's answer: status and `reason`.
+    Proxy(u16, &'static str),
+    /// The stream is reset with this HTTP/2 error code before the proxy sees it.
+    Reset(u32),
+    /// Forwarded: 200 from the upstream.
+    Ok,
+}
+
+/// The canonicalisation refusals over HTTP/2 (cleartext, prior knowledge), sent as raw
+/// frames so nothing is tidied on the way: each is answered with the same status and
+/// reason as over HTTP/1 (the table above), and what HTTP/2 itself forbids
+/// (connection-specific headers such as `Upgrade`) is reset with PROTOCOL_ERROR. One
+/// connection per row, so every status is read from a fresh HPACK context. Nothing
+/// refused reaches the upstream; the controls do.
+#[tokio::test]
+async fn h2_refuses_what_http1_refuses_with_the_same_reason() {
+    use crate::net_support::{h2_frame, H2Answer, H2Raw, DATA, END_STREAM, PROTOCOL_ERROR};
+    let api = Upstream::start(Behaviour::Echo).await;
+    let cfg = config(&format!(
+        "limits: {{ max_body_bytes: 1024 }}\n\
+         upstreams:\n  api: {{ url: \"{}\" }}\n\
+         routes:\n\
+         \x20 - {{ prefix: /api, upstream: api }}\n\
+         \x20 - {{ prefix: /enc, upstream: api, allow_encoded_slash: true }}\n\
+         \x20 - {{ prefix: /known, upstream: api, unknown_paths: deny, paths: [\"/known/{{id}}\"] }}\n",
+        api.url()
+    ));
+    let proxy = Proxy::start(&cfg, &[]);
+    let token = proxy.agent_token("bot").await;
+    let auth = format!("Bearer {token}");
+    let host = proxy.addr.to_string();
+    let big = "x".repeat(2048);
+    let form = "application/x-www-form-urlencoded";
+    // (what, method, path, :authority (None: left out), extra fields, body, expected)
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        WantH2,
+    );
+    let a = Some(host.as_str());
+    let rows: Vec<Row> = vec![
+        (
+            "encoded /",
+            "GET",
+            "/api/a%2Fb",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_slash"),
+        ),
+        (
+            "encoded .",
+            "GET",
+            "/api/%2e%2e/x",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_dot"),
+        ),
+        (
+            "encoded \\",
+            "GET",
+            "/api/a%5Cb",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_backslash"),
+        ),
+        (
+            "encoded %",
+            "GET",
+            "/api/a%252e",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_percent"),
+        ),
+        (
+            "encoded ;",
+            "GET",
+            "/api/a%3Bb",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_semicolon"),
+        ),
+        (
+            "encoded #",
+            "GET",
+            "/api/a%23b",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_hash"),
+        ),
+        (
+            "encoded NUL",
+            "GET",
+            "/api/a%00b",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "encoded_control"),
+        ),
+        (
+            "malformed escape",
+            "GET",
+            "/api/a%zzb",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "bad_escape"),
+        ),
+        (
+            "overlong UTF-8",
+            "GET",
+            "/api/%C0%AE",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "bad_utf8"),
+        ),
+        (
+            "raw \\",
+            "GET",
+            "/api/a\\b",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "backslash"),
+        ),
+        (
+            "raw ;",
+            "GET",
+            "/api/a;b=1",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "semicolon"),
+        ),
+        (
+            "raw {",
+            "GET",
+            "/api/a{b",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "bad_character"),
+        ),
+        (
+            "dot segment",
+            "GET",
+            "/api/x/../y",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "dot_segment"),
+        ),
+        (
+            "empty segment",
+            "GET",
+            "/api//x",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "empty_segment"),
+        ),
+        (
+            "`*` target",
+            "GET",
+            "*",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "bad_target"),
+        ),
+        (
+            "Host differs from :authority",
+            "GET",
+            "/api/x",
+            a,
+            vec![("host", "evil.example")],
+            "",
+            WantH2::Proxy(400, "host_mismatch"),
+        ),
+        (
+            "two Hosts",
+            "GET",
+            "/api/x",
+            None,
+            vec![("host", &host), ("host", &host)],
+            "",
+            WantH2::Proxy(400, "duplicate_host"),
+        ),
+        (
+            "no :authority, no Host",
+            "GET",
+            "/api/x",
+            None,
+            vec![],
+            "",
+            WantH2::Proxy(400, "missing_host"),
+        ),
+        (
+            "userinfo in :authority",
+            "GET",
+            "/api/x",
+            Some("u@evil.example"),
+            vec![],
+            "",
+            WantH2::Proxy(400, "bad_host"),
+        ),
+        (
+            "x-http-method-override",
+            "GET",
+            "/api/x",
+            a,
+            vec![("x-http-method-override", "DELETE")],
+            "",
+            WantH2::Proxy(400, "method_override"),
+        ),
+        (
+            "_method query",
+            "GET",
+            "/api/x?_method=DELETE",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(400, "method_override"),
+        ),
+        (
+            "header name with _",
+            "GET",
+            "/api/x",
+            a,
+            vec![("x_tenant_id", "evil")],
+            "",
+            WantH2::Proxy(400, "underscore_header"),
+        ),
+        (
+            "TRACE",
+            "TRACE",
+            "/api/x",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(405, "method_not_allowed"),
+        ),
+        (
+            "lower-case get",
+            "get",
+            "/api/x",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(405, "method_not_allowed"),
+        ),
+        (
+            "body on GET",
+            "GET",
+            "/api/x",
+            a,
+            vec![],
+            "hello",
+            WantH2::Proxy(400, "body_not_allowed"),
+        ),
+        (
+            "_method in a form body",
+            "POST",
+            "/api/x",
+            a,
+            vec![("content-type", form)],
+            "_method=DELETE",
+            WantH2::Proxy(400, "method_override"),
+        ),
+        (
+            "two Content-Types",
+            "POST",
+            "/api/x",
+            a,
+            vec![
+                ("content-type", "application/json"),
+                ("content-type", "text/plain"),
+            ],
+            "{}",
+            WantH2::Proxy(400, "ambiguous_content_type"),
+        ),
+        (
+            "content-length over max_body_bytes",
+            "POST",
+            "/api/x",
+            a,
+            vec![("content-length", "2048")],
+            &big,
+            WantH2::Proxy(413, "body_too_large"),
+        ),
+        (
+            "under no route",
+            "GET",
+            "/nowhere",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(403, "no_route"),
+        ),
+        (
+            "unknown path of a deny route",
+            "GET",
+            "/known/1/x",
+            a,
+            vec![],
+            "",
+            WantH2::Proxy(403, "unknown_path"),
+        ),
+        // Connection-specific headers are malformed HTTP/2: the stream is reset.
+        (
+            "upgrade",
+            "GET",
+            "/api/x",
+            a,
+            vec![("upgrade", "websocket")],
+            "",
+            WantH2::Reset(PROTOCOL_ERROR),
+        ),
+        (
+            "connection",
+            "GET",
+            "/api/x",
+            a,
+            vec![("connection", "close")],
+            "",
+            WantH2::Reset(PROTOCOL_ERROR),
+        ),
+        (
+            "te: gzip",
+            "GET",
+            "/api/x",
+            a,
+            vec![("te", "gzip")],
+            "",
+            WantH2::Reset(PROTOCOL_ERROR),
+        ),
+        (
+            "transfer-encoding",
+            "POST",
+            "/api/x",
+            a,
+            vec![("transfer-encoding", "chunked")],
+            "",
+            WantH2::Reset(PROTOCOL_ERROR),
+        ),
+        // Controls.
+        (
+            "control: plain GET",
+            "GET",
+            "/api/x?q=1",
+            a,
+            vec![],
+            "",
+            WantH2::Ok,
+        ),
+        (
+            "control: %2F where allowed",
+            "GET",
+            "/enc/a%2Fb",
+            a,
+            vec![],
+            "",
+            WantH2::Ok,
+        ),
+        (
+            "control: POST with a body",
+            "POST",
+            "/api/x",
+            a,
+            vec![("content-type", form)],
+            "a=1",
+            WantH2::Ok,
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut forwarded = 0;
+    for (what, method, path, authority, extra, body, want) in &rows {
+        let mut fields = vec![(":method", *method), (":scheme", "http")];
+        if let Some(au) = authority {
+            fields.push((":authority", au));
+        }
+        fields.push((":path", path));
+        fields.push(("authorization", auth.as_str()));
+        fields.extend(extra.iter().copied());
+        let mut h2 = H2Raw::connect(proxy.addr).await;
+        let mut bytes = H2Raw::headers_frames(1, &fields, body.is_empty());
+        if !body.is_empty() {
+            bytes.extend(h2_frame(DATA, END_STREAM, 1, body.as_bytes()));
+        }
+        h2.write(&bytes).await;
+        let got = h2.response(1, REQUEST_BOUND).await;
+        let ok = match (want, &got) {
+            (WantH2::Proxy(status, reason), H2Answer::Response { status: s, body }) => {
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                *s == Some(*status) && v["reason"].as_str() == Some(*reason)
+            }
+            (WantH2::Reset(code), H2Answer::Reset(c)) => c == code,
+            (WantH2::Ok, H2Answer::Response { status: s, body }) => {
+                forwarded += 1;
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+                *s == Some(200) && v["target"].as_str() == Some(*path)
+            }
+            _ => false,
+        };
+        if !ok {
+            let shown = match &got {
+                H2Answer::Response { status, body } => {
+                    format!("{status:?} {}", String::from_utf8_lossy(body))
+                }
+                H2Answer::Reset(c) => format!("RST_STREAM {c}"),
+            };
+            failures.push(format!("{what}: want {want:?}, got {shown}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "h2 rows answered otherwise:\n{}",
+        failures.join("\n")
+    );
+    assert_eq!(forwarded, 3);
+    let targets: Vec<String> = api.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, vec!["/api/x?q=1", "/enc/a%2Fb", "/api/x"]);
+}
