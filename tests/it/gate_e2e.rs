@@ -7,13 +7,13 @@
 use crate::common;
 
 use crate::common::{Behaviour, Proxy, Upstream, OPERATOR_SECRET};
+use crate::net_support::{replace_file, run_bin};
 use crate::support::admin::{
     admin_call, assert_denied, assert_unauthenticated, call, issue, op, op_ok, policy_version,
     retry_after, unauth_shape, Deny,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The upstream credential the proxy injects (never held by an agent).
@@ -1154,13 +1154,11 @@ async fn portcullis_tools_lists_what_the_agent_may_call_or_request() {
 // explain and policy tests
 // ---------------------------------------------------------------------------------------
 
+/// Bound for one CLI run (a hung binary fails its test instead of hanging the suite).
+const CLI_BOUND: Duration = Duration::from_secs(60);
+
 fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .env("API_KEY", UPSTREAM_KEY)
-        .env_remove("PORTCULLIS_OPERATOR_TOKEN")
-        .output()
-        .expect("run portcullis")
+    run_bin(args, &[("API_KEY", UPSTREAM_KEY)], CLI_BOUND)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1324,7 +1322,10 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     expect_allowed("agent before reload", &up, &p, "GET", "/tickets/1", &other).await;
 
     // Remove the /reports route, then reload.
-    std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
+    replace_file(
+        &p.config_path,
+        gate_config_text(&up.url(), false).as_bytes(),
+    );
     let r = op(&p, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "POST /reload: {}", r.text());
     let v2 = policy_version(&p).await;
@@ -1364,13 +1365,20 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     // An invalid config is refused whole; the old one keeps serving.
     let mut bad = gate_config_text(&up.url(), true);
     bad.push_str("no_such_key: true\n");
-    std::fs::write(&p.config_path, bad).unwrap();
+    replace_file(&p.config_path, bad.as_bytes());
     let r = op(&p, "POST", "/reload", None).await;
-    assert!(
-        r.status >= 400,
-        "an invalid config was accepted on reload: {} {}",
-        r.status,
+    assert_eq!(r.status, 422, "an invalid config on reload: {}", r.text());
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("invalid_config"),
+        "{}",
         r.text()
+    );
+    // The error names the file, line and column, and the key.
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(
+        detail.contains("portcullis.yaml:") && detail.contains("no_such_key"),
+        "{detail}"
     );
     assert_eq!(
         policy_version(&p).await,
@@ -1413,7 +1421,10 @@ async fn reload_on_sighup_and_on_file_change() {
     expect_allowed("before", &up, &p, "GET", "/reports", &bot).await;
 
     // A change to the file alone is picked up (bounded poll on GET /policy).
-    std::fs::write(&p.config_path, gate_config_text(&up.url(), false)).unwrap();
+    replace_file(
+        &p.config_path,
+        gate_config_text(&up.url(), false).as_bytes(),
+    );
     let end = Instant::now() + Duration::from_secs(15);
     let mut v = v1.clone();
     while v == v1 && Instant::now() < end {
@@ -1427,26 +1438,21 @@ async fn reload_on_sighup_and_on_file_change() {
     let r = call(p.addr, "GET", "/reports", &bot).await;
     assert_eq!(r.reason().as_deref(), Some("no_route"), "{}", r.text());
 
-    // SIGHUP: write the full config back with the mtime unchanged, so only the signal
-    // can explain a reload.
+    // SIGHUP: put the full config back (renamed into place) with the mtime unchanged, so
+    // only the signal can explain a reload.
     let before = std::fs::metadata(&p.config_path)
         .unwrap()
         .modified()
         .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&p.config_path)
-        .unwrap();
-    std::io::Write::write_all(&mut &f, gate_config_text(&up.url(), true).as_bytes()).unwrap();
+    let tmp = p.path("portcullis.yaml.sighup");
+    std::fs::write(&tmp, gate_config_text(&up.url(), true)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&tmp).unwrap();
     f.set_modified(before).unwrap();
     drop(f);
-    let st = Command::new("kill")
-        .arg("-HUP")
-        .arg(p.pid().to_string())
-        .status()
-        .expect("run kill -HUP");
-    assert!(st.success());
+    std::fs::rename(&tmp, &p.config_path).unwrap();
+    // SAFETY: a signal to the child process this test spawned and still owns.
+    let rc = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill(SIGHUP) failed");
     let end = Instant::now() + Duration::from_secs(15);
     let mut v3 = v.clone();
     while v3 == v && Instant::now() < end {
@@ -1669,12 +1675,11 @@ async fn cli_admin_flag_after_the_verb() {
         vec!["tokens", "issue", "bot", "--admin", &url],
         vec!["agents", "enable", "bot", "--admin", &url],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&args)
-            .env("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)
-            .env_remove("PORTCULLIS_ADMIN")
-            .output()
-            .expect("run portcullis");
+        let out = run_bin(
+            &args,
+            &[("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)],
+            CLI_BOUND,
+        );
         assert!(
             out.status.success(),
             "portcullis {}: {}{}",
@@ -1696,14 +1701,12 @@ fn cli(
 ) -> (bool, String, String) {
     // The admin URL through its environment variable (where `--admin` may go on the
     // command line is checked separately).
-    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    c.args(args)
-        .env("PORTCULLIS_ADMIN", format!("http://{admin}"))
-        .env_remove("PORTCULLIS_OPERATOR_TOKEN");
+    let url = format!("http://{admin}");
+    let mut env = vec![("PORTCULLIS_ADMIN", url.as_str())];
     if let Some(t) = token_env {
-        c.env("PORTCULLIS_OPERATOR_TOKEN", t);
+        env.push(("PORTCULLIS_OPERATOR_TOKEN", t));
     }
-    let out = c.output().expect("run portcullis");
+    let out = run_bin(args, &env, CLI_BOUND);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -31,6 +31,7 @@ mod header_hygiene;
 mod metrics_health;
 mod net_support;
 mod operator_ui;
+mod reload_live;
 mod replicas;
 mod replicas_invalidation;
 mod replicas_leases;

@@ -498,7 +498,7 @@ async fn reload_to(proxy: &Proxy, yaml: &str) -> String {
             .to_string()
     };
     let before = version().await;
-    std::fs::write(&proxy.config_path, yaml).unwrap();
+    crate::net_support::replace_file(&proxy.config_path, yaml.as_bytes());
     let r = common::admin_call(proxy.admin, "POST", "/reload", OPERATOR_SECRET, None).await;
     assert_eq!(r.status, 200, "reload: {}", r.text());
     let new = r.json()["policy_version"]
