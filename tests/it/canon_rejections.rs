@@ -39,17 +39,15 @@ impl Fixture {
         raw_get(method, target, &self.host, &self.token, extra)
     }
 
-    /// Sends every request, checks each is refused with `status` and a JSON reason, and
-    /// reports all mismatches together; then checks the upstream saw nothing.
-    async fn expect_refused(&self, status: u16, cases: &[(&str, Vec<u8>)]) {
+    /// Sends every request, checks each is refused with `status` and its expected
+    /// `reason`, and reports all mismatches together; then checks the upstream saw nothing.
+    async fn expect_refused(&self, status: u16, cases: &[(&str, Vec<u8>, &str)]) {
         let mut failures = Vec::new();
-        for (what, bytes) in cases {
+        for (what, bytes, want) in cases {
             let r = raw_request(self.proxy.addr, bytes).await;
             match check_refusal(&r, status) {
-                Ok(reason) if reason == "no_route" || reason == "unauthenticated" => {
-                    failures.push(format!("{what}: refused for the wrong reason `{reason}`"))
-                }
-                Ok(_) => {}
+                Ok(reason) if reason == *want => {}
+                Ok(reason) => failures.push(format!("{what}: reason `{reason}`, want `{want}`")),
                 Err(e) => failures.push(format!("{what}: {e}")),
             }
         }
@@ -88,8 +86,8 @@ impl Fixture {
     }
 }
 
-fn case(what: &str, bytes: Vec<u8>) -> (&str, Vec<u8>) {
-    (what, bytes)
+fn case<'a>(what: &'a str, bytes: Vec<u8>, reason: &'a str) -> (&'a str, Vec<u8>, &'a str) {
+    (what, bytes, reason)
 }
 
 #[tokio::test]
@@ -98,9 +96,13 @@ async fn encoded_slash_refused_unless_the_route_allows_it() {
     f.expect_refused(
         400,
         &[
-            case("%2F", f.req("GET", b"/api/a%2Fb", "")),
-            case("%2f", f.req("GET", b"/api/a%2fb", "")),
-            case("%2F at the end", f.req("GET", b"/api/a%2F", "")),
+            case("%2F", f.req("GET", b"/api/a%2Fb", ""), "encoded_slash"),
+            case("%2f", f.req("GET", b"/api/a%2fb", ""), "encoded_slash"),
+            case(
+                "%2F at the end",
+                f.req("GET", b"/api/a%2F", ""),
+                "encoded_slash",
+            ),
         ],
     )
     .await;
@@ -112,30 +114,30 @@ async fn encoded_slash_refused_unless_the_route_allows_it() {
 #[tokio::test]
 async fn encoded_backslash_percent_semicolon_hash_dot_nul_and_controls_refused() {
     let f = setup().await;
-    let targets: &[&[u8]] = &[
-        b"/api/a%5Cb",
-        b"/api/a%5cb",
-        b"/api/%5C..%5Cadmin",
-        b"/api/a%25b",
-        b"/api/%252e%252e/admin",
-        b"/api/a%3Bb",
-        b"/api/a%3bjsessionid=1",
-        b"/api/a%23frag",
-        b"/api/%2e%2e/admin",
-        b"/api/%2E%2E/admin",
-        b"/api/%2e/x",
-        b"/api/a%2eb",
-        b"/api/a%00b",
-        b"/api/a%00",
-        b"/api/a%0Ab",
-        b"/api/a%0d%0aX-Injected:%201",
-        b"/api/a%09b",
-        b"/api/a%1fb",
-        b"/api/a%7Fb",
+    let targets: &[(&[u8], &str)] = &[
+        (b"/api/a%5Cb", "encoded_backslash"),
+        (b"/api/a%5cb", "encoded_backslash"),
+        (b"/api/%5C..%5Cadmin", "encoded_backslash"),
+        (b"/api/a%25b", "encoded_percent"),
+        (b"/api/%252e%252e/admin", "encoded_percent"),
+        (b"/api/a%3Bb", "encoded_semicolon"),
+        (b"/api/a%3bjsessionid=1", "encoded_semicolon"),
+        (b"/api/a%23frag", "encoded_hash"),
+        (b"/api/%2e%2e/admin", "encoded_dot"),
+        (b"/api/%2E%2E/admin", "encoded_dot"),
+        (b"/api/%2e/x", "encoded_dot"),
+        (b"/api/a%2eb", "encoded_dot"),
+        (b"/api/a%00b", "encoded_control"),
+        (b"/api/a%00", "encoded_control"),
+        (b"/api/a%0Ab", "encoded_control"),
+        (b"/api/a%0d%0aX-Injected:%201", "encoded_control"),
+        (b"/api/a%09b", "encoded_control"),
+        (b"/api/a%1fb", "encoded_control"),
+        (b"/api/a%7Fb", "encoded_control"),
     ];
     let cases: Vec<_> = targets
         .iter()
-        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .map(|(t, r)| (std::str::from_utf8(t).unwrap(), f.req("GET", t, ""), *r))
         .collect();
     f.expect_refused(400, &cases).await;
 }
@@ -146,11 +148,23 @@ async fn raw_backslash_semicolon_and_non_ascii_refused() {
     f.expect_refused(
         400,
         &[
-            case("raw \\", f.req("GET", b"/api/a\\b", "")),
-            case("raw \\..\\", f.req("GET", b"/api\\..\\admin", "")),
-            case("raw ;", f.req("GET", b"/api/a;b=1", "")),
-            case("raw ; in query", f.req("GET", b"/api/a?x=1;y=2", "")),
-            case("raw UTF-8", f.req("GET", b"/api/caf\xc3\xa9", "")),
+            case("raw \\", f.req("GET", b"/api/a\\b", ""), "backslash"),
+            case(
+                "raw \\..\\",
+                f.req("GET", b"/api\\..\\admin", ""),
+                "backslash",
+            ),
+            case("raw ;", f.req("GET", b"/api/a;b=1", ""), "semicolon"),
+            case(
+                "raw ; in query",
+                f.req("GET", b"/api/a?x=1;y=2", ""),
+                "semicolon",
+            ),
+            case(
+                "raw UTF-8",
+                f.req("GET", b"/api/caf\xc3\xa9", ""),
+                "non_ascii",
+            ),
         ],
     )
     .await;
@@ -197,22 +211,22 @@ async fn raw_control_and_invalid_utf8_bytes_refused_and_not_forwarded() {
 #[tokio::test]
 async fn dot_segments_and_empty_segments_refused() {
     let f = setup().await;
-    let targets: &[&[u8]] = &[
-        b"/api/./x",
-        b"/api/x/./y",
-        b"/api/x/..",
-        b"/api/x/../y",
-        b"/api/../api/x",
-        b"/api/.",
-        b"/api/..",
-        b"/api//x",
-        b"//api/x",
-        b"/api/x//",
-        b"/api/x//y",
+    let targets: &[(&[u8], &str)] = &[
+        (b"/api/./x", "dot_segment"),
+        (b"/api/x/./y", "dot_segment"),
+        (b"/api/x/..", "dot_segment"),
+        (b"/api/x/../y", "dot_segment"),
+        (b"/api/../api/x", "dot_segment"),
+        (b"/api/.", "dot_segment"),
+        (b"/api/..", "dot_segment"),
+        (b"/api//x", "empty_segment"),
+        (b"//api/x", "empty_segment"),
+        (b"/api/x//", "empty_segment"),
+        (b"/api/x//y", "empty_segment"),
     ];
     let cases: Vec<_> = targets
         .iter()
-        .map(|t| (std::str::from_utf8(t).unwrap(), f.req("GET", t, "")))
+        .map(|(t, r)| (std::str::from_utf8(t).unwrap(), f.req("GET", t, ""), *r))
         .collect();
     f.expect_refused(400, &cases).await;
 }
@@ -224,20 +238,27 @@ async fn authority_form_star_and_foreign_absolute_form_refused() {
     f.expect_refused(
         400,
         &[
-            case("authority-form", f.req("GET", b"example.com:80", "")),
+            case(
+                "authority-form",
+                f.req("GET", b"example.com:80", ""),
+                "host_mismatch",
+            ),
             case(
                 "authority-form naming the proxy",
                 f.req("GET", own.as_bytes(), ""),
+                "authority_form",
             ),
-            case("OPTIONS *", f.req("OPTIONS", b"*", "")),
-            case("GET *", f.req("GET", b"*", "")),
+            case("OPTIONS *", f.req("OPTIONS", b"*", ""), "bad_target"),
+            case("GET *", f.req("GET", b"*", ""), "bad_target"),
             case(
                 "absolute-form, other authority",
                 f.req("GET", b"http://evil.example/api/x", ""),
+                "host_mismatch",
             ),
             case(
                 "absolute-form, other port",
                 f.req("GET", b"http://127.0.0.1:1/api/x", ""),
+                "host_mismatch",
             ),
         ],
     )
@@ -271,10 +292,14 @@ async fn duplicate_or_missing_host_refused() {
     f.expect_refused(
         400,
         &[
-            case("duplicate Host", dup.into_bytes()),
-            case("two different Hosts", dup_other.into_bytes()),
-            case("no Host, HTTP/1.1", missing11.into_bytes()),
-            case("no Host, HTTP/1.0", missing10.into_bytes()),
+            case("duplicate Host", dup.into_bytes(), "duplicate_host"),
+            case(
+                "two different Hosts",
+                dup_other.into_bytes(),
+                "duplicate_host",
+            ),
+            case("no Host, HTTP/1.1", missing11.into_bytes(), "missing_host"),
+            case("no Host, HTTP/1.0", missing10.into_bytes(), "missing_host"),
         ],
     )
     .await;
@@ -289,14 +314,17 @@ async fn method_overrides_refused() {
             case(
                 "X-HTTP-Method-Override",
                 f.req("GET", b"/api/x", "X-HTTP-Method-Override: DELETE\r\n"),
+                "method_override",
             ),
             case(
                 "X-HTTP-Method",
                 f.req("GET", b"/api/x", "X-HTTP-Method: DELETE\r\n"),
+                "method_override",
             ),
             case(
                 "X-Method-Override",
                 f.req("GET", b"/api/x", "X-Method-Override: DELETE\r\n"),
+                "method_override",
             ),
             case(
                 "override on POST",
@@ -305,15 +333,22 @@ async fn method_overrides_refused() {
                     b"/api/x",
                     "X-HTTP-Method-Override: PUT\r\nContent-Length: 0\r\n",
                 ),
+                "method_override",
             ),
-            case("_method query", f.req("GET", b"/api/x?_method=DELETE", "")),
+            case(
+                "_method query",
+                f.req("GET", b"/api/x?_method=DELETE", ""),
+                "method_override",
+            ),
             case(
                 "_method second param",
                 f.req("GET", b"/api/x?a=1&_method=DELETE", ""),
+                "method_override",
             ),
             case(
                 "%5Fmethod (decodes to _method)",
                 f.req("GET", b"/api/x?%5Fmethod=DELETE", ""),
+                "method_override",
             ),
         ],
     )
@@ -329,12 +364,18 @@ async fn header_names_with_underscore_refused() {
             case(
                 "X_Tenant_Id",
                 f.req("GET", b"/api/x", "X_Tenant_Id: evil\r\n"),
+                "underscore_header",
             ),
             case(
                 "X_Forwarded_For",
                 f.req("GET", b"/api/x", "X_Forwarded_For: 10.0.0.1\r\n"),
+                "underscore_header",
             ),
-            case("Some_Header", f.req("GET", b"/api/x", "Some_Header: 1\r\n")),
+            case(
+                "Some_Header",
+                f.req("GET", b"/api/x", "Some_Header: 1\r\n"),
+                "underscore_header",
+            ),
         ],
     )
     .await;
@@ -348,7 +389,7 @@ async fn upgrade_refused() {
         400,
         &[
             // raw_get adds `Connection: close`; an Upgrade header alone must already be refused.
-            case("Upgrade: websocket", f.req("GET", b"/api/x", ws)),
+            case("Upgrade: websocket", f.req("GET", b"/api/x", ws), "upgrade"),
             case(
                 "Upgrade: h2c",
                 f.req(
@@ -356,6 +397,7 @@ async fn upgrade_refused() {
                     b"/api/x",
                     "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
                 ),
+                "upgrade",
             ),
         ],
     )
@@ -367,7 +409,10 @@ async fn upgrade_refused() {
         f.host
     );
     let r = raw_request(f.proxy.addr, req.as_bytes()).await;
-    assert_refusal("Connection: Upgrade + Upgrade: websocket", &r, 400);
+    assert_eq!(
+        assert_refusal("Connection: Upgrade + Upgrade: websocket", &r, 400),
+        "upgrade"
+    );
     assert_eq!(f.up.hits(), 0);
 }
 
@@ -378,13 +423,25 @@ async fn connect_trace_lowercase_and_unknown_methods_get_405() {
     f.expect_refused(
         405,
         &[
-            case("CONNECT authority", f.req("CONNECT", own.as_bytes(), "")),
-            case("CONNECT path", f.req("CONNECT", b"/api/x", "")),
-            case("TRACE", f.req("TRACE", b"/api/x", "")),
-            case("get", f.req("get", b"/api/x", "")),
-            case("Get", f.req("Get", b"/api/x", "")),
-            case("FOO", f.req("FOO", b"/api/x", "")),
-            case("PROPFIND", f.req("PROPFIND", b"/api/x", "")),
+            case(
+                "CONNECT authority",
+                f.req("CONNECT", own.as_bytes(), ""),
+                "method_not_allowed",
+            ),
+            case(
+                "CONNECT path",
+                f.req("CONNECT", b"/api/x", ""),
+                "method_not_allowed",
+            ),
+            case("TRACE", f.req("TRACE", b"/api/x", ""), "method_not_allowed"),
+            case("get", f.req("get", b"/api/x", ""), "method_not_allowed"),
+            case("Get", f.req("Get", b"/api/x", ""), "method_not_allowed"),
+            case("FOO", f.req("FOO", b"/api/x", ""), "method_not_allowed"),
+            case(
+                "PROPFIND",
+                f.req("PROPFIND", b"/api/x", ""),
+                "method_not_allowed",
+            ),
         ],
     )
     .await;
