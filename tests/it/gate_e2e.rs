@@ -325,30 +325,62 @@ async fn expired_token_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_issue_validation() {
     let (_up, p) = start().await;
-    for (what, body) in [
-        ("unknown agent", json!({"agent": "nobody", "ttl": "1h"})),
-        ("bad ttl", json!({"agent": "bot", "ttl": "forever"})),
-        ("zero ttl", json!({"agent": "bot", "ttl": "0s"})),
+    for (what, body, reason) in [
+        (
+            "unknown agent",
+            json!({"agent": "nobody", "ttl": "1h"}),
+            "unknown_agent",
+        ),
+        (
+            "bad ttl",
+            json!({"agent": "bot", "ttl": "forever"}),
+            "bad_ttl",
+        ),
+        ("zero ttl", json!({"agent": "bot", "ttl": "0s"}), "bad_ttl"),
         (
             "bad max_risk",
             json!({"agent": "bot", "ttl": "1h", "max_risk": "extreme"}),
+            "bad_risk",
+        ),
+        (
+            "empty tool pattern",
+            json!({"agent": "bot", "ttl": "1h", "tools": [""]}),
+            "bad_tools",
         ),
         (
             "zero max_calls",
             json!({"agent": "bot", "ttl": "1h", "max_calls": 0}),
+            "bad_max_calls",
         ),
         (
             "unknown key",
             json!({"agent": "bot", "ttl": "1h", "admin": true}),
+            "bad_json",
         ),
     ] {
         let r = op(&p, "POST", "/tokens", Some(&body)).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(r.reason().as_deref(), Some(reason), "{what}: {}", r.text());
     }
+    // Control: a valid issue is accepted, and is the only token listed.
+    let ok = op(
+        &p,
+        "POST",
+        "/tokens",
+        Some(&json!({"agent": "bot", "ttl": "1h"})),
+    )
+    .await;
+    assert_eq!(ok.status, 201, "{}", ok.text());
     let list = op_ok(&p, "GET", "/tokens", None).await;
+    let ids: Vec<&str> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
     assert_eq!(
-        list["tokens"],
-        json!([]),
+        ids,
+        vec![ok.json()["id"].as_str().unwrap()],
         "refused issues store nothing: {list}"
     );
 }
@@ -964,14 +996,15 @@ async fn every_deny_reason_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_requires_a_valid_scope_and_target() {
     let (_up, p) = start().await;
-    for body in [
-        json!({"scope": "everything"}),
-        json!({"scope": "agent"}),
-        json!({"scope": "tool", "target": ""}),
-        json!({"target": "bot"}),
+    for (body, reason) in [
+        (json!({"scope": "everything"}), "bad_scope"),
+        (json!({"scope": "agent"}), "missing_target"),
+        (json!({"scope": "tool", "target": ""}), "missing_target"),
+        (json!({"target": "bot"}), "bad_json"),
     ] {
         let r = op(&p, "POST", "/pause", Some(&body)).await;
         assert_eq!(r.status, 400, "POST /pause {body}: {}", r.text());
+        assert_eq!(r.reason().as_deref(), Some(reason), "{body}: {}", r.text());
     }
     let sw = switches(&p).await;
     assert_eq!(sw["paused_all"], json!(false), "{sw}");
