@@ -193,7 +193,19 @@ where
         }
         tokio::select! {
             biased;
-            _ = conn.as_mut() => return Ended::Closed,
+            _ = conn.as_mut() => {
+                // hyper's own HTTP/1 header timer runs for the same `header_timeout` and
+                // can end the connection in the same tick as ours: a connection that never
+                // completed a head and ended past its deadline was cut for it.
+                let head_missed = phase == Phase::Head
+                    && !activity.entered.load(Ordering::Acquire)
+                    && Instant::now() >= activity.born + d.header;
+                return if head_missed {
+                    Ended::HeaderTimeout
+                } else {
+                    Ended::Closed
+                };
+            }
             r = stop.changed(), if !stopping => {
                 if r.is_err() {
                     // The drain's sender is gone: nothing will ever ask for a close.

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-
 /// One event. Every field is always present in the line (null when unknown), so a SIEM
 /// sees one schema. Never a secret, an Authorization/Cookie value, or a body.
 #[derive(Debug, Clone, Default, Serialize)]

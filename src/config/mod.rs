@@ -720,10 +720,7 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
             None => 65_536,
             Some(n @ 16..=16_777_216) => n as usize,
             Some(_) => {
-                return Err(c.err(
-                    "audit.max_queue_records",
-                    "must be between 16 and 16777216",
-                ))
+                return Err(c.err("audit.max_queue_records", "must be between 16 and 16777216"))
             }
         },
     })

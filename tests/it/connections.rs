@@ -61,6 +61,20 @@ async fn metrics(proxy: &Proxy) -> String {
     r.text()
 }
 
+/// Polls `/metrics` (bounded) until `series` reads `want` (a close is counted just after
+/// the socket is closed); returns the last value read and the text it came from.
+async fn wait_sample(proxy: &Proxy, series: &str, want: f64) -> (Option<f64>, String) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(proxy).await;
+        let v = sample(&m, series);
+        if v == Some(want) || Instant::now() >= end {
+            return (v, m);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A kept-alive HTTP/1.1 client connection, as an agent would hold one.
 async fn keep_alive(
     addr: SocketAddr,
@@ -150,13 +164,15 @@ async fn connections_that_never_speak_are_closed() {
     }
     // Agents that do speak are served, on both ports.
     assert_eq!(get(proxy.addr, "/api/x", &token).await.status, 200);
-    let m = metrics(&proxy).await;
-    let cut = sample(
-        &m,
+    let (cut, m) = wait_sample(
+        &proxy,
         "portcullis_connections_closed_total{reason=\"header_timeout\"}",
-    );
-    assert!(
-        cut.is_some_and(|n| n >= 7.0),
+        9.0,
+    )
+    .await;
+    assert_eq!(
+        cut,
+        Some(9.0),
         "header_timeout closes not counted: {cut:?}\n{m}"
     );
 }
@@ -200,10 +216,13 @@ async fn tls_connections_that_never_speak_are_closed() {
             closed_within(&mut tls, started, bound).await
         }));
     }
-    let after = no_handshake.await.unwrap();
+    let after = no_handshake
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no TLS handshake: still open after {bound:?}"));
     assert!(
-        after.is_some(),
-        "no TLS handshake: still open after {bound:?}"
+        after >= header - Duration::from_millis(50),
+        "no TLS handshake: closed after only {after:?}"
     );
     for (what, run) in ["TLS, http/1.1, no request", "TLS, h2 preface only"]
         .iter()
@@ -351,24 +370,33 @@ async fn connections_over_the_per_ip_cap_are_refused_at_once() {
     );
     assert_eq!(sample(&m, open), Some(5.0), "{m}");
 
-    // A closed connection frees its place: a new agent connection gets in.
+    // A closed connection frees its place: once the proxy has seen it go, a new agent
+    // connection gets in at the first try.
     drop(silent_ones.pop());
-    let mut served = false;
-    for _ in 0..500 {
-        if let Ok(r) = send(
-            proxy.addr,
-            request("GET", proxy.addr, "/api/c", &token)
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-        {
-            served = r.status == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(served, "no place freed after a connection closed");
+    let (now_open, m) = wait_sample(&proxy, open, 4.0).await;
+    assert_eq!(
+        now_open,
+        Some(4.0),
+        "the closed connection was not released:\n{m}"
+    );
+    let r = send(
+        proxy.addr,
+        request("GET", proxy.addr, "/api/c", &token)
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .expect("a connection after a place was freed");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(
+            &m,
+            "portcullis_connections_refused_total{reason=\"per_ip\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(up.hits(), 3);
 }
 
@@ -480,4 +508,380 @@ async fn the_open_file_limit_is_raised_and_logged() {
         .find(|l| l.starts_with("Max open files"))
         .unwrap();
     assert!(row.contains(&soft.to_string()), "{row} vs {line}");
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 stream cap, header size limits, slow heads and slow handshakes
+// ---------------------------------------------------------------------------------------
+
+use crate::h2_raw::{
+    h2_get, H2Answer, H2Raw, REFUSED_STREAM, RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_HEADER_LIST_SIZE,
+};
+
+/// Generous bound for one frame or answer on a loaded machine.
+const FRAME_BOUND: Duration = Duration::from_secs(20);
+
+async fn server_settings(h2: &mut H2Raw) -> Vec<(u16, u32)> {
+    h2.until("the server's SETTINGS", FRAME_BOUND, |f| {
+        f.ty == SETTINGS && f.flags & 0x1 == 0
+    })
+    .await
+    .settings()
+}
+
+/// README "Forwarding": h2 at most 100 concurrent streams. The server announces it, 100
+/// requests in flight on one connection all reach the upstream, the 101st opened meanwhile
+/// is refused with RST_STREAM(REFUSED_STREAM) and never forwarded, and once the 100 are
+/// answered the connection serves new streams.
+#[tokio::test]
+async fn h2_serves_100_concurrent_streams_and_refuses_the_101st() {
+    let up = Upstream::start(Behaviour::Hold).await;
+    let proxy = Proxy::start(&upstream_config(&up, "header_timeout: 30s"), &[]);
+    let token = proxy.agent_token("bot").await;
+    let auth = format!("Bearer {token}");
+    let authority = proxy.addr.to_string();
+    let mut h2 = H2Raw::connect(proxy.addr).await;
+    let settings = server_settings(&mut h2).await;
+    assert!(
+        settings.contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, 100)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS 100 not announced: {settings:?}"
+    );
+    let paths: Vec<String> = (0..101).map(|i| format!("/api/s{i}")).collect();
+    let mut bytes = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let id = 1 + 2 * i as u32;
+        bytes.extend(H2Raw::headers_frames(
+            id,
+            &h2_get(&authority, path, &auth),
+            true,
+        ));
+    }
+    h2.write(&bytes).await;
+    let rst = h2
+        .until("RST_STREAM", FRAME_BOUND, |f| f.ty == RST_STREAM)
+        .await;
+    assert_eq!(
+        (rst.stream, rst.error_code()),
+        (201, REFUSED_STREAM),
+        "the 101st stream (id 201) must be refused with REFUSED_STREAM"
+    );
+    assert!(
+        up.wait_hits(100, FRAME_BOUND).await,
+        "only {} of 100 concurrent streams reached the upstream",
+        up.hits()
+    );
+    up.release();
+    for (i, path) in paths.iter().take(100).enumerate() {
+        let id = 1 + 2 * i as u32;
+        match h2.response(id, FRAME_BOUND).await {
+            H2Answer::Response {
+                status: Some(200),
+                body,
+            } => {
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON echo");
+                assert_eq!(v["target"].as_str(), Some(path.as_str()), "stream {id}");
+            }
+            other => panic!("stream {id}: {other:?}"),
+        }
+    }
+    // The slots are free again: a new stream on the same connection is served.
+    h2.send_headers(203, &h2_get(&authority, "/api/after", &auth), true)
+        .await;
+    match h2.response(203, FRAME_BOUND).await {
+        H2Answer::Response {
+            status: Some(200), ..
+        } => {}
+        other => panic!("stream 203 after the 100 finished: {other:?}"),
+    }
+    let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(up.hits(), 101, "{targets:?}");
+    assert!(
+        !targets.iter().any(|t| t == "/api/s100"),
+        "the refused stream reached the upstream"
+    );
+}
+
+/// `limits.max_header_bytes` on both protocols: HTTP/1 heads and h2 header lists over it
+/// are answered 431 and never forwarded; just under it they are served, on the same
+/// proxy (and, for h2, on the same connection, before and after the refusal).
+#[tokio::test]
+async fn max_header_bytes_holds_on_http1_and_h2() {
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let proxy = Proxy::start(
+        &upstream_config(&up, "header_timeout: 30s, max_header_bytes: 16384"),
+        &[],
+    );
+    let token = proxy.agent_token("bot").await;
+    let host = proxy.addr.to_string();
+    let under = "a".repeat(12 * 1024);
+    let over = "a".repeat(20 * 1024);
+
+    // HTTP/1.1.
+    let r = raw_request(
+        proxy.addr,
+        &raw_get(
+            "GET",
+            b"/api/h1",
+            &host,
+            &token,
+            &format!("X-Pad: {under}\r\n"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "HTTP/1 head under the limit: {}", r.text());
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.last().header("x-pad").map(str::len), Some(under.len()));
+    let r = raw_request(
+        proxy.addr,
+        &raw_get(
+            "GET",
+            b"/api/h1-big",
+            &host,
+            &token,
+            &format!("X-Pad: {over}\r\n"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 431, "HTTP/1 head over the limit: {}", r.text());
+    assert_eq!(up.hits(), 1, "an over-limit head was forwarded");
+
+    // HTTP/2 (prior knowledge): the limit is announced and enforced per stream.
+    let auth = format!("Bearer {token}");
+    let mut h2 = H2Raw::connect(proxy.addr).await;
+    let settings = server_settings(&mut h2).await;
+    assert!(
+        settings.contains(&(SETTINGS_MAX_HEADER_LIST_SIZE, 16384)),
+        "SETTINGS_MAX_HEADER_LIST_SIZE 16384 not announced: {settings:?}"
+    );
+    let with_pad = |path: &'static str, pad: &'static str| {
+        let mut f = h2_get(&host, path, &auth);
+        f.push(("x-pad", pad));
+        f
+    };
+    let under: &'static str = Box::leak(under.into_boxed_str());
+    let over: &'static str = Box::leak(over.into_boxed_str());
+    h2.send_headers(1, &with_pad("/api/h2", under), true).await;
+    assert_eq!(
+        h2.response(1, FRAME_BOUND).await,
+        H2Answer::Response {
+            status: Some(200),
+            body: br#"{"ok":true}"#.to_vec()
+        },
+        "h2 header list under the limit"
+    );
+    h2.send_headers(3, &with_pad("/api/h2-big", over), true)
+        .await;
+    match h2.response(3, FRAME_BOUND).await {
+        H2Answer::Response {
+            status: Some(431), ..
+        } => {}
+        other => panic!("h2 header list over the limit: want 431, got {other:?}"),
+    }
+    h2.send_headers(5, &with_pad("/api/h2-again", under), true)
+        .await;
+    match h2.response(5, FRAME_BOUND).await {
+        H2Answer::Response {
+            status: Some(200), ..
+        } => {}
+        other => panic!("h2 stream after the refusal: {other:?}"),
+    }
+    let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, vec!["/api/h1", "/api/h2", "/api/h2-again"]);
+}
+
+/// Writes `bytes` one byte every `every`, until they run out or the peer closes.
+async fn trickle(mut w: impl AsyncWriteExt + Unpin, bytes: Vec<u8>, every: Duration) {
+    for b in bytes {
+        if w.write_all(&[b]).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// `header_timeout` runs from accept to a complete head, however steadily the head
+/// arrives: a client that keeps sending one header byte every 50 ms (HTTP/1 on both
+/// ports; an h2 HEADERS frame) is cut at the deadline, not kept alive by
+/// its progress.
+#[tokio::test]
+async fn heads_trickled_byte_by_byte_are_cut_at_header_timeout() {
+    let header = Duration::from_secs(1);
+    // Well under the 10 s default: a proxy ignoring the setting is still open by then.
+    let bound = header + Duration::from_secs(4);
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let proxy = Proxy::start(&upstream_config(&up, "header_timeout: 1s"), &[]);
+    let token = proxy.agent_token("bot").await;
+    let every = Duration::from_millis(50);
+    let endless_h1 = |host: &str| {
+        let mut v = format!("GET /api/x HTTP/1.1\r\nHost: {host}\r\nX-Slow: ").into_bytes();
+        v.extend(std::iter::repeat_n(b'a', 10_000));
+        v
+    };
+    let mut runs = Vec::new();
+    for (what, addr) in [
+        ("agent, HTTP/1", proxy.addr),
+        ("admin, HTTP/1", proxy.admin),
+    ] {
+        let bytes = endless_h1(&addr.to_string());
+        runs.push((
+            what,
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let s = TcpStream::connect(addr).await.expect("connect");
+                let (mut rd, wr) = s.into_split();
+                let writer = tokio::spawn(trickle(wr, bytes, every));
+                let closed = closed_within(&mut rd, started, bound).await;
+                writer.abort();
+                closed
+            }),
+        ));
+    }
+    // h2: preface and SETTINGS at once, then one HEADERS frame written a byte at a time
+    // (one byte per CONTINUATION frame would be cut sooner, by h2's CONTINUATION-flood
+    // limit; a frame that is still arriving is the slow head itself).
+    {
+        let addr = proxy.addr;
+        runs.push((
+            "agent, h2 HEADERS",
+            tokio::spawn(async move {
+                use crate::h2_raw::{h2_frame, hpack_block, END_HEADERS, END_STREAM, HEADERS};
+                let started = Instant::now();
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                let block = hpack_block(&[
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/api/x"),
+                    ("x-slow", &"a".repeat(5_000)),
+                ]);
+                let mut first = H2_PREFACE.to_vec();
+                first.extend(H2_SETTINGS);
+                s.write_all(&first).await.unwrap();
+                let (mut rd, wr) = s.into_split();
+                let frame = h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
+                let writer = tokio::spawn(trickle(wr, frame, every));
+                let closed = closed_within(&mut rd, started, bound).await;
+                writer.abort();
+                closed
+            }),
+        ));
+    }
+    for (what, run) in runs {
+        let after = run.await.expect("task");
+        let after =
+            after.unwrap_or_else(|| panic!("{what}: still open {bound:?} after connecting"));
+        assert!(
+            after >= header - Duration::from_millis(50),
+            "{what}: closed after only {after:?}, before header_timeout"
+        );
+    }
+    // Control: an agent that sends its head at once is served.
+    assert_eq!(get(proxy.addr, "/api/x", &token).await.status, 200);
+    let (cut, m) = wait_sample(
+        &proxy,
+        "portcullis_connections_closed_total{reason=\"header_timeout\"}",
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        cut,
+        Some(3.0),
+        "trickled heads not counted as header_timeout closes:\n{m}"
+    );
+}
+
+/// The TLS handshake counts against `header_timeout`: half a ClientHello and then
+/// silence, or a ClientHello trickled a byte at a time, is cut at the deadline; a
+/// complete handshake and request on the same listener is served.
+#[tokio::test]
+async fn slow_tls_handshakes_are_cut_at_header_timeout() {
+    let header = Duration::from_secs(1);
+    let bound = header + Duration::from_secs(4);
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let ca = TestCa::new();
+    let leaf = ca.issue();
+    let cfg = config(&format!(
+        "tls: {{ cert: certs/proxy.crt, key: certs/proxy.key }}\n\
+         limits: {{ header_timeout: 1s }}\n\
+         upstreams:\n  api: {{ url: \"{}\" }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n",
+        up.url()
+    ));
+    let proxy = Proxy::start_with_files(
+        &cfg,
+        &[],
+        &[
+            ("certs/proxy.crt", leaf.cert_pem.as_bytes()),
+            ("certs/proxy.key", leaf.key_pem.as_bytes()),
+        ],
+    );
+    let token = proxy.agent_token("bot").await;
+    // A real ClientHello, as rustls would send it.
+    let mut client = rustls::ClientConnection::new(
+        Arc::new(tls_client_config(&ca.pem(), &[b"h2", b"http/1.1"])),
+        ServerName::try_from("localhost").unwrap().to_owned(),
+    )
+    .expect("client connection");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).expect("ClientHello");
+    }
+    assert!(
+        hello.len() > 100 && hello[0] == 22,
+        "not a handshake record"
+    );
+    let half = hello[..hello.len() / 2].to_vec();
+
+    let addr = proxy.addr;
+    let half_run = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&half).await.unwrap();
+        closed_within(&mut s, started, bound).await
+    });
+    let slow = hello.clone();
+    let trickle_run = tokio::spawn(async move {
+        let started = Instant::now();
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let (mut rd, wr) = s.into_split();
+        // A byte every 50 ms: the whole ClientHello would take far longer than 1 s.
+        let writer = tokio::spawn(trickle(wr, slow, Duration::from_millis(50)));
+        let closed = closed_within(&mut rd, started, bound).await;
+        writer.abort();
+        closed
+    });
+    for (what, run) in [
+        ("half a ClientHello", half_run),
+        ("ClientHello trickled", trickle_run),
+    ] {
+        let after = run.await.expect("task");
+        let after =
+            after.unwrap_or_else(|| panic!("{what}: still open {bound:?} after connecting"));
+        assert!(
+            after >= header - Duration::from_millis(50),
+            "{what}: closed after only {after:?}, before header_timeout"
+        );
+    }
+    // Control: a whole handshake and request on the same listener.
+    let req = http::Request::get("/api/x")
+        .header("host", format!("localhost:{}", proxy.addr.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    let (_, r) = send_tls(proxy.addr, &ca.pem(), &[b"http/1.1"], req)
+        .await
+        .expect("https request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.hits(), 1);
+    let (cut, m) = wait_sample(
+        &proxy,
+        "portcullis_connections_closed_total{reason=\"header_timeout\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        cut,
+        Some(2.0),
+        "slow handshakes not counted as header_timeout closes:\n{m}"
+    );
 }

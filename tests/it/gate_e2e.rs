@@ -6,6 +6,7 @@
 
 use crate::common;
 
+use crate::common::run_bin;
 use crate::common::{Behaviour, Proxy, Upstream, OPERATOR_SECRET};
 use crate::support::admin::{
     admin_call, assert_denied, assert_unauthenticated, call, issue, op, op_ok, policy_version,
@@ -13,7 +14,6 @@ use crate::support::admin::{
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The upstream credential the proxy injects (never held by an agent).
@@ -325,30 +325,62 @@ async fn expired_token_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_issue_validation() {
     let (_up, p) = start().await;
-    for (what, body) in [
-        ("unknown agent", json!({"agent": "nobody", "ttl": "1h"})),
-        ("bad ttl", json!({"agent": "bot", "ttl": "forever"})),
-        ("zero ttl", json!({"agent": "bot", "ttl": "0s"})),
+    for (what, body, reason) in [
+        (
+            "unknown agent",
+            json!({"agent": "nobody", "ttl": "1h"}),
+            "unknown_agent",
+        ),
+        (
+            "bad ttl",
+            json!({"agent": "bot", "ttl": "forever"}),
+            "bad_ttl",
+        ),
+        ("zero ttl", json!({"agent": "bot", "ttl": "0s"}), "bad_ttl"),
         (
             "bad max_risk",
             json!({"agent": "bot", "ttl": "1h", "max_risk": "extreme"}),
+            "bad_risk",
+        ),
+        (
+            "empty tool pattern",
+            json!({"agent": "bot", "ttl": "1h", "tools": [""]}),
+            "bad_tools",
         ),
         (
             "zero max_calls",
             json!({"agent": "bot", "ttl": "1h", "max_calls": 0}),
+            "bad_max_calls",
         ),
         (
             "unknown key",
             json!({"agent": "bot", "ttl": "1h", "admin": true}),
+            "bad_json",
         ),
     ] {
         let r = op(&p, "POST", "/tokens", Some(&body)).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(r.reason().as_deref(), Some(reason), "{what}: {}", r.text());
     }
+    // Control: a valid issue is accepted, and is the only token listed.
+    let ok = op(
+        &p,
+        "POST",
+        "/tokens",
+        Some(&json!({"agent": "bot", "ttl": "1h"})),
+    )
+    .await;
+    assert_eq!(ok.status, 201, "{}", ok.text());
     let list = op_ok(&p, "GET", "/tokens", None).await;
+    let ids: Vec<&str> = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
     assert_eq!(
-        list["tokens"],
-        json!([]),
+        ids,
+        vec![ok.json()["id"].as_str().unwrap()],
         "refused issues store nothing: {list}"
     );
 }
@@ -964,14 +996,15 @@ async fn every_deny_reason_end_to_end() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_requires_a_valid_scope_and_target() {
     let (_up, p) = start().await;
-    for body in [
-        json!({"scope": "everything"}),
-        json!({"scope": "agent"}),
-        json!({"scope": "tool", "target": ""}),
-        json!({"target": "bot"}),
+    for (body, reason) in [
+        (json!({"scope": "everything"}), "bad_scope"),
+        (json!({"scope": "agent"}), "missing_target"),
+        (json!({"scope": "tool", "target": ""}), "missing_target"),
+        (json!({"target": "bot"}), "bad_json"),
     ] {
         let r = op(&p, "POST", "/pause", Some(&body)).await;
         assert_eq!(r.status, 400, "POST /pause {body}: {}", r.text());
+        assert_eq!(r.reason().as_deref(), Some(reason), "{body}: {}", r.text());
     }
     let sw = switches(&p).await;
     assert_eq!(sw["paused_all"], json!(false), "{sw}");
@@ -1154,13 +1187,11 @@ async fn portcullis_tools_lists_what_the_agent_may_call_or_request() {
 // explain and policy tests
 // ---------------------------------------------------------------------------------------
 
+/// Bound for one CLI run (a hung binary fails its test instead of hanging the suite).
+const CLI_BOUND: Duration = Duration::from_secs(60);
+
 fn portcullis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .env("API_KEY", UPSTREAM_KEY)
-        .env_remove("PORTCULLIS_OPERATOR_TOKEN")
-        .output()
-        .expect("run portcullis")
+    run_bin(args, &[("API_KEY", UPSTREAM_KEY)], CLI_BOUND)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1366,11 +1397,18 @@ async fn reload_removes_a_route_and_refuses_an_invalid_config() {
     bad.push_str("no_such_key: true\n");
     p.write_config(&bad);
     let r = op(&p, "POST", "/reload", None).await;
-    assert!(
-        r.status >= 400,
-        "an invalid config was accepted on reload: {} {}",
-        r.status,
+    assert_eq!(r.status, 422, "an invalid config on reload: {}", r.text());
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("invalid_config"),
+        "{}",
         r.text()
+    );
+    // The error names the file, line and column, and the key.
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(
+        detail.contains("portcullis.yaml:") && detail.contains("no_such_key"),
+        "{detail}"
     );
     assert_eq!(
         policy_version(&p).await,
@@ -1427,30 +1465,25 @@ async fn reload_on_sighup_and_on_file_change() {
     let r = call(p.addr, "GET", "/reports", &bot).await;
     assert_eq!(r.reason().as_deref(), Some("no_route"), "{}", r.text());
 
-    // SIGHUP: write the full config back with the mtime unchanged, so only the signal
-    // can explain a reload.
+    // SIGHUP: put the full config back (renamed into place) with the mtime unchanged, so
+    // only the signal can explain a reload.
     let before = std::fs::metadata(&p.config_path)
         .unwrap()
         .modified()
         .unwrap();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&p.config_path)
-        .unwrap();
-    std::io::Write::write_all(
-        &mut &f,
-        common::with_test_timers(&gate_config_text(&up.url(), true)).as_bytes(),
+    let tmp = p.path("portcullis.yaml.sighup");
+    std::fs::write(
+        &tmp,
+        common::with_test_timers(&gate_config_text(&up.url(), true)),
     )
     .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&tmp).unwrap();
     f.set_modified(before).unwrap();
     drop(f);
-    let st = Command::new("kill")
-        .arg("-HUP")
-        .arg(p.pid().to_string())
-        .status()
-        .expect("run kill -HUP");
-    assert!(st.success());
+    std::fs::rename(&tmp, &p.config_path).unwrap();
+    // SAFETY: a signal to the child process this test spawned and still owns.
+    let rc = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill(SIGHUP) failed");
     let end = Instant::now() + Duration::from_secs(15);
     let mut v3 = v.clone();
     while v3 == v && Instant::now() < end {
@@ -1682,12 +1715,11 @@ async fn cli_admin_flag_after_the_verb() {
         vec!["tokens", "issue", "bot", "--admin", &url],
         vec!["agents", "enable", "bot", "--admin", &url],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(&args)
-            .env("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)
-            .env_remove("PORTCULLIS_ADMIN")
-            .output()
-            .expect("run portcullis");
+        let out = run_bin(
+            &args,
+            &[("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)],
+            CLI_BOUND,
+        );
         assert!(
             out.status.success(),
             "portcullis {}: {}{}",
@@ -1709,14 +1741,12 @@ fn cli(
 ) -> (bool, String, String) {
     // The admin URL through its environment variable (where `--admin` may go on the
     // command line is checked separately).
-    let mut c = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    c.args(args)
-        .env("PORTCULLIS_ADMIN", format!("http://{admin}"))
-        .env_remove("PORTCULLIS_OPERATOR_TOKEN");
+    let url = format!("http://{admin}");
+    let mut env = vec![("PORTCULLIS_ADMIN", url.as_str())];
     if let Some(t) = token_env {
-        c.env("PORTCULLIS_OPERATOR_TOKEN", t);
+        env.push(("PORTCULLIS_OPERATOR_TOKEN", t));
     }
-    let out = c.output().expect("run portcullis");
+    let out = run_bin(args, &env, CLI_BOUND);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

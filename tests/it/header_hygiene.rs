@@ -46,14 +46,10 @@ async fn setup(behaviour: Behaviour, env_extra: &[(&str, &str)]) -> Fixture {
 }
 
 impl Fixture {
-    /// The agent's Authorization header line: its real token, or (before identity exists)
-    /// a stand-in, so that stripping the agent's credential is always exercised.
+    /// The agent's Authorization header line.
     fn agent_auth(&self) -> String {
-        if self.token.is_empty() {
-            "Authorization: Bearer agent-credential-stand-in\r\n".into()
-        } else {
-            format!("Authorization: Bearer {}\r\n", self.token)
-        }
+        assert!(self.token.starts_with("pcx_"), "{}", self.token);
+        format!("Authorization: Bearer {}\r\n", self.token)
     }
 }
 
@@ -151,13 +147,7 @@ fn assert_common_hygiene(f: &Fixture, s: &Seen) {
             !v.contains("6.6.6.6") && !v.contains("evil.example"),
             "client-forged value forwarded in `{n}: {v}`"
         );
-        assert!(
-            !v.contains("agent-credential-stand-in"),
-            "agent credential forwarded in `{n}`"
-        );
-        if !f.token.is_empty() {
-            assert!(!v.contains(&f.token), "agent token forwarded in `{n}`");
-        }
+        assert!(!v.contains(&f.token), "agent token forwarded in `{n}`");
         assert!(
             !v.contains("client-chosen-request-id"),
             "client's X-Request-Id forwarded in `{n}`"
@@ -169,13 +159,11 @@ fn assert_common_hygiene(f: &Fixture, s: &Seen) {
         !tenant.contains(&"other-tenant"),
         "client's tenant header forwarded: {tenant:?}"
     );
-    if !f.token.is_empty() {
-        assert_eq!(
-            tenant,
-            vec!["acme"],
-            "tenant header must be the agent's tenant, exactly once"
-        );
-    }
+    assert_eq!(
+        tenant,
+        vec!["acme"],
+        "tenant header must be the agent's tenant, exactly once"
+    );
     // End-to-end headers pass.
     assert_eq!(s.header_all("x-custom"), vec!["kept-end-to-end"]);
     assert_eq!(s.header_all("accept"), vec!["application/json"]);
@@ -201,12 +189,17 @@ async fn upstream_receives_clean_headers_and_its_own_credential_once() {
         "exactly the injected credential, once"
     );
 
-    // Response side.
+    // Response side: one id, the proxy's, and the very id the upstream was sent.
     let ids = r.header_all("x-request-id");
     assert_eq!(ids.len(), 1, "exactly one X-Request-Id: {ids:?}");
     assert!(
         !ids[0].is_empty() && ids[0] != "client-chosen-request-id",
         "X-Request-Id must be the proxy's: {ids:?}"
+    );
+    assert_eq!(
+        s.header_all("x-request-id"),
+        ids,
+        "the upstream must receive exactly the id the agent was answered with"
     );
     assert_eq!(r.header("portcullis-decision"), Some("allow"));
 }
@@ -248,7 +241,8 @@ async fn strip_prefix_and_a_non_authorization_credential() {
 
 #[tokio::test]
 async fn duplicate_agent_credentials_are_not_forwarded() {
-    // A second Authorization header from the client is removed with the first.
+    // A second Authorization header is not one well-formed credential: a bare 401, and
+    // nothing reaches the upstream (neither credential).
     let f = setup(Behaviour::Echo, &[]).await;
     let req = format!(
         "GET /strip/x HTTP/1.1\r\nHost: {}\r\n{}Authorization: Basic c2Vjb25kOmNyZWQ=\r\nConnection: close\r\n\r\n",
@@ -256,18 +250,19 @@ async fn duplicate_agent_credentials_are_not_forwarded() {
         f.agent_auth()
     );
     let r = raw_request(f.proxy.addr, req.as_bytes()).await;
-    // With identity, two credentials are not one well-formed credential: a 401 is right too.
-    if r.status == 200 {
-        let s = f.up.last();
-        assert!(
-            !s.has("authorization"),
-            "{:?}",
-            s.header_all("authorization")
-        );
-    } else {
-        assert_eq!(r.status, 401, "{}", r.text());
-        assert_eq!(f.up.hits(), 0);
-    }
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(f.up.hits(), 0, "{:#?}", f.up.seen());
+    // Control: the same request with the agent's one credential is forwarded, without it.
+    let req = format!(
+        "GET /strip/x HTTP/1.1\r\nHost: {}\r\n{}Connection: close\r\n\r\n",
+        f.proxy.addr,
+        f.agent_auth()
+    );
+    let r = raw_request(f.proxy.addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(f.up.hits(), 1);
+    assert!(!f.up.last().has("authorization"));
 }
 
 #[tokio::test]
@@ -275,16 +270,34 @@ async fn request_id_is_set_even_when_the_client_sends_none() {
     let f = setup(Behaviour::Echo, &[]).await;
     let r = get(f.proxy.addr, "/api/x", &f.token).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header_all("x-request-id").len(), 1);
+    let ids = r.header_all("x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // The upstream got exactly this id (one header, same value).
+    assert_eq!(f.up.hits(), 1);
+    assert_eq!(
+        f.up.last().header_all("x-request-id"),
+        ids,
+        "the upstream must see the id the response carries"
+    );
     let r2 = get(f.proxy.addr, "/api/x", &f.token).await;
     assert_ne!(
         r.header("x-request-id"),
         r2.header("x-request-id"),
         "request ids must differ per request"
     );
-    // Proxy-generated answers carry one too.
+    assert_eq!(
+        f.up.last().header_all("x-request-id"),
+        r2.header_all("x-request-id")
+    );
+    // Proxy-generated answers carry one too, and it names their audit record.
     let r3 = get(f.proxy.addr, "/nowhere", &f.token).await;
-    assert_eq!(r3.header_all("x-request-id").len(), 1);
+    assert_eq!(r3.status, 403, "{}", r3.text());
+    let id3 = r3.header_all("x-request-id");
+    assert_eq!(id3.len(), 1);
+    assert_eq!(r3.json()["request_id"].as_str(), Some(id3[0]));
+    let rec =
+        crate::support::audit::wait_request_record(&f.proxy.path("data/audit.jsonl"), id3[0]).await;
+    assert_eq!(rec["reason"], "no_route", "{rec}");
 }
 
 #[tokio::test]
@@ -334,14 +347,13 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
         .last()
         .unwrap()
         .header("x-request-id")
-        .unwrap_or_default()
+        .expect("X-Request-Id")
         .to_string();
     assert!(
-        !last_id.is_empty()
-            && f.proxy
-                .wait_for_log(&last_id, Duration::from_secs(10))
-                .await,
-        "the request's log line (id {last_id:?}) was written"
+        f.proxy
+            .wait_for_log(&last_id, Duration::from_secs(10))
+            .await,
+        "the last request was never logged"
     );
     let logs = f.proxy.logs();
     assert!(!logs.is_empty());
@@ -354,26 +366,25 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
         !audit.contains(CANARY) && !audit.contains(API_KEY),
         "secret in the audit file:\n{audit}"
     );
-    if !f.token.is_empty() {
-        let secret_part = f.token.rsplit('_').next().unwrap();
-        assert!(
-            !logs.contains(secret_part),
-            "agent token secret in the proxy's log"
-        );
-        assert!(
-            !audit.contains(secret_part),
-            "agent token secret in the audit file"
-        );
-    }
+    let secret_part = f.token.rsplit('_').next().unwrap();
+    assert!(
+        !logs.contains(secret_part),
+        "agent token secret in the proxy's log"
+    );
+    assert!(
+        !audit.contains(secret_part),
+        "agent token secret in the audit file"
+    );
 }
 
 #[tokio::test]
 async fn upstream_failure_does_not_leak_the_secret() {
     // Upstream down: the 502 must not quote the request it tried to send.
-    let dead = dead_port();
+    let dead = crate::common::DeadPort::new();
     let cfg = config(&format!(
-        "upstreams:\n  api:\n    url: \"http://{dead}/base\"\n    inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
-         routes:\n  - {{ prefix: /api, upstream: api }}\n"
+        "upstreams:\n  api:\n    url: \"http://{}/base\"\n    inject: {{ header: Authorization, value_env: TEST_UPSTREAM_AUTH }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n",
+        dead.addr
     ));
     let auth = format!("Bearer {CANARY}");
     let proxy = Proxy::start(
@@ -386,11 +397,12 @@ async fn upstream_failure_does_not_leak_the_secret() {
     let token = proxy.agent_token("bot").await;
     let r = get(proxy.addr, "/api/x", &token).await;
     assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.reason().as_deref(), Some("upstream_unreachable"));
     assert!(!r.all_text().contains(CANARY));
-    let id = r.header("x-request-id").unwrap_or_default().to_string();
+    let id = r.header("x-request-id").expect("X-Request-Id").to_string();
     assert!(
-        !id.is_empty() && proxy.wait_for_log(&id, Duration::from_secs(10)).await,
-        "the request's log line (id {id:?}) was written"
+        proxy.wait_for_log(&id, Duration::from_secs(10)).await,
+        "the failed request was never logged"
     );
     assert!(
         !proxy.logs().contains(CANARY),
@@ -412,23 +424,131 @@ async fn trailers_are_never_merged_into_headers() {
         f.agent_auth()
     );
     let r = raw_request(f.proxy.addr, req.as_bytes()).await;
-    // Dropped or refused, never merged.
-    if r.status == 200 {
-        let s = f.up.last();
-        assert_eq!(s.body_bytes, 5);
-        for (n, v) in s.headers.iter().chain(s.trailers.iter()) {
-            assert!(
-                !v.contains("evil-tenant") && !v.contains("trailer-cred") && !v.contains("6.6.6.6"),
-                "a trailer field reached the upstream as `{n}: {v}`"
-            );
-        }
+    // README "Canonical requests": request trailers are dropped, never merged.
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(f.up.hits(), 1);
+    let s = f.up.last();
+    assert_eq!(s.body_bytes, 5, "the body itself is forwarded");
+    assert_eq!(s.body_state, BodyState::Complete);
+    for (n, v) in s.headers.iter().chain(s.trailers.iter()) {
         assert!(
-            s.trailers.is_empty(),
-            "trailers forwarded: {:?}",
-            s.trailers
+            !v.contains("evil-tenant") && !v.contains("trailer-cred") && !v.contains("6.6.6.6"),
+            "a trailer field reached the upstream as `{n}: {v}`"
         );
-    } else {
-        assert_refusal("request with trailers", &r, 400);
-        assert_eq!(f.up.hits(), 0);
+    }
+    assert!(
+        s.trailers.is_empty(),
+        "trailers forwarded: {:?}",
+        s.trailers
+    );
+    assert_eq!(s.header_all("x-tenant-id"), vec!["acme"]);
+}
+
+/// Sends `bytes` from a client socket bound to `from` (any 127.0.0.0/8 address is local)
+/// and reads one response.
+async fn raw_request_from(from: &str, to: std::net::SocketAddr, bytes: &[u8]) -> Resp {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(format!("{from}:0").parse().unwrap())
+        .expect("bind the client address");
+    let mut s = tokio::time::timeout(REQUEST_BOUND, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, bytes)
+        .await
+        .unwrap();
+    tokio::time::timeout(REQUEST_BOUND, read_response(&mut s))
+        .await
+        .expect("response in time")
+        .expect("response")
+}
+
+/// README "Forwarding" and `trusted_proxies`: a client's X-Forwarded-For is believed only
+/// from a trusted peer; then the client is the right-most untrusted address of the chain,
+/// and the chain goes upstream with the peer appended. From any other peer the chain is
+/// dropped and the client is the socket address. The audit record's `remote_addr` is
+/// that client.
+#[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let up = Upstream::start(Behaviour::Echo).await;
+    let cfg = config(&format!(
+        "trusted_proxies: [127.0.0.1/32, 10.0.0.0/8]\n\
+         upstreams:\n  api: {{ url: \"{}\" }}\n\
+         routes:\n  - {{ prefix: /api, upstream: api }}\n",
+        up.url()
+    ));
+    let proxy = Proxy::start(&cfg, &[]);
+    let token = proxy.agent_token("bot").await;
+    let audit = proxy.path("data/audit.jsonl");
+    // (peer, X-Forwarded-For lines sent, X-Forwarded-For the upstream must get, remote_addr)
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        (
+            "127.0.0.1",
+            &["203.0.113.7, 10.1.2.3"],
+            "203.0.113.7, 10.1.2.3, 127.0.0.1",
+            "203.0.113.7",
+        ),
+        // The right-most untrusted hop, not whatever the client claimed left of it.
+        (
+            "127.0.0.1",
+            &["198.51.100.1, 203.0.113.7, 10.1.2.3"],
+            "198.51.100.1, 203.0.113.7, 10.1.2.3, 127.0.0.1",
+            "203.0.113.7",
+        ),
+        // Two header lines are one chain.
+        (
+            "127.0.0.1",
+            &["203.0.113.9", "10.4.4.4"],
+            "203.0.113.9, 10.4.4.4, 127.0.0.1",
+            "203.0.113.9",
+        ),
+        // Every hop trusted: the left-most one is the client.
+        (
+            "127.0.0.1",
+            &["10.9.9.9"],
+            "10.9.9.9, 127.0.0.1",
+            "10.9.9.9",
+        ),
+        // A trusted peer that sends no chain is the client itself.
+        ("127.0.0.1", &[], "127.0.0.1", "127.0.0.1"),
+        // An untrusted peer: its chain is not believed and not forwarded.
+        (
+            "127.0.0.2",
+            &["203.0.113.7, 10.1.2.3"],
+            "127.0.0.2",
+            "127.0.0.2",
+        ),
+        ("127.0.0.2", &[], "127.0.0.2", "127.0.0.2"),
+    ];
+    for (i, (peer, sent, want_xff, want_addr)) in cases.iter().enumerate() {
+        let what = format!("case {i}: from {peer} with X-Forwarded-For {sent:?}");
+        let extra: String = sent
+            .iter()
+            .map(|v| format!("X-Forwarded-For: {v}\r\n"))
+            .collect();
+        let req = raw_get(
+            "GET",
+            b"/api/whoami",
+            &proxy.addr.to_string(),
+            &token,
+            &extra,
+        );
+        let r = raw_request_from(peer, proxy.addr, &req).await;
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(up.hits(), i + 1, "{what}");
+        let seen = up.last();
+        assert_eq!(
+            seen.header_all("x-forwarded-for"),
+            vec![*want_xff],
+            "{what}: X-Forwarded-For upstream"
+        );
+        let id = r.header("x-request-id").expect("X-Request-Id");
+        let rec = crate::support::audit::wait_request_record(&audit, id).await;
+        assert_eq!(
+            rec["remote_addr"].as_str(),
+            Some(*want_addr),
+            "{what}: audit remote_addr in {rec}"
+        );
     }
 }

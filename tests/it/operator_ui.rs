@@ -689,3 +689,168 @@ async fn class13_escapes_next_to_multibyte_characters_do_not_break_the_decoders(
     assert!(r.text().contains("Sign in"));
     assert_eq!(page(proxy.admin, "/healthz", None).await.status, 200);
 }
+
+// ---------------------------------------------------------------------------------------
+// admin_tls: required off loopback; the session cookie is `Secure` under it
+// ---------------------------------------------------------------------------------------
+
+/// The harness config with the admin listener at `admin` and `extra` top-level keys.
+fn admin_config(admin: &str, extra: &str) -> String {
+    common::config(extra).replace(
+        "admin_listen: 127.0.0.1:0",
+        &format!("admin_listen: {admin}"),
+    )
+}
+
+/// README "routes.yaml reference": `admin_tls` is required when the admin listener is
+/// not on loopback — a config error for `check` and `serve` alike, naming the key; with
+/// `admin_tls` the same listener starts, serves only TLS, and a loopback listener needs
+/// none.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_tls_is_required_off_loopback() {
+    use crate::common::run_bin;
+    let bound = Duration::from_secs(60);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new();
+    let leaf = ca.issue();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/admin.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("certs/admin.key"), &leaf.key_pem).unwrap();
+    let tls = "admin_tls: { cert: certs/admin.crt, key: certs/admin.key }\n";
+
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, admin_config("0.0.0.0:0", "")).unwrap();
+    let bare_s = bare.to_str().unwrap();
+    let out = run_bin(&["check", "--config", bare_s], &[], bound);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "check: {err}");
+    assert!(
+        err.contains("bare.yaml:") && err.contains("admin_listen") && err.contains("admin_tls"),
+        "the error names the file, the key and admin_tls: {err}"
+    );
+    let out = run_bin(&["serve", "--config", bare_s], &[], bound);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "serve: {err}");
+    assert!(err.contains("admin_tls"), "{err}");
+    assert!(!err.contains("listening"), "serve listened anyway: {err}");
+
+    // Controls: with admin_tls, and on another loopback address without it.
+    for (name, text) in [
+        ("with-tls.yaml", admin_config("0.0.0.0:0", tls)),
+        ("loopback.yaml", admin_config("127.0.0.2:0", "")),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let out = run_bin(&["check", "--config", p.to_str().unwrap()], &[], bound);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let proxy = Proxy::start_with_files(
+        &admin_config("0.0.0.0:0", tls),
+        &[],
+        &[
+            ("certs/admin.crt", leaf.cert_pem.as_bytes()),
+            ("certs/admin.key", leaf.key_pem.as_bytes()),
+        ],
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{}", proxy.admin.port()).parse().unwrap();
+    let req = Request::get("/healthz")
+        .header("host", format!("localhost:{}", admin.port()))
+        .body(empty())
+        .unwrap();
+    let (_, r) = common::send_tls(admin, &ca.pem(), &[b"http/1.1"], req)
+        .await
+        .expect("healthz over TLS");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The same port does not answer cleartext HTTP: one fatal TLS alert, then the close.
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = common::read_to_eof(&mut s).await;
+    assert!(
+        got.len() == 7 && got[0] == 21 && got[5] == 2,
+        "cleartext on the admin TLS port: want a fatal TLS alert, got {got:?}"
+    );
+}
+
+/// README "The operator page": the session lives in an `HttpOnly; SameSite=Strict;
+/// Path=/ui` cookie, `Secure` with `admin_tls` — and only then.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_cookie_is_secure_with_admin_tls_and_only_then() {
+    let ca = common::TestCa::new();
+    let leaf = ca.issue();
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let proxy = Proxy::start_with_files(
+        &config_with(
+            &up.url(),
+            "",
+            "admin_tls: { cert: certs/admin.crt, key: certs/admin.key }",
+        ),
+        &[],
+        &[
+            ("certs/admin.crt", leaf.cert_pem.as_bytes()),
+            ("certs/admin.key", leaf.key_pem.as_bytes()),
+        ],
+    );
+    let host = format!("localhost:{}", proxy.admin.port());
+    let ca_pem = ca.pem();
+    let tls = |req| common::send_tls(proxy.admin, &ca_pem, &[b"http/1.1"], req);
+    let login = Request::post("/ui/login")
+        .header("host", &host)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(full(format!("token={OPERATOR_SECRET}")))
+        .unwrap();
+    let (_, r) = tls(login).await.expect("sign-in over TLS");
+    assert_eq!(r.status, 303, "{}", r.text());
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Secure"] {
+        assert!(attrs.contains(&attr), "cookie lacks {attr}: {set}");
+    }
+    // The cookie is a working session over TLS.
+    let pair = attrs[0].to_string();
+    let ui = Request::get("/ui")
+        .header("host", &host)
+        .header("cookie", &pair)
+        .body(empty())
+        .unwrap();
+    let (_, r) = tls(ui).await.expect("page over TLS");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("csrf"),
+        "not the signed-in page: {}",
+        r.text()
+    );
+
+    // Control: the same sign-in without admin_tls sets the cookie without `Secure`.
+    let plain = Proxy::start(&config(&up.url()), &[]);
+    let r = form_post(
+        plain.admin,
+        "/ui/login",
+        None,
+        &format!("token={OPERATOR_SECRET}"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attrs.contains(&"HttpOnly"), "{set}");
+    assert!(
+        !attrs.contains(&"Secure"),
+        "Secure without admin_tls: {set}"
+    );
+}

@@ -35,8 +35,7 @@ async fn https_upstream_without_its_ca_is_502() {
     let proxy = Proxy::start(&https_upstream_config(&up, ""), &[]);
     let token = proxy.agent_token("bot").await;
     let r = get(proxy.addr, "/api/x", &token).await;
-    let reason = assert_error(&r, 502);
-    assert!(!reason.is_empty());
+    assert_eq!(assert_error(&r, 502), "upstream_unreachable");
     assert_eq!(
         up.hits(),
         0,
@@ -52,7 +51,7 @@ async fn https_upstream_with_the_wrong_ca_is_502() {
     let proxy = Proxy::start_with_files(&cfg, &[], &[("certs/other-ca.pem", other_ca.as_bytes())]);
     let token = proxy.agent_token("bot").await;
     let r = get(proxy.addr, "/api/x", &token).await;
-    assert_error(&r, 502);
+    assert_eq!(assert_error(&r, 502), "upstream_unreachable");
     assert_eq!(up.hits(), 0);
 }
 
@@ -113,9 +112,7 @@ async fn inbound_tls_http1() {
     let t = tls_proxy().await;
     let host = format!("localhost:{}", t.proxy.addr.port());
     let mut b = http::Request::get("/api/items/1").header("host", &host);
-    if !t.token.is_empty() {
-        b = b.header("authorization", format!("Bearer {}", t.token));
-    }
+    b = b.header("authorization", format!("Bearer {}", t.token));
     let (alpn, r) = send_tls(
         t.proxy.addr,
         &t.ca_pem,
@@ -140,9 +137,7 @@ async fn inbound_tls_h2_via_alpn() {
     let authority = format!("localhost:{}", t.proxy.addr.port());
     let mut b =
         http::Request::get(format!("https://{authority}/api/items/2?q=1")).version(Version::HTTP_2);
-    if !t.token.is_empty() {
-        b = b.header("authorization", format!("Bearer {}", t.token));
-    }
+    b = b.header("authorization", format!("Bearer {}", t.token));
     let (alpn, r) = send_tls(
         t.proxy.addr,
         &t.ca_pem,
@@ -175,9 +170,7 @@ async fn inbound_h2_sets_x_forwarded_host_from_authority() {
     let authority = format!("localhost:{}", t.proxy.addr.port());
     let mut b =
         http::Request::get(format!("https://{authority}/api/items/3")).version(Version::HTTP_2);
-    if !t.token.is_empty() {
-        b = b.header("authorization", format!("Bearer {}", t.token));
-    }
+    b = b.header("authorization", format!("Bearer {}", t.token));
     let (_, r) = send_tls(t.proxy.addr, &t.ca_pem, &[b"h2"], b.body(empty()).unwrap())
         .await
         .expect("h2 request");
@@ -190,39 +183,69 @@ async fn inbound_h2_sets_x_forwarded_host_from_authority() {
     );
 }
 
+/// One h2 request over TLS with `:authority` = `localhost:PORT` and, optionally, a Host.
+async fn h2_with_host(t: &TlsProxy, path: &str, host: Option<&str>) -> Resp {
+    let authority = format!("localhost:{}", t.proxy.addr.port());
+    let mut b = http::Request::get(format!("https://{authority}{path}")).version(Version::HTTP_2);
+    if let Some(h) = host {
+        b = b.header("host", h);
+    }
+    b = b.header("authorization", format!("Bearer {}", t.token));
+    let (alpn, r) = send_tls(t.proxy.addr, &t.ca_pem, &[b"h2"], b.body(empty()).unwrap())
+        .await
+        .expect("an HTTP/2 answer (not a reset or a closed connection)");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(r.version, Version::HTTP_2);
+    r
+}
+
 #[tokio::test]
 async fn inbound_h2_authority_differing_from_host_is_refused() {
     let t = tls_proxy().await;
-    let authority = format!("localhost:{}", t.proxy.addr.port());
-    let mut b = http::Request::get(format!("https://{authority}/api/x"))
-        .version(Version::HTTP_2)
-        .header("host", "evil.example");
-    if !t.token.is_empty() {
-        b = b.header("authorization", format!("Bearer {}", t.token));
-    }
-    match send_tls(t.proxy.addr, &t.ca_pem, &[b"h2"], b.body(empty()).unwrap()).await {
-        Ok((_, r)) => {
-            assert_refusal(":authority vs Host", &r, 400);
-        }
-        // Rejected at the HTTP/2 layer (stream reset) is a refusal too.
-        Err(e) => eprintln!("refused at the protocol layer: {e}"),
-    }
+    let r = h2_with_host(&t, "/api/x", Some("evil.example")).await;
+    assert_eq!(
+        assert_refusal(":authority vs Host", &r, 400),
+        "host_mismatch"
+    );
     assert_eq!(t.up.hits(), 0);
+    // Controls on the same listener: a Host equal to `:authority`, and none at all.
+    let authority = format!("localhost:{}", t.proxy.addr.port());
+    let r = h2_with_host(&t, "/api/x", Some(&authority)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = h2_with_host(&t, "/api/y", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(t.up.hits(), 2);
+    assert_eq!(t.up.last().target, "/base/api/y");
 }
 
 #[tokio::test]
 async fn inbound_tls_listener_does_not_serve_cleartext() {
     let t = tls_proxy().await;
-    let r = try_raw_request(
-        t.proxy.addr,
-        &raw_get("GET", b"/api/x", &t.proxy.addr.to_string(), &t.token, ""),
-    )
-    .await;
-    if let Ok(r) = r {
-        assert_ne!(
-            r.status, 200,
-            "cleartext request served on the TLS listener"
-        );
-    }
+    let mut s = tokio::net::TcpStream::connect(t.proxy.addr).await.unwrap();
+    let req = raw_get("GET", b"/api/x", &t.proxy.addr.to_string(), &t.token, "");
+    tokio::io::AsyncWriteExt::write_all(&mut s, &req)
+        .await
+        .unwrap();
+    let got = read_to_eof(&mut s).await;
+    // The answer is one fatal TLS alert record (type 21, level 2), then the close.
+    assert!(
+        got.len() == 7 && got[0] == 21 && got[3..5] == [0, 2] && got[5] == 2,
+        "want one fatal TLS alert and EOF, got {got:?} ({:?})",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(t.up.hits(), 0);
+    // Control: the same request over TLS on the same listener is served.
+    let b = http::Request::get("/api/x")
+        .header("host", format!("localhost:{}", t.proxy.addr.port()))
+        .header("authorization", format!("Bearer {}", t.token));
+    let (_, r) = send_tls(
+        t.proxy.addr,
+        &t.ca_pem,
+        &[b"http/1.1"],
+        b.body(empty()).unwrap(),
+    )
+    .await
+    .expect("https request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(t.up.hits(), 1);
 }
