@@ -152,7 +152,7 @@ async fn reload_under_traffic_answers_from_the_old_or_the_new_config_never_an_er
     for k in 1..=6 {
         let text = &configs[k % 2];
         begun.store(k, Ordering::SeqCst);
-        proxy.write_config(&text);
+        proxy.write_config(text);
         let r = op(&proxy, "POST", "/reload", None).await;
         assert_eq!(r.status, 200, "reload {k}: {}", r.text());
         let v = r.json()["policy_version"].as_str().unwrap().to_string();
