@@ -167,7 +167,7 @@ async fn proxy_killed_during_replay_leaves_unknown_then_resolve_records_it() {
         "the restarted process's records of {id}"
     );
     for t in [&first_trail, &second_trail] {
-        let o = verify(&[t.clone()], &[], &[]);
+        let o = verify(std::slice::from_ref(t), &[], &[]);
         assert!(o.status.success(), "{}", out_text(&o));
     }
 }

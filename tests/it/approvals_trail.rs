@@ -13,7 +13,6 @@ use crate::support::audit::{out_text, verify};
 use crate::support::redis::{random_prefix, RedisServer};
 use crate::trail_events::{check_event, event_now, events_of, park_record, wait_event, Ev};
 use serde_json::json;
-use std::path::PathBuf;
 
 const TRAIL: &str = "data/audit.jsonl";
 
@@ -81,7 +80,7 @@ async fn park_checked(
     (id, park)
 }
 
-fn assert_events(trail: &PathBuf, id: &str, want: &[&str]) {
+fn assert_events(trail: &std::path::Path, id: &str, want: &[&str]) {
     assert_eq!(
         events_of(trail, id),
         want,
@@ -291,7 +290,7 @@ async fn approval_events_read_back(stores: [String; 2], env: &[(&str, &str)]) {
     held.release();
 
     for t in [&trail, &qtrail] {
-        let o = verify(&[t.clone()], &[], &[]);
+        let o = verify(std::slice::from_ref(t), &[], &[]);
         assert!(o.status.success(), "{}", out_text(&o));
     }
 }

@@ -8,6 +8,10 @@
 //! forwarded, a deny and a park are each answered 503 with nothing forwarded or parked,
 //! `/readyz` answers 503, and the refusal is counted. Once the writer runs again the queue
 //! drains: every queued record is written in one chain and requests are served again.
+//!
+//! Filling 65,536 records through the debug binary takes 20-45 s of one core here, so the
+//! test is `#[ignore]`d in the plain `cargo test` and run by `.ci/run` (`cargo test --
+//! --ignored`), or by hand: `cargo test --test it audit_queue -- --ignored`.
 
 use crate::common::{self, Behaviour, Proxy, Upstream};
 use crate::support::admin::{call, issue, op};
@@ -225,6 +229,7 @@ fn queue_full_errors(e: &crate::support::audit::Exposition) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "fills the real 65,536-record audit queue: 20-45 s of one core on this machine; .ci/run runs it with --ignored"]
 async fn a_full_audit_queue_refuses_with_503_and_forwards_nothing_until_it_drains() {
     let up = Upstream::start(Behaviour::Fixed).await;
     // Only what the test reads is logged (the listening line): a log line per request
@@ -286,6 +291,16 @@ async fn a_full_audit_queue_refuses_with_503_and_forwards_nothing_until_it_drain
         "{}",
         r.text()
     );
+    // An agent request the proxy answers itself would be recorded after its answer: with
+    // no room for the record, it is refused too (it used to be answered, unrecorded).
+    let r = call(p.addr, "GET", "/_portcullis/tools", &bot).await;
+    assert_eq!(r.status, 503, "GET /_portcullis/tools: {}", r.text());
+    assert_eq!(
+        r.reason().as_deref(),
+        Some("audit_unavailable"),
+        "{}",
+        r.text()
+    );
     let park = common::request("POST", p.addr, "/tickets/2/refund", &bot)
         .body(common::full("{\"amount\":5}"))
         .unwrap();
@@ -306,6 +321,24 @@ async fn a_full_audit_queue_refuses_with_503_and_forwards_nothing_until_it_drain
         list.text()
     );
     assert_eq!(readyz(&p).await, 503, "/readyz with a full audit queue");
+    assert!(
+        p.wait_for_log("AUDIT QUEUE FULL", Duration::from_secs(5))
+            .await,
+        "a full audit queue is not logged; log:\n{}",
+        p.logs()
+    );
+    assert!(
+        p.logs()
+            .lines()
+            .any(|l| l.contains("AUDIT QUEUE FULL") && l.contains("ERROR")),
+        "the full queue is logged at ERROR; log:\n{}",
+        p.logs()
+    );
+    assert_eq!(
+        p.logs().matches("AUDIT QUEUE FULL").count(),
+        1,
+        "the full queue is reported once per episode, not per refused request"
+    );
     let m = scrape(&p).await;
     assert!(
         queue_full_errors(&m) > errors_before,
@@ -321,28 +354,35 @@ async fn a_full_audit_queue_refuses_with_503_and_forwards_nothing_until_it_drain
 
     // The writer runs again: the queue drains, requests are served again.
     frozen.thaw();
-    let t = Instant::now();
-    let end = t + BOUND;
-    while readyz(&p).await != 200 {
-        assert!(
-            Instant::now() < end,
-            "/readyz still 503 {BOUND:?} after the writer ran again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually("/readyz 200 after the writer ran again", BOUND, || async {
+        match readyz(&p).await {
+            200 => Ok(()),
+            s => Err(format!("/readyz {s}")),
+        }
+    })
+    .await;
     let r = call(p.addr, "GET", "/tickets/3", &bot).await;
     assert_eq!(r.status, 200, "after the queue drained: {}", r.text());
     assert_eq!(up.hits(), 2);
     let last = r.header("x-request-id").unwrap().to_string();
 
     // Every queued record was written, in one chain.
-    assert!(
-        common::poll_until_async(BOUND, || records_of(&trail)
-            .iter()
-            .any(|r| r["request_id"].as_str() == Some(last.as_str())))
-        .await,
-        "the request after the drain was never recorded"
-    );
+    common::eventually(
+        "the record of the request after the drain",
+        BOUND,
+        || async {
+            let recs = records_of(&trail);
+            if recs
+                .iter()
+                .any(|r| r["request_id"].as_str() == Some(last.as_str()))
+            {
+                Ok(())
+            } else {
+                Err(format!("{} records", recs.len()))
+            }
+        },
+    )
+    .await;
     let recs = records_of(&trail);
     let tools = recs[before..]
         .iter()
@@ -350,8 +390,8 @@ async fn a_full_audit_queue_refuses_with_503_and_forwards_nothing_until_it_drain
         .count();
     assert_eq!(
         tools, QUEUE,
-        "records of the requests that filled the queue"
+        "records of the requests that filled the queue (and none of the one refused)"
     );
-    let o = verify(&[trail.clone()], &[], &[]);
+    let o = verify(std::slice::from_ref(&trail), &[], &[]);
     assert!(o.status.success(), "{}", out_text(&o));
 }

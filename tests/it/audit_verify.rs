@@ -526,7 +526,12 @@ async fn the_chain_continues_across_a_restart_and_a_torn_last_line() {
     );
     let before = records_of(&trail);
     let last = before.last().expect("records").clone();
-    assert_verifies("after the first process", &[trail.clone()], &[], &[]);
+    assert_verifies(
+        "after the first process",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
 
     // Second process: same chain, next seq, linked to the last record.
     let mut p = on_trail(&up.url(), &trail);
@@ -547,7 +552,12 @@ async fn the_chain_continues_across_a_restart_and_a_torn_last_line() {
         first_new["prev"], last["hash"],
         "the first record after the restart links to the last one before it"
     );
-    let out = assert_verifies("across a graceful restart", &[trail.clone()], &[], &[]);
+    let out = assert_verifies(
+        "across a graceful restart",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
     assert!(
         out.contains(&format!("{} records", after.len())),
         "verify counts every record ({}): {out}",
@@ -573,7 +583,7 @@ async fn the_chain_continues_across_a_restart_and_a_torn_last_line() {
     // On the torn file, verify fails at the torn line.
     assert_broken_at(
         "a torn last line",
-        &[trail.clone()],
+        std::slice::from_ref(&trail),
         &[],
         &[],
         &trail,
@@ -615,7 +625,12 @@ async fn the_chain_continues_across_a_restart_and_a_torn_last_line() {
         "the first record after the torn line links to the last whole record"
     );
     let _ = record_of(&recs, ids.last().unwrap());
-    let out = assert_verifies("after the torn line was cut", &[trail.clone()], &[], &[]);
+    let out = assert_verifies(
+        "after the torn line was cut",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
     let last_seq = recs.last().unwrap()["seq"].as_u64().unwrap();
     assert!(
         out.contains(&format!("{} records", recs.len()))

@@ -334,10 +334,10 @@ fn check_token_list(r: &Resp, id: &str) {
                     walk(x, &format!("{path}[{i}]"), bad);
                 }
             }
-            serde_json::Value::String(s) => {
-                if s.len() >= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    bad.push(format!("{path} = {s}"));
-                }
+            serde_json::Value::String(s)
+                if s.len() >= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                bad.push(format!("{path} = {s}"));
             }
             _ => {}
         }
