@@ -124,26 +124,19 @@ const LONG_POLL_LOG: &str = "info,portcullis::internal=debug";
 const LONG_WAIT_S: u64 = 30;
 
 /// The first log line of `p` holding every one of `needles`, waited for (bounded).
-async fn log_line(p: &Proxy, needles: &[&str]) -> Option<String> {
-    let find = || {
-        p.logs()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_string)
-    };
-    if p.wait_for_log(needles[0], BOUND).await {
-        let end = Instant::now() + BOUND;
-        loop {
-            if let Some(l) = find() {
-                return Some(l);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    None
+async fn log_line(p: &Proxy, needles: &[&str]) -> String {
+    crate::common::eventually(
+        &format!("a log line with {needles:?}"),
+        BOUND,
+        || async move {
+            p.logs()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+                .map(str::to_string)
+                .ok_or_else(|| format!("log:\n{}", p.logs()))
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,11 +173,9 @@ async fn long_poll_on_a_wakes_when_b_approves() {
     // proves nothing and is repeated. Without working notices every attempt ends that way.
     let mut attempts = Vec::new();
     for attempt in 1..=3u32 {
-        let id = if attempt == 1 {
-            id.clone()
-        } else {
-            approval_id(&park(&a, &bot, &format!("/tickets/6{attempt}/close"), &[], b"{}").await)
-        };
+        // A fresh approval each time: the `?wait=1` above logged its own waiter.
+        let id =
+            approval_id(&park(&a, &bot, &format!("/tickets/6{attempt}/close"), &[], b"{}").await);
         let (addr, token, pid) = (a.addr, bot.clone(), id.clone());
         let poll = tokio::spawn(async move {
             let r = agent_call(
@@ -199,12 +190,7 @@ async fn long_poll_on_a_wakes_when_b_approves() {
             (r, Instant::now())
         });
         let tag = format!("approval_id={id}");
-        let registered = log_line(&a, &["long-poll waiting for a change", &tag]).await;
-        assert!(
-            registered.is_some(),
-            "A never logged the long-poll on {id} as waiting; log:\n{}",
-            a.logs()
-        );
+        log_line(&a, &["long-poll waiting for a change", &tag]).await;
         assert!(
             !poll.is_finished(),
             "the long-poll returned before anything changed"
@@ -230,14 +216,7 @@ async fn long_poll_on_a_wakes_when_b_approves() {
              `?wait={LONG_WAIT_S}` running out, not a wake-up"
         );
         // How it learned of the change (logged before it answered).
-        let saw = log_line(&a, &["long-poll saw a change", &tag])
-            .await
-            .unwrap_or_else(|| {
-                panic!(
-                    "A answered the long-poll on {id} without logging how it saw the change; log:\n{}",
-                    a.logs()
-                )
-            });
+        let saw = log_line(&a, &["long-poll saw a change", &tag]).await;
         wait_state(a.admin, &id, "executed", BOUND).await;
         assert!(up.wait_got(attempt as usize, BOUND).await);
         assert_eq!(

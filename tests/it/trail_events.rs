@@ -9,7 +9,6 @@
 use crate::support::audit::{assert_schema, records_of, RECORD_BOUND};
 use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// Every record of approval `id` in the trail at `path` (its park record and its
 /// events), in trail order.
@@ -71,21 +70,15 @@ pub fn event_now(path: &Path, id: &str, event: &str) -> Value {
 /// The one `event` record of approval `id`, waited for (bounded): for events written by
 /// the proxy on its own (replays, the sweeper) after the state changed.
 pub async fn wait_event(path: &Path, id: &str, event: &str) -> Value {
-    let end = Instant::now() + RECORD_BOUND;
-    loop {
-        if let Some(r) = one(path, id, |r| r["event"] == event, event) {
-            return r;
-        }
-        if Instant::now() >= end {
-            panic!(
-                "no `{event}` record for approval {id} in {} within {RECORD_BOUND:?}; its \
-                 records: {:?}",
-                path.display(),
-                events_of(path, id)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::common::eventually(
+        &format!("a `{event}` record for approval {id} in {}", path.display()),
+        RECORD_BOUND,
+        || async move {
+            one(path, id, |r| r["event"] == event, event)
+                .ok_or_else(|| format!("its records: {:?}", events_of(path, id)))
+        },
+    )
+    .await
 }
 
 /// What one approval event must say. `None` means the field is null.
