@@ -1207,14 +1207,14 @@ async fn reload_that_keeps_the_grant_still_replays() {
     let id = approval_id(&park(&p, &bot, "/tickets/13/close", &[], b"{\"r\":1}").await);
     let before = admin(p.admin, ALICE, "GET", "/policy", None).await.json();
     let text = std::fs::read_to_string(&p.config_path).unwrap();
-    std::fs::write(
+    common::write_atomically(
         &p.config_path,
         text.replace(
             "  bot3:",
             "  bot4: { profile: drafter, tenant: acme }\n  bot3:",
-        ),
-    )
-    .unwrap();
+        )
+        .as_bytes(),
+    );
     let r = admin(p.admin, ISSUER, "POST", "/reload", None).await;
     assert!(
         (200..300).contains(&r.status),

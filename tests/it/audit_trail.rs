@@ -683,7 +683,7 @@ async fn operator_changes_are_recorded_with_operator_and_policy_version() {
 
     // reload with a changed policy: old and new policy_version. (The file watcher may
     // also pick the change up; whichever reload swapped it, one record says old → new.)
-    std::fs::write(
+    common::write_atomically(
         &f.p.config_path,
         config_text(
             "ops-node",
@@ -691,9 +691,9 @@ async fn operator_changes_are_recorded_with_operator_and_policy_version() {
             &f.codes.url(),
             f.dead,
             /* extra_agent */ true,
-        ),
-    )
-    .unwrap();
+        )
+        .as_bytes(),
+    );
     let m = mark(&f);
     let v = op_ok(&f.p, "POST", "/reload", None).await;
     let recs = since(&f, m);
