@@ -811,13 +811,15 @@ async fn x_request_id_is_the_record_request_id_and_in_the_log_line() {
             "{what}: the log line with {rid} does not carry the decision `{decision}`: {line}"
         );
     }
-    // The upstream got the proxy's id, not the client's.
+    // The upstream got the proxy's id — the one the client was answered with — and only
+    // it (the allowed request is the only one forwarded).
+    assert_eq!(f.api.hits(), 1, "requests forwarded");
     let up = f.api.last();
-    assert!(
-        up.header_all("x-request-id")
-            .iter()
-            .all(|v| *v != client_id),
-        "the client's X-Request-Id reached the upstream: {:?}",
+    let (_, allow) = &responses[0];
+    assert_eq!(
+        up.header_all("x-request-id"),
+        vec![allow.header("x-request-id").unwrap()],
+        "X-Request-Id at the upstream (the client sent {client_id}): {:?}",
         up.headers
     );
 }
