@@ -11,6 +11,7 @@ use crate::identity::Identity;
 use crate::store::Event;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use std::time::Duration;
+use tracing::debug;
 
 /// The longest `?wait=` honoured (also bounded by the request deadline).
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -74,6 +75,8 @@ async fn status(
     if let Some(wait) = wait {
         let start = a.state;
         let deadline = tokio::time::Instant::now() + wait;
+        // Subscribed above, before the first read: from here on no change is missed.
+        debug!(approval_id = %id, state = start.as_str(), wait_ms = wait.as_millis() as u64, "long-poll waiting for a change");
         while a.state == start
             && !matches!(
                 start,
@@ -87,18 +90,23 @@ async fn status(
             // Woken by a change notice from any replica; re-read at least every second
             // (covers expiry, which nobody announces, and a lost feed).
             let step = (deadline - now).min(Duration::from_secs(1));
-            let _ = tokio::time::timeout(step, async {
+            let noticed = tokio::time::timeout(step, async {
                 loop {
                     match events.recv().await {
-                        Ok(Event::Approval(x)) if x == id => return,
+                        Ok(Event::Approval(x)) if x == id => return true,
                         Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return false,
                         Err(_) => return std::future::pending().await,
                     }
                 }
             })
-            .await;
+            .await
+            .unwrap_or(false);
             a = own(app, who, id).await?;
+            if a.state != start {
+                let woken_by = if noticed { "notice" } else { "reread" };
+                debug!(approval_id = %id, state = a.state.as_str(), woken_by, "long-poll saw a change");
+            }
         }
     }
     Ok(crate::proxy::json(StatusCode::OK, approval::agent_view(&a)))

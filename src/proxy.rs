@@ -260,6 +260,11 @@ async fn route_request(
     trace.method = Some(c.method.as_str());
     trace.path = Some(c.path_and_query());
     if canon_is_internal(&c.path) {
+        // Answered here, recorded after: with no room left in the audit queue the record
+        // would be dropped, so the request is refused like any other.
+        if !app.audit.has_room() {
+            return Err(Audit::unavailable());
+        }
         return internal::handle(app, &live, &who, &c).await;
     }
     let body_on_bodiless = carries_body(&c, req.headers(), req.body());

@@ -107,6 +107,8 @@ pub(crate) struct Health {
     pub buffered: std::sync::Mutex<Vec<Job>>,
     /// The writer is in its long idle sleep and must be nudged for buffered records.
     pub idle: AtomicBool,
+    /// A full queue was reported (ERROR) and has not drained since: once per episode.
+    pub full_reported: AtomicBool,
     pub path: std::path::PathBuf,
 }
 
@@ -143,6 +145,7 @@ impl Audit {
             swaps: AtomicU64::new(0),
             buffered: std::sync::Mutex::new(Vec::new()),
             idle: AtomicBool::new(false),
+            full_reported: AtomicBool::new(false),
             path: cfg.path.clone(),
         });
         let queue = cfg.max_queue_records;
@@ -160,9 +163,26 @@ impl Audit {
     /// is not full, and its file is still in place.
     pub fn ready(&self) -> bool {
         let h = &self.health;
-        h.healthy.load(Ordering::Acquire)
-            && (h.depth.load(Ordering::Relaxed) as usize) < self.queue
-            && h.file_in_place()
+        h.healthy.load(Ordering::Acquire) && self.has_room() && h.file_in_place()
+    }
+
+    /// Whether the queue can take another record (a full one is reported once, at ERROR).
+    pub fn has_room(&self) -> bool {
+        let room = (self.health.depth.load(Ordering::Relaxed) as usize) < self.queue;
+        if !room {
+            self.report_full();
+        }
+        room
+    }
+
+    fn report_full(&self) {
+        if !self.health.full_reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                records = self.queue,
+                file = %self.health.path.display(),
+                "AUDIT QUEUE FULL: the writer is not keeping up; refusing requests until it drains"
+            );
+        }
     }
 
     pub fn unavailable() -> Error {
@@ -179,7 +199,11 @@ impl Audit {
             self.health.depth.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!("portcullis_audit_write_errors_total", "kind" => "queue_full")
                 .increment(1);
+            self.report_full();
             return Err(Self::unavailable());
+        }
+        if self.health.full_reported.load(Ordering::Relaxed) {
+            self.health.full_reported.store(false, Ordering::Relaxed);
         }
         Ok(())
     }

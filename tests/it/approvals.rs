@@ -1207,14 +1207,14 @@ async fn reload_that_keeps_the_grant_still_replays() {
     let id = approval_id(&park(&p, &bot, "/tickets/13/close", &[], b"{\"r\":1}").await);
     let before = admin(p.admin, ALICE, "GET", "/policy", None).await.json();
     let text = std::fs::read_to_string(&p.config_path).unwrap();
-    std::fs::write(
+    common::write_atomically(
         &p.config_path,
         text.replace(
             "  bot3:",
             "  bot4: { profile: drafter, tenant: acme }\n  bot3:",
-        ),
-    )
-    .unwrap();
+        )
+        .as_bytes(),
+    );
     let r = admin(p.admin, ISSUER, "POST", "/reload", None).await;
     assert!(
         (200..300).contains(&r.status),
@@ -1284,17 +1284,22 @@ async fn webhook_that_hangs_or_is_down_does_not_block_the_park() {
     task.abort();
 }
 
-/// A result over `max_result_bytes` is kept only up to the cap (DESIGN.md: "as it was
-/// (≤ max_result_bytes)"), and still counts as executed.
-#[tokio::test(flavor = "multi_thread")]
-async fn result_is_kept_up_to_max_result_bytes() {
+/// Parks and approves one request on a proxy with `limits.max_result_bytes: cap`; returns
+/// the agent's `GET /_portcullis/approvals/{id}/result` once executed.
+async fn result_with_cap(cap: usize) -> common::Resp {
     let up = ReplayUpstream::start().await;
-    let p = start(&up, EMBEDDED, "limits: { max_result_bytes: 8 }", &[]);
+    let p = start(
+        &up,
+        EMBEDDED,
+        &format!("limits: {{ max_result_bytes: {cap} }}"),
+        &[],
+    );
     let (bot, _) = issue(p.admin, "bot").await;
     let id = approval_id(&park(&p, &bot, "/tickets/14/close", &[], b"{}").await);
     let r = approve(p.admin, ALICE, &id, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    agent_wait_status(&p, &bot, &id, "executed").await;
+    let s = agent_wait_status(&p, &bot, &id, "executed").await;
+    assert_eq!(s["upstream_status"], RESULT_STATUS, "cap {cap}: {s}");
     let r = agent_call(
         p.addr,
         &bot,
@@ -1304,11 +1309,42 @@ async fn result_is_kept_up_to_max_result_bytes() {
         b"",
     )
     .await;
-    assert_eq!(r.status, RESULT_STATUS, "{}", r.text());
-    assert!(
-        !r.body.is_empty() && r.body.len() <= 8 && RESULT_BODY.starts_with(&r.body),
-        "a result capped at 8 bytes: {:?}",
-        r.text()
+    assert_eq!(r.status, RESULT_STATUS, "cap {cap}: {}", r.text());
+    assert_eq!(
+        r.header("x-upstream-marker"),
+        Some(RESULT_MARKER),
+        "cap {cap}: the upstream's headers are kept: {:?}",
+        r.headers
     );
-    assert_eq!(up.hits(), 1);
+    assert_eq!(up.hits(), 1, "cap {cap}: upstream calls");
+    r
+}
+
+/// A result over `max_result_bytes` is kept only up to the cap and marked
+/// `Portcullis-Result-Truncated: true` (README "Approvals"); it still counts as executed.
+/// One that fits exactly is whole and carries no such header.
+#[tokio::test(flavor = "multi_thread")]
+async fn result_over_max_result_bytes_is_cut_and_marked_truncated() {
+    let whole = RESULT_BODY.len();
+    let (fits, cut) = tokio::join!(result_with_cap(whole), result_with_cap(whole - 1));
+
+    assert_eq!(&fits.body[..], RESULT_BODY, "a result of exactly the cap");
+    assert_eq!(
+        fits.header("portcullis-result-truncated"),
+        None,
+        "a result that fits is marked truncated: {:?}",
+        fits.headers
+    );
+
+    assert_eq!(
+        &cut.body[..],
+        &RESULT_BODY[..whole - 1],
+        "a result one byte over the cap: the first cap bytes"
+    );
+    assert_eq!(
+        cut.header_all("portcullis-result-truncated"),
+        vec!["true"],
+        "a cut result is marked: {:?}",
+        cut.headers
+    );
 }

@@ -27,11 +27,10 @@ async fn a_reload_that_moves_the_upstream_fails_the_replay() {
         "the approver sees where it will go: {v}"
     );
     // Same upstream name, tool, tenant and grant; only its URL moves.
-    std::fs::write(
+    common::write_atomically(
         &p.config_path,
-        config("node-a", EMBEDDED, &second.url(), ""),
-    )
-    .unwrap();
+        config("node-a", EMBEDDED, &second.url(), "").as_bytes(),
+    );
     let r = admin(p.admin, ISSUER, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = approve(p.admin, ALICE, &id, None).await;
@@ -65,11 +64,10 @@ async fn a_request_record_names_the_policy_in_force_when_it_was_decided() {
         common::raw_request(addr, &common::raw_get("GET", b"/api/slow", &host, &t, "")).await
     });
     assert!(up.wait_hits(1, Duration::from_secs(10)).await);
-    std::fs::write(
+    common::write_atomically(
         &p.config_path,
-        format!("{cfg}sensitive_paths: [\"/api/x\"]\n"),
-    )
-    .unwrap();
+        format!("{cfg}sensitive_paths: [\"/api/x\"]\n").as_bytes(),
+    );
     let r = admin(p.admin, common::OPERATOR_SECRET, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let after = r.json()["policy_version"].as_str().unwrap().to_string();

@@ -6,7 +6,9 @@
 
 use crate::common::Proxy;
 use crate::support::approvals::*;
+use crate::support::audit::{out_text, verify};
 use crate::support::redis::{random_prefix, RedisServer};
+use crate::support::trail::{check_event, event_now, events_of, park_record, wait_event, Ev};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -51,16 +53,51 @@ async fn proxy_killed_during_replay_leaves_unknown_then_resolve_records_it() {
     // Now the upstream answers — to nobody.
     up.release();
 
+    // The first process's trail: the park and the approval, durable before their
+    // answers; no replay outcome (it died before storing one).
+    let first_trail = first.path("data/audit.jsonl");
+    let park = park_record(&first_trail, &id);
+    check_event(
+        &event_now(&first_trail, &id, "approval_approved"),
+        &park,
+        &Ev {
+            event: "approval_approved",
+            decision: "approved",
+            reason: None,
+            operator: Some("alice"),
+            comment: None,
+            upstream_status: None,
+        },
+    );
+    assert_eq!(
+        events_of(&first_trail, &id),
+        ["request", "approval_approved"],
+        "the killed process's records of {id}"
+    );
+
     let second = Proxy::start(&cfg, &env);
     let v = wait_state(second.admin, &id, "unknown", BOUND).await;
-    assert!(
-        v["reason"].as_str().is_some_and(|r| !r.is_empty()),
-        "an unknown outcome says why: {v}"
-    );
+    assert_eq!(v["reason"], "outcome_unknown", "{v}");
+    let detail = v["detail"].as_str().unwrap_or_default().to_string();
+    assert!(!detail.is_empty(), "an unknown outcome says why: {v}");
     assert_eq!(
         up.hits(),
         1,
         "the restarted proxy called the upstream again"
+    );
+    // The restarted process records what it found, naming the approver.
+    let second_trail = second.path("data/audit.jsonl");
+    check_event(
+        &wait_event(&second_trail, &id, "replay_unknown").await,
+        &park,
+        &Ev {
+            event: "replay_unknown",
+            decision: "unknown",
+            reason: Some("outcome_unknown"),
+            operator: Some("alice"),
+            comment: Some(&detail),
+            upstream_status: None,
+        },
     );
 
     // The agent sees `unknown` and no result; nobody can approve it again.
@@ -106,10 +143,33 @@ async fn proxy_killed_during_replay_leaves_unknown_then_resolve_records_it() {
     assert_eq!(r.status, 200, "resolve: {}", r.text());
     let v = view(second.admin, &id).await;
     assert_eq!(v["state"], "executed", "{v}");
+    // The resolution is on the trail before the answer: who, what, and why.
+    check_event(
+        &event_now(&second_trail, &id, "approval_resolved"),
+        &park,
+        &Ev {
+            event: "approval_resolved",
+            decision: "executed",
+            reason: Some("resolved_by_operator"),
+            operator: Some("alice"),
+            comment: Some("the ledger shows the close"),
+            upstream_status: None,
+        },
+    );
     let r = resolve(BOB, "failed").await;
     assert_eq!(r.status, 409, "resolving a resolved outcome: {}", r.text());
     assert_eq!(view(second.admin, &id).await["state"], "executed");
     assert_eq!(up.hits(), 1, "resolving sent something upstream");
+    // Refusals (the viewer, the second resolve) recorded nothing.
+    assert_eq!(
+        events_of(&second_trail, &id),
+        ["replay_unknown", "approval_resolved"],
+        "the restarted process's records of {id}"
+    );
+    for t in [&first_trail, &second_trail] {
+        let o = verify(std::slice::from_ref(t), &[], &[]);
+        assert!(o.status.success(), "{}", out_text(&o));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

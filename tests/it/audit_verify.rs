@@ -4,7 +4,9 @@
 //! another chain spliced in; rotation keeps the chain across files; signed checkpoints
 //! catch a chain rewritten without the key; a cut head, an emptied trail and a moved
 //! checkpoint are refused (`--from-seq/--from-hash` and `--allow-empty` as the way out);
-//! `tail` filters by decision and agent and follows new records.
+//! the chain continues across a restart and after a crash that tore the last line (cut
+//! at start; verify fails on the torn file and passes after); `tail` filters by decision
+//! and agent and follows new records.
 
 use crate::common;
 use crate::support::audit as audit_support;
@@ -452,6 +454,200 @@ async fn rotation_keeps_the_chain_across_files() {
     assert!(
         out.contains(&format!("{} records", total - oldest.len())),
         "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Restarts and a torn last line
+// ---------------------------------------------------------------------------------------
+
+/// One proxy on the trail at `trail` (outside its own temp dir, so restarts share it).
+fn on_trail(url: &str, trail: &Path) -> Proxy {
+    let own = format!("audit: {{ path: {AUDIT} }}");
+    let cfg = config(url, "");
+    assert!(cfg.contains(&own), "the config changed shape");
+    Proxy::start(
+        &cfg.replace(&own, &format!("audit: {{ path: \"{}\" }}", trail.display())),
+        &[],
+    )
+}
+
+/// An allowed and a denied request with a fresh credential; waits until both records
+/// (and the token's) are in `trail`; returns their request ids.
+async fn traffic(p: &Proxy, trail: &Path, n: usize) -> Vec<String> {
+    let bot = issue(p, json!({"agent": "bot", "ttl": "1h"})).await.token;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        for (method, want) in [("GET", 200), ("DELETE", 403)] {
+            let r = call(p.addr, method, &format!("/tickets/{i}"), &bot).await;
+            assert_eq!(r.status, want, "{method} /tickets/{i}: {}", r.text());
+            ids.push(r.header("x-request-id").unwrap().to_string());
+        }
+    }
+    let all = || {
+        let recs = records_of(trail);
+        ids.iter()
+            .all(|id| recs.iter().any(|r| r["request_id"].as_str() == Some(id)))
+    };
+    assert!(
+        common::poll_until_async(audit_support::RECORD_BOUND, all).await,
+        "not every request was recorded in {}",
+        trail.display()
+    );
+    ids
+}
+
+/// The record of request `id` in `recs` (exactly one).
+fn record_of<'a>(recs: &'a [Value], id: &str) -> &'a Value {
+    let found: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["request_id"].as_str() == Some(id))
+        .collect();
+    assert_eq!(found.len(), 1, "records of request {id}: {found:#?}");
+    found[0]
+}
+
+/// The chain goes on across a graceful restart and across a crash that tore the last
+/// line: the restarted writer cuts the torn tail, continues with the next seq and links
+/// to the last whole record, and `audit verify` passes on the file — while on the torn
+/// file it fails, naming the torn line.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chain_continues_across_a_restart_and_a_torn_last_line() {
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let shared = tempfile::tempdir().expect("tempdir");
+    let trail = shared.path().join("audit.jsonl");
+
+    // First process, stopped gracefully.
+    let mut p = on_trail(&up.url(), &trail);
+    traffic(&p, &trail, 3).await;
+    assert!(
+        p.terminate(Duration::from_secs(20)).await.is_some(),
+        "the first proxy did not stop"
+    );
+    let before = records_of(&trail);
+    let last = before.last().expect("records").clone();
+    assert_verifies(
+        "after the first process",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
+
+    // Second process: same chain, next seq, linked to the last record.
+    let mut p = on_trail(&up.url(), &trail);
+    let ids = traffic(&p, &trail, 3).await;
+    let after = records_of(&trail);
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "the restart changed what was already written"
+    );
+    let first_new = &after[before.len()];
+    assert_eq!(
+        first_new["seq"].as_u64(),
+        last["seq"].as_u64().map(|n| n + 1),
+        "seq after the restart: {first_new}"
+    );
+    assert_eq!(
+        first_new["prev"], last["hash"],
+        "the first record after the restart links to the last one before it"
+    );
+    let out = assert_verifies(
+        "across a graceful restart",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
+    assert!(
+        out.contains(&format!("{} records", after.len())),
+        "verify counts every record ({}): {out}",
+        after.len()
+    );
+    // Every record of the second process's requests is durable: kill it, then tear its
+    // last line as a crash in the middle of a write would.
+    let _ = record_of(&after, ids.last().unwrap());
+    common_kill(&mut p).await;
+    let bytes = std::fs::read(&trail).unwrap();
+    assert!(bytes.ends_with(b"\n"));
+    let last_start = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let torn_len = last_start + (bytes.len() - last_start) / 2;
+    std::fs::write(&trail, &bytes[..torn_len]).unwrap();
+    let whole = lines_of(&trail);
+    assert_eq!(whole.len(), after.len() - 1, "the torn line is not whole");
+    let kept = records_of(&trail);
+    let last_whole = kept.last().unwrap().clone();
+
+    // On the torn file, verify fails at the torn line.
+    assert_broken_at(
+        "a torn last line",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+        &trail,
+        after.len(),
+    );
+
+    // Third process: cuts the torn tail and goes on from the last whole record.
+    let mut p = on_trail(&up.url(), &trail);
+    assert!(
+        p.wait_for_log("torn line", Duration::from_secs(5)).await,
+        "the restart did not report the torn line; log:\n{}",
+        p.logs()
+    );
+    let ids = traffic(&p, &trail, 2).await;
+    assert!(
+        p.terminate(Duration::from_secs(20)).await.is_some(),
+        "the third proxy did not stop"
+    );
+    let now = std::fs::read(&trail).unwrap();
+    assert_eq!(
+        &now[..last_start],
+        &bytes[..last_start],
+        "the whole records before the torn line changed"
+    );
+    let recs = records_of(&trail);
+    assert_eq!(
+        lines_of(&trail).len(),
+        now.iter().filter(|&&b| b == b'\n').count(),
+        "a line that is not whole is left in the file"
+    );
+    let resumed = &recs[kept.len()];
+    assert_eq!(
+        resumed["seq"].as_u64(),
+        last_whole["seq"].as_u64().map(|n| n + 1),
+        "the torn record's seq is taken by the next whole record: {resumed}"
+    );
+    assert_eq!(
+        resumed["prev"], last_whole["hash"],
+        "the first record after the torn line links to the last whole record"
+    );
+    let _ = record_of(&recs, ids.last().unwrap());
+    let out = assert_verifies(
+        "after the torn line was cut",
+        std::slice::from_ref(&trail),
+        &[],
+        &[],
+    );
+    let last_seq = recs.last().unwrap()["seq"].as_u64().unwrap();
+    assert!(
+        out.contains(&format!("{} records", recs.len()))
+            && out.contains(&format!("last seq {last_seq}")),
+        "verify covers the whole chain ({} records, last seq {last_seq}): {out}",
+        recs.len()
+    );
+}
+
+/// SIGKILL to the proxy; waits (bounded) until it is gone.
+async fn common_kill(p: &mut Proxy) {
+    // SAFETY: `kill` on the pid of a child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill(SIGKILL) failed");
+    assert!(
+        p.wait_exit(Duration::from_secs(20)).await.is_some(),
+        "the proxy survived SIGKILL"
     );
 }
 

@@ -1,7 +1,11 @@
-//! Canaries: a live agent token and an upstream secret (`value_env`) go through allowed,
-//! denied, malformed, unreachable-upstream and admin-port requests with `RUST_LOG=debug`;
-//! neither may then appear in the proxy's logs, in any response the client got, in the
-//! audit file, or in the store (the redb file's bytes; every redis key and value).
+//! Canaries: a live agent token, an upstream secret (`value_env`) and the operator's secret
+//! go through allowed, denied, parked, malformed, unreachable-upstream and admin-port
+//! requests (and near misses of the operator secret) with `RUST_LOG=debug`; none may then
+//! appear in the proxy's logs, in any response the client got (error messages included),
+//! in the audit file, or in the store (the redb file's bytes; every redis key and value).
+//! The digest the store keeps of the token's secret (SHA-256, or HMAC-SHA256 with a
+//! pepper) is in the store and nowhere else: not in a log line, an audit record, a parked
+//! record, a response — and `GET /tokens` shows no hash at all.
 
 use crate::common;
 
@@ -29,6 +33,9 @@ upstreams:
     url: {url}
     inject: {{ header: Authorization, value_env: CANARY_UPSTREAM_SECRET }}
     tenant_header: X-Tenant-Id
+    # Cookies are forwarded here, yet a parked record still never keeps one (README
+    # "What is kept"): the park below sends the token as a cookie.
+    cookies: pass
   dead:
     url: http://{dead}
     inject: {{ header: X-Api-Key, value_env: CANARY_UPSTREAM_SECRET }}
@@ -38,11 +45,14 @@ routes:
     upstream: api
     tool_prefix: tickets
     paths: ["/tickets/{{id}}"]
+    tools:
+      - {{ match: "POST /tickets/{{id}}/refund", name: tickets.refund, risk: critical }}
   - {{ prefix: /gone, upstream: dead, tool_prefix: gone }}
 profiles:
   drafter:
-    tools: ["tickets.*", "gone.*"]
+    tools: ["tickets.get", "tickets.list", "gone.*"]
     max_risk: medium
+    approval: ["tickets.refund"]
     deny: ["*.delete"]
 agents:
   bot: {{ profile: drafter, tenant: acme }}
@@ -52,9 +62,10 @@ agents:
     )
 }
 
-/// Everything a client saw, for the leak check.
+/// Everything a client saw, for the leak check, and the approval the agent parked.
 struct Seen {
     responses: Vec<(String, Resp)>,
+    approval_id: String,
 }
 
 impl Seen {
@@ -68,6 +79,7 @@ impl Seen {
 async fn exercise(p: &Proxy, up: &Upstream, t: &Issued, upstream_secret: &str) -> Seen {
     let mut seen = Seen {
         responses: Vec::new(),
+        approval_id: String::new(),
     };
     let tok = &t.token;
     let host = p.addr.to_string();
@@ -92,6 +104,80 @@ async fn exercise(p: &Proxy, up: &Upstream, t: &Issued, upstream_secret: &str) -
     seen.push(
         "internal 404",
         call(p.addr, "GET", "/_portcullis/nothing", tok).await,
+    );
+    // A park, with the token also offered as a cookie: the parked record keeps the
+    // request's headers, never a credential.
+    let park = common::request("POST", p.addr, "/tickets/9/refund", tok)
+        .header("cookie", format!("session={tok}"))
+        .header("x-note", "kept-header")
+        .header("content-type", "application/json")
+        .body(common::full("{\"amount\":1}"))
+        .unwrap();
+    let r = seen.push(
+        "park",
+        common::send(p.addr, park).await.expect("park request"),
+    );
+    assert_eq!(r.status, 202, "park: {}", r.text());
+    let id = r.json()["approval_id"]
+        .as_str()
+        .expect("approval_id")
+        .to_string();
+    let r = seen.push(
+        "the parked record (operator view)",
+        admin_call(
+            p.admin,
+            "GET",
+            &format!("/approvals/{id}"),
+            OPERATOR_SECRET,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(r.status, 200, "GET /approvals/{id}: {}", r.text());
+    assert!(
+        r.text().contains("kept-header"),
+        "the view shows the kept headers (so the check covers them): {}",
+        r.text()
+    );
+    seen.push(
+        "approvals list",
+        admin_call(p.admin, "GET", "/approvals", OPERATOR_SECRET, None).await,
+    );
+    let r = seen.push(
+        "the agent's view of its approval",
+        call(p.addr, "GET", &format!("/_portcullis/approvals/{id}"), tok).await,
+    );
+    assert_eq!(r.status, 200, "agent poll: {}", r.text());
+    seen.approval_id = id;
+    // Near misses of the operator secret, and the operator secret where it does not
+    // belong: refused without echoing what was sent.
+    let near = near_miss_operator_secret();
+    let r = seen.push(
+        "near-miss operator secret on admin",
+        admin_call(p.admin, "GET", "/tokens", &near, None).await,
+    );
+    assert_eq!(r.status, 401, "near-miss operator secret: {}", r.text());
+    let r = seen.push(
+        "near-miss operator secret deciding",
+        admin_call(
+            p.admin,
+            "POST",
+            &format!("/approvals/{}/approve", seen.approval_id),
+            &near,
+            Some(&json!({"comment": "x"})),
+        )
+        .await,
+    );
+    assert_eq!(r.status, 401, "near-miss operator secret: {}", r.text());
+    let r = seen.push(
+        "operator secret on the agent port",
+        call(p.addr, "GET", "/tickets/1", OPERATOR_SECRET).await,
+    );
+    assert_eq!(
+        r.status,
+        401,
+        "operator secret as an agent token: {}",
+        r.text()
     );
     let r = seen.push(
         "unreachable upstream",
@@ -148,10 +234,11 @@ async fn exercise(p: &Proxy, up: &Upstream, t: &Issued, upstream_secret: &str) -
         );
         assert_eq!(r.status, 403, "agent token on admin {path}: {}", r.text());
     }
-    seen.push(
+    let r = seen.push(
         "token list",
         admin_call(p.admin, "GET", "/tokens", OPERATOR_SECRET, None).await,
     );
+    check_token_list(r, &t.id);
     // Revoked, then used again.
     let r = seen.push(
         "revoke",
@@ -170,19 +257,97 @@ async fn exercise(p: &Proxy, up: &Upstream, t: &Issued, upstream_secret: &str) -
     seen
 }
 
-/// The parts of a canary token that must never leak: the whole token and its secret.
-fn needles(t: &Issued, upstream_secret: &str) -> Vec<(String, String)> {
+/// The operator secret with its last character changed.
+fn near_miss_operator_secret() -> String {
+    let mut s = OPERATOR_SECRET.to_string();
+    let last = s.pop().unwrap();
+    s.push(if last == '0' { '1' } else { '0' });
+    s
+}
+
+fn secret_of(t: &Issued) -> String {
     let secret = t
         .token
         .rsplit_once('_')
         .map(|(_, s)| s.to_string())
         .expect("pcx_<id>_<secret>");
     assert!(secret.len() >= 32, "the token's secret part: {secret}");
+    secret
+}
+
+/// What must never leak anywhere, the store included: the whole token, its secret, the
+/// upstream secret, the operator secret (and a near miss of it).
+fn needles(t: &Issued, upstream_secret: &str) -> Vec<(String, String)> {
     vec![
         ("agent token".into(), t.token.clone()),
-        ("agent token secret".into(), secret),
+        ("agent token secret".into(), secret_of(t)),
         ("upstream secret".into(), upstream_secret.to_string()),
+        ("operator secret".into(), OPERATOR_SECRET.to_string()),
+        (
+            "near-miss operator secret".into(),
+            near_miss_operator_secret(),
+        ),
     ]
+}
+
+/// The digest the store keeps of the token's secret (DESIGN.md: hashed at rest; with a
+/// pepper, HMAC-SHA256 keyed by it), computed here independently of the proxy.
+fn stored_digest(t: &Issued, pepper: Option<&str>) -> String {
+    let secret = secret_of(t);
+    match pepper {
+        None => sha256_hex(&secret),
+        Some(p) => {
+            use hmac::Mac;
+            let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(p.as_bytes())
+                .expect("any key length");
+            m.update(secret.as_bytes());
+            hex::encode(m.finalize().into_bytes())
+        }
+    }
+}
+
+/// `GET /tokens` lists the credential by id and never shows a secret or a hash: no
+/// field named like one, no value that looks like a digest.
+fn check_token_list(r: &Resp, id: &str) {
+    assert_eq!(r.status, 200, "GET /tokens: {}", r.text());
+    let v = r.json();
+    let tokens = v["tokens"]
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /tokens: no `tokens` array in {v}"));
+    assert!(
+        tokens.iter().any(|x| x["id"].as_str() == Some(id)),
+        "GET /tokens does not list {id}: {v}"
+    );
+    fn walk(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, x) in o {
+                    let kl = k.to_ascii_lowercase();
+                    if kl.contains("hash") || kl.contains("secret") || kl.contains("sha") {
+                        bad.push(format!("{path}.{k}"));
+                    }
+                    walk(x, &format!("{path}.{k}"), bad);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(x, &format!("{path}[{i}]"), bad);
+                }
+            }
+            serde_json::Value::String(s)
+                if s.len() >= 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                bad.push(format!("{path} = {s}"));
+            }
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    walk(&v, "", &mut bad);
+    assert!(
+        bad.is_empty(),
+        "GET /tokens shows secrets or hashes: {bad:?} in {v}"
+    );
 }
 
 fn assert_absent(place: &str, hay: &[u8], needles: &[(String, String)]) {
@@ -231,6 +396,17 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// Every needle plus the stored digest of the token's secret: for places other than the
+/// credential's own record in the store.
+fn with_digest(needles: &[(String, String)], digest: &str) -> Vec<(String, String)> {
+    let mut v = needles.to_vec();
+    v.push((
+        "stored digest of the token secret".into(),
+        digest.to_string(),
+    ));
+    v
+}
+
 /// The embedded store, with or without a token pepper.
 async fn embedded_run(pepper: Option<&str>) {
     let up = Upstream::start(Behaviour::Fixed).await;
@@ -254,7 +430,9 @@ async fn embedded_run(pepper: Option<&str>) {
     if let Some(pp) = pepper {
         needles.push(("token pepper".into(), pp.to_string()));
     }
-    check_client_and_logs(&p, &seen, &needles, &t.id);
+    let digest = stored_digest(&t, pepper);
+    let everywhere_else = with_digest(&needles, &digest);
+    check_client_and_logs(&p, &seen, &everywhere_else, &t.id);
 
     let status = p.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some(), "the proxy did not exit on SIGTERM");
@@ -264,23 +442,49 @@ async fn embedded_run(pepper: Option<&str>) {
         "the token id is not in the redb file; is this the store the proxy used?"
     );
     assert_absent("the redb file", &bytes, &needles);
-    // At rest the credential is a hash: plain SHA-256 without a pepper, and with a
-    // pepper not the plain SHA-256 (an offline guess needs the pepper).
-    let token_secret = t.token.rsplit_once('_').unwrap().1;
-    let plain = [sha256_hex(token_secret), sha256_hex(&t.token)];
-    let has_plain = plain.iter().any(|h| contains(&bytes, h));
-    match pepper {
-        None => assert!(has_plain, "no SHA-256 of the token in the store"),
-        Some(_) => assert!(
-            !has_plain,
+    // At rest the credential is its digest (the canary is live: it is in the store), and
+    // with a pepper not the plain SHA-256 (an offline guess needs the pepper).
+    assert!(
+        contains(&bytes, &digest),
+        "the store does not hold the digest of the token's secret"
+    );
+    let plain = sha256_hex(&secret_of(&t));
+    if pepper.is_some() {
+        assert!(
+            !contains(&bytes, &plain),
             "with a pepper the store holds the plain SHA-256"
-        ),
+        );
     }
+    // The parked record, its body and any result: no credential, no digest.
+    let db = redb::Database::open(p.path("data/p.redb")).expect("open the redb file");
+    let tx = redb::ReadableDatabase::begin_read(&db).expect("begin_read");
+    let mut parked = 0;
+    for name in ["approvals", "approval_bodies", "approval_results"] {
+        let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new(name);
+        let Ok(table) = tx.open_table(def) else {
+            continue;
+        };
+        for row in redb::ReadableTable::iter(&table).expect("iterate") {
+            let (k, v) = row.expect("row");
+            if k.value() == seen.approval_id && name == "approvals" {
+                parked += 1;
+            }
+            assert_absent(
+                &format!("the stored `{name}` row {}", k.value()),
+                v.value(),
+                &everywhere_else,
+            );
+        }
+    }
+    assert_eq!(
+        parked, 1,
+        "the parked record is not in the `approvals` table"
+    );
     // The logs written during shutdown too.
     assert_absent(
         "the proxy's logs after shutdown",
         p.logs().as_bytes(),
-        &needles,
+        &everywhere_else,
     );
 }
 
@@ -317,7 +521,9 @@ async fn canaries_never_leak_with_the_redis_store() {
     let t = issue(&p, json!({"agent": "bot", "ttl": "1h"})).await;
     let seen = exercise(&p, &up, &t, &secret).await;
     let needles = needles(&t, &secret);
-    check_client_and_logs(&p, &seen, &needles, &t.id);
+    let digest = stored_digest(&t, None);
+    let everywhere_else = with_digest(&needles, &digest);
+    check_client_and_logs(&p, &seen, &everywhere_else, &t.id);
 
     let dump = redis.dump();
     assert!(
@@ -328,5 +534,29 @@ async fn canaries_never_leak_with_the_redis_store() {
         "the redis dump (KEYS * and values)",
         dump.as_bytes(),
         &needles,
+    );
+    assert!(
+        dump.contains(&digest),
+        "the redis store does not hold the digest of the token's secret"
+    );
+    // Only the credential's own record holds the digest: never an approval's keys.
+    let approval_lines: Vec<&str> = dump
+        .lines()
+        .filter(|l| {
+            l.split(" = ")
+                .next()
+                .is_some_and(|k| k.contains("approval"))
+        })
+        .collect();
+    assert!(
+        approval_lines
+            .iter()
+            .any(|l| l.contains(&seen.approval_id) && l.contains("tickets.refund")),
+        "the parked record is not in the redis dump:\n{dump}"
+    );
+    assert_absent(
+        "the stored approvals in redis",
+        approval_lines.join("\n").as_bytes(),
+        &everywhere_else,
     );
 }

@@ -1,8 +1,9 @@
 //! Helpers shared by several areas of the suite: the admin client, approvals, audit
-//! files, fault injection and a private redis-server.
+//! files, fault injection, a private redis-server and an approval's history in the trail.
 
 pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod faults;
 pub mod redis;
+pub mod trail;
