@@ -9,7 +9,7 @@
 use crate::common;
 use crate::support::audit as audit_support;
 
-use crate::common::{Behaviour, Proxy, Resp, Upstream};
+use crate::common::{Behaviour, Head, Proxy, Resp, Upstream};
 use crate::support::admin::{call, issue, op_ok, policy_version, Issued};
 use crate::support::audit::{
     assert_schema, lines_of, records_of, s, verify, wait_record, wait_request_record,
@@ -29,14 +29,7 @@ fn config_text(node: &str, api: &str, codes: &str, dead: SocketAddr, extra_agent
         ""
     };
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-node: {node}
-store: {{ embedded: data/p.redb }}
-audit: {{ path: {AUDIT} }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api: {{ url: "{api}/v1", tenant_header: X-Tenant-Id }}
   codes: {{ url: "{codes}" }}
   down: {{ url: "http://{dead}", timeouts: {{ connect: 500ms, response: 2s }} }}
@@ -65,7 +58,9 @@ agents:
   bot: {{ profile: drafter, tenant: acme }}
   slow: {{ profile: limited, tenant: globex }}
 {spare}"#,
-        op = common::operator_hash(),
+        head = Head::new()
+            .node(node)
+            .audit(&format!("{{ path: {AUDIT} }}")),
     )
 }
 

@@ -11,7 +11,7 @@
 use crate::common;
 use crate::support::audit as audit_support;
 
-use crate::common::{Behaviour, Proxy, Upstream};
+use crate::common::{Behaviour, Head, Proxy, Upstream};
 use crate::support::admin::{call, issue};
 use crate::support::audit::{chain_files, lines_of, out_text, portcullis, records_of, verify};
 use serde_json::{json, Value};
@@ -27,14 +27,7 @@ const HMAC_KEY: &str = "audit-hmac-test-key-51c0e7";
 
 fn config(url: &str, audit_extra: &str) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-node: verify-node
-store: {{ embedded: data/p.redb }}
-audit: {{ path: {AUDIT}{audit_extra} }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   api: {{ url: "{url}" }}
 routes:
   - prefix: /tickets
@@ -50,7 +43,9 @@ agents:
   bot: {{ profile: drafter, tenant: acme }}
   other: {{ profile: drafter, tenant: globex }}
 "#,
-        op = common::operator_hash(),
+        head = Head::new()
+            .node("verify-node")
+            .audit(&format!("{{ path: {AUDIT}{audit_extra} }}")),
     )
 }
 

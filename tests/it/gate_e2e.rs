@@ -7,7 +7,7 @@
 use crate::common;
 
 use crate::common::run_bin;
-use crate::common::{Behaviour, Proxy, Upstream, OPERATOR_SECRET};
+use crate::common::{Behaviour, Head, Proxy, Upstream, OPERATOR_SECRET};
 use crate::support::admin::{
     admin_call, assert_denied, assert_unauthenticated, call, issue, op, op_ok, policy_version,
     retry_after, unauth_shape, Deny,
@@ -39,13 +39,7 @@ fn gate_config_text(url: &str, full: bool) -> String {
         ("", "")
     };
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store: {{ embedded: data/p.redb }}
-audit: {{ path: data/audit.jsonl }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-  - {{ name: watcher, token_sha256: "{viewer}", roles: [viewer] }}
+        r#"{head}  - {{ name: watcher, token_sha256: "{viewer}", roles: [viewer] }}
 upstreams:
   api:
     url: {url}/v1
@@ -86,7 +80,7 @@ agents:
 {other}  slow: {{ profile: limited, tenant: acme }}
   scoped: {{ profile: tenanted, tenant: acme }}
 "#,
-        op = common::operator_hash(),
+        head = Head::new(),
         viewer = sha_hex(VIEWER_SECRET),
     )
 }

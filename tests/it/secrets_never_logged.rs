@@ -10,7 +10,7 @@
 
 use crate::common;
 
-use crate::common::{Behaviour, Proxy, Resp, Upstream};
+use crate::common::{Behaviour, Head, Proxy, Resp, Upstream};
 use crate::support::admin::issue;
 use crate::support::audit::{records_of, wait_request_record, with_request_id};
 use serde_json::json;
@@ -20,13 +20,7 @@ const AUDIT: &str = "audit/audit.jsonl";
 
 fn config(url: &str) -> String {
     format!(
-        r#"listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-store: {{ embedded: data/p.redb }}
-audit: {{ path: {AUDIT}, redact_query: [token, api_key, sig] }}
-operators:
-  - {{ name: tester, token_sha256: "{op}", roles: [viewer, approver, admin] }}
-upstreams:
+        r#"{head}upstreams:
   # `cookies: pass` keeps the cookie canary live: it reaches the upstream, and still
   # must appear in no log line or record.
   api: {{ url: "{url}", cookies: pass }}
@@ -46,7 +40,9 @@ profiles:
 agents:
   bot: {{ profile: drafter, tenant: acme }}
 "#,
-        op = common::operator_hash(),
+        head = Head::new().audit(&format!(
+            "{{ path: {AUDIT}, redact_query: [token, api_key, sig] }}"
+        )),
     )
 }
 
