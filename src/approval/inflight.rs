@@ -4,9 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Bodies one agent may have in flight to the store at once.
-pub const MAX_PER_AGENT: usize = 4;
-
 #[derive(Default)]
 pub struct Parking(Mutex<HashMap<String, usize>>);
 
@@ -18,11 +15,12 @@ pub struct Slot<'a> {
 }
 
 impl Parking {
-    /// A slot for `agent`, or `None` if it already has [`MAX_PER_AGENT`].
-    pub fn enter(&self, agent: &str) -> Option<Slot<'_>> {
+    /// A slot for `agent`, or `None` if it already has `max`
+    /// (`limits.max_concurrent_parks_per_agent`).
+    pub fn enter(&self, agent: &str, max: usize) -> Option<Slot<'_>> {
         let mut m = self.0.lock().expect("parking lock");
         let n = m.entry(agent.to_string()).or_insert(0);
-        if *n >= MAX_PER_AGENT {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -52,11 +50,11 @@ mod tests {
     #[test]
     fn slots_are_bounded_per_agent_and_freed_on_drop() {
         let p = Parking::default();
-        let held: Vec<_> = (0..MAX_PER_AGENT).map(|_| p.enter("a").unwrap()).collect();
-        assert!(p.enter("a").is_none());
-        assert!(p.enter("b").is_some());
+        let held: Vec<_> = (0..4).map(|_| p.enter("a", 4).unwrap()).collect();
+        assert!(p.enter("a", 4).is_none());
+        assert!(p.enter("b", 4).is_some());
         drop(held);
-        assert!(p.enter("a").is_some());
+        assert!(p.enter("a", 4).is_some());
         assert!(p.0.lock().unwrap().is_empty());
     }
 }

@@ -349,13 +349,15 @@ pub async fn park(
     }
     let _reading = app
         .parking
-        .enter(&who.agent.id)
+        .enter(
+            &who.agent.id,
+            snap.limits.max_concurrent_parks_per_agent as usize,
+        )
         .ok_or_else(|| Error::TooMany {
             reason: "parking_concurrency",
             detail: format!(
                 "agent `{}` already has {} requests being parked; retry when they are answered",
-                who.agent.id,
-                inflight::MAX_PER_AGENT
+                who.agent.id, snap.limits.max_concurrent_parks_per_agent
             ),
             retry_after: 1,
         })?;

@@ -95,6 +95,9 @@ pub struct Limits {
     pub max_connections: u32,
     /// Open agent-port connections per client address (IPv6: per /64).
     pub max_connections_per_ip: u32,
+    /// Parks one agent may have reading their bodies into the store at once (each up to
+    /// `max_parked_body_bytes` in memory); more are answered 429 `parking_concurrency`.
+    pub max_concurrent_parks_per_agent: u32,
 }
 
 /// How often the background work runs and how long its bounds last (`timers:`).
@@ -807,6 +810,7 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
         )?,
         max_connections: l.max_connections.unwrap_or(10_000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
+        max_concurrent_parks_per_agent: l.max_concurrent_parks_per_agent.unwrap_or(4),
     };
     if limits.max_header_bytes < 8192 {
         return Err(c.err("limits.max_header_bytes", "must be at least 8192"));
@@ -824,6 +828,10 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
     for (k, n) in [
         ("max_connections", limits.max_connections),
         ("max_connections_per_ip", limits.max_connections_per_ip),
+        (
+            "max_concurrent_parks_per_agent",
+            limits.max_concurrent_parks_per_agent,
+        ),
     ] {
         if n == 0 {
             return Err(c.err(&format!("limits.{k}"), "must be more than zero"));

@@ -134,6 +134,7 @@ pub struct RawLimits {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+    pub max_concurrent_parks_per_agent: Option<u32>,
 }
 
 /// Background cadences; the defaults suit production, tests shorten them.
