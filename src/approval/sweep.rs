@@ -107,7 +107,14 @@ async fn sweep(app: &Arc<App>, at_start: bool) -> Result<(), Error> {
         }
     }
     if !at_start {
+        // An `approved` record is an orphan only once the node that approved it had
+        // time to take its lease (it starts the replay at once): half a lease. Younger
+        // ones are left to it, so replicas do not race every fresh approval.
+        let grace = app.live.load().snap.timers.replay_lease.as_millis() as u64 / 2;
         for a in in_state(app, State::Approved).await? {
+            if now.saturating_sub(a.updated_at_ms) < grace {
+                continue;
+            }
             let (app2, id) = (app.clone(), a.id.clone());
             tokio::spawn(async move { super::replay(app2, id).await });
         }
