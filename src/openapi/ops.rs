@@ -405,7 +405,8 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
         None => (Risk::of_method(method), false),
         Some(v) => {
             let r = v.as_str().and_then(Risk::parse).ok_or_else(|| {
-                format!("x-portcullis-risk `{v}`: expected low, medium, high or critical")
+                let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                format!("x-portcullis-risk `{shown}`: expected low, medium, high or critical")
             })?;
             (r, true)
         }
@@ -675,11 +676,14 @@ pub fn cap(s: &str, max: usize) -> String {
 }
 
 /// Security requirements as text: one entry per alternative, `a(scope, scope) + b`;
-/// `{}` is `anonymous`. Shown, never used as a grant.
+/// `{}` is `anonymous`, `security: []` is `none`. Shown, never used as a grant.
 fn security(v: Option<&Value>) -> Vec<String> {
     let Some(alts) = v.and_then(Value::as_array) else {
         return Vec::new();
     };
+    if alts.is_empty() {
+        return vec!["none".into()];
+    }
     alts.iter()
         .filter_map(Value::as_object)
         .map(|req| {

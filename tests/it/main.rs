@@ -29,6 +29,7 @@ mod gate_e2e;
 mod hardening;
 mod header_hygiene;
 mod metrics_health;
+mod openapi;
 mod operator_ui;
 mod replicas;
 mod replicas_invalidation;
