@@ -212,7 +212,12 @@ pub struct OperationInfo {
 }
 
 /// The listing fields of a classified tool.
-pub fn tool_entry(snap: &Snapshot, tool: &crate::classify::Tool, m: crate::canon::Method, posture: &str) -> ToolEntry {
+pub fn tool_entry(
+    snap: &Snapshot,
+    tool: &crate::classify::Tool,
+    m: crate::canon::Method,
+    posture: &str,
+) -> ToolEntry {
     let op = tool.op.as_deref();
     ToolEntry {
         tool: tool.name.to_string(),

@@ -233,7 +233,11 @@ fn openapi_notes(snap: &Snapshot, s: &mut String) {
                 s,
                 "note: spec {f} (OpenAPI {}, {} {}) on route {prefix}: {} operations; {}",
                 spec.openapi,
-                if spec.title.is_empty() { "untitled" } else { &spec.title },
+                if spec.title.is_empty() {
+                    "untitled"
+                } else {
+                    &spec.title
+                },
                 spec.api_version,
                 spec.operations,
                 spec.combined

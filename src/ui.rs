@@ -414,12 +414,7 @@ async fn detail(
         _ => None,
     }
     .map(|o| visible(&o));
-    let description = app
-        .live
-        .load()
-        .snap
-        .tool_description(&a.tool)
-        .map(visible);
+    let description = app.live.load().snap.tool_description(&a.tool).map(visible);
     let hidden = any_hidden(&path)
         || description.as_deref().is_some_and(any_hidden)
         || any_hidden(&body.pieces)

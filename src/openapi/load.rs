@@ -51,8 +51,8 @@ pub fn read(file: &Path, shown: &str) -> Result<Doc, String> {
             )
         })?
     } else {
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
         let y: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
             let (line, col) = e
                 .location()

@@ -269,10 +269,10 @@ impl Imported {
             } else {
                 r.dir.join(s)
             };
-            let (ops, report, docs) =
-                ops::import(&file, s, &view).map_err(|e| err(&key, e))?;
+            let (ops, report, docs) = ops::import(&file, s, &view).map_err(|e| err(&key, e))?;
             for ((shown, sha), path) in docs.files().zip(docs.paths()) {
-                out.files.push((shown.to_string(), path.to_path_buf(), *sha));
+                out.files
+                    .push((shown.to_string(), path.to_path_buf(), *sha));
             }
             let mut arcs = Vec::with_capacity(ops.len());
             for mut op in ops {
@@ -283,7 +283,8 @@ impl Imported {
                     op.method
                 };
                 let shadow = rules.overrides.iter().position(|o| {
-                    o.methods.as_ref().is_none_or(|ms| ms.contains(&mm)) && o.pattern.matches(&sample)
+                    o.methods.as_ref().is_none_or(|ms| ms.contains(&mm))
+                        && o.pattern.matches(&sample)
                 });
                 op.validate = match shadow.and_then(|i| tool_validate[i]) {
                     Some(v) => v,
@@ -293,9 +294,8 @@ impl Imported {
                     used_by_tool[i] = true;
                 }
                 if op.validate {
-                    let check = validate::RequestCheck::build(&op).map_err(|e| {
-                        err(&key, format!("{}: {e}", located(&[&op.source])[0]))
-                    })?;
+                    let check = validate::RequestCheck::build(&op)
+                        .map_err(|e| err(&key, format!("{}: {e}", located(&[&op.source])[0])))?;
                     op.check = Some(check);
                 }
                 let op = Arc::new(op);
@@ -311,7 +311,9 @@ impl Imported {
             out.conflicts.extend(rules.add_operations(arcs));
             out.specs.push(report);
         }
-        if let Some(i) = (0..raw.tools.len()).find(|&i| tool_validate[i] == Some(true) && !used_by_tool[i]) {
+        if let Some(i) =
+            (0..raw.tools.len()).find(|&i| tool_validate[i] == Some(true) && !used_by_tool[i])
+        {
             return Err(err(
                 &format!("{at}.tools[{i}].validate"),
                 format!(

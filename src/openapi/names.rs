@@ -120,7 +120,9 @@ mod tests {
         let a = tool_name("github", long).unwrap();
         assert_eq!(a.len(), MAX_NAME, "{a}");
         assert!(a.starts_with("github.packages.get_all_package_versions_for_package_"));
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'));
         // Two long names that share their first 55 bytes stay apart.
         let b = tool_name("github", &format!("{long}-2")).unwrap();
         assert_ne!(a, b);

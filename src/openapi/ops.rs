@@ -89,10 +89,13 @@ pub fn import(
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default(),
     };
-    let (root_base, root_host) = server_base(root.get("servers"))
-        .map_err(|e| format!("{shown}: servers: {e}"))?;
+    let (root_base, root_host) =
+        server_base(root.get("servers")).map_err(|e| format!("{shown}: servers: {e}"))?;
     report.combined = combination(route, &root_base);
-    if root.get("webhooks").is_some_and(|w| w.as_object().is_some_and(|m| !m.is_empty())) {
+    if root
+        .get("webhooks")
+        .is_some_and(|w| w.as_object().is_some_and(|m| !m.is_empty()))
+    {
         report
             .notes
             .push("`webhooks` are not imported (they are calls the API makes, not tools)".into());
@@ -205,7 +208,10 @@ pub fn import(
         (ignored.trace, "TRACE operations (never forwarded)"),
         (ignored.callbacks, "operations' callbacks"),
         (ignored.links, "responses' links"),
-        (ignored.cookies, "cookie parameters (cookies are stripped by default)"),
+        (
+            ignored.cookies,
+            "cookie parameters (cookies are stripped by default)",
+        ),
     ] {
         if n > 0 {
             report.notes.push(format!("not imported: {n} {what}"));
@@ -237,7 +243,7 @@ struct Ignored {
 /// `file:line:col: paths./x.get: why`.
 fn spec_error(spec: &SpecFile, keys: Vec<String>, e: String) -> String {
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let at = load::locate(&spec.file, &[refs.clone()])[0];
+    let at = load::locate(&spec.file, std::slice::from_ref(&refs))[0];
     let key = refs.join(".");
     match at {
         Some((l, c)) => format!("{}:{l}:{c}: {key}: {e}", spec.shown),
@@ -278,9 +284,15 @@ fn server_base(servers: Option<&Value>) -> Result<(String, Option<String>), Stri
         None if url.starts_with('/') => (None, url.clone()),
         None => (None, format!("/{url}")),
     };
-    let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
     if path.contains('{') {
-        return Err(format!("server URL `{url}` has a variable without a default"));
+        return Err(format!(
+            "server URL `{url}` has a variable without a default"
+        ));
     }
     Ok((path.to_string(), host))
 }
@@ -305,7 +317,13 @@ fn relative_base(route: &RouteView, base: &str) -> String {
 /// How `check` explains the combination of servers, upstream and prefix.
 fn combination(route: &RouteView, base: &str) -> String {
     let rel = relative_base(route, base);
-    let shown = |s: &str| if s.is_empty() { "(none)".to_string() } else { s.to_string() };
+    let shown = |s: &str| {
+        if s.is_empty() {
+            "(none)".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     let lead = if route.strip_prefix && route.prefix != "/" {
         format!("{}{rel}", route.prefix)
     } else {
@@ -322,7 +340,11 @@ fn combination(route: &RouteView, base: &str) -> String {
     }
     s.push_str(&format!(
         "; templates = {}<spec path> (strip_prefix: {})",
-        if lead.is_empty() { String::new() } else { format!("{lead} + ") },
+        if lead.is_empty() {
+            String::new()
+        } else {
+            format!("{lead} + ")
+        },
         route.strip_prefix
     ));
     s
@@ -370,7 +392,13 @@ fn matchit_template(path: &str) -> (String, bool) {
 
 fn sanitise(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -411,7 +439,12 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
             (r, true)
         }
     };
-    let text = |k: &str| op.get(k).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    let text = |k: &str| {
+        op.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
     let summary = text("summary").map(|s| cap(s, MAX_DESCRIPTION));
     let description = describe(text("summary"), text("description"));
     let security = security(op.get("security").or(i.root_security));
@@ -419,7 +452,10 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
     // Parameters: the path item's, replaced by the operation's of the same name and place.
     let mut params: Vec<(String, String, Place)> = Vec::new();
     for (owner, ptr) in [
-        (&i.item_place, format!("{}/parameters", i.item_place.pointer)),
+        (
+            &i.item_place,
+            format!("{}/parameters", i.item_place.pointer),
+        ),
         (&i.op_place, format!("{}/parameters", i.op_place.pointer)),
     ] {
         let count = conv
@@ -469,7 +505,10 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
         };
         let p = conv.docs.found(place.clone());
         let pv = p.value();
-        let schema_v = match (pv.get("schema"), pv.get("content").and_then(Value::as_object)) {
+        let schema_v = match (
+            pv.get("schema"),
+            pv.get("content").and_then(Value::as_object),
+        ) {
             (Some(s), _) => Some(s.clone()),
             (None, Some(c)) => c.values().next().and_then(|m| m.get("schema")).cloned(),
             (None, None) => None,
@@ -554,10 +593,15 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
                 None => json!({}),
             };
             json_body = is_json(media);
-            if !json_body && !media.starts_with("multipart/") && media_base(media) != "application/x-www-form-urlencoded" {
+            if !json_body
+                && !media.starts_with("multipart/")
+                && media_base(media) != "application/x-www-form-urlencoded"
+            {
                 body = json!({"type": "string", "contentMediaType": media});
             }
-            if let (Value::Object(m), Some(d)) = (&mut body, rbv.get("description").and_then(Value::as_str)) {
+            if let (Value::Object(m), Some(d)) =
+                (&mut body, rbv.get("description").and_then(Value::as_str))
+            {
                 m.entry("description").or_insert_with(|| d.trim().into());
             }
             props.insert("body".into(), body);
@@ -595,13 +639,17 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
                 doc,
                 format!("{}/responses/{}", i.op_place.pointer, escape(code)),
             )?;
-            let schema_v = r.value().get("content").and_then(Value::as_object).and_then(|c| {
-                c.iter()
-                    .find(|(k, _)| media_base(k) == "application/json")
-                    .or_else(|| c.iter().find(|(k, _)| is_json(k)))
-                    .and_then(|(_, m)| m.get("schema"))
-                    .cloned()
-            });
+            let schema_v = r
+                .value()
+                .get("content")
+                .and_then(Value::as_object)
+                .and_then(|c| {
+                    c.iter()
+                        .find(|(k, _)| media_base(k) == "application/json")
+                        .or_else(|| c.iter().find(|(k, _)| is_json(k)))
+                        .and_then(|(_, m)| m.get("schema"))
+                        .cloned()
+                });
             if let Some(s) = schema_v {
                 let c = conv
                     .convert(r.place.doc, &s, Side::Output)
@@ -641,13 +689,19 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
 
 /// `application/json; charset=utf-8` → `application/json`.
 fn media_base(m: &str) -> String {
-    m.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    m.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// `application/json`, `application/vnd.x+json`, `application/json-patch+json`.
 fn is_json(m: &str) -> bool {
     let b = media_base(m);
-    b == "application/json" || b.ends_with("+json") || (b.starts_with("application/") && b.ends_with("json"))
+    b == "application/json"
+        || b.ends_with("+json")
+        || (b.starts_with("application/") && b.ends_with("json"))
 }
 
 /// Summary and description, trimmed, the summary first unless the description starts
@@ -728,17 +782,29 @@ mod tests {
         let servers = json!([{"url": "https://{host}/api/{v}", "variables": {"host": {"default": "x.io"}, "v": {"default": "v3"}}}]);
         let (base, host) = server_base(Some(&servers)).unwrap();
         assert_eq!((base.as_str(), host.as_deref()), ("/api/v3", Some("x.io")));
-        assert_eq!(server_base(Some(&json!([{"url": "/v1/"}]))).unwrap().0, "/v1");
+        assert_eq!(
+            server_base(Some(&json!([{"url": "/v1/"}]))).unwrap().0,
+            "/v1"
+        );
         assert_eq!(server_base(None).unwrap().0, "");
         // Upstream URL carries the server's path: templates are prefix + spec path.
         let r = view("/pets", true, "/api/v3");
-        assert_eq!(agent_path(&r, &relative_base(&r, "/api/v3"), "/pet/{id}"), "/pets/pet/{id}");
+        assert_eq!(
+            agent_path(&r, &relative_base(&r, "/api/v3"), "/pet/{id}"),
+            "/pets/pet/{id}"
+        );
         // Upstream URL is the host only; the route keeps its prefix: base + spec path.
         let r = view("/api/v3", false, "");
-        assert_eq!(agent_path(&r, &relative_base(&r, "/api/v3"), "/pet/{id}"), "/api/v3/pet/{id}");
+        assert_eq!(
+            agent_path(&r, &relative_base(&r, "/api/v3"), "/pet/{id}"),
+            "/api/v3/pet/{id}"
+        );
         // The same with strip_prefix: prefix + base + spec path.
         let r = view("/pets", true, "");
-        assert_eq!(agent_path(&r, &relative_base(&r, "/api/v3"), "/pet"), "/pets/api/v3/pet");
+        assert_eq!(
+            agent_path(&r, &relative_base(&r, "/api/v3"), "/pet"),
+            "/pets/api/v3/pet"
+        );
         // A server path not under the upstream's: spec paths relative to the upstream.
         let r = view("/pets", true, "/v2");
         assert_eq!(relative_base(&r, "/api"), "");
@@ -752,25 +818,44 @@ mod tests {
     fn templates_keep_parameter_names_and_merge_compound_segments() {
         assert_eq!(
             matchit_template("/repos/{owner}/{repo}/compare/{base}...{head}"),
-            ("/repos/{owner}/{repo}/compare/{base_head}".to_string(), true)
+            (
+                "/repos/{owner}/{repo}/compare/{base_head}".to_string(),
+                true
+            )
         );
         assert_eq!(
             matchit_template("/enterprises/{enterprise}/teams/{enterprise-team}"),
-            ("/enterprises/{enterprise}/teams/{enterprise_team}".to_string(), false)
+            (
+                "/enterprises/{enterprise}/teams/{enterprise_team}".to_string(),
+                false
+            )
         );
         assert_eq!(matchit_template("/files/{name}.json").0, "/files/{name}");
     }
 
     #[test]
     fn descriptions_are_trimmed_and_capped() {
-        assert_eq!(describe(Some("Get"), Some("Get a pet.")).unwrap(), "Get a pet.");
-        assert_eq!(describe(Some("Get"), Some("Returns one.")).unwrap(), "Get\n\nReturns one.");
+        assert_eq!(
+            describe(Some("Get"), Some("Get a pet.")).unwrap(),
+            "Get a pet."
+        );
+        assert_eq!(
+            describe(Some("Get"), Some("Returns one.")).unwrap(),
+            "Get\n\nReturns one."
+        );
         let long = "é".repeat(2000);
         let d = describe(None, Some(&long)).unwrap();
-        assert!(d.len() <= MAX_DESCRIPTION && d.ends_with('…'), "{}", d.len());
+        assert!(
+            d.len() <= MAX_DESCRIPTION && d.ends_with('…'),
+            "{}",
+            d.len()
+        );
         assert_eq!(
             security(Some(&json!([{"oauth": ["read", "write"], "key": []}, {}]))),
-            vec!["key + oauth(read, write)".to_string(), "anonymous".to_string()]
+            vec![
+                "key + oauth(read, write)".to_string(),
+                "anonymous".to_string()
+            ]
         );
     }
 }

@@ -135,9 +135,7 @@ impl Docs {
             })?
             .to_path_buf();
         if self.docs.len() >= MAX_DOCS {
-            return Err(format!(
-                "$ref `{r}`: more than {MAX_DOCS} files referenced"
-            ));
+            return Err(format!("$ref `{r}`: more than {MAX_DOCS} files referenced"));
         }
         let shown = self.shown_dir.join(inside).display().to_string();
         let doc = load::read(&canon, &shown)?;
@@ -223,15 +221,17 @@ mod tests {
             "spec/api.yaml",
             "openapi: 3.1.0\ncomponents:\n  schemas:\n    A: { $ref: 'common/err.yaml#/Err' }\n    B: { $ref: '#/components/schemas/A' }\n",
         );
-        write(dir.path(), "spec/common/err.yaml", "Err: { type: string }\n");
+        write(
+            dir.path(),
+            "spec/common/err.yaml",
+            "Err: { type: string }\n",
+        );
         write(dir.path(), "secret.yaml", "S: { type: string }\n");
         let mut docs = Docs::open(&root, "spec/api.yaml").unwrap();
         let p = docs.resolve(0, "#/components/schemas/A").unwrap();
         assert_eq!(p.pointer, "/components/schemas/A");
         // A chain through another file ends at a value that is not a reference.
-        let f = docs
-            .deref(0, "/components/schemas/B".into())
-            .unwrap();
+        let f = docs.deref(0, "/components/schemas/B".into()).unwrap();
         assert_eq!(f.value(), &serde_json::json!({"type": "string"}));
         assert_eq!(f.doc.shown, "spec/common/err.yaml");
         assert_eq!(docs.files().count(), 2);

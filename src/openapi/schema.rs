@@ -251,7 +251,13 @@ impl<'d> Converter<'d> {
         Ok(i)
     }
 
-    fn reference(&mut self, doc: usize, r: &str, side: Side, refs: &mut Vec<u32>) -> Result<Value, String> {
+    fn reference(
+        &mut self,
+        doc: usize,
+        r: &str,
+        side: Side,
+        refs: &mut Vec<u32>,
+    ) -> Result<Value, String> {
         let i = self.def_for(doc, r, side)?;
         refs.push(i);
         let key = self.side(side).table.keys[i as usize].clone();
@@ -292,7 +298,9 @@ impl<'d> Converter<'d> {
         refs: &mut Vec<u32>,
     ) -> Result<Value, String> {
         if depth > MAX_DEPTH {
-            return Err(format!("a schema is nested more than {MAX_DEPTH} levels deep"));
+            return Err(format!(
+                "a schema is nested more than {MAX_DEPTH} levels deep"
+            ));
         }
         let m = match v {
             Value::Bool(_) => return Ok(v.clone()),
@@ -335,9 +343,18 @@ impl<'d> Converter<'d> {
                     }
                     out.insert(k.clone(), Value::Object(conv));
                 }
-                "items" | "additionalProperties" | "not" | "contains" | "propertyNames" | "if"
-                | "then" | "else" | "unevaluatedItems" | "unevaluatedProperties"
-                | "contentSchema" | "additionalItems" => {
+                "items"
+                | "additionalProperties"
+                | "not"
+                | "contains"
+                | "propertyNames"
+                | "if"
+                | "then"
+                | "else"
+                | "unevaluatedItems"
+                | "unevaluatedProperties"
+                | "contentSchema"
+                | "additionalItems" => {
                     let conv = match val {
                         Value::Object(_) | Value::Bool(_) => {
                             self.walk(doc, val, side, depth + 1, refs)?
@@ -351,7 +368,9 @@ impl<'d> Converter<'d> {
                             out.insert("prefixItems".into(), Value::Array(conv));
                             continue;
                         }
-                        other => return Err(format!("`{k}` must be a schema, not `{}`", short(other))),
+                        other => {
+                            return Err(format!("`{k}` must be a schema, not `{}`", short(other)))
+                        }
                     };
                     out.insert(k.clone(), conv);
                 }
@@ -367,7 +386,11 @@ impl<'d> Converter<'d> {
                 }
                 "exclusiveMinimum" | "exclusiveMaximum" if val.is_boolean() => {
                     // 3.0: a flag on `minimum`/`maximum`; 2020-12: the bound itself.
-                    let bound = if k == "exclusiveMinimum" { "minimum" } else { "maximum" };
+                    let bound = if k == "exclusiveMinimum" {
+                        "minimum"
+                    } else {
+                        "maximum"
+                    };
                     if val == &Value::Bool(true) {
                         if let Some(b) = m.get(bound) {
                             out.insert(k.clone(), b.clone());
@@ -381,7 +404,10 @@ impl<'d> Converter<'d> {
             }
         }
         if !self.v31 {
-            for (flag, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")] {
+            for (flag, bound) in [
+                ("exclusiveMinimum", "minimum"),
+                ("exclusiveMaximum", "maximum"),
+            ] {
                 if m.get(flag) == Some(&Value::Bool(true)) && m.contains_key(bound) {
                     out.remove(bound);
                 }
@@ -416,8 +442,7 @@ pub fn tie(c: Converted, table: &Arc<DefTable>) -> Schema {
 fn flag_on(v: &Value, flag: &str) -> bool {
     let on = |v: &Value| v.get(flag) == Some(&Value::Bool(true));
     on(v)
-        || v
-            .get("allOf")
+        || v.get("allOf")
             .and_then(Value::as_array)
             .is_some_and(|a| a.len() == 1 && on(&a[0]))
 }
@@ -540,14 +565,22 @@ mod tests {
         let input = convert(text, "/x", Side::Input);
         let pet = &input["$defs"]["Pet"];
         assert_eq!(
-            pet["properties"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            pet["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
             ["name", "secret"]
         );
         assert_eq!(pet["required"], json!(["name", "secret"]));
         let output = convert(text, "/x", Side::Output);
         let pet = &output["$defs"]["Pet"];
         assert_eq!(
-            pet["properties"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            pet["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
             ["created", "id", "name"]
         );
         assert_eq!(pet["required"], json!(["id", "name"]));
@@ -573,7 +606,10 @@ mod tests {
         let text = "openapi: 3.0.3\ncomponents:\n  schemas:\n    Base: { type: object, required: [kind], properties: { kind: { type: string } } }\nx:\n  allOf:\n    - $ref: '#/components/schemas/Base'\n    - type: object\n      properties:\n        size: { type: integer, minimum: 0, exclusiveMinimum: true, maximum: 10, exclusiveMaximum: false }\n        tag: { oneOf: [{ type: string }, { type: integer }] }\n        any: { anyOf: [{ type: boolean }, { type: number }] }\n      example: { kind: a }\n      x-internal: true\n      discriminator: { propertyName: kind }\n";
         let s = convert(text, "/x", Side::Input);
         let size = &s["allOf"][1]["properties"]["size"];
-        assert_eq!(size, &json!({"type": "integer", "exclusiveMinimum": 0, "maximum": 10}));
+        assert_eq!(
+            size,
+            &json!({"type": "integer", "exclusiveMinimum": 0, "maximum": 10})
+        );
         assert!(s["allOf"][1].get("example").is_none());
         assert!(s["allOf"][1].get("x-internal").is_none());
         assert!(s["allOf"][1].get("discriminator").is_none());
@@ -605,13 +641,25 @@ mod tests {
         let mut docs = spec(dir.path(), "openapi: 3.0.0\nx: { properties: { a: 5 } }\ny: { $ref: 'https://example.com/s.json' }\n");
         let mut c = Converter::new(&mut docs, false);
         let x = json!({"properties": {"a": 5}});
-        assert!(c.convert(0, &x, Side::Input).err().unwrap().contains("not a schema"));
+        assert!(c
+            .convert(0, &x, Side::Input)
+            .err()
+            .unwrap()
+            .contains("not a schema"));
         let y = json!({"$ref": "https://example.com/s.json"});
-        assert!(c.convert(0, &y, Side::Input).err().unwrap().contains("remote $ref"));
+        assert!(c
+            .convert(0, &y, Side::Input)
+            .err()
+            .unwrap()
+            .contains("remote $ref"));
         let mut deep = json!({"type": "string"});
         for _ in 0..100 {
             deep = json!({"items": deep});
         }
-        assert!(c.convert(0, &deep, Side::Input).err().unwrap().contains("nested"));
+        assert!(c
+            .convert(0, &deep, Side::Input)
+            .err()
+            .unwrap()
+            .contains("nested"));
     }
 }

@@ -75,7 +75,11 @@ fn kinds(s: &Schema, v: &Value, depth: usize) -> u8 {
     };
     let mut k = match v.get("type") {
         Some(Value::String(t)) => one(t),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).map(one).fold(0, |a, b| a | b),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .map(one)
+            .fold(0, |a, b| a | b),
         _ => 0,
     };
     for key in ["anyOf", "oneOf", "allOf"] {
@@ -142,7 +146,8 @@ impl RequestCheck {
                     .collect()
             })
             .unwrap_or_default();
-        let mut schema = json!({"type": "object", "properties": Value::Object(props), "required": required});
+        let mut schema =
+            json!({"type": "object", "properties": Value::Object(props), "required": required});
         if let Some(defs) = full.get("$defs") {
             schema["$defs"] = defs.clone();
         }
@@ -361,7 +366,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(k) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
             if out.insert(k.clone(), v).is_some() {
-                return Err(serde::de::Error::custom(format!("the key `{k}` appears twice")));
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{k}` appears twice"
+                )));
             }
         }
         Ok(Value::Object(out))
@@ -374,7 +381,10 @@ mod tests {
 
     #[test]
     fn repeated_keys_are_refused() {
-        assert_eq!(strict_json(br#"{"a": [1, {"b": null}]}"#).unwrap(), json!({"a": [1, {"b": null}]}));
+        assert_eq!(
+            strict_json(br#"{"a": [1, {"b": null}]}"#).unwrap(),
+            json!({"a": [1, {"b": null}]})
+        );
         let e = strict_json(br#"{"amount": 1, "amount": 1000}"#).unwrap_err();
         assert!(e.contains("twice"), "{e}");
         let e = strict_json(br#"{"x": {"k": 1, "k": 2}}"#).unwrap_err();

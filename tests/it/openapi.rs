@@ -97,14 +97,21 @@ fn spec_operations(doc: &Value) -> Vec<(String, String, String)> {
 /// The tool name the issue's rule gives a GitHub operationId (they are lower-case
 /// kebab-case with one `/`), written out independently of the importer.
 fn github_name(operation_id: &str) -> String {
-    format!("github.{}", operation_id.replace('/', ".").replace('-', "_"))
+    format!(
+        "github.{}",
+        operation_id.replace('/', ".").replace('-', "_")
+    )
 }
 
 #[test]
 fn github_every_operation_imports_with_a_unique_name() {
     let doc: Value = serde_json::from_slice(&github_bytes("3.0")).unwrap();
     let listed = spec_operations(&doc);
-    assert_eq!(listed.len(), GITHUB_OPERATIONS, "operations in the spec itself");
+    assert_eq!(
+        listed.len(),
+        GITHUB_OPERATIONS,
+        "operations in the spec itself"
+    );
     let g = github("3.0");
     let ops: Vec<&Arc<Operation>> = g.snap.openapi.operations().collect();
     assert_eq!(ops.len(), GITHUB_OPERATIONS, "operations imported");
@@ -113,7 +120,9 @@ fn github_every_operation_imports_with_a_unique_name() {
     for o in &ops {
         assert!(o.name.len() <= 64, "{} is longer than 64", o.name);
         assert!(
-            o.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'),
+            o.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-'),
             "{}",
             o.name
         );
@@ -220,7 +229,10 @@ fn github_input_schemas_are_valid_2020_12_and_compile() {
     for op in g.snap.openapi.operations() {
         let input = op.input.to_value();
         if let Err(e) = jsonschema::draft202012::meta::validate(&input) {
-            panic!("{}: input schema is not valid 2020-12: {e}\n{input}", op.name);
+            panic!(
+                "{}: input schema is not valid 2020-12: {e}\n{input}",
+                op.name
+            );
         }
         // Self-contained: every `$ref` in it resolves inside it.
         jsonschema::draft202012::new(&input)
@@ -248,8 +260,12 @@ fn github_input_schemas_are_valid_2020_12_and_compile() {
         json!(["string", "null"])
     );
     let v = jsonschema::draft202012::new(&input).unwrap();
-    assert!(v.is_valid(&json!({"path": {"owner": "o", "repo": "r"}, "body": {"title": "t", "assignee": null}})));
-    assert!(!v.is_valid(&json!({"path": {"owner": "o", "repo": "r"}, "body": {"body": "no title"}})));
+    assert!(v.is_valid(
+        &json!({"path": {"owner": "o", "repo": "r"}, "body": {"title": "t", "assignee": null}})
+    ));
+    assert!(
+        !v.is_valid(&json!({"path": {"owner": "o", "repo": "r"}, "body": {"body": "no title"}}))
+    );
     let out = create.output.as_ref().unwrap().to_value();
     assert_eq!(out["$ref"], "#/$defs/issue");
     assert!(out["$defs"]["issue"]["properties"].get("id").is_some());
@@ -271,8 +287,16 @@ fn github_3_1_variant_imports_the_same_tools_and_schemas() {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (name, x) in &a {
         let y = b[name];
-        assert_eq!((&x.template, x.method, x.risk), (&y.template, y.method, y.risk), "{name}");
-        assert_eq!(x.input.to_value(), y.input.to_value(), "{name}: input schemas differ");
+        assert_eq!(
+            (&x.template, x.method, x.risk),
+            (&y.template, y.method, y.risk),
+            "{name}"
+        );
+        assert_eq!(
+            x.input.to_value(),
+            y.input.to_value(),
+            "{name}: input schemas differ"
+        );
     }
 }
 
@@ -344,7 +368,10 @@ async fn github_requests_through_the_binary_classify_as_the_spec_says() {
         if want.len() <= 64 {
             assert_eq!(got, want, "{method} {target} ({id})");
         } else {
-            assert!(got.starts_with(&want[..40]), "{method} {target}: {got} ({id})");
+            assert!(
+                got.starts_with(&want[..40]),
+                "{method} {target}: {got} ({id})"
+            );
         }
         // Forwarded with the prefix stripped: the spec's own path.
         assert_eq!(up.last().target, concrete(path), "{method} {target}");
@@ -415,7 +442,10 @@ fn check_prints_spec_tools_with_source_description_and_notes() {
         );
         assert_eq!(code, 0, "{version}: {out}\n{err}");
         let header = out.lines().next().unwrap();
-        assert!(header.contains(" SOURCE ") && header.ends_with("DESCRIPTION"), "{header}");
+        assert!(
+            header.contains(" SOURCE ") && header.ends_with("DESCRIPTION"),
+            "{header}"
+        );
         let row = |tool: &str, method: &str| -> Vec<String> {
             out.lines()
                 .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
@@ -423,24 +453,44 @@ fn check_prints_spec_tools_with_source_description_and_notes() {
                 .unwrap_or_else(|| panic!("{version}: no {tool} {method} row in\n{out}"))
         };
         let get = row("petstore.get_pet_by_id", "GET");
-        assert_eq!(&get[2..6], ["/petstore/pet/{petId}", "low", "/petstore", "api"]);
+        assert_eq!(
+            &get[2..6],
+            ["/petstore/pet/{petId}", "low", "/petstore", "api"]
+        );
         assert_eq!(get[6], "all,clerk");
         assert_eq!(get[7], "-");
         assert_eq!(get[9], "spec");
         assert_eq!(get[10..].join(" "), "Find pet by ID");
         let add = row("petstore.add_pet", "POST");
-        assert_eq!((add[3].as_str(), add[7].as_str(), add[9].as_str()), ("medium", "clerk", "spec"));
+        assert_eq!(
+            (add[3].as_str(), add[7].as_str(), add[9].as_str()),
+            ("medium", "clerk", "spec")
+        );
         // The override wins and says so; the operation it shadows is listed.
         let remove = row("petstore.remove", "DELETE");
-        assert_eq!((remove[3].as_str(), remove[9].as_str()), ("critical", "override"));
-        assert!(out.contains("note: spec operation DELETE /pet/{petId} (deletePet) at specs/petstore.json:"), "{out}");
-        assert!(out.contains("is shadowed by routes[0].tools[0] `/petstore/pet/{petId}`"), "{out}");
+        assert_eq!(
+            (remove[3].as_str(), remove[9].as_str()),
+            ("critical", "override")
+        );
+        assert!(
+            out.contains(
+                "note: spec operation DELETE /pet/{petId} (deletePet) at specs/petstore.json:"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("is shadowed by routes[0].tools[0] `/petstore/pet/{petId}`"),
+            "{out}"
+        );
         assert!(
             out.contains(&format!("note: spec specs/petstore.json (OpenAPI {version}.0, Swagger Petstore 1.0.0) on route /petstore: {PETSTORE_OPERATIONS} operations; server base path /v2, upstream `api` base path /v2; templates = /petstore + <spec path> (strip_prefix: true)")),
             "{out}"
         );
         assert!(out.contains("security schemes api_key, petstore_auth are shown in tool listings, never used as grants"), "{out}");
-        assert_eq!(out.lines().filter(|l| l.starts_with("petstore.")).count(), PETSTORE_OPERATIONS);
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("petstore.")).count(),
+            PETSTORE_OPERATIONS
+        );
     }
     // strip_prefix off and a prefix the spec's paths are not under: every operation is
     // outside the route and listed.
@@ -451,33 +501,76 @@ fn check_prints_spec_tools_with_source_description_and_notes() {
     );
     let (code, out, err) = check(&yaml, &[("specs/petstore.json", &petstore("3.0"))]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("templates = /v2 + <spec path> (strip_prefix: false)"), "{out}");
-    assert_eq!(out.matches("is outside route prefix /shop: not imported").count(), PETSTORE_OPERATIONS, "{out}");
-    assert!(out.contains("note: spec operation GET /pet/{petId} (getPetById) at specs/petstore.json:"), "{out}");
+    assert!(
+        out.contains("templates = /v2 + <spec path> (strip_prefix: false)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("is outside route prefix /shop: not imported")
+            .count(),
+        PETSTORE_OPERATIONS,
+        "{out}"
+    );
+    assert!(
+        out.contains("note: spec operation GET /pet/{petId} (getPetById) at specs/petstore.json:"),
+        "{out}"
+    );
 }
 
 #[test]
 fn check_refuses_remote_refs_and_collisions_with_their_places() {
-    let remote = String::from_utf8(petstore("3.0"))
-        .unwrap()
-        .replace("\"#/components/schemas/Category\"", "\"https://example.com/schemas.json#/Category\"");
-    let (code, out, err) = check(&petstore_yaml(""), &[("specs/petstore.json", remote.as_bytes())]);
+    let remote = String::from_utf8(petstore("3.0")).unwrap().replace(
+        "\"#/components/schemas/Category\"",
+        "\"https://example.com/schemas.json#/Category\"",
+    );
+    let (code, out, err) = check(
+        &petstore_yaml(""),
+        &[("specs/petstore.json", remote.as_bytes())],
+    );
     assert_eq!(code, 1, "{out}");
-    assert!(err.contains("routes.yaml:") && err.contains("routes[0].openapi: "), "{err}");
-    assert!(err.contains("remote $ref `https://example.com/schemas.json#/Category` is not supported"), "{err}");
-    assert!(err.contains("specs/petstore.json#/components/schemas/Pet"), "{err}");
+    assert!(
+        err.contains("routes.yaml:") && err.contains("routes[0].openapi: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("remote $ref `https://example.com/schemas.json#/Category` is not supported"),
+        "{err}"
+    );
+    assert!(
+        err.contains("specs/petstore.json#/components/schemas/Pet"),
+        "{err}"
+    );
 
-    let collide = String::from_utf8(petstore("3.0"))
-        .unwrap()
-        .replace("\"operationId\": \"deletePet\"", "\"operationId\": \"getPetById\"");
-    let (code, _, err) = check(&petstore_yaml(""), &[("specs/petstore.json", collide.as_bytes())]);
+    let collide = String::from_utf8(petstore("3.0")).unwrap().replace(
+        "\"operationId\": \"deletePet\"",
+        "\"operationId\": \"getPetById\"",
+    );
+    let (code, _, err) = check(
+        &petstore_yaml(""),
+        &[("specs/petstore.json", collide.as_bytes())],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("tool name `petstore.get_pet_by_id` is produced by two operations"), "{err}");
-    assert!(err.contains("GET /pet/{petId} (getPetById) at specs/petstore.json:"), "{err}");
-    assert!(err.contains("DELETE /pet/{petId} (getPetById) at specs/petstore.json:"), "{err}");
+    assert!(
+        err.contains("tool name `petstore.get_pet_by_id` is produced by two operations"),
+        "{err}"
+    );
+    assert!(
+        err.contains("GET /pet/{petId} (getPetById) at specs/petstore.json:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DELETE /pet/{petId} (getPetById) at specs/petstore.json:"),
+        "{err}"
+    );
     // The config's own place and key come first.
-    let first = err.lines().find(|l| l.contains("routes[0].openapi")).unwrap();
-    assert!(first.contains("routes.yaml:") && first.matches(':').count() >= 4, "{first}");
+    let first = err
+        .lines()
+        .find(|l| l.contains("routes[0].openapi"))
+        .unwrap();
+    assert!(
+        first.contains("routes.yaml:") && first.matches(':').count() >= 4,
+        "{first}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -502,27 +595,58 @@ async fn tool_listings_and_explain_carry_descriptions_and_schemas() {
             "petstore.add_pet",
         ])
     );
-    let get = tools.iter().find(|t| t["tool"] == "petstore.get_pet_by_id").unwrap();
+    let get = tools
+        .iter()
+        .find(|t| t["tool"] == "petstore.get_pet_by_id")
+        .unwrap();
     assert_eq!(get["description"], "Find pet by ID\n\nReturns a single pet");
-    assert_eq!((get["risk"].as_str(), get["posture"].as_str(), get["source"].as_str()), (Some("low"), Some("allow"), Some("spec")));
-    assert_eq!(get["input_schema"]["properties"]["path"]["properties"]["petId"]["type"], "integer");
+    assert_eq!(
+        (
+            get["risk"].as_str(),
+            get["posture"].as_str(),
+            get["source"].as_str()
+        ),
+        (Some("low"), Some("allow"), Some("spec"))
+    );
+    assert_eq!(
+        get["input_schema"]["properties"]["path"]["properties"]["petId"]["type"],
+        "integer"
+    );
     assert_eq!(get["output_schema"]["$ref"], "#/$defs/Pet");
-    assert_eq!(get["annotations"], json!({"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true}));
+    assert_eq!(
+        get["annotations"],
+        json!({"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true})
+    );
     assert_eq!(get["operation"]["operation_id"], "getPetById");
     assert_eq!(get["operation"]["security"], json!(["api_key"]));
-    let add = tools.iter().find(|t| t["tool"] == "petstore.add_pet").unwrap();
+    let add = tools
+        .iter()
+        .find(|t| t["tool"] == "petstore.add_pet")
+        .unwrap();
     assert_eq!(add["posture"], "approval");
     assert_eq!(add["input_schema"]["required"], json!(["body"]));
     // readOnly `id` is not an argument.
-    assert!(add["input_schema"]["$defs"]["Pet"]["properties"].get("id").is_none());
-    assert!(jsonschema::draft202012::meta::is_valid(&add["input_schema"]));
+    assert!(add["input_schema"]["$defs"]["Pet"]["properties"]
+        .get("id")
+        .is_none());
+    assert!(jsonschema::draft202012::meta::is_valid(
+        &add["input_schema"]
+    ));
 
     // The admin API's per-agent list is the same.
     let v = op_ok(&p, "GET", "/tools?agent=clerk", None).await;
     assert_eq!(v["tools"].as_array().unwrap().len(), tools.len());
     let all = op_ok(&p, "GET", "/tools", None).await;
-    let row = all["tools"].as_array().unwrap().iter().find(|t| t["tool"] == "petstore.delete_pet").unwrap();
-    assert_eq!((row["source"].as_str(), row["description"].as_str()), (Some("spec"), Some("Deletes a pet")));
+    let row = all["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tool"] == "petstore.delete_pet")
+        .unwrap();
+    assert_eq!(
+        (row["source"].as_str(), row["description"].as_str()),
+        (Some("spec"), Some("Deletes a pet"))
+    );
 
     // explain prints the operation it matched.
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
@@ -532,12 +656,25 @@ async fn tool_listings_and_explain_carry_descriptions_and_schemas() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("tool:     petstore.get_pet_by_id (risk low, template /petstore/pet/{petId}, source spec)"), "{text}");
     assert!(text.contains("operation: getPetById: GET /pet/{petId} in specs/petstore.json; security (shown, never a grant): api_key"), "{text}");
     assert!(text.contains("about:    Find pet by ID"), "{text}");
-    let v = op_ok(&p, "GET", "/explain?agent=clerk&method=GET&path=/petstore/pet/7", None).await;
-    assert_eq!(v["operation"].as_str().unwrap().split(';').next(), Some("getPetById: GET /pet/{petId} in specs/petstore.json"));
+    let v = op_ok(
+        &p,
+        "GET",
+        "/explain?agent=clerk&method=GET&path=/petstore/pet/7",
+        None,
+    )
+    .await;
+    assert_eq!(
+        v["operation"].as_str().unwrap().split(';').next(),
+        Some("getPetById: GET /pet/{petId} in specs/petstore.json")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -555,27 +692,90 @@ async fn validate_request_refuses_violations_and_forwards_valid_bodies_byte_for_
         assert_eq!(v["reason"], "schema_violation", "{v}");
         assert_eq!(v["pointer"], pointer, "{v}");
         assert_eq!(v["rule"], rule, "{v}");
-        assert!(v["detail"].as_str().unwrap().starts_with(&format!("{pointer}: ")), "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{pointer}: ")),
+            "{v}"
+        );
     };
     // A required field missing, a wrong type deep in the body, an enum in the query.
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, br#"{"photoUrls": []}"#).await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        json_ct,
+        br#"{"photoUrls": []}"#,
+    )
+    .await;
     refused(&r, "/body/name", "required");
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, br#"{"name": "rex", "photoUrls": [7]}"#).await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        json_ct,
+        br#"{"name": "rex", "photoUrls": [7]}"#,
+    )
+    .await;
     refused(&r, "/body/photoUrls/0", "type");
-    let r = agent_call(p.addr, &token, "GET", "/petstore/pet/findByStatus?status=sold&status=lost", &[], b"").await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "GET",
+        "/petstore/pet/findByStatus?status=sold&status=lost",
+        &[],
+        b"",
+    )
+    .await;
     refused(&r, "/query/status/1", "enum");
-    let r = agent_call(p.addr, &token, "GET", "/petstore/pet/findByStatus", &[], b"").await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "GET",
+        "/petstore/pet/findByStatus",
+        &[],
+        b"",
+    )
+    .await;
     refused(&r, "/query/status", "required");
-    let r = agent_call(p.addr, &token, "GET", "/petstore/user/login?username=a&password=b", &[], b"").await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "GET",
+        "/petstore/user/login?username=a&password=b",
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 201, "a valid query passes: {}", r.text());
     // Not JSON, or JSON with a key twice: refused, nothing sent.
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", &[("content-type", "text/plain")], b"name=rex").await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        &[("content-type", "text/plain")],
+        b"name=rex",
+    )
+    .await;
     refused(&r, "/body", "contentMediaType");
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, br#"{"name": "a", "photoUrls": [], "name": 5}"#).await;
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        json_ct,
+        br#"{"name": "a", "photoUrls": [], "name": 5}"#,
+    )
+    .await;
     refused(&r, "/body", "json");
     assert_eq!(up.hits(), 1, "only the valid login reached the upstream");
     // A valid body reaches the upstream exactly as sent (spacing, order, escapes).
-    let body = "{ \"photoUrls\" : [\"u\"],\n  \"name\":\"r\\u00e9x\", \"status\": \"sold\" }".as_bytes();
+    let body =
+        "{ \"photoUrls\" : [\"u\"],\n  \"name\":\"r\\u00e9x\", \"status\": \"sold\" }".as_bytes();
     let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, body).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let got = up.got().pop().unwrap();
@@ -605,16 +805,47 @@ async fn validation_comes_before_parking_and_the_webhook_and_page_carry_the_desc
     );
     let token = p.agent_token("clerk").await;
     let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, br#"{"name": 1, "photoUrls": []}"#).await;
-    assert_eq!((r.status, r.json()["reason"].as_str()), (400, Some("schema_violation")), "{}", r.text());
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        json_ct,
+        br#"{"name": 1, "photoUrls": []}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (400, Some("schema_violation")),
+        "{}",
+        r.text()
+    );
     let pending = op_ok(&p, "GET", "/approvals?state=pending", None).await;
-    assert_eq!(pending["approvals"].as_array().map_or(0, Vec::len), 0, "nothing parked: {pending}");
-    let r = agent_call(p.addr, &token, "POST", "/petstore/pet", json_ct, br#"{"name": "rex", "photoUrls": []}"#).await;
+    assert_eq!(
+        pending["approvals"].as_array().map_or(0, Vec::len),
+        0,
+        "nothing parked: {pending}"
+    );
+    let r = agent_call(
+        p.addr,
+        &token,
+        "POST",
+        "/petstore/pet",
+        json_ct,
+        br#"{"name": "rex", "photoUrls": []}"#,
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json()["approval_id"].as_str().unwrap().to_string();
-    assert!(hook.wait_about(&id, 1, Duration::from_secs(15)).await, "no webhook post");
+    assert!(
+        hook.wait_about(&id, 1, Duration::from_secs(15)).await,
+        "no webhook post"
+    );
     let posted = hook.about(&id)[0].json();
-    assert_eq!(posted["description"], "Add a new pet to the store", "{posted}");
+    assert_eq!(
+        posted["description"], "Add a new pet to the store",
+        "{posted}"
+    );
     assert_eq!(posted["tool"], "petstore.add_pet");
 
     // The operator page shows it.
@@ -629,7 +860,13 @@ async fn validation_comes_before_parking_and_the_webhook_and_page_carry_the_desc
     .await
     .unwrap();
     assert_eq!(login.status, 303, "{}", login.text());
-    let cookie = login.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let page = common::send(
         p.admin,
         http::Request::get(format!("/ui/approvals/{id}"))
@@ -683,13 +920,22 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
     let v = r.json();
     assert_eq!(v["reason"], "invalid_config", "{v}");
     let detail = v["detail"].as_str().unwrap();
-    assert!(detail.contains("routes[0].openapi: specs/petstore.json:") && detail.contains("not valid JSON"), "{detail}");
+    assert!(
+        detail.contains("routes[0].openapi: specs/petstore.json:")
+            && detail.contains("not valid JSON"),
+        "{detail}"
+    );
     assert_eq!(policy_version(&p).await, before);
     let r = agent_call(p.addr, &token, "GET", "/petstore/pet/3", &[], b"").await;
     assert_eq!(r.status, 200);
-    assert_eq!(classify(&p, r.header("x-request-id").unwrap()).await, "petstore.get_pet_by_id");
+    assert_eq!(
+        classify(&p, r.header("x-request-id").unwrap()).await,
+        "petstore.get_pet_by_id"
+    );
     // Changed: an operationId renamed. A new policy version, and the new name.
-    let renamed = String::from_utf8(good).unwrap().replace("\"getPetById\"", "\"fetchPet\"");
+    let renamed = String::from_utf8(good)
+        .unwrap()
+        .replace("\"getPetById\"", "\"fetchPet\"");
     std::fs::write(&spec_path, renamed).unwrap();
     let r = op(&p, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -697,7 +943,10 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
     assert_ne!(after, before);
     let r = agent_call(p.addr, &token, "GET", "/petstore/pet/3", &[], b"").await;
     assert_eq!(r.status, 200);
-    assert_eq!(classify(&p, r.header("x-request-id").unwrap()).await, "petstore.fetch_pet");
+    assert_eq!(
+        classify(&p, r.header("x-request-id").unwrap()).await,
+        "petstore.fetch_pet"
+    );
 }
 
 #[test]
@@ -709,7 +958,8 @@ fn petstore_3_1_imports_like_3_0() {
         let yaml = petstore_yaml("");
         let file = dir.path().join("routes.yaml");
         std::fs::write(&file, &yaml).unwrap();
-        let s = Snapshot::parse(&file, &yaml, &|_| None).unwrap_or_else(|e| panic!("{version}: {e}"));
+        let s =
+            Snapshot::parse(&file, &yaml, &|_| None).unwrap_or_else(|e| panic!("{version}: {e}"));
         s.openapi
             .operations()
             .map(|o| (o.name.to_string(), o.template.to_string(), o.method))
@@ -718,5 +968,9 @@ fn petstore_3_1_imports_like_3_0() {
     let a = load("3.0");
     assert_eq!(a.len(), PETSTORE_OPERATIONS);
     assert_eq!(a, load("3.1"));
-    assert!(a.contains(&("petstore.get_pet_by_id".into(), "/petstore/pet/{petId}".into(), Method::Get)));
+    assert!(a.contains(&(
+        "petstore.get_pet_by_id".into(),
+        "/petstore/pet/{petId}".into(),
+        Method::Get
+    )));
 }
