@@ -134,6 +134,11 @@ impl Operation {
     pub fn body_required(&self) -> bool {
         self.body_required
     }
+
+    /// The compiled validator, when `validate: request` applies.
+    pub fn request_check(&self) -> Option<&validate::RequestCheck> {
+        self.check.as_ref()
+    }
 }
 
 /// What `check` says about one spec.
