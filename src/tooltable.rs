@@ -321,9 +321,17 @@ pub fn partial_overrides(snap: &Snapshot) -> Vec<String> {
             if covered.contains(&Method::Get) {
                 covered.push(Method::Head);
             }
+            // A method a spec operation defines here is described by the spec, not left
+            // to a generic rule.
+            let sample = sample_path(t);
+            let by_spec = |m: &Method| {
+                snap.classifier
+                    .classify(*m, &sample)
+                    .is_ok_and(|tool| tool.source == crate::classify::Source::Spec)
+            };
             let missing: Vec<&str> = TABLE_METHODS
                 .into_iter()
-                .filter(|m| !covered.contains(m))
+                .filter(|m| !covered.contains(m) && !by_spec(m))
                 .map(Method::as_str)
                 .collect();
             if !missing.is_empty() && missing.len() < 5 {

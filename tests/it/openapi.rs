@@ -932,15 +932,30 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
         classify(&p, r.header("x-request-id").unwrap()).await,
         "petstore.get_pet_by_id"
     );
-    // Changed: an operationId renamed. A new policy version, and the new name.
+    // Changed: an operationId renamed. The spec file is watched like the config file:
+    // the change alone reloads, as a new policy version with the new name.
     let renamed = String::from_utf8(good)
         .unwrap()
         .replace("\"getPetById\"", "\"fetchPet\"");
     std::fs::write(&spec_path, renamed).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = policy_version(&p).await;
+    while after == before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = policy_version(&p).await;
+    }
+    assert_ne!(
+        after, before,
+        "the spec change was not picked up within 10 s"
+    );
+    assert!(
+        p.logs().contains("file-change") || p.logs().contains("configuration reloaded"),
+        "{}",
+        p.logs()
+    );
     let r = op(&p, "POST", "/reload", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let after = policy_version(&p).await;
-    assert_ne!(after, before);
+    assert_eq!(policy_version(&p).await, after);
     let r = agent_call(p.addr, &token, "GET", "/petstore/pet/3", &[], b"").await;
     assert_eq!(r.status, 200);
     assert_eq!(
