@@ -1,22 +1,216 @@
-//! Reading one OpenAPI document (or a file it references): YAML or JSON into a
-//! `serde_json::Value`, its SHA-256 (a spec change is a config change), the OpenAPI
-//! version it declares, and — only when a message needs one — the `line:col` of a key.
+//! Reading one OpenAPI document (or a file it references): YAML or JSON, its SHA-256
+//! (a spec change is a config change), the OpenAPI version it declares, and — only when
+//! a message needs one — the `line:col` of a key.
+//!
+//! A JSON document is not parsed whole: its text is indexed once (top-level keys, each
+//! path item, each component) and an entry is parsed into a `serde_json::Value` when
+//! it is asked for, then dropped, so importing GitHub's 13 MB description never holds
+//! its whole tree (which would be ~100 MB of small allocations). A YAML document is
+//! parsed whole (YAML specs are small).
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The largest spec file read (GitHub's whole REST description is 13 MB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
-/// A parsed document.
+/// A document: its text indexed (JSON) or its tree (YAML).
 pub struct Doc {
     /// The file as opened (absolute or relative to the working directory).
     pub file: PathBuf,
     /// The file as messages name it (as written in routes.yaml or the `$ref`).
     pub shown: String,
-    pub root: Value,
     pub sha256: [u8; 32],
+    body: Body,
+}
+
+enum Body {
+    Tree(Arc<Value>),
+    Indexed(Indexed),
+}
+
+/// A JSON text and where its entries stand in it: `/key` for each top-level key,
+/// `/paths/<path>` for each path item, `/components/<section>/<name>` for each component
+/// (pointer segments escaped).
+struct Indexed {
+    text: String,
+    entries: HashMap<String, Range<usize>>,
+    /// Keys of the indexed objects, in order: `""` (top level), `/paths`, `/components`
+    /// and `/components/<section>`.
+    keys: HashMap<String, Vec<String>>,
+    /// Small entries kept parsed: components other than schemas and examples, and
+    /// top-level keys other than `paths` and `components`.
+    kept: Mutex<HashMap<String, Arc<Value>>>,
+    /// The last other entry parsed (path items are asked for once per operation).
+    last: Mutex<Option<(String, Arc<Value>)>>,
+}
+
+/// A value in a document: the parsed entry holding it and the pointer inside it.
+#[derive(Clone)]
+pub struct Node {
+    entry: Arc<Value>,
+    sub: String,
+}
+
+impl Node {
+    pub fn value(&self) -> &Value {
+        self.entry.pointer(&self.sub).unwrap_or(&Value::Null)
+    }
+}
+
+impl Doc {
+    /// The value at JSON pointer `pointer` (escaped segments), if there is one.
+    pub fn at(&self, pointer: &str) -> Option<Node> {
+        match &self.body {
+            Body::Tree(root) => root.pointer(pointer).map(|_| Node {
+                entry: root.clone(),
+                sub: pointer.to_string(),
+            }),
+            Body::Indexed(ix) => ix.at(pointer),
+        }
+    }
+
+    /// Whether there is a value at `pointer` (an indexed entry is not parsed for this).
+    pub fn exists(&self, pointer: &str) -> bool {
+        match &self.body {
+            Body::Indexed(ix) if ix.entries.contains_key(pointer) => true,
+            _ => self.at(pointer).is_some(),
+        }
+    }
+
+    /// The keys of the object at `pointer` (`""` for the top level, `/paths`, …).
+    pub fn keys(&self, pointer: &str) -> Vec<String> {
+        match &self.body {
+            Body::Tree(root) => root
+                .pointer(pointer)
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
+            Body::Indexed(ix) => match ix.keys.get(pointer) {
+                Some(k) => k.clone(),
+                None => ix
+                    .at(pointer)
+                    .and_then(|n| n.value().as_object().map(|m| m.keys().cloned().collect()))
+                    .unwrap_or_default(),
+            },
+        }
+    }
+}
+
+impl Indexed {
+    /// Indexes `text`; a syntax error anywhere in it is found here.
+    fn new(text: String) -> Result<Indexed, serde_json::Error> {
+        let mut entries = HashMap::new();
+        let mut keys = HashMap::new();
+        let base = text.as_ptr() as usize;
+        let span = |r: &RawValue| {
+            let start = r.get().as_ptr() as usize - base;
+            start..start + r.get().len()
+        };
+        let top: BTreeMap<String, &RawValue> = serde_json::from_str(&text)?;
+        for (k, v) in &top {
+            entries.insert(format!("/{}", super::refs::escape(k)), span(v));
+        }
+        keys.insert(String::new(), top.keys().cloned().collect::<Vec<_>>());
+        if let Some(paths) = top.get("paths") {
+            if let Ok(m) = serde_json::from_str::<BTreeMap<String, &RawValue>>(paths.get()) {
+                for (k, v) in &m {
+                    entries.insert(format!("/paths/{}", super::refs::escape(k)), span(v));
+                }
+                keys.insert("/paths".into(), m.keys().cloned().collect());
+            }
+        }
+        if let Some(components) = top.get("components") {
+            if let Ok(m) = serde_json::from_str::<BTreeMap<String, &RawValue>>(components.get()) {
+                keys.insert("/components".into(), m.keys().cloned().collect());
+                for (section, v) in &m {
+                    let at = format!("/components/{}", super::refs::escape(section));
+                    entries.insert(at.clone(), span(v));
+                    if let Ok(m) = serde_json::from_str::<BTreeMap<String, &RawValue>>(v.get()) {
+                        for (k, v) in &m {
+                            entries.insert(format!("{at}/{}", super::refs::escape(k)), span(v));
+                        }
+                        keys.insert(at, m.keys().cloned().collect());
+                    }
+                }
+            }
+        }
+        drop(top);
+        Ok(Indexed {
+            text,
+            entries,
+            keys,
+            kept: Mutex::default(),
+            last: Mutex::default(),
+        })
+    }
+
+    /// The deepest indexed entry that `pointer` lies in, and the rest of the pointer.
+    fn entry_of<'p>(&self, pointer: &'p str) -> Option<(&'p str, &'p str)> {
+        let mut ends: Vec<usize> = pointer
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .skip(1)
+            .take(3)
+            .collect();
+        ends.push(pointer.len());
+        ends.into_iter()
+            .rev()
+            .filter(|&e| e <= pointer.len())
+            .find(|&e| self.entries.contains_key(&pointer[..e]))
+            .map(|e| (&pointer[..e], &pointer[e..]))
+    }
+
+    fn at(&self, pointer: &str) -> Option<Node> {
+        if pointer.is_empty() {
+            // The whole document: parsed whole (a `$ref` to a JSON file's root).
+            let v: Value = serde_json::from_str(&self.text).ok()?;
+            return Some(Node {
+                entry: Arc::new(v),
+                sub: String::new(),
+            });
+        }
+        let (key, sub) = self.entry_of(pointer)?;
+        let entry = self.parsed(key)?;
+        entry.pointer(sub)?;
+        Some(Node {
+            entry,
+            sub: sub.to_string(),
+        })
+    }
+
+    fn parsed(&self, key: &str) -> Option<Arc<Value>> {
+        let keep = !key.starts_with("/paths")
+            && !key.starts_with("/components/schemas")
+            && !key.starts_with("/components/examples")
+            && key != "/components";
+        if keep {
+            if let Some(v) = lock(&self.kept).get(key) {
+                return Some(v.clone());
+            }
+        } else if let Some((k, v)) = lock(&self.last).as_ref() {
+            if k == key {
+                return Some(v.clone());
+            }
+        }
+        let range = self.entries.get(key)?.clone();
+        let v: Arc<Value> = Arc::new(serde_json::from_str(&self.text[range]).ok()?);
+        if keep {
+            lock(&self.kept).insert(key.to_string(), v.clone());
+        } else {
+            *lock(&self.last) = Some((key.to_string(), v.clone()));
+        }
+        Some(v)
+    }
 }
 
 /// The OpenAPI versions read.
@@ -41,15 +235,16 @@ pub fn read(file: &Path, shown: &str) -> Result<Doc, String> {
     let json = file
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let root = if json {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+    let body = if json {
+        let text = String::from_utf8(bytes).map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
+        Body::Indexed(Indexed::new(text).map_err(|e| {
             format!(
                 "{shown}:{}:{}: not valid JSON: {}",
                 e.line(),
                 e.column(),
                 strip_position(&e.to_string())
             )
-        })?
+        })?)
     } else {
         let text =
             std::str::from_utf8(&bytes).map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
@@ -63,13 +258,13 @@ pub fn read(file: &Path, shown: &str) -> Result<Doc, String> {
                 strip_position(&e.to_string())
             )
         })?;
-        from_yaml(y)
+        Body::Tree(Arc::new(from_yaml(y)))
     };
     Ok(Doc {
         file: file.to_path_buf(),
         shown: shown.to_string(),
-        root,
         sha256,
+        body,
     })
 }
 
@@ -124,19 +319,21 @@ fn key_text(k: serde_yaml::Value) -> String {
 /// The version a root document declares: `openapi: 3.0.x` or `3.1.x`; Swagger 2.0 and
 /// anything else are refused.
 pub fn version(doc: &Doc) -> Result<(Version, String), String> {
-    let root = doc
-        .root
-        .as_object()
-        .ok_or_else(|| format!("{}: the document is not an object", doc.shown))?;
-    if root.contains_key("swagger") {
+    if let Body::Tree(root) = &doc.body {
+        if !root.is_object() {
+            return Err(format!("{}: the document is not an object", doc.shown));
+        }
+    }
+    if doc.at("/swagger").is_some() {
         return Err(format!(
             "{}: Swagger 2.0 is not supported; convert it to OpenAPI 3.0 or 3.1",
             doc.shown
         ));
     }
-    let v = root
-        .get("openapi")
-        .and_then(Value::as_str)
+    let node = doc.at("/openapi");
+    let v = node
+        .as_ref()
+        .and_then(|n| n.value().as_str())
         .ok_or_else(|| format!("{}: no `openapi:` version field", doc.shown))?;
     let parsed = if v == "3.0" || v.starts_with("3.0.") {
         Version::V30
@@ -181,12 +378,53 @@ mod tests {
         )
         .unwrap();
         let d = read(&f, "s.yaml").unwrap();
-        assert!(d.root["paths"]["/a"]["get"]["responses"]["200"].is_object());
+        assert!(d
+            .at("/paths/~1a/get/responses/200")
+            .unwrap()
+            .value()
+            .is_object());
         assert_eq!(version(&d).unwrap().0, Version::V30);
         assert_eq!(
             locate(&f, &[vec!["paths", "/a", "get"]]),
             vec![Some((4, 5))]
         );
+    }
+
+    #[test]
+    fn json_is_indexed_and_parsed_entry_by_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s.json");
+        std::fs::write(
+            &f,
+            r#"{"openapi": "3.1.0", "info": {"title": "t"}, "paths": {"/a/{id}": {"get": {"operationId": "x"}}},
+               "components": {"schemas": {"A~B": {"type": "string"}, "P": {"properties": {"q": {"type": "integer"}}}}}}"#,
+        )
+        .unwrap();
+        let d = read(&f, "s.json").unwrap();
+        assert_eq!(version(&d).unwrap().0, Version::V31);
+        assert_eq!(d.at("/info/title").unwrap().value(), "t");
+        assert_eq!(
+            d.at("/paths/~1a~1{id}/get/operationId").unwrap().value(),
+            "x"
+        );
+        assert_eq!(
+            d.at("/components/schemas/A~0B").unwrap().value()["type"],
+            "string"
+        );
+        assert_eq!(
+            d.at("/components/schemas/P/properties/q/type")
+                .unwrap()
+                .value(),
+            "integer"
+        );
+        assert!(d.at("/components/schemas/Nope").is_none());
+        assert!(d.at("/paths/~1a~1{id}/put").is_none());
+        assert_eq!(d.keys("/paths"), vec!["/a/{id}".to_string()]);
+        assert_eq!(
+            d.keys("/components/schemas"),
+            vec!["A~B".to_string(), "P".to_string()]
+        );
+        assert_eq!(d.at("").unwrap().value()["openapi"], "3.1.0");
     }
 
     #[test]

@@ -59,59 +59,49 @@ pub fn import(
     let mut docs = Docs::open(file, shown)?;
     let root_doc = docs.doc(0).clone();
     let (version, version_text) = load::version(&root_doc)?;
-    let root = &root_doc.root;
+    let top = |pointer: &str| root_doc.at(pointer).map(|n| n.value().clone());
     let spec = Arc::new(SpecFile {
         shown: shown.to_string(),
         file: file.to_path_buf(),
     });
-    let title = root
-        .pointer("/info/title")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let api_version = root
-        .pointer("/info/version")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let text = |pointer: &str| {
+        top(pointer)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
     let mut report = SpecReport {
         file: spec.clone(),
         openapi: version_text,
-        title,
-        api_version,
+        title: text("/info/title"),
+        api_version: text("/info/version"),
         operations: 0,
         combined: String::new(),
         outside: Vec::new(),
         notes: Vec::new(),
-        schemes: root
-            .pointer("/components/securitySchemes")
-            .and_then(Value::as_object)
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default(),
+        schemes: root_doc.keys("/components/securitySchemes"),
     };
     let (root_base, root_host) =
-        server_base(root.get("servers")).map_err(|e| format!("{shown}: servers: {e}"))?;
+        server_base(top("/servers").as_ref()).map_err(|e| format!("{shown}: servers: {e}"))?;
     report.combined = combination(route, &root_base);
-    if root
-        .get("webhooks")
-        .is_some_and(|w| w.as_object().is_some_and(|m| !m.is_empty()))
-    {
+    if top("/webhooks").is_some_and(|w| w.as_object().is_some_and(|m| !m.is_empty())) {
         report
             .notes
             .push("`webhooks` are not imported (they are calls the API makes, not tools)".into());
     }
-    let root_security = root.get("security").cloned();
-    let Some(paths) = root.get("paths") else {
-        return Ok((Vec::new(), report, docs));
-    };
-    let paths = paths
-        .as_object()
-        .ok_or_else(|| format!("{shown}: `paths` must be an object"))?;
+    let root_security = top("/security");
+    match root_doc.at("/paths") {
+        None => return Ok((Vec::new(), report, docs)),
+        Some(p) if !p.value().is_object() => {
+            return Err(format!("{shown}: `paths` must be an object"))
+        }
+        Some(_) => {}
+    }
+    let paths = root_doc.keys("/paths");
 
     let mut conv = Converter::new(&mut docs, version == Version::V31);
     let mut drafts: Vec<Draft> = Vec::new();
     let mut ignored = Ignored::default();
-    for spec_path in paths.keys() {
+    for spec_path in &paths {
         let at_path = |m: &str| vec!["paths".to_string(), spec_path.clone(), m.to_string()];
         let fail = |keys: Vec<String>, e: String| spec_error(&spec, keys, e);
         if !spec_path.starts_with('/') {
@@ -460,10 +450,12 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
     ] {
         let count = conv
             .docs
-            .doc(owner.doc)
-            .root
-            .pointer(&ptr)
-            .and_then(Value::as_array)
+            .found(Place {
+                doc: owner.doc,
+                pointer: ptr.clone(),
+            })
+            .value()
+            .as_array()
             .map_or(0, Vec::len);
         for n in 0..count {
             let p = conv.docs.deref(owner.doc, format!("{ptr}/{n}"))?;

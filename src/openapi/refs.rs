@@ -3,7 +3,7 @@
 //! inside the root spec's directory (`common.yaml#/Error`); remote references
 //! (`https://…`, `//host/…`, any `scheme:`) and `#anchor`s are refused.
 
-use super::load::{self, Doc};
+use super::load::{self, Doc, Node};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,14 +36,12 @@ pub struct Place {
 pub struct Found {
     pub doc: Arc<Doc>,
     pub place: Place,
+    node: Option<Node>,
 }
 
 impl Found {
     pub fn value(&self) -> &Value {
-        self.doc
-            .root
-            .pointer(&self.place.pointer)
-            .unwrap_or(&Value::Null)
+        self.node.as_ref().map_or(&Value::Null, Node::value)
     }
 }
 
@@ -106,7 +104,7 @@ impl Docs {
                 "$ref `{r}`: anchors (`#name`) are not supported; use a JSON pointer (`#/components/...`)"
             ));
         };
-        if self.docs[doc].root.pointer(&pointer).is_none() {
+        if !self.docs[doc].exists(&pointer) {
             return Err(format!(
                 "$ref `{r}` does not resolve: `{}` has nothing at `{pointer}`",
                 self.docs[doc].shown
@@ -147,10 +145,9 @@ impl Docs {
 
     /// The value at `place`.
     pub fn found(&self, place: Place) -> Found {
-        Found {
-            doc: self.docs[place.doc].clone(),
-            place,
-        }
+        let doc = self.docs[place.doc].clone();
+        let node = doc.at(&place.pointer);
+        Found { doc, place, node }
     }
 
     /// Follows `v` (found in document `doc` at `pointer`) through `$ref`s until a value
@@ -159,14 +156,14 @@ impl Docs {
         let mut place = Place { doc, pointer };
         let mut seen: Vec<Place> = Vec::new();
         loop {
-            let r = self.docs[place.doc]
-                .root
-                .pointer(&place.pointer)
-                .and_then(|v| v.get("$ref"))
+            let found = self.found(place.clone());
+            let Some(r) = found
+                .value()
+                .get("$ref")
                 .and_then(Value::as_str)
-                .map(str::to_string);
-            let Some(r) = r else {
-                return Ok(self.found(place));
+                .map(str::to_string)
+            else {
+                return Ok(found);
             };
             if seen.contains(&place) || seen.len() >= MAX_CHAIN {
                 return Err(format!("$ref `{r}` is part of a reference loop"));

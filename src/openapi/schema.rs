@@ -24,11 +24,12 @@ pub enum Side {
     Output,
 }
 
-/// Converted definitions of one spec for one side, shared by every tool of the spec.
+/// Converted definitions of one spec for one side, shared by every tool of the spec,
+/// kept as JSON text (GitHub's take ~6 MB so, several times that as trees).
 #[derive(Debug, Default)]
 pub struct DefTable {
     keys: Vec<Arc<str>>,
-    values: Vec<Value>,
+    values: Vec<Box<str>>,
     /// The definitions each definition refers to directly.
     refs: Vec<Vec<u32>>,
     by_key: HashMap<Arc<str>, u32>,
@@ -44,10 +45,10 @@ impl DefTable {
     }
 
     /// The definition `#/$defs/<key>` names.
-    pub fn get(&self, reference: &str) -> Option<&Value> {
+    pub fn get(&self, reference: &str) -> Option<Value> {
         let key = reference.strip_prefix("#/$defs/")?;
         let i = *self.by_key.get(key)?;
-        Some(&self.values[i as usize])
+        serde_json::from_str(&self.values[i as usize]).ok()
     }
 
     /// Every definition reachable from `direct`, sorted.
@@ -67,10 +68,11 @@ impl DefTable {
     }
 }
 
-/// A tool's schema: its root plus the definitions it reaches in the shared table.
+/// A tool's schema: its root (JSON text) plus the definitions it reaches in the shared
+/// table. Listings build the self-contained schema on demand ([`Schema::to_value`]).
 #[derive(Debug, Clone)]
 pub struct Schema {
-    pub root: Value,
+    root: Box<str>,
     table: Arc<DefTable>,
     defs: Arc<[u32]>,
 }
@@ -79,15 +81,20 @@ impl Schema {
     /// A schema that needs no definitions.
     pub fn plain(root: Value) -> Schema {
         Schema {
-            root,
+            root: root.to_string().into(),
             table: Arc::default(),
             defs: Arc::from(Vec::new()),
         }
     }
 
+    /// The root, without `$defs`.
+    pub fn root(&self) -> Value {
+        serde_json::from_str(&self.root).unwrap_or(Value::Null)
+    }
+
     /// The self-contained JSON Schema: the root with the `$defs` it reaches.
     pub fn to_value(&self) -> Value {
-        let mut v = self.root.clone();
+        let mut v = self.root();
         if !self.defs.is_empty() {
             if let Value::Object(m) = &mut v {
                 let defs: Map<String, Value> = self
@@ -96,7 +103,8 @@ impl Schema {
                     .map(|&i| {
                         (
                             self.table.keys[i as usize].to_string(),
-                            self.table.values[i as usize].clone(),
+                            serde_json::from_str(&self.table.values[i as usize])
+                                .unwrap_or(Value::Null),
                         )
                     })
                     .collect();
@@ -107,17 +115,19 @@ impl Schema {
     }
 
     /// Follows `{"$ref": "#/$defs/…"}` (at most a few times) to the schema it names.
-    pub fn resolve<'a>(&'a self, mut v: &'a Value) -> &'a Value {
+    pub fn resolve(&self, v: &Value) -> Value {
+        let mut cur = v.clone();
         for _ in 0..8 {
-            match v.get("$ref").and_then(Value::as_str) {
-                Some(r) => match self.table.get(r) {
-                    Some(t) => v = t,
-                    None => return v,
-                },
-                None => return v,
+            match cur
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| self.table.get(r))
+            {
+                Some(t) => cur = t,
+                None => break,
             }
         }
-        v
+        cur
     }
 
     /// How many definitions the schema carries.
@@ -141,6 +151,8 @@ pub struct Converter<'d> {
     v31: bool,
     input: Building,
     output: Building,
+    /// What `marked` learned of a referenced schema: readOnly, writeOnly, its own `$ref`.
+    facts: HashMap<Place, (bool, bool, Option<String>)>,
 }
 
 /// A converted schema before it is tied to a frozen table.
@@ -170,6 +182,7 @@ impl<'d> Converter<'d> {
             v31,
             input: Building::default(),
             output: Building::default(),
+            facts: HashMap::new(),
         }
     }
 
@@ -193,7 +206,7 @@ impl<'d> Converter<'d> {
                 .walk(place.doc, found.value(), side, 0, &mut def_refs)
                 .map_err(|e| format!("{}#{}: {e}", found.doc.shown, place.pointer))?;
             let b = self.side(side);
-            b.table.values[i as usize] = converted;
+            b.table.values[i as usize] = converted.to_string().into();
             def_refs.sort_unstable();
             def_refs.dedup();
             b.table.refs[i as usize] = def_refs;
@@ -243,7 +256,7 @@ impl<'d> Converter<'d> {
         let key: Arc<str> = key.into();
         b.table.by_key.insert(key.clone(), i);
         b.table.keys.push(key);
-        b.table.values.push(Value::Null);
+        b.table.values.push("null".into());
         b.table.refs.push(Vec::new());
         b.places.push(place.clone());
         b.by_place.insert(place, i);
@@ -279,12 +292,20 @@ impl<'d> Converter<'d> {
                 return false;
             };
             cur_doc = place.doc;
-            let found = self.docs.found(place);
-            let t = found.value();
-            if flag_on(t, flag) {
+            let facts = match self.facts.get(&place) {
+                Some(f) => f.clone(),
+                None => {
+                    let found = self.docs.found(place.clone());
+                    let t = found.value();
+                    let f = (flag_on(t, "readOnly"), flag_on(t, "writeOnly"), ref_of(t));
+                    self.facts.insert(place, f.clone());
+                    f
+                }
+            };
+            if (flag == "readOnly" && facts.0) || (flag == "writeOnly" && facts.1) {
                 return true;
             }
-            next = ref_of(t);
+            next = facts.2;
         }
         false
     }
@@ -432,7 +453,7 @@ impl<'d> Converter<'d> {
 pub fn tie(c: Converted, table: &Arc<DefTable>) -> Schema {
     let defs = table.closure(&c.refs);
     Schema {
-        root: c.value,
+        root: c.value.to_string().into(),
         table: table.clone(),
         defs: Arc::from(defs),
     }
@@ -528,7 +549,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut docs = spec(dir.path(), text);
         let v31 = text.contains("openapi: 3.1");
-        let v = docs.doc(0).root.pointer(pointer).unwrap().clone();
+        let v = docs
+            .found(crate::openapi::refs::Place {
+                doc: 0,
+                pointer: pointer.into(),
+            })
+            .value()
+            .clone();
         let mut c = Converter::new(&mut docs, v31);
         let conv = c.convert(0, &v, side).unwrap();
         let (input, output) = c.finish();

@@ -43,12 +43,16 @@ pub struct QueryParam {
 
 /// The query parameters of an input schema with the types their text is read as.
 pub fn query_params(input: &Schema, explodes: &[(String, bool)]) -> Vec<QueryParam> {
-    let props = input.root.pointer("/properties/query/properties");
+    if explodes.is_empty() {
+        return Vec::new();
+    }
+    let root = input.root();
+    let props = root.pointer("/properties/query/properties");
     explodes
         .iter()
         .map(|(name, explode)| {
             let s = props.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
-            let items = item_schema(input, s).map_or(0, |i| kinds(input, i, 0));
+            let items = item_schema(input, s).map_or(0, |i| kinds(input, &i, 0));
             QueryParam {
                 name: name.clone(),
                 kinds: kinds(input, s, 0),
@@ -104,14 +108,14 @@ fn kinds(s: &Schema, v: &Value, depth: usize) -> u8 {
     k
 }
 
-fn item_schema<'a>(s: &'a Schema, v: &'a Value) -> Option<&'a Value> {
+fn item_schema(s: &Schema, v: &Value) -> Option<Value> {
     let v = s.resolve(v);
-    v.get("items").or_else(|| {
+    v.get("items").cloned().or_else(|| {
         ["anyOf", "oneOf"]
             .iter()
             .filter_map(|k| v.get(*k).and_then(Value::as_array))
             .flatten()
-            .find_map(|sub| s.resolve(sub).get("items"))
+            .find_map(|sub| s.resolve(sub).get("items").cloned())
     })
 }
 

@@ -949,7 +949,8 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
         "the spec change was not picked up within 10 s"
     );
     assert!(
-        p.logs().contains("file-change") || p.logs().contains("configuration reloaded"),
+        p.wait_for_log("configuration reloaded", Duration::from_secs(10))
+            .await,
         "{}",
         p.logs()
     );
