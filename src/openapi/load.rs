@@ -355,6 +355,12 @@ pub fn locate(file: &Path, keys: &[Vec<&str>]) -> Vec<Option<(usize, usize)>> {
     let Ok(text) = std::fs::read_to_string(file) else {
         return vec![None; keys.len()];
     };
+    if file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    {
+        return locate_json(&text, keys);
+    }
     let loc = crate::config::locate::Locator::new(&text);
     keys.iter()
         .map(|k| {
@@ -362,6 +368,85 @@ pub fn locate(file: &Path, keys: &[Vec<&str>]) -> Vec<Option<(usize, usize)>> {
             loc.find_exact(&joined)
         })
         .collect()
+}
+
+/// `locate` for JSON text: one pass over the bytes, keeping only the key path it is in
+/// (the YAML locator would map every key of a 13 MB document). Positions are those of
+/// the key's opening quote, 1-based.
+fn locate_json(text: &str, keys: &[Vec<&str>]) -> Vec<Option<(usize, usize)>> {
+    let mut out = vec![None; keys.len()];
+    let depth_max = keys.iter().map(Vec::len).max().unwrap_or(0);
+    // One frame per open container: for an object, the key being read (`None` until
+    // its key string) and whether the next string is a key.
+    let mut stack: Vec<(bool, Option<String>, bool)> = Vec::new();
+    let b = text.as_bytes();
+    let (mut line, mut line_start) = (1usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => {
+                line += 1;
+                line_start = i + 1;
+            }
+            b'{' => stack.push((true, None, true)),
+            b'[' => stack.push((false, None, false)),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some((true, key, expect)) = stack.last_mut() {
+                    *key = None;
+                    *expect = true;
+                }
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                let mut escaped = false;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        escaped = true;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let is_key = matches!(stack.last(), Some((true, _, true)));
+                if is_key && stack.len() <= depth_max {
+                    let raw = &text[start..(i + 1).min(text.len())];
+                    let key: String = if escaped {
+                        serde_json::from_str(raw).unwrap_or_default()
+                    } else {
+                        raw.trim_matches('"').to_string()
+                    };
+                    let depth = stack.len();
+                    for (k, want) in keys.iter().enumerate() {
+                        if out[k].is_none()
+                            && want.len() == depth
+                            && want[depth - 1] == key
+                            && stack[..depth - 1]
+                                .iter()
+                                .zip(want.iter())
+                                .all(|(f, w)| f.1.as_deref() == Some(*w))
+                        {
+                            let col = text[line_start..start].chars().count() + 1;
+                            out[k] = Some((line, col));
+                        }
+                    }
+                    if let Some(top) = stack.last_mut() {
+                        top.1 = Some(key);
+                        top.2 = false;
+                    }
+                } else if is_key {
+                    if let Some(top) = stack.last_mut() {
+                        top.2 = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -425,6 +510,21 @@ mod tests {
             vec!["A~B".to_string(), "P".to_string()]
         );
         assert_eq!(d.at("").unwrap().value()["openapi"], "3.1.0");
+    }
+
+    #[test]
+    fn json_keys_are_located_in_one_pass() {
+        let text = "{\n  \"paths\": {\n    \"/a\": { \"get\": {}, \"post\": {\"x\": \"}\\\"{\"} },\n    \"/b/{id}\": {\n      \"delete\": {}\n    }\n  },\n  \"get\": 1\n}";
+        let keys = vec![
+            vec!["paths", "/a", "post"],
+            vec!["paths", "/b/{id}", "delete"],
+            vec!["paths", "/a", "put"],
+            vec!["paths"],
+        ];
+        assert_eq!(
+            locate_json(text, &keys),
+            vec![Some((3, 24)), Some((5, 7)), None, Some((2, 3))]
+        );
     }
 
     #[test]
