@@ -8,6 +8,11 @@
 //! Criterion reports the time per iteration (= per request) for each case; after it, a
 //! plain timing loop prints one `gate ns/request` line per case so the number is easy to
 //! grep (target: ≤ 1 µs, issue 6).
+//!
+//! The `github_*` cases run the same gate on a config whose one route imports GitHub's
+//! whole REST description (`openapi:`, 1,223 operations; target ≤ 2 µs, issue 15), and
+//! `validate_issue_create` times `validate: request` for one JSON body and query against
+//! the `issues/create` schema (it runs only on routes that opt in).
 
 use criterion::Criterion;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
@@ -93,12 +98,45 @@ struct Gate {
     switches: Switches,
 }
 
+/// GitHub's REST description, decompressed into `dir`; returns its path.
+fn github_spec(dir: &Path) -> std::path::PathBuf {
+    use std::io::Read;
+    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/openapi/github/api.github.com-3.0.json.gz");
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(gz).expect("github spec"))
+        .read_to_end(&mut bytes)
+        .expect("gunzip");
+    let out = dir.join("github.json");
+    std::fs::write(&out, bytes).expect("write spec");
+    out
+}
+
+/// One route importing GitHub's description, a scoped profile and an admin one.
+fn github_yaml(spec: &Path) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n\
+         upstreams:\n  github: {{ url: \"https://api.github.com\", inject: {{ header: Authorization, value_env: KEY }} }}\n\
+         routes:\n  - prefix: /github\n    upstream: github\n    strip_prefix: true\n    validate: request\n    openapi: {}\n\
+         profiles:\n  \
+         scoped:\n    tools: [\"github.issues.*\", \"github.repos.get*\", \"github.pulls.list*\"]\n    \
+         max_risk: medium\n    approval: [\"github.repos.create_*\"]\n    deny: [\"*.delete*\"]\n  \
+         ops: {{ admin: true }}\n\
+         agents:\n  bot: {{ profile: scoped }}\n  opsbot: {{ profile: ops }}\n",
+        spec.display()
+    )
+}
+
 impl Gate {
     fn new() -> Gate {
-        let text = config_yaml();
-        let snap = Snapshot::parse(Path::new("bench.yaml"), &text, &|_| Some("k".into()))
+        let g = Gate::from_yaml(&config_yaml());
+        assert_eq!(g.snap.routes.len(), ROUTES);
+        g
+    }
+
+    fn from_yaml(text: &str) -> Gate {
+        let snap = Snapshot::parse(Path::new("bench.yaml"), text, &|_| Some("k".into()))
             .unwrap_or_else(|e| panic!("the generated config is invalid: {e}"));
-        assert_eq!(snap.routes.len(), ROUTES);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
         headers.insert(
@@ -190,6 +228,67 @@ fn cases(g: &Gate) -> Vec<Case> {
     ]
 }
 
+fn github_cases(g: &Gate) -> Vec<Case> {
+    vec![
+        g.case(
+            "github_allow",
+            "bot",
+            Method::GET,
+            "/github/repos/octo/hello/issues/42/comments?per_page=50",
+            "allow",
+        ),
+        g.case(
+            "github_deny",
+            "bot",
+            Method::DELETE,
+            "/github/repos/octo/hello",
+            "deny",
+        ),
+        g.case(
+            "github_park",
+            "bot",
+            Method::POST,
+            "/github/repos/octo/hello/forks",
+            "park",
+        ),
+        g.case(
+            "github_lenient",
+            "bot",
+            Method::GET,
+            "/github/repos/octo/hello/Pulls.json",
+            "deny",
+        ),
+        g.case(
+            "github_passthrough",
+            "opsbot",
+            Method::PATCH,
+            "/github/repos/octo/hello/issues/7",
+            "allow",
+        ),
+    ]
+}
+
+/// `validate: request` for `POST /github/repos/{owner}/{repo}/issues`: the body parsed
+/// (repeated keys refused), the query read as its schema's types, one validation.
+fn validate_issue_create(g: &Gate, body: &[u8]) -> bool {
+    let op = g
+        .snap
+        .openapi
+        .by_name("github.issues.create")
+        .expect("issues/create");
+    let check = op.request_check().expect("validate: request is on");
+    let mut instance = serde_json::Map::new();
+    instance.insert(
+        "query".into(),
+        portcullis::openapi::validate::query_object(op, None),
+    );
+    instance.insert(
+        "body".into(),
+        portcullis::openapi::validate::strict_json(body).expect("json"),
+    );
+    check.check(&serde_json::Value::Object(instance)).is_ok()
+}
+
 fn main() {
     let g = Gate::new();
     let cases = cases(&g);
@@ -197,6 +296,20 @@ fn main() {
         let d = g.run(c);
         assert_eq!(d.label(), c.expect, "{}: {d:?}", c.name);
     }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = github_spec(dir.path());
+    let t = Instant::now();
+    let gh = Gate::from_yaml(&github_yaml(&spec));
+    let import = t.elapsed();
+    assert_eq!(gh.snap.openapi.operations().count(), 1223);
+    let gh_cases = github_cases(&gh);
+    for c in &gh_cases {
+        let d = gh.run(c);
+        assert_eq!(d.label(), c.expect, "{}: {d:?}", c.name);
+    }
+    let body: &[u8] = br#"{"title": "Found a bug", "body": "I'm having a problem with this.", "assignees": ["octocat"], "milestone": 1, "labels": ["bug"]}"#;
+    assert!(validate_issue_create(&gh, body));
+    assert!(!validate_issue_create(&gh, br#"{"body": "no title"}"#));
 
     let mut crit = Criterion::default().configure_from_args();
     {
@@ -204,6 +317,12 @@ fn main() {
         for c in &cases {
             group.bench_function(c.name, |b| b.iter(|| g.run(black_box(c))));
         }
+        for c in &gh_cases {
+            group.bench_function(c.name, |b| b.iter(|| gh.run(black_box(c))));
+        }
+        group.bench_function("validate_issue_create", |b| {
+            b.iter(|| validate_issue_create(&gh, black_box(body)))
+        });
         group.finish();
     }
     crit.final_summary();
@@ -221,5 +340,25 @@ fn main() {
             let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
             println!("gate ns/request {:<16} {ns:>8.0}", c.name);
         }
+        println!(
+            "\ngate ns/request on GitHub's imported description (config with validate: request compiled: {} ms; target ≤ 2000 ns):",
+            import.as_millis()
+        );
+        for c in &gh_cases {
+            let n = 200_000u32;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(gh.run(black_box(c)));
+            }
+            let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+            println!("gate ns/request {:<20} {ns:>8.0}", c.name);
+        }
+        let n = 20_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(validate_issue_create(&gh, black_box(body)));
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!("validate ns/request {:<16} {ns:>8.0}", "issue_create");
     }
 }

@@ -514,7 +514,7 @@ async fn handle_tools(app: &App, agent: Option<String>) -> Result<Response<Body>
         None => {
             let rows: Vec<Value> = crate::tooltable::rows(&live.snap)
                 .into_iter()
-                .map(|r| json!({"tool": r.tool, "method": r.method, "template": r.template, "risk": r.risk, "route": r.route, "upstream": r.upstream, "allow": r.allow, "park": r.park, "deny": r.deny}))
+                .map(|r| json!({"tool": r.tool, "method": r.method, "template": r.template, "risk": r.risk, "route": r.route, "upstream": r.upstream, "allow": r.allow, "park": r.park, "deny": r.deny, "source": r.source, "description": r.description}))
                 .collect();
             ok(json!({"policy_version": &*live.snap.policy_version, "tools": rows}))
         }

@@ -3,6 +3,7 @@
 //! request's risk is the highest over every spelling a lenient backend would accept.
 
 use crate::canon::Method;
+use crate::openapi::Operation;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,6 +52,32 @@ impl std::fmt::Display for Risk {
     }
 }
 
+/// Where a tool's name and risk came from (`check`'s SOURCE column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A `tools[]` entry.
+    Override,
+    /// An operation of an `openapi:` spec.
+    Spec,
+    /// A `paths` template.
+    Paths,
+    /// Generated from the path: the id heuristic, or a method the spec does not define
+    /// on one of its templates.
+    Heuristic,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Override => "override",
+            Source::Spec => "spec",
+            Source::Paths => "paths",
+            Source::Heuristic => "heuristic",
+        }
+    }
+}
+
 /// What a request was classified as. `route` indexes `Classifier::routes`.
 #[derive(Debug, Clone)]
 pub struct Tool {
@@ -66,6 +93,10 @@ pub struct Tool {
     /// approvals apply to these too, so `/Comments` or `comments.json` cannot step
     /// around a rule written for `comments`. Empty for almost every request.
     pub aliases: Vec<Arc<str>>,
+    pub source: Source,
+    /// The spec operation behind this request: the one matched, or the one an override
+    /// shadows at this path and method.
+    pub op: Option<Arc<Operation>>,
 }
 
 impl Tool {
@@ -175,11 +206,45 @@ pub struct Override {
     pub description: Option<String>,
 }
 
-/// A `paths` template with its generated names, one per verb.
+/// A known template: from `paths` (every method) or from specs (their methods), with
+/// its generated names, one per verb, and the spec operations on it.
 #[derive(Debug)]
 pub struct Known {
     pub template: Arc<str>,
     names: [Arc<str>; VERBS],
+    /// A `paths` template: every method is known here, not only the spec's.
+    pub all_methods: bool,
+    /// Spec operations on this template (one per method).
+    pub ops: Vec<Arc<Operation>>,
+}
+
+impl Known {
+    /// The operation for `m` (HEAD falls back to GET's).
+    pub fn op_for(&self, m: Method) -> Option<&Arc<Operation>> {
+        self.ops.iter().find(|o| o.method == m).or_else(|| {
+            (m == Method::Head)
+                .then(|| self.ops.iter().find(|o| o.method == Method::Get))
+                .flatten()
+        })
+    }
+}
+
+/// A spec operation that could not take its template: another source already answers
+/// the same requests.
+#[derive(Debug, Clone)]
+pub struct Conflict {
+    /// The operation whose requests classify as something else.
+    pub op: Arc<Operation>,
+    pub with: ConflictWith,
+}
+
+#[derive(Debug, Clone)]
+pub enum ConflictWith {
+    /// Another operation with the same method on a template of the same shape; it names
+    /// the requests (the higher risk; at equal risk the one imported first).
+    Operation(Arc<Operation>),
+    /// A template matchit refused this one next to (from `paths`, or a spec's).
+    Template { template: String, why: String },
 }
 
 const VERBS: usize = 6;
@@ -193,6 +258,8 @@ pub struct RouteRules {
     pub known: Vec<Known>,
     known_router: matchit::Router<usize>,
     pub sensitive: Vec<Pattern>,
+    /// Some known template carries spec operations.
+    has_ops: bool,
 }
 
 impl RouteRules {
@@ -220,6 +287,8 @@ impl RouteRules {
             known.push(Known {
                 template: p.as_str().into(),
                 names: names_for(&tool_prefix, &prefix, p),
+                all_methods: true,
+                ops: Vec::new(),
             });
         }
         Ok(RouteRules {
@@ -230,9 +299,78 @@ impl RouteRules {
             known,
             known_router,
             sensitive,
+            has_ops: false,
         })
     }
 
+    /// Adds spec operations as known templates. An operation joins the known template of
+    /// its shape (same segments, parameters in the same places, whatever their names);
+    /// two operations with one method on one shape, or a template matchit refuses, are
+    /// returned as conflicts — at equal shape the higher risk names the requests.
+    pub fn add_operations(&mut self, ops: Vec<Arc<Operation>>) -> Vec<Conflict> {
+        let mut shapes: HashMap<String, usize> = self
+            .known
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (shape(&k.template), i))
+            .collect();
+        let mut conflicts = Vec::new();
+        for op in ops {
+            self.has_ops = true;
+            let sh = shape(&op.template);
+            let k = match shapes.get(&sh) {
+                Some(&k) => k,
+                None => {
+                    let k = self.known.len();
+                    if let Err(e) = self.known_router.insert(op.template.to_string(), k) {
+                        let template = match &e {
+                            matchit::InsertError::Conflict { with } => with.clone(),
+                            _ => op.template.to_string(),
+                        };
+                        conflicts.push(Conflict {
+                            with: match self.known.iter().find(|k| *k.template == *template) {
+                                Some(other) if !other.all_methods && !other.ops.is_empty() => {
+                                    ConflictWith::Operation(other.ops[0].clone())
+                                }
+                                _ => ConflictWith::Template {
+                                    template,
+                                    why: e.to_string(),
+                                },
+                            },
+                            op,
+                        });
+                        continue;
+                    }
+                    self.known.push(Known {
+                        template: op.template.clone(),
+                        names: names_for(&self.tool_prefix, &self.prefix, &op.template),
+                        all_methods: false,
+                        ops: Vec::new(),
+                    });
+                    shapes.insert(sh, k);
+                    k
+                }
+            };
+            let known = &mut self.known[k];
+            match known.ops.iter().position(|o| o.method == op.method) {
+                Some(at) if op.risk > known.ops[at].risk => {
+                    let loser = std::mem::replace(&mut known.ops[at], op.clone());
+                    conflicts.push(Conflict {
+                        op: loser,
+                        with: ConflictWith::Operation(op),
+                    });
+                }
+                Some(at) => conflicts.push(Conflict {
+                    with: ConflictWith::Operation(known.ops[at].clone()),
+                    op,
+                }),
+                None => known.ops.push(op),
+            }
+        }
+        conflicts
+    }
+
+    /// The generated name of known template `known` for `m`.
     pub fn name_for(&self, known: usize, m: Method) -> &Arc<str> {
         &self.known[known].names[verb_index(m, ends_in_param(&self.known[known].template))]
     }
@@ -369,6 +507,15 @@ impl Classifier {
         let mm = if m == Method::Head { Method::Get } else { m };
         for o in &r.overrides {
             if o.methods.as_ref().is_none_or(|ms| ms.contains(&mm)) && o.pattern.matches(path) {
+                // The spec operation this override shadows here, for its schemas.
+                let op = if r.has_ops {
+                    r.known_router
+                        .at(path)
+                        .ok()
+                        .and_then(|hit| r.known[*hit.value].op_for(m).cloned())
+                } else {
+                    None
+                };
                 return Ok(Tool {
                     name: o.name.clone(),
                     risk: o.risk,
@@ -377,19 +524,45 @@ impl Classifier {
                     approval_ttl: o.approval_ttl,
                     known: true,
                     aliases: Vec::new(),
+                    source: Source::Override,
+                    op,
                 });
             }
         }
         if let Ok(hit) = r.known_router.at(path) {
             let k = *hit.value;
+            let known = &r.known[k];
+            if let Some(op) = known.op_for(m) {
+                return Ok(Tool {
+                    name: op.name.clone(),
+                    risk: op.risk,
+                    template: op.template.clone(),
+                    route,
+                    approval_ttl: None,
+                    known: true,
+                    aliases: Vec::new(),
+                    source: Source::Spec,
+                    op: Some(op.clone()),
+                });
+            }
+            if !known.all_methods && r.unknown_deny && strict {
+                // `unknown_paths: deny`: only the spec's operations are known here.
+                return Err(Unclassified::UnknownPath(route));
+            }
             return Ok(Tool {
                 name: r.name_for(k, m).clone(),
                 risk: Risk::of_method(m),
-                template: r.known[k].template.clone(),
+                template: known.template.clone(),
                 route,
                 approval_ttl: None,
                 known: true,
                 aliases: Vec::new(),
+                source: if known.all_methods {
+                    Source::Paths
+                } else {
+                    Source::Heuristic
+                },
+                op: None,
             });
         }
         if r.unknown_deny && strict {
@@ -405,8 +578,27 @@ impl Classifier {
             approval_ttl: None,
             known: false,
             aliases: Vec::new(),
+            source: Source::Heuristic,
+            op: None,
         })
     }
+}
+
+/// A template's shape: its parameters without their names (`/a/{}/b/{*}`).
+fn shape(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| {
+            if s.starts_with("{*") {
+                "{*}"
+            } else if s.starts_with('{') {
+                "{}"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The path with every `%2F` decoded, if it has one.

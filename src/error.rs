@@ -24,6 +24,15 @@ pub enum Error {
         reason: &'static str,
         detail: String,
     },
+    /// `validate: request`: the request does not match its operation's schema.
+    #[error("{detail}")]
+    SchemaViolation {
+        /// JSON pointer into `{"query": …, "body": …}`.
+        pointer: String,
+        /// The JSON Schema keyword that failed (`type`, `required`, …).
+        rule: String,
+        detail: String,
+    },
     #[error("method {0} is not allowed")]
     MethodNotAllowed(String),
     #[error("authentication required")]
@@ -76,7 +85,7 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::BadRequest { .. } | Error::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Denied(_) | Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -99,6 +108,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::BadRequest { reason, .. } => reason,
+            Error::SchemaViolation { .. } => "schema_violation",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Unauthorized => "unauthenticated",
             Error::Denied(d) => d.reason,
@@ -120,7 +130,7 @@ impl Error {
 
     fn kind(&self) -> &'static str {
         match self {
-            Error::BadRequest { .. } => "bad_request",
+            Error::BadRequest { .. } | Error::SchemaViolation { .. } => "bad_request",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Unauthorized => "unauthorized",
             Error::Denied(_) => "denied",
@@ -159,6 +169,10 @@ impl Error {
                 e => e.to_string(),
             };
             o.insert("detail".into(), detail.into());
+        }
+        if let Error::SchemaViolation { pointer, rule, .. } = self {
+            o.insert("pointer".into(), pointer.as_str().into());
+            o.insert("rule".into(), rule.as_str().into());
         }
         if let Error::Denied(d) = self {
             if let Some(t) = &d.tool {

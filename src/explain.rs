@@ -19,6 +19,11 @@ pub struct Explanation {
     pub template: Option<String>,
     pub route: Option<String>,
     pub upstream: Option<String>,
+    /// `spec`, `paths`, `override` or `heuristic`.
+    pub source: Option<String>,
+    /// The spec operation matched: `getPetById: GET /pet/{petId} in specs/petstore.yaml`.
+    pub operation: Option<String>,
+    pub description: Option<String>,
     pub decision: String,
     pub reason: String,
     pub detail: String,
@@ -57,6 +62,9 @@ pub fn explain(
         template: None,
         route: None,
         upstream: None,
+        source: None,
+        operation: None,
+        description: None,
         decision: "deny".into(),
         reason: String::new(),
         detail: String::new(),
@@ -90,6 +98,26 @@ pub fn explain(
         e.template = Some(tool.template.to_string());
         e.route = Some(route.prefix.clone());
         e.upstream = Some(snap.upstreams[route.upstream].name.clone());
+        e.source = Some(tool.source.as_str().into());
+        e.operation = tool.op.as_ref().map(|op| {
+            let mut o = format!(
+                "{} {} in {}",
+                op.source.method.as_str(),
+                op.source.spec_path,
+                op.source.spec.shown
+            );
+            if let Some(id) = &op.source.operation_id {
+                o = format!("{id}: {o}");
+            }
+            if !op.security.is_empty() {
+                o.push_str(&format!(
+                    "; security (shown, never a grant): {}",
+                    op.security.join(" | ")
+                ));
+            }
+            o
+        });
+        e.description = tooltable::description(snap, tool);
     } else if let Some(r) = snap.classifier.route_of(&c.path) {
         e.route = Some(snap.routes[r].prefix.clone());
     }
@@ -123,11 +151,18 @@ impl std::fmt::Display for Explanation {
         writeln!(f, "request:  {} {}", self.method, self.path)?;
         writeln!(
             f,
-            "tool:     {} (risk {}, template {})",
+            "tool:     {} (risk {}, template {}, source {})",
             o(&self.tool),
             o(&self.risk),
-            o(&self.template)
+            o(&self.template),
+            o(&self.source)
         )?;
+        if let Some(op) = &self.operation {
+            writeln!(f, "operation: {op}")?;
+        }
+        if let Some(d) = &self.description {
+            writeln!(f, "about:    {}", d.lines().next().unwrap_or(""))?;
+        }
         writeln!(
             f,
             "route:    {} → upstream {}",
@@ -148,6 +183,66 @@ pub struct ToolEntry {
     pub template: String,
     pub risk: String,
     pub posture: String,
+    /// `spec`, `paths` or `override`.
+    pub source: &'static str,
+    pub description: Option<String>,
+    /// JSON Schema 2020-12 of the arguments: `{path, query, header, body}`.
+    pub input_schema: serde_json::Value,
+    /// JSON Schema 2020-12 of the first 2xx JSON response, when the spec has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
+    pub annotations: crate::openapi::Annotations,
+    /// The spec operation behind the tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<OperationInfo>,
+}
+
+/// Where a spec tool comes from, and what its spec says about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationInfo {
+    pub operation_id: Option<String>,
+    pub spec: String,
+    pub method: String,
+    pub path: String,
+    /// The spec's security requirements: shown, never used as grants.
+    pub security: Vec<String>,
+    pub deprecated: bool,
+    /// `validate: request` applies.
+    pub validate: bool,
+}
+
+/// The listing fields of a classified tool.
+pub fn tool_entry(
+    snap: &Snapshot,
+    tool: &crate::classify::Tool,
+    m: crate::canon::Method,
+    posture: &str,
+) -> ToolEntry {
+    let op = tool.op.as_deref();
+    ToolEntry {
+        tool: tool.name.to_string(),
+        method: m.as_str().into(),
+        template: tool.template.to_string(),
+        risk: tool.risk.to_string(),
+        posture: posture.into(),
+        source: tool.source.as_str(),
+        description: tooltable::description(snap, tool),
+        input_schema: match op {
+            Some(op) => op.input.to_value(),
+            None => crate::openapi::template_schema(&tool.template, m),
+        },
+        output_schema: op.and_then(|op| op.output.as_ref().map(|s| s.to_value())),
+        annotations: crate::openapi::annotations(m, tool.risk),
+        operation: op.map(|op| OperationInfo {
+            operation_id: op.source.operation_id.clone(),
+            spec: op.source.spec.shown.clone(),
+            method: op.source.method.as_str().into(),
+            path: op.path.clone(),
+            security: op.security.clone(),
+            deprecated: op.deprecated,
+            validate: op.validate,
+        }),
+    }
 }
 
 pub fn agent_tools(
@@ -178,13 +273,10 @@ pub fn agent_tools(
             Decision::Park => "approval",
             Decision::Deny { .. } => continue,
         };
-        out.push(ToolEntry {
-            tool: row.tool,
-            method: row.method,
-            template: row.template,
-            risk: row.risk,
-            posture: posture.into(),
-        });
+        let m = crate::canon::Method::parse(&row.method).unwrap_or(crate::canon::Method::Get);
+        let mut entry = tool_entry(snap, &tool, m, posture);
+        entry.template = row.template;
+        out.push(entry);
     }
     out
 }

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod internal;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod override_scan;
 pub mod pipeline;
 pub mod policy;

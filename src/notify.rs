@@ -1,7 +1,8 @@
 //! Approval notifications: an optional webhook (Slack-compatible `text` plus structured
 //! fields) when a request parks and when it is decided. Fire-and-forget with retries
 //! and a timeout; never blocks the agent, never carries a secret or a body; the path's
-//! query is redacted as in the audit trail (`audit.redact_query`).
+//! query is redacted as in the audit trail (`audit.redact_query`). The tool's
+//! description (from its override or spec operation) rides along as `description`.
 
 use crate::app::App;
 use crate::approval::{Approval, State};
@@ -21,6 +22,7 @@ pub fn approval(app: &App, a: &Approval) {
         return;
     };
     let path = crate::audit::redact_query(&a.path, &live.snap.audit.redact_query);
+    let description = live.snap.tool_description(&a.tool).map(str::to_string);
     drop(live);
     let verb = match a.state {
         State::Pending if a.approvals.is_empty() => "needs approval",
@@ -41,6 +43,7 @@ pub fn approval(app: &App, a: &Approval) {
         "text": format!("{text} {verb}"), "event": a.state.as_str(), "approval_id": a.id, "agent": a.agent,
         "tenant": a.tenant, "tool": a.tool, "risk": a.risk, "method": a.method, "path": path,
         "request_sha256": a.request_sha256, "decided_by": a.decided_by,
+        "description": description,
     });
     let body = serde_json::to_vec(&payload).unwrap_or_default();
     tokio::spawn(async move {

@@ -362,6 +362,8 @@ mod tests {
             route: 0,
             approval_ttl: None,
             known: true,
+            source: crate::classify::Source::Paths,
+            op: None,
             aliases: vec![],
         }
     }

@@ -291,6 +291,8 @@ async fn route_request(
     metrics::histogram!("portcullis_gate_seconds").record(gate_started.elapsed().as_secs_f64());
     let crate::pipeline::Judged { tool, decision } = judged?;
     let route = &snap.routes[tool.route];
+    // `validate: request`: the operation's schema, before anything is forwarded or parked.
+    let req = crate::openapi::validate::request(snap, &tool, &c, req).await?;
     spend_budget(app, &who).await?;
     if decision == Decision::Park {
         let (parts, body) = req.into_parts();

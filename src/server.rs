@@ -190,11 +190,19 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
     Ok(())
 }
 
-/// SIGHUP and a change to the config file both reload; a bad file is refused and logged.
+/// SIGHUP and a change to the config file or to a spec it imports (`openapi:`) reload;
+/// a bad file is refused and logged.
 async fn reload_triggers(app: Arc<App>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = mtime(&app.config_path);
+    let stamps = |app: &App| {
+        let live = app.live.load();
+        std::iter::once(app.config_path.as_path())
+            .chain(live.snap.openapi.files())
+            .map(|p| (p.to_path_buf(), mtime(p)))
+            .collect::<Vec<_>>()
+    };
+    let mut seen = stamps(&app);
     let mut hup = signal(SignalKind::hangup()).ok();
     loop {
         let every = app.live.load().snap.timers.watch_every;
@@ -202,7 +210,7 @@ async fn reload_triggers(app: Arc<App>) {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
             _ = tokio::time::sleep(every) => false,
         };
-        let now = mtime(&app.config_path);
+        let now = stamps(&app);
         if by_signal || now != seen {
             seen = now;
             let _ = app
@@ -212,6 +220,11 @@ async fn reload_triggers(app: Arc<App>) {
                     "file-change"
                 })
                 .await;
+            // A reload may name other spec files: watch those of the config in force.
+            let after = stamps(&app);
+            if !after.iter().map(|f| &f.0).eq(seen.iter().map(|f| &f.0)) {
+                seen = after;
+            }
         }
     }
 }

@@ -2,8 +2,10 @@
 //! name, risk, route and upstream, and which profiles allow, park or deny it.
 
 use crate::canon::Method;
+use crate::classify::{ConflictWith, Tool};
 use crate::config::Snapshot;
 use crate::policy::{decide, Agent, Decision, Input, Narrowing, Switches};
+use std::collections::HashSet;
 use std::fmt::Write;
 
 pub struct Row {
@@ -16,6 +18,25 @@ pub struct Row {
     pub allow: Vec<String>,
     pub park: Vec<String>,
     pub deny: Vec<String>,
+    /// `spec`, `paths`, `override` or `heuristic`.
+    pub source: &'static str,
+    /// The tool's description (an override's own, else its spec operation's).
+    pub description: Option<String>,
+}
+
+/// A tool's description: its override's own, else its spec operation's.
+pub fn description(snap: &Snapshot, tool: &Tool) -> Option<String> {
+    if tool.source == crate::classify::Source::Override {
+        if let Some(d) = snap.classifier.routes[tool.route]
+            .overrides
+            .iter()
+            .find(|o| o.name == tool.name)
+            .and_then(|o| o.description.clone())
+        {
+            return Some(d);
+        }
+    }
+    tool.op.as_ref().and_then(|op| op.description.clone())
 }
 
 const TABLE_METHODS: [Method; 5] = [
@@ -45,6 +66,7 @@ pub fn sample_path(template: &str) -> String {
 
 pub fn rows(snap: &Snapshot) -> Vec<Row> {
     let mut out = Vec::new();
+    let mut seen: HashSet<(Method, String, usize)> = HashSet::new();
     for (ri, rules) in snap.classifier.routes.iter().enumerate() {
         let mut entries: Vec<(Method, String)> = Vec::new();
         for o in &rules.overrides {
@@ -54,18 +76,23 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
             }
         }
         for k in &rules.known {
-            entries.extend(TABLE_METHODS.iter().map(|m| (*m, k.template.to_string())));
+            // A spec template lists the spec's methods; a `paths` template every method.
+            entries.extend(k.ops.iter().map(|op| (op.method, op.template.to_string())));
+            if k.all_methods {
+                entries.extend(
+                    TABLE_METHODS
+                        .iter()
+                        .filter(|m| !k.ops.iter().any(|op| op.method == **m))
+                        .map(|m| (*m, k.template.to_string())),
+                );
+            }
         }
         for (m, template) in entries {
             let path = sample_path(&template);
             let Ok(tool) = snap.classifier.classify(m, &path) else {
                 continue;
             };
-            if tool.route != ri
-                || out.iter().any(|r: &Row| {
-                    r.method == m.as_str() && r.template == template && r.route == rules.prefix
-                })
-            {
+            if tool.route != ri || !seen.insert((m, template.clone(), ri)) {
                 continue;
             }
             let route = &snap.routes[ri];
@@ -79,6 +106,8 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                 allow: vec![],
                 park: vec![],
                 deny: vec![],
+                source: tool.source.as_str(),
+                description: description(snap, &tool),
             };
             for p in snap.profiles.values() {
                 let agent = Agent {
@@ -111,9 +140,19 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
 pub fn render(snap: &Snapshot) -> String {
     let rows = rows(snap);
     let head = [
-        "TOOL", "METHOD", "TEMPLATE", "RISK", "ROUTE", "UPSTREAM", "ALLOW", "PARK", "DENY",
+        "TOOL",
+        "METHOD",
+        "TEMPLATE",
+        "RISK",
+        "ROUTE",
+        "UPSTREAM",
+        "ALLOW",
+        "PARK",
+        "DENY",
+        "SOURCE",
+        "DESCRIPTION",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|r| {
             let j = |v: &Vec<String>| {
@@ -133,6 +172,8 @@ pub fn render(snap: &Snapshot) -> String {
                 j(&r.allow),
                 j(&r.park),
                 j(&r.deny),
+                r.source.to_string(),
+                r.description.as_deref().map_or("-".into(), summary_line),
             ]
         })
         .collect();
@@ -163,11 +204,98 @@ pub fn render(snap: &Snapshot) -> String {
     }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
-            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify)", snap.routes[ri].prefix);
+            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify; source heuristic, not listed)", snap.routes[ri].prefix);
         }
     }
+    openapi_notes(snap, &mut s);
     let _ = writeln!(s, "policy_version: {}", snap.policy_version);
     s
+}
+
+/// The first line of a description, at most 72 characters (the table's last column).
+fn summary_line(d: &str) -> String {
+    let line = d.lines().next().unwrap_or("").trim();
+    match line.char_indices().nth(72) {
+        Some((i, _)) => format!("{}…", line[..i].trim_end()),
+        None => line.to_string(),
+    }
+}
+
+/// What `check` says about the routes' specs: how each was combined with its route,
+/// operations outside the prefix, operations an override shadows, template conflicts.
+fn openapi_notes(snap: &Snapshot, s: &mut String) {
+    use crate::openapi::located;
+    for (ri, imp) in snap.openapi.routes.iter().enumerate() {
+        let prefix = &snap.routes[ri].prefix;
+        for spec in &imp.specs {
+            let f = &spec.file.shown;
+            let _ = writeln!(
+                s,
+                "note: spec {f} (OpenAPI {}, {} {}) on route {prefix}: {} operations; {}",
+                spec.openapi,
+                if spec.title.is_empty() {
+                    "untitled"
+                } else {
+                    &spec.title
+                },
+                spec.api_version,
+                spec.operations,
+                spec.combined
+            );
+            if !spec.schemes.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "note: spec {f}: security schemes {} are shown in tool listings, never used as grants (the upstream credential is injected; profiles grant)",
+                    spec.schemes.join(", ")
+                );
+            }
+            for n in &spec.notes {
+                let _ = writeln!(s, "note: spec {f}: {n}");
+            }
+            let outside: Vec<_> = spec.outside.iter().collect();
+            for o in located(&outside) {
+                let _ = writeln!(
+                    s,
+                    "note: spec operation {o} is outside route prefix {prefix}: not imported"
+                );
+            }
+        }
+        let rules = &snap.classifier.routes[ri];
+        let shadowed: Vec<_> = imp.shadowed.iter().map(|(op, _)| &op.source).collect();
+        for ((op, i), at) in imp.shadowed.iter().zip(located(&shadowed)) {
+            let o = &rules.overrides[*i];
+            let _ = writeln!(
+                s,
+                "note: spec operation {at} (tool {}) is shadowed by routes[{ri}].tools[{i}] `{}` (tool {}, risk {})",
+                op.name, o.pattern.text, o.name, o.risk
+            );
+        }
+        for c in &imp.conflicts {
+            let (this, other, why) = match &c.with {
+                ConflictWith::Operation(w) => {
+                    let mut both = located(&[&c.op.source, &w.source]);
+                    let other = format!("{} (template {})", both.remove(1), w.template);
+                    let why = format!(
+                        "both answer {} {}; requests classify as {} (the higher risk, else the first imported)",
+                        c.op.method.as_str(),
+                        sample_path(&c.op.template),
+                        w.name
+                    );
+                    (both.remove(0), other, why)
+                }
+                ConflictWith::Template { template, why } => (
+                    located(&[&c.op.source]).remove(0),
+                    format!("template {template} (a `paths` entry or another spec's)"),
+                    format!("matchit: {why}"),
+                ),
+            };
+            let _ = writeln!(
+                s,
+                "warning: template conflict on route {prefix}: spec operation {this} (template {}, tool {}) and {other}: {why}",
+                c.op.template, c.op.name
+            );
+        }
+    }
 }
 
 /// Templates with an override for some methods and not others: the other methods on
@@ -193,9 +321,17 @@ pub fn partial_overrides(snap: &Snapshot) -> Vec<String> {
             if covered.contains(&Method::Get) {
                 covered.push(Method::Head);
             }
+            // A method a spec operation defines here is described by the spec, not left
+            // to a generic rule.
+            let sample = sample_path(t);
+            let by_spec = |m: &Method| {
+                snap.classifier
+                    .classify(*m, &sample)
+                    .is_ok_and(|tool| tool.source == crate::classify::Source::Spec)
+            };
             let missing: Vec<&str> = TABLE_METHODS
                 .into_iter()
-                .filter(|m| !covered.contains(m))
+                .filter(|m| !covered.contains(m) && !by_spec(m))
                 .map(Method::as_str)
                 .collect();
             if !missing.is_empty() && missing.len() < 5 {

@@ -73,6 +73,8 @@ struct Detail {
     voters: String,
     required: u8,
     tool: String,
+    /// The tool's description from the configuration in force (override or spec).
+    description: Option<Vec<Piece>>,
     risk: String,
     agent: String,
     tenant: String,
@@ -412,7 +414,9 @@ async fn detail(
         _ => None,
     }
     .map(|o| visible(&o));
+    let description = app.live.load().snap.tool_description(&a.tool).map(visible);
     let hidden = any_hidden(&path)
+        || description.as_deref().is_some_and(any_hidden)
         || any_hidden(&body.pieces)
         || headers.iter().any(|(_, v)| any_hidden(v))
         || outcome.as_deref().is_some_and(any_hidden);
@@ -444,6 +448,7 @@ async fn detail(
         id: a.id,
         method: a.method,
         tool: a.tool,
+        description,
         agent: a.agent,
         credential: a.credential,
         upstream: a.upstream,

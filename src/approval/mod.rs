@@ -29,7 +29,6 @@ use crate::store::{now_ms, Cas, TimeIndex};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -327,17 +326,21 @@ const PARK_GRACE_MS: u64 = 5_000;
 /// Parks a request the gate said needs approval: buffers the body (capped), stores the
 /// record as `parking`, audits it durably, then makes it `pending` and answers 202.
 #[allow(clippy::too_many_arguments)]
-pub async fn park(
+pub async fn park<B>(
     app: &App,
     live: &Live,
     who: &Identity,
     c: &Canonical,
     tool: &Tool,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
-) -> Result<Response<crate::body::Body>, Error> {
+) -> Result<Response<crate::body::Body>, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
     encoding::check_parkable(headers)?;
     let snap = &live.snap;
     // Everything that can refuse without the body is checked before it is read, and

@@ -101,6 +101,11 @@ impl Locator {
         Locator { spots: b.spots }
     }
 
+    /// Where exactly `path` stands, if it is in the text.
+    pub fn find_exact(&self, path: &str) -> Option<(usize, usize)> {
+        self.spots.get(path).copied()
+    }
+
     /// Where `path` stands; falls back to its nearest ancestor, then to 1:1.
     pub fn find(&self, path: &str) -> (usize, usize) {
         let mut p = path;

@@ -2,7 +2,7 @@
 //! `file:line:col` and the key path; the request path never touches raw YAML.
 
 pub mod duration;
-mod locate;
+pub(crate) mod locate;
 pub mod raw;
 
 use crate::canon::Method;
@@ -189,6 +189,8 @@ pub struct Snapshot {
     pub agents: HashMap<String, Arc<Agent>>,
     /// Route prefixes shadowed by a longer one: (shorter, longer).
     pub shadows: Vec<(String, String)>,
+    /// The routes' OpenAPI specs (`openapi:`), as imported into `classifier`.
+    pub openapi: crate::openapi::Imported,
 }
 
 struct Ctx<'a> {
@@ -415,6 +417,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
     let mut routes = Vec::new();
     let mut rules = Vec::new();
     let mut explicit_names: HashMap<String, String> = HashMap::new();
+    let mut openapi = crate::openapi::Imported::default();
     for (ri, r) in raw.routes.iter().enumerate() {
         let at = format!("routes[{ri}]");
         let prefix = check_prefix(&r.prefix).map_err(|e| c.err(&format!("{at}.prefix"), e))?;
@@ -532,7 +535,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 Pattern::new(p).map_err(|e| c.err(&format!("{at}.sensitive_paths[{i}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rule = RouteRules::new(
+        let mut rule = RouteRules::new(
             prefix.clone(),
             tool_prefix,
             unknown_deny,
@@ -541,6 +544,16 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             sensitive,
         )
         .map_err(|(i, e)| c.err(&format!("{at}.paths[{i}]"), e))?;
+        openapi.import_route(
+            crate::openapi::RouteIn {
+                at: &at,
+                raw: r,
+                dir: &c.dir,
+                upstream: &upstreams[upstream],
+            },
+            &mut rule,
+            &|p, m| c.err(p, m),
+        )?;
         let mut allow_body_on = Vec::new();
         for (mi, m) in r.allow_body_on.iter().enumerate() {
             match Method::parse(m) {
@@ -585,7 +598,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
 
     Ok(Snapshot {
         file: file.to_path_buf(),
-        policy_version: policy_version.into(),
+        policy_version: openapi.fold_version(policy_version).into(),
         listen,
         admin_listen,
         node,
@@ -606,6 +619,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         profiles,
         agents,
         shadows,
+        openapi,
     })
 }
 

@@ -232,6 +232,34 @@ pub struct RawRoute {
     pub sensitive_paths: Vec<String>,
     #[serde(default)]
     pub tools: Vec<RawTool>,
+    /// OpenAPI descriptions (one file or a list), relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OneOrMany>,
+    /// `operation_id` (default): spec tools are named from their operationId;
+    /// `generated`: every tool keeps the name generated from its template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_names: Option<String>,
+    /// `request`: query parameters and JSON bodies are checked against the operation's
+    /// schema before anything is forwarded or parked; `none` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<String>,
+}
+
+/// A string or a list of strings (`openapi: a.yaml` or `openapi: [a.yaml, b.json]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -247,6 +275,10 @@ pub struct RawTool {
     pub approval_ttl: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// `request` or `none`: overrides the route's `validate` for the spec operations
+    /// this entry shadows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

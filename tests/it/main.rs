@@ -33,6 +33,7 @@ mod h2_raw;
 mod hardening;
 mod header_hygiene;
 mod metrics_health;
+mod openapi;
 mod operator_ui;
 mod reload_live;
 mod replicas;
