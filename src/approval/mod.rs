@@ -29,7 +29,6 @@ use crate::store::{now_ms, Cas, TimeIndex};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -187,7 +186,7 @@ fn encode(a: &Approval) -> Vec<u8> {
     serde_json::to_vec(a).expect("approvals serialise")
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
@@ -327,17 +326,22 @@ const PARK_GRACE_MS: u64 = 5_000;
 /// Parks a request the gate said needs approval: buffers the body (capped), stores the
 /// record as `parking`, audits it durably, then makes it `pending` and answers 202.
 #[allow(clippy::too_many_arguments)]
-pub async fn park(
+pub async fn park<B>(
     app: &App,
     live: &Live,
     who: &Identity,
     c: &Canonical,
     tool: &Tool,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
-) -> Result<Response<crate::body::Body>, Error> {
+    via: &crate::proxy::Via,
+) -> Result<Response<crate::body::Body>, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
     encoding::check_parkable(headers)?;
     let snap = &live.snap;
     // Everything that can refuse without the body is checked before it is read, and
@@ -472,6 +476,11 @@ pub async fn park(
         status: Some(202),
         remote_addr: origin.0.map(|a| a.to_string()),
         duration_us: Some(origin.1.elapsed().as_micros() as u64),
+        via: matches!(via, crate::proxy::Via::Mcp { .. }).then_some("mcp"),
+        jsonrpc_id: match via {
+            crate::proxy::Via::Mcp { jsonrpc_id, .. } => Some(jsonrpc_id.clone()),
+            crate::proxy::Via::Http => None,
+        },
         ..Default::default()
     };
     let mut rec = rec;
