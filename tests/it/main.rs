@@ -28,6 +28,7 @@ mod faults_store_disk;
 mod gate_e2e;
 mod hardening;
 mod header_hygiene;
+mod mcp;
 mod metrics_health;
 mod operator_ui;
 mod replicas;
