@@ -177,7 +177,10 @@ pub fn modern_ladder(h: &HeaderMap, msg: &Value) -> Result<Value, Rpc> {
         Some("resources/read") => Some("uri"),
         _ => None,
     };
-    if let Some(k) = name_key {
+    // Tasks (SEP-2663) mirror their `taskId` too; checked when the client sends it.
+    let task_key = matches!(method, Some("tasks/get" | "tasks/update" | "tasks/cancel"))
+        && h.contains_key("mcp-name");
+    if let Some(k) = name_key.or(task_key.then_some("taskId")) {
         if let Some(body_value) = msg.get("params").and_then(|p| p.get(k)) {
             let header = single(h, "mcp-name").and_then(decode_header_value);
             if header.as_deref() != body_value.as_str() {
