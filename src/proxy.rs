@@ -58,7 +58,10 @@ pub struct Trace {
 pub enum Via {
     #[default]
     Http,
-    Mcp { jsonrpc_id: String, tool: Arc<str> },
+    Mcp {
+        jsonrpc_id: String,
+        tool: Arc<str>,
+    },
 }
 
 impl Via {

@@ -47,7 +47,10 @@ impl std::fmt::Debug for McpConfig {
             .field("enabled", &self.enabled)
             .field("path", &self.path)
             .field("allowed_origins", &self.allowed_origins)
-            .field("session_key", &self.session_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_key",
+                &self.session_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -644,7 +647,10 @@ fn compile_mcp(c: &Ctx, m: &raw::RawMcp, routes: &[Route]) -> Result<McpConfig, 
     }
     if enabled {
         if classify::under_prefix(&path, "/_portcullis") {
-            return Err(c.err("mcp.path", "the MCP endpoint may not be under /_portcullis/"));
+            return Err(c.err(
+                "mcp.path",
+                "the MCP endpoint may not be under /_portcullis/",
+            ));
         }
         if let Some(r) = routes.iter().find(|r| {
             classify::under_prefix(&path, &r.prefix) || classify::under_prefix(&r.prefix, &path)
@@ -667,12 +673,16 @@ fn compile_mcp(c: &Ctx, m: &raw::RawMcp, routes: &[Route]) -> Result<McpConfig, 
             .filter(|u| {
                 matches!(u.scheme_str(), Some("http" | "https"))
                     && u.authority().is_some()
-                    && u.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
             })
             .is_some()
             && !o.ends_with('/');
         if !ok {
-            return Err(c.err(&at, format!("`{o}`: expected an origin, `scheme://host[:port]`")));
+            return Err(c.err(
+                &at,
+                format!("`{o}`: expected an origin, `scheme://host[:port]`"),
+            ));
         }
         allowed_origins.push(o.to_ascii_lowercase());
     }

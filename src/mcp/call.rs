@@ -238,8 +238,9 @@ async fn outcome(resp: Response<Body>, max: u64) -> Result<(Outcome, Option<Stri
         "park" => Outcome::Parked(serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
         "deny" | "error" => Outcome::Refused {
             status,
-            body: serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| json!({"error": "error", "detail": String::from_utf8_lossy(&bytes)})),
+            body: serde_json::from_slice(&bytes).unwrap_or_else(
+                |_| json!({"error": "error", "detail": String::from_utf8_lossy(&bytes)}),
+            ),
         },
         _ => Outcome::Upstream {
             status,
@@ -258,7 +259,12 @@ async fn outcome(resp: Response<Body>, max: u64) -> Result<(Outcome, Option<Stri
 /// An upstream answer as a `CallToolResult`: the body as text (JSON objects also as
 /// `structuredContent`); a 4xx/5xx is `isError` with the status, so the model can
 /// correct itself.
-pub fn upstream_result(status: u16, body: &[u8], truncated: bool, has_output_schema: bool) -> Value {
+pub fn upstream_result(
+    status: u16,
+    body: &[u8],
+    truncated: bool,
+    has_output_schema: bool,
+) -> Value {
     let text = match std::str::from_utf8(body) {
         Ok(s) => s.to_string(),
         Err(_) => format!(
@@ -290,7 +296,10 @@ pub fn upstream_result(status: u16, body: &[u8], truncated: bool, has_output_sch
 /// A refusal as a `CallToolResult`: `isError` with the reason code and the same JSON
 /// text the HTTP answer carries.
 pub fn refused_result(status: u16, body: &Value) -> Value {
-    let reason = body.get("reason").and_then(Value::as_str).unwrap_or("error");
+    let reason = body
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
     let detail = body.get("detail").and_then(Value::as_str).unwrap_or("");
     json!({
         "content": [{"type": "text", "text": format!("refused ({reason}): {detail}\n{body}")}],
@@ -344,12 +353,18 @@ mod tests {
         assert_eq!(p, "/tickets/..%2Fadmin/comments");
         let (p, _) = build(&t, &args(json!({"id": "a b?c#d"}))).unwrap();
         assert_eq!(p, "/tickets/a%20b%3Fc%23d/comments");
-        let (p, _) = build(&t, &args(json!({"id": 7, "query": {"q": "x&y=z", "t": ["1", 2]}})))
-            .unwrap();
+        let (p, _) = build(
+            &t,
+            &args(json!({"id": 7, "query": {"q": "x&y=z", "t": ["1", 2]}})),
+        )
+        .unwrap();
         assert_eq!(p, "/tickets/7/comments?q=x%26y%3Dz&t=1&t=2");
         assert!(build(&t, &args(json!({}))).is_err(), "missing parameter");
         assert!(build(&t, &args(json!({"id": "1", "extra": 1}))).is_err());
-        assert!(build(&t, &args(json!({"id": "1", "body": {}}))).is_err(), "GET takes no body");
+        assert!(
+            build(&t, &args(json!({"id": "1", "body": {}}))).is_err(),
+            "GET takes no body"
+        );
         let post = tool(Method::Post, "/tickets/{id}/refund");
         let (p, b) = build(&post, &args(json!({"id": "9", "body": {"amount": 5}}))).unwrap();
         assert_eq!(p, "/tickets/9/refund");
@@ -366,6 +381,9 @@ mod tests {
         assert_eq!(r["structuredContent"], json!({"id": 1}));
         let r = upstream_result(404, b"nope", false, false);
         assert_eq!(r["isError"], json!(true));
-        assert!(r["content"][0]["text"].as_str().unwrap().starts_with("HTTP 404"));
+        assert!(r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 404"));
     }
 }

@@ -23,7 +23,9 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 pub enum Mode {
     Handshake,
     /// `subscriptions/listen`, with the id of the request that opened it.
-    Modern { subscription: Value },
+    Modern {
+        subscription: Value,
+    },
 }
 
 /// The agent's current listing fingerprint, or `None` when the credential no longer
@@ -49,8 +51,10 @@ async fn current(app: &App, auth: &HeaderMap) -> Option<String> {
 fn changed(mode: &Mode) -> Value {
     match mode {
         Mode::Handshake => json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-        Mode::Modern { subscription } => json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
-            "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": subscription}}}),
+        Mode::Modern { subscription } => {
+            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+            "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": subscription}}})
+        }
     }
 }
 
@@ -70,7 +74,11 @@ pub fn open(app: Arc<App>, caller: &HeaderMap, mode: Mode) -> Response<Body> {
             if tx.send(Bytes::from(sse_event(&ack))).await.is_err() {
                 return;
             }
-        } else if tx.send(Bytes::from_static(b": stream open\n\n")).await.is_err() {
+        } else if tx
+            .send(Bytes::from_static(b": stream open\n\n"))
+            .await
+            .is_err()
+        {
             return;
         }
         let Some(mut seen) = current(&app, &auth).await else {

@@ -51,7 +51,11 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
     resp
 }
 
-async fn entry(app: &Arc<App>, conn: Conn, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn entry(
+    app: &Arc<App>,
+    conn: Conn,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
     let live = app.live.load_full();
     let snap = &live.snap;
     // DNS rebinding: a browser page from a foreign origin is refused before anything.
@@ -189,62 +193,63 @@ async fn post(
     metrics::counter!("portcullis_mcp_messages_total", "method" => method_label(method), "era" => era_label(era)).increment(1);
     let params = obj.get("params").cloned().unwrap_or(json!({}));
     let mut headers_out = HeaderMap::new();
-    let (version, tasks_ext) = match era {
-        Era::Modern => match transport::modern_ladder(h, &msg) {
-            Ok(caps) => (
-                transport::MODERN_VERSIONS[0].to_string(),
-                caps.get("extensions")
-                    .and_then(|e| e.get("io.modelcontextprotocol/tasks"))
-                    .is_some(),
-            ),
-            Err(e) => {
-                return Ok(transport::respond(
-                    transport::modern_status(e.code),
-                    &transport::error(&id, &e),
-                    false,
-                ))
-            }
-        },
-        Era::Handshake => {
-            if let Some(v) = transport::version_header(h) {
-                if !transport::HANDSHAKE_VERSIONS.contains(&v) {
-                    return Ok(bad_version(v));
+    let (version, tasks_ext) =
+        match era {
+            Era::Modern => match transport::modern_ladder(h, &msg) {
+                Ok(caps) => (
+                    transport::MODERN_VERSIONS[0].to_string(),
+                    caps.get("extensions")
+                        .and_then(|e| e.get("io.modelcontextprotocol/tasks"))
+                        .is_some(),
+                ),
+                Err(e) => {
+                    return Ok(transport::respond(
+                        transport::modern_status(e.code),
+                        &transport::error(&id, &e),
+                        false,
+                    ))
                 }
-            }
-            let key = session::key(&live.snap);
-            if method == "initialize" {
-                let asked = params
-                    .get("protocolVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or(transport::LATEST_HANDSHAKE);
-                let v = if transport::HANDSHAKE_VERSIONS.contains(&asked) {
-                    asked
-                } else {
-                    transport::LATEST_HANDSHAKE
-                };
-                let sid = session::issue(&key, &who.token.record.id, v);
-                headers_out.insert(
-                    "mcp-session-id",
-                    HeaderValue::from_str(&sid).map_err(|e| Error::Internal(e.to_string()))?,
-                );
-                (v.to_string(), false)
-            } else {
-                match h.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
-                    None => {
-                        return Err(Error::BadRequest {
-                            reason: "mcp_session_required",
-                            detail: "send initialize first, then its Mcp-Session-Id on every request".into(),
-                        })
+            },
+            Era::Handshake => {
+                if let Some(v) = transport::version_header(h) {
+                    if !transport::HANDSHAKE_VERSIONS.contains(&v) {
+                        return Ok(bad_version(v));
                     }
-                    Some(sid) => match session::verify(&key, sid, &who.token.record.id) {
-                        Some(s) => (s.version, false),
-                        // Unknown or expired: the client starts a new session.
-                        None => return Err(Error::NotFound),
-                    },
+                }
+                let key = session::key(&live.snap);
+                if method == "initialize" {
+                    let asked = params
+                        .get("protocolVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or(transport::LATEST_HANDSHAKE);
+                    let v = if transport::HANDSHAKE_VERSIONS.contains(&asked) {
+                        asked
+                    } else {
+                        transport::LATEST_HANDSHAKE
+                    };
+                    let sid = session::issue(&key, &who.token.record.id, v);
+                    headers_out.insert(
+                        "mcp-session-id",
+                        HeaderValue::from_str(&sid).map_err(|e| Error::Internal(e.to_string()))?,
+                    );
+                    (v.to_string(), false)
+                } else {
+                    match h.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+                        None => return Err(Error::BadRequest {
+                            reason: "mcp_session_required",
+                            detail:
+                                "send initialize first, then its Mcp-Session-Id on every request"
+                                    .into(),
+                        }),
+                        Some(sid) => match session::verify(&key, sid, &who.token.record.id) {
+                            Some(s) => (s.version, false),
+                            // Unknown or expired: the client starts a new session.
+                            None => return Err(Error::NotFound),
+                        },
+                    }
                 }
             }
-        }
-    };
+        };
     if era == Era::Modern && method == "subscriptions/listen" {
         if !sse_ok {
             return Err(Error::NotAcceptable(
@@ -348,7 +353,8 @@ fn capabilities(cx: &Cx) -> Value {
     caps
 }
 
-const INSTRUCTIONS: &str = "These tools call real APIs through portcullis, which decides every call: \
+const INSTRUCTIONS: &str =
+    "These tools call real APIs through portcullis, which decides every call: \
 allowed calls return the upstream's answer, denied calls return the reason, and calls that need an \
 operator's approval wait for one (as a task, or through the portcullis.approval_status tool).";
 
@@ -448,14 +454,17 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
         .ok_or_else(|| Rpc::invalid_params(format!("unknown tool `{name}`")))?;
     let meta = params.get("_meta");
     let idem = meta
-        .and_then(|m| m.get("idempotencyKey").or_else(|| m.get("portcullis/idempotencyKey")))
+        .and_then(|m| {
+            m.get("idempotencyKey")
+                .or_else(|| m.get("portcullis/idempotencyKey"))
+        })
         .and_then(Value::as_str);
     // Tasks: the client declared the extension (2026-07-28) or asked for one (2025-11-25).
     let task = match cx.era {
         Era::Modern => cx.tasks_ext,
         Era::Handshake => cx.version == "2025-11-25" && params.get("task").is_some(),
     };
-    let (outcome, _request_id) = call::run(
+    let (outcome, request_id) = call::run(
         cx.app,
         cx.conn,
         cx.headers,
@@ -466,7 +475,7 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
         snap.limits.max_result_bytes,
     )
     .await?;
-    Ok(match outcome {
+    let mut result = match outcome {
         call::Outcome::Upstream {
             status,
             body,
@@ -483,5 +492,13 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
                 tasks::parked_result(&p)
             }
         }
-    })
+    };
+    // The proxy's request id: the audit record of this call carries it.
+    if let (Some(rid), Some(o)) = (request_id, result.as_object_mut()) {
+        let meta = o.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("portcullis/request_id".into(), rid.into());
+        }
+    }
+    Ok(result)
 }

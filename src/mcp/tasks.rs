@@ -62,7 +62,10 @@ pub fn message_of(a: &Approval) -> String {
             a.reason.as_deref().unwrap_or("failed"),
             a.detail.as_deref().unwrap_or("nothing was sent")
         ),
-        State::Unknown => "the outcome is unknown (the replay was interrupted); an operator must establish it".into(),
+        State::Unknown => {
+            "the outcome is unknown (the replay was interrupted); an operator must establish it"
+                .into()
+        }
     }
 }
 
@@ -196,7 +199,14 @@ pub async fn result(
     let until = tokio::time::Instant::now() + deadline;
     loop {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
-        let a = match crate::internal::wait_for(app, who, id, Some(left.min(Duration::from_secs(MAX_WAIT_S)))).await {
+        let a = match crate::internal::wait_for(
+            app,
+            who,
+            id,
+            Some(left.min(Duration::from_secs(MAX_WAIT_S))),
+        )
+        .await
+        {
             Ok(a) => a,
             Err(Error::NotFound) => return Err(Rpc::invalid_params(format!("no task `{id}`"))),
             Err(e) => return Err(e.into()),
@@ -238,9 +248,11 @@ async fn withdraw(app: &App, who: &Identity, id: &str) -> Result<Approval, Rpc> 
     n.decided_by = Some(format!("agent:{}", who.agent.id));
     n.reason = Some("withdrawn".into());
     n.detail = Some("withdrawn by the requesting agent (MCP tasks/cancel)".into());
-    let l2 = approval::transition(app, &l, n, None).await?.ok_or_else(|| {
-        Rpc::invalid_params(format!("task `{id}` changed concurrently; look again"))
-    })?;
+    let l2 = approval::transition(app, &l, n, None)
+        .await?
+        .ok_or_else(|| {
+            Rpc::invalid_params(format!("task `{id}` changed concurrently; look again"))
+        })?;
     metrics::gauge!("portcullis_parked").decrement(1.0);
     approval::audit(app, &l2.a, "approval_withdrawn", None, None).await;
     Ok(l2.a)
@@ -285,7 +297,10 @@ pub async fn approval_status(
         credential: Some(who.token.record.id.clone()),
         tenant: who.agent.tenant.clone(),
         method: Some("GET".into()),
-        path: Some(format!("/_portcullis/approvals/{}", id.chars().take(64).collect::<String>())),
+        path: Some(format!(
+            "/_portcullis/approvals/{}",
+            id.chars().take(64).collect::<String>()
+        )),
         tool: Some(super::tools::APPROVAL_STATUS.into()),
         risk: Some("low".into()),
         decision: Some(decision.into()),

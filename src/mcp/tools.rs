@@ -278,7 +278,10 @@ pub fn page(all: Vec<Value>, cursor: Option<&str>) -> Result<(Vec<Value>, Option
     }
     let end = (start + PAGE).min(all.len());
     let next = (end < all.len()).then(|| encode_cursor(end));
-    Ok((all.into_iter().skip(start).take(end - start).collect(), next))
+    Ok((
+        all.into_iter().skip(start).take(end - start).collect(),
+        next,
+    ))
 }
 
 fn encode_cursor(offset: usize) -> String {

@@ -191,9 +191,9 @@ pub fn modern_ladder(h: &HeaderMap, msg: &Value) -> Result<Value, Rpc> {
             }
         }
     }
-    let version = version
-        .as_str()
-        .ok_or_else(|| Rpc::invalid_params("the protocol-version envelope value must be a string"))?;
+    let version = version.as_str().ok_or_else(|| {
+        Rpc::invalid_params("the protocol-version envelope value must be a string")
+    })?;
     if !MODERN_VERSIONS.contains(&version) {
         return Err(unsupported(version));
     }
@@ -256,8 +256,14 @@ pub fn accepts(h: &HeaderMap) -> (bool, bool) {
         return (true, true);
     }
     let any = vals.iter().any(|v| v == "*/*");
-    let json = any || vals.iter().any(|v| v == "application/json" || v == "application/*");
-    let sse = any || vals.iter().any(|v| v == "text/event-stream" || v == "text/*");
+    let json = any
+        || vals
+            .iter()
+            .any(|v| v == "application/json" || v == "application/*");
+    let sse = any
+        || vals
+            .iter()
+            .any(|v| v == "text/event-stream" || v == "text/*");
     (json, sse)
 }
 
@@ -292,8 +298,12 @@ pub fn error(id: &Value, e: &Rpc) -> Value {
 /// reply to a parsed request is 200, as its transport specifies).
 pub fn modern_status(code: i64) -> StatusCode {
     match code {
-        PARSE_ERROR | INVALID_REQUEST | INVALID_PARAMS | HEADER_MISMATCH
-        | UNSUPPORTED_PROTOCOL_VERSION | -32021 => StatusCode::BAD_REQUEST,
+        PARSE_ERROR
+        | INVALID_REQUEST
+        | INVALID_PARAMS
+        | HEADER_MISMATCH
+        | UNSUPPORTED_PROTOCOL_VERSION
+        | -32021 => StatusCode::BAD_REQUEST,
         METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
         _ => StatusCode::OK,
     }
@@ -304,10 +314,8 @@ pub fn modern_status(code: i64) -> StatusCode {
 pub fn respond(status: StatusCode, msg: &Value, sse: bool) -> Response<Body> {
     if !sse || status != StatusCode::OK {
         let mut r = body::json_response(status, msg);
-        r.headers_mut().insert(
-            "portcullis-decision",
-            HeaderValue::from_static("allow"),
-        );
+        r.headers_mut()
+            .insert("portcullis-decision", HeaderValue::from_static("allow"));
         return r;
     }
     let mut r = Response::new(body::full(sse_event(msg)));
@@ -396,7 +404,9 @@ mod tests {
         ]);
         assert!(modern_ladder(&ok, &call("tickets.get")).is_ok());
         assert_eq!(
-            modern_ladder(&ok, &call("tickets.delete")).unwrap_err().code,
+            modern_ladder(&ok, &call("tickets.delete"))
+                .unwrap_err()
+                .code,
             HEADER_MISMATCH
         );
         let wrong_method = h(&[
@@ -417,7 +427,9 @@ mod tests {
             ("mcp-name", "tickets.get"),
         ]);
         assert_eq!(
-            modern_ladder(&twice, &call("tickets.get")).unwrap_err().code,
+            modern_ladder(&twice, &call("tickets.get"))
+                .unwrap_err()
+                .code,
             HEADER_MISMATCH
         );
         let b64 = h(&[
@@ -440,10 +452,7 @@ mod tests {
             .unwrap()
             .contains(&json!("2026-07-28")));
         let mut bare = call("tickets.get");
-        bare["params"]
-            .as_object_mut()
-            .unwrap()
-            .remove("_meta");
+        bare["params"].as_object_mut().unwrap().remove("_meta");
         assert_eq!(modern_ladder(&ok, &bare).unwrap_err().code, INVALID_PARAMS);
     }
 
@@ -458,7 +467,10 @@ mod tests {
         assert!(check_origin(&cfg, &h(&[])).is_ok());
         assert!(check_origin(&cfg, &h(&[("origin", "https://APP.example")])).is_ok());
         assert!(check_origin(&cfg, &h(&[("origin", "http://evil.example")])).is_err());
-        assert_eq!(accepts(&h(&[("accept", "text/event-stream")])), (false, true));
+        assert_eq!(
+            accepts(&h(&[("accept", "text/event-stream")])),
+            (false, true)
+        );
         assert_eq!(
             accepts(&h(&[("accept", "application/json, text/event-stream")])),
             (true, true)

@@ -29,6 +29,7 @@ mod gate_e2e;
 mod hardening;
 mod header_hygiene;
 mod mcp;
+mod mcp_differential;
 mod mcp_sdk;
 mod metrics_health;
 mod operator_ui;

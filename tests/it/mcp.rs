@@ -201,7 +201,9 @@ async fn both_eras_list_exactly_the_agents_tools() {
     let mut modern = Mcp::modern(p.addr, &token, false);
     assert_eq!(modern.tool_names().await, BOT_TOOLS);
     // The same set `GET /_portcullis/tools` gives (plus the built-in tool).
-    let http = common::get(p.addr, "/_portcullis/tools", &token).await.json();
+    let http = common::get(p.addr, "/_portcullis/tools", &token)
+        .await
+        .json();
     let mut names: Vec<String> = http["tools"]
         .as_array()
         .unwrap()
@@ -224,7 +226,10 @@ async fn both_eras_list_exactly_the_agents_tools() {
     assert!(get["inputSchema"]["properties"].get("body").is_none());
     assert_eq!(get["annotations"]["readOnlyHint"], true);
     assert_eq!(get["_meta"]["portcullis/posture"], "allow");
-    let refund = tools.iter().find(|t| t["name"] == "tickets.refund").unwrap();
+    let refund = tools
+        .iter()
+        .find(|t| t["name"] == "tickets.refund")
+        .unwrap();
     assert_eq!(refund["_meta"]["portcullis/risk"], "critical");
     assert_eq!(refund["_meta"]["portcullis/posture"], "approval");
     assert!(refund["inputSchema"]["properties"]["body"].is_object());
@@ -314,13 +319,19 @@ async fn calls_go_through_the_gate_and_are_audited_like_http() {
         assert_eq!(up.hits(), hits);
         // An unknown tool is a protocol error, not a call.
         let e = m
-            .raw("tools/call", json!({"name": "nope.nothing", "arguments": {}}))
+            .raw(
+                "tools/call",
+                json!({"name": "nope.nothing", "arguments": {}}),
+            )
             .await
             .json();
         assert_eq!(e["error"]["code"], -32602, "{e}");
         // Missing or unknown arguments.
         let e = m
-            .raw("tools/call", json!({"name": "tickets.get", "arguments": {"nope": 1}}))
+            .raw(
+                "tools/call",
+                json!({"name": "tickets.get", "arguments": {"nope": 1}}),
+            )
             .await
             .json();
         assert_eq!(e["error"]["code"], -32602, "{e}");
@@ -350,9 +361,10 @@ async fn calls_go_through_the_gate_and_are_audited_like_http() {
     let m = common::admin_call(p.admin, "GET", "/metrics", ap::ALICE, None).await;
     let text = m.text();
     assert!(
-        text.lines().any(|l| l.starts_with("portcullis_requests_total{")
-            && l.contains("via=\"mcp\"")
-            && l.contains("tool=\"tickets.get\"")),
+        text.lines()
+            .any(|l| l.starts_with("portcullis_requests_total{")
+                && l.contains("via=\"mcp\"")
+                && l.contains("tool=\"tickets.get\"")),
         "{text}"
     );
     assert!(
@@ -389,7 +401,9 @@ async fn arguments_that_move_the_request_are_refused_and_never_sent() {
     let r = m.tool("tickets.create", json!({"id": "1"})).await;
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(up.hits(), 1, "only the plain call reached the upstream");
-    let pending = ap::admin(p.admin, ALICE, "GET", "/approvals", None).await.json();
+    let pending = ap::admin(p.admin, ALICE, "GET", "/approvals", None)
+        .await
+        .json();
     assert_eq!(pending.as_array().map_or(0, Vec::len), 0, "{pending}");
     let audit = p.audit_text();
     assert!(audit.contains("\"reason\":\"tool_mismatch\""), "{audit}");
@@ -455,7 +469,10 @@ async fn without_tasks_a_parked_call_names_its_approval_and_approval_status_wait
             json!({"approval_id": id, "wait_seconds": 0}),
         )
         .await;
-    assert_eq!(s["_meta"]["portcullis/approval"]["status"], "pending", "{s}");
+    assert_eq!(
+        s["_meta"]["portcullis/approval"]["status"], "pending",
+        "{s}"
+    );
     assert_eq!(up.hits(), 0);
     // The long poll returns when the operator's approval lands.
     let waiter = {
@@ -617,7 +634,13 @@ async fn the_modern_wire_checks_its_headers_and_the_endpoint_its_callers() {
     let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
     let r = post(p.addr, &token, &[], &list).await;
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = post(p.addr, &token, &[("mcp-session-id", "s1.forged.sig")], &list).await;
+    let r = post(
+        p.addr,
+        &token,
+        &[("mcp-session-id", "s1.forged.sig")],
+        &list,
+    )
+    .await;
     assert_eq!(r.status, 404, "{}", r.text());
     // A session is bound to the credential that opened it.
     let mine = Mcp::legacy(p.addr, &token, "2025-03-26").await;
@@ -670,7 +693,10 @@ async fn origins_on_the_allow_list_pass_and_sessions_hold_on_any_replica() {
     let r = post(
         b.addr,
         &token,
-        &[("origin", "https://other.example"), ("mcp-session-id", &sid)],
+        &[
+            ("origin", "https://other.example"),
+            ("mcp-session-id", &sid),
+        ],
         &ping,
     )
     .await;
@@ -760,7 +786,10 @@ async fn a_switch_that_changes_the_list_is_announced_on_both_streams() {
         pause("tickets.close")
     })
     .await;
-    assert!(seen.contains("notifications/subscriptions/acknowledged"), "{seen}");
+    assert!(
+        seen.contains("notifications/subscriptions/acknowledged"),
+        "{seen}"
+    );
     assert!(seen.contains("listen-1"), "{seen}");
 }
 

@@ -6,7 +6,9 @@
 //! makes the venv): a missing one fails this test, it never skips.
 
 use crate::common::{self, Proxy};
-use crate::support::approvals::{self as ap, issue, ReplayUpstream, ALICE, BOB, EMBEDDED, UPSTREAM_KEY};
+use crate::support::approvals::{
+    self as ap, issue, ReplayUpstream, ALICE, BOB, EMBEDDED, UPSTREAM_KEY,
+};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
