@@ -163,7 +163,7 @@ pub fn render(snap: &Snapshot) -> String {
     }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
-            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify)", snap.routes[ri].prefix);
+            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify); they have no template and are not listed as MCP tools", snap.routes[ri].prefix);
         }
     }
     let _ = writeln!(s, "policy_version: {}", snap.policy_version);

@@ -122,8 +122,10 @@ async fn fifty_requests_over_http_and_mcp_are_judged_and_sent_alike() {
     for (n, c) in cases().into_iter().enumerate() {
         let mut path = c.template.replace("{id}", &enc(&c.id));
         if !c.query.is_empty() {
-            let q: Vec<String> = c
-                .query
+            // A JSON object's members have no order: MCP sends them sorted by name.
+            let mut sorted = c.query.clone();
+            sorted.sort();
+            let q: Vec<String> = sorted
                 .iter()
                 .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
                 .collect();
