@@ -1,7 +1,7 @@
 //! The same gate: 50 requests sent once over plain HTTP and once as MCP `tools/call`
 //! get the same decision, reason, tool, risk and recorded path (read from their audit
-//! records), and the allowed ones reach the upstream as the same bytes (method, target,
-//! headers but the per-request id, body).
+//! records), and the allowed ones reach the upstream as the same request (method, target,
+//! header fields but the per-request id, body bytes).
 
 use crate::common::{self, Proxy, Resp, Seen};
 use crate::mcp::Mcp;
@@ -97,14 +97,18 @@ fn audit_by_request_id(p: &Proxy, id: &str) -> Option<Value> {
         .find(|r| r["request_id"] == id && r["event"] == "request")
 }
 
-/// The upstream's view of a request, without what differs per request by design.
+/// The upstream's view of a request, without what differs per request by design (the
+/// request id). Header fields are compared by name and value in name order: their order
+/// on the wire is the client's (hyper appends `content-length` after the fields it is
+/// given), and a field repeated under one name keeps its own order (stable sort).
 fn upstream_bytes(s: &Seen) -> (String, String, Vec<(String, String)>, Vec<u8>) {
-    let headers = s
+    let mut headers: Vec<(String, String)> = s
         .headers
         .iter()
         .filter(|(k, _)| k != "x-request-id")
         .cloned()
         .collect();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
     (s.method.clone(), s.target.clone(), headers, s.body.clone())
 }
 
