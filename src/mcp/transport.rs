@@ -226,7 +226,7 @@ pub fn check_origin(cfg: &McpConfig, h: &HeaderMap) -> Result<(), Error> {
     let ok = all.next().is_none()
         && o.to_str().is_ok_and(|o| {
             let o = o.to_ascii_lowercase();
-            cfg.allowed_origins.iter().any(|a| *a == o)
+            cfg.allowed_origins.contains(&o)
         });
     if ok {
         Ok(())
