@@ -28,9 +28,18 @@ pub enum Mode {
     },
 }
 
-/// The agent's current listing fingerprint, or `None` when the credential no longer
-/// authenticates.
-async fn current(app: &App, auth: &HeaderMap) -> Option<String> {
+/// What a listing was computed from: the policy version and the switches in force.
+type Inputs = (Arc<str>, Arc<crate::policy::Switches>);
+
+/// The agent's listing fingerprint, recomputed only when the policy version or the
+/// switches differ from `prev` (the switchboard hands out a new `Arc` when it re-reads
+/// them); `None` when the credential no longer authenticates (revoked, expired, its
+/// agent gone).
+async fn current(
+    app: &App,
+    auth: &HeaderMap,
+    prev: Option<(&Inputs, &str)>,
+) -> Option<(Inputs, String)> {
     let live = app.live.load_full();
     let snap = &live.snap;
     let who = app
@@ -39,13 +48,19 @@ async fn current(app: &App, auth: &HeaderMap) -> Option<String> {
         .await
         .ok()?;
     let switches = app.switches.current(&app.store).await.ok()?;
-    Some(tools::fingerprint(&tools::listed(
+    if let Some(((v, sw), fp)) = prev {
+        if *v == snap.policy_version && Arc::ptr_eq(sw, &switches) {
+            return Some(((v.clone(), sw.clone()), fp.to_string()));
+        }
+    }
+    let fp = tools::fingerprint(&tools::listed(
         snap,
         &who.agent,
         &who.token.narrowing,
         &switches,
         false,
-    )))
+    ));
+    Some(((snap.policy_version.clone(), switches), fp))
 }
 
 fn changed(mode: &Mode) -> Value {
@@ -67,6 +82,12 @@ pub fn open(app: Arc<App>, caller: &HeaderMap, mode: Mode) -> Response<Body> {
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     tokio::spawn(async move {
+        let mut events = app.store.events();
+        let Some((mut inputs, mut seen)) = current(&app, &auth, None).await else {
+            return;
+        };
+        // The listing the client is told about from here on is the one read above:
+        // the stream opens (acknowledged, or a comment line) only after it.
         if let Mode::Modern { subscription } = &mode {
             let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                 "params": {"notifications": {"toolsListChanged": true},
@@ -81,24 +102,26 @@ pub fn open(app: Arc<App>, caller: &HeaderMap, mode: Mode) -> Response<Body> {
         {
             return;
         }
-        let Some(mut seen) = current(&app, &auth).await else {
-            return;
-        };
-        let mut events = app.store.events();
         let mut last = Instant::now();
         loop {
             let every = app.live.load().snap.timers.watch_every;
+            // A store notice wakes the stream early; the cadence covers reloads.
             tokio::select! {
-                _ = events.recv() => {}
+                r = events.recv() => {
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(every) => {}
                 _ = tx.closed() => return,
             }
             if app.is_draining() {
                 return;
             }
-            let Some(now) = current(&app, &auth).await else {
+            let Some((now_inputs, now)) = current(&app, &auth, Some((&inputs, &seen))).await else {
                 return;
             };
+            inputs = now_inputs;
             let out = if now != seen {
                 seen = now;
                 Some(Bytes::from(sse_event(&changed(&mode))))

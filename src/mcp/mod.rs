@@ -34,12 +34,35 @@ pub fn matches(app: &App, path: &str) -> bool {
 /// One request to the MCP endpoint; always answers.
 pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let request_id = crate::proxy::new_request_id();
-    let mut resp = match entry(&app, conn, req).await {
+    // Bounded like any agent request (a stream's answer returns at once; its events
+    // are written by a task of their own).
+    let deadline = app.live.load().snap.limits.request_deadline;
+    let result = match tokio::time::timeout(deadline, entry(&app, conn, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Deadline(deadline)),
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             if matches!(e, Error::Unauthorized) {
                 metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
                     .increment(1);
+                // Sampled at the proxy's bounded rate, like HTTP's: nobody fills the disk
+                // without a credential.
+                if app.unauth_sampler.check().is_ok() {
+                    let _ = app.audit.record(crate::audit::Record {
+                        event: "request",
+                        request_id: Some(request_id.clone()),
+                        remote_addr: Some(conn.peer.ip().to_string()),
+                        method: Some("POST".into()),
+                        path: Some(app.live.load().snap.mcp.path.clone()),
+                        decision: Some("deny".into()),
+                        reason: Some(e.reason().into()),
+                        status: Some(401),
+                        via: Some("mcp"),
+                        ..Default::default()
+                    });
+                }
             }
             info!(request_id = %request_id, via = "mcp", reason = e.reason(), status = e.status().as_u16(), "mcp request refused");
             e.to_response(&request_id)
