@@ -85,10 +85,16 @@ impl Mcp {
                 } else {
                     json!({})
                 };
-                params["_meta"] = json!({
+                let mut meta = json!({
                     "io.modelcontextprotocol/protocolVersion": MODERN,
                     "io.modelcontextprotocol/clientCapabilities": caps,
                     "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "1"}});
+                if let Some(given) = params.get("_meta").and_then(Value::as_object) {
+                    for (k, v) in given {
+                        meta[k] = v.clone();
+                    }
+                }
+                params["_meta"] = meta;
                 headers.push(("mcp-protocol-version".into(), MODERN.into()));
                 headers.push(("mcp-method".into(), method.into()));
                 if let Some(n) = params.get("name").and_then(Value::as_str) {
@@ -294,6 +300,17 @@ async fn calls_go_through_the_gate_and_are_audited_like_http() {
         assert_eq!(seen.target, "/v2/tickets/42?expand=all&tag=a%20b&tag=c");
         assert_eq!(seen.header("authorization"), Some(UPSTREAM_KEY));
         assert_eq!(seen.header("x-tenant-id"), Some("acme"));
+        assert!(!seen.has("idempotency-key"));
+        // An idempotency key from `_meta` is sent as the header.
+        let r = m
+            .call(
+                "tools/call",
+                json!({"name": "tickets.get", "arguments": {"id": "43"},
+                       "_meta": {"idempotencyKey": "key-7f3a"}}),
+            )
+            .await;
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(up.last().header("idempotency-key"), Some("key-7f3a"));
         // A body for a method that takes one.
         let r = m
             .tool(
@@ -345,7 +362,7 @@ async fn calls_go_through_the_gate_and_are_audited_like_http() {
         .filter(|r: &Value| r["via"] == "mcp")
         .collect();
     let gets: Vec<&Value> = recs.iter().filter(|r| r["tool"] == "tickets.get").collect();
-    assert_eq!(gets.len(), 2, "{audit}");
+    assert_eq!(gets.len(), 4, "{audit}");
     assert_eq!(gets[0]["decision"], "allow");
     assert_eq!(gets[0]["path"], "/tickets/42?expand=all&tag=a%20b&tag=c");
     assert!(gets.iter().all(|r| r["jsonrpc_id"].is_string()));
@@ -791,6 +808,25 @@ async fn a_switch_that_changes_the_list_is_announced_on_both_streams() {
         "{seen}"
     );
     assert!(seen.contains("listen-1"), "{seen}");
+    // A reload that changes the agent's profile is announced too.
+    let get = common::request("GET", p.addr, "/mcp", &token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", &v)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let cfg = std::fs::read_to_string(&p.config_path).unwrap().replace(
+        r#"approval: ["tickets.refund", "tickets.close", "tickets.quick"]"#,
+        r#"approval: ["tickets.refund", "tickets.close"]"#,
+    );
+    assert!(!cfg.contains("tickets.quick\"]"), "the edit applies");
+    let p = &p;
+    stream_until(p.addr, get, "notifications/tools/list_changed", move || {
+        p.write_config(&cfg)
+    })
+    .await;
+    let names = Mcp::modern(p.addr, &token, false).tool_names().await;
+    assert!(!names.contains(&"tickets.quick".to_string()), "{names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
