@@ -339,8 +339,12 @@ log "portcullis $MAIN_ADDR (pid $MAIN_PID), admin $PC_ADMIN"
 # ---------------------------------------------------------------------------------------
 # Scenarios
 # ---------------------------------------------------------------------------------------
-# name | conns | target | method | path | token | body | expected status
+# name | conns | target | method | path | token | body | expected status | headers
 ITEM=/api/items/42
+# The enforcing request as an MCP tools/call (2026-07-28, stateless): same tool, same
+# upstream request, through the same gate.
+MCP_CALL='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"api.items.get","arguments":{"id":"42"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'
+MCP_HEADERS="MCP-Protocol-Version: 2026-07-28|Mcp-Method: tools/call|Mcp-Name: api.items.get|Accept: application/json"
 scenario() {
   case $1 in
     direct) S=("$CONNS" "$UP_ADDR" GET "$ITEM" "" "" 200) ;;
@@ -349,6 +353,7 @@ scenario() {
     passthrough) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$ADMIN_TOKEN" "" 200) ;;
     enforcing) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$AGENT_TOKEN" "" 200) ;;
     deny) S=("$CONNS" "$MAIN_ADDR" DELETE "$ITEM" "$AGENT_TOKEN" "" 403) ;;
+    mcp-call) S=("$CONNS" "$MAIN_ADDR" POST /mcp "$AGENT_TOKEN" "$MCP_CALL" 200 "$MCP_HEADERS") ;;
     park-redis | park-embedded) S=("$CONNS" "$PARK_ADDR" POST "$ITEM/refund" "$PARK_TOKEN" '{"amount":10}' 202) ;;
     direct-c1) S=(1 "$UP_ADDR" GET "$ITEM" "" "" 200) ;;
     nginx-c1) S=(1 "127.0.0.1:$NGINX_PORT" GET "$ITEM" "" "" 200) ;;
@@ -401,7 +406,7 @@ run_wrk() {
   ((${#ppids[@]})) && p0=$(cpu_ticks "${ppids[@]}")
   u0=$(cpu_ticks "$UP_PID")
   BENCH_METHOD=${S[2]} BENCH_PATH=${S[3]} BENCH_TOKEN=${S[4]} BENCH_BODY=${S[5]} \
-    BENCH_EXPECT=${S[6]} \
+    BENCH_EXPECT=${S[6]} BENCH_HEADERS=${S[7]:-} \
     taskset -c "$LG_CPU" wrk -t1 -c"$conns" -d"${secs}s" --timeout 10s -s "$ROOT/bench/wrk.lua" \
     "http://$addr" >"$out" 2>&1 &
   local wpid=$! first="" last="" smp
@@ -514,7 +519,7 @@ measure() {
   fi
 }
 
-SCENARIOS=(direct nginx hyper passthrough enforcing deny park-redis park-embedded
+SCENARIOS=(direct nginx hyper passthrough enforcing mcp-call deny park-redis park-embedded
   direct-c1 nginx-c1 hyper-c1 passthrough-c1 enforcing-c1)
 # ONLY="nginx enforcing": measure a subset (while tuning; the targets table needs all).
 if [[ -n ${ONLY:-} ]]; then

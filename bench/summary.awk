@@ -81,10 +81,10 @@ END {
   for (r = 1; r <= rounds; r++) if (r in BAD) print "- round " r " discarded: " WHY[r]
   print ""
 
-  split("direct nginx hyper passthrough enforcing deny park-redis park-embedded", ORDER, " ")
+  split("direct nginx hyper passthrough enforcing mcp-call deny park-redis park-embedded", ORDER, " ")
   print "| scenario | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | upstream CPU µs/req | notes |"
   print "|---|---|---|---|---|---|---|---|"
-  for (o = 1; o <= 8; o++) {
+  for (o = 1; o <= 9; o++) {
     sc = ORDER[o]
     if (!(sc in PRESENT)) continue
     split("", L)
@@ -97,6 +97,7 @@ END {
     if (sc == "direct") note = "reference; load generator saturated in " (DSAT + 0) " round(s)"
     if (sc == "hyper") note = "bare hyper forwarder: the floor under any hyper-based proxy"
     if (sc == "deny") note = "403, audit record fsynced before the answer"
+    if (sc == "mcp-call") note = "the enforcing request as an MCP tools/call (2026-07-28)"
     if (sc ~ /^park/) note = "202 parks/s, fresh store per round"
     printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", sc, conns, cell(L["rps"], 0), cell(L["p50"], 0),
       cell(L["p99"], 0), (sc == "direct" ? "–" : cell(L["pc"], 1)), cell(L["uc"], 1), note
@@ -165,6 +166,7 @@ END {
     if (RPS["nginx", r] > 0 && ("hyper", r) in RPS) add("hy_ng", RPS["hyper", r] / RPS["nginx", r])
     if (RPS["hyper", r] > 0 && ("enforcing", r) in RPS) add("en_hy", RPS["enforcing", r] / RPS["hyper", r])
     if (PC["hyper", r] > 0 && PC["enforcing", r] != "") add("cpu_hy", PC["enforcing", r] - PC["hyper", r])
+    if (PC["mcp-call", r] != "" && PC["enforcing", r] != "") add("mcp_en", PC["mcp-call", r] - PC["enforcing", r])
     add("pr", RPS["park-redis", r]); add("pr99", P99["park-redis", r]); add("pe", RPS["park-embedded", r])
   }
   print "| target (issue 6) | measured: median (min–max) | goal | verdict |"
@@ -178,6 +180,8 @@ END {
     printf "| (enforcing / bare hyper forwarder throughput) | %s | – | – |\n", cell(L["en_hy"], 2)
     printf "| (enforcing − bare hyper forwarder, CPU µs per request) | %s | – | – |\n", cell(L["cpu_hy"], 1)
   }
+  if (L["mcp_en"] != "")
+    printf "| MCP tools/call − HTTP, proxy CPU µs per allowed request (issue 16) | %s | ≤ 20 | %s |\n", cell(L["mcp_en"], 1), verdict(stat(L["mcp_en"], "med"), 20, 1)
   printf "| added p50 at 1 connection (enforcing − direct), µs | %s | ≤ 30 | %s |\n", cell(A50, 0), verdict(stat(A50, "med"), 30, 1)
   printf "| added p99 at 1 connection (enforcing − direct), µs | %s | ≤ 60 | %s |\n", cell(A99, 0), verdict(stat(A99, "med"), 60, 1)
   if (L["pr"] != "") {

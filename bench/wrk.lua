@@ -6,6 +6,7 @@
 --   BENCH_TOKEN       agent credential, sent as `Authorization: Bearer ...` (optional)
 --   BENCH_BODY        request body (optional)
 --   BENCH_EXPECT      the one status every response must have (default 200)
+--   BENCH_HEADERS     more request headers, `Name: value` separated by `|` (optional)
 --
 -- Prints one machine-readable `RESULT key=value ...` line (latencies in µs).
 
@@ -23,6 +24,12 @@ end
 if body ~= "" then
   wrk.body = body
   wrk.headers["Content-Type"] = "application/json"
+end
+for h in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^|]+") do
+  local k, v = string.match(h, "^%s*([^:]+):%s*(.-)%s*$")
+  if k then
+    wrk.headers[k] = v
+  end
 end
 
 local threads = {}

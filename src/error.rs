@@ -49,6 +49,8 @@ pub enum Error {
     Gone(String),
     #[error("the request body exceeds the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("{detail}")]
     UnsupportedMediaType {
         reason: &'static str,
@@ -93,6 +95,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +120,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Gone(_) => "gone",
             Error::BodyTooLarge { .. } => "body_too_large",
+            Error::NotAcceptable(_) => "not_acceptable",
             Error::UnsupportedMediaType { reason, .. } => reason,
             Error::TooMany { reason, .. } => reason,
             Error::Unavailable { reason, .. } => reason,
@@ -139,6 +143,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Gone(_) => "gone",
             Error::BodyTooLarge { .. } => "payload_too_large",
+            Error::NotAcceptable(_) => "not_acceptable",
             Error::UnsupportedMediaType { .. } => "unsupported_media_type",
             Error::TooMany { .. } => "too_many_requests",
             Error::Unavailable { .. } => "unavailable",

@@ -57,7 +57,7 @@ fn query_u64(c: &Canonical, name: &str) -> Option<u64> {
 }
 
 /// Only the agent that parked a request sees it; any other id is just not found.
-async fn own(app: &App, who: &Identity, id: &str) -> Result<approval::Approval, Error> {
+pub async fn own(app: &App, who: &Identity, id: &str) -> Result<approval::Approval, Error> {
     match approval::load(app, id).await? {
         Some(l) if l.a.agent == who.agent.id => Ok(l.a),
         _ => Err(Error::NotFound),
@@ -70,6 +70,19 @@ async fn status(
     id: &str,
     wait: Option<Duration>,
 ) -> Result<Response<Body>, Error> {
+    let a = wait_for(app, who, id, wait).await?;
+    Ok(crate::proxy::json(StatusCode::OK, approval::agent_view(&a)))
+}
+
+/// The agent's own approval `id`, after waiting up to `wait` for its state to change
+/// (returns at once when it is final). Shared with MCP's `portcullis.approval_status`
+/// and tasks.
+pub async fn wait_for(
+    app: &App,
+    who: &Identity,
+    id: &str,
+    wait: Option<Duration>,
+) -> Result<approval::Approval, Error> {
     let mut events = app.store.events();
     let mut a = own(app, who, id).await?;
     if let Some(wait) = wait {
@@ -109,7 +122,17 @@ async fn status(
             }
         }
     }
-    Ok(crate::proxy::json(StatusCode::OK, approval::agent_view(&a)))
+    Ok(a)
+}
+
+/// The stored upstream result of an executed approval.
+pub async fn stored_result(app: &App, id: &str) -> Result<approval::Decoded, Error> {
+    let raw = app
+        .store
+        .get_approval_result(id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    approval::decode_result(&raw).ok_or_else(|| Error::Internal("stored result unreadable".into()))
 }
 
 async fn result(app: &App, who: &Identity, id: &str) -> Result<Response<Body>, Error> {
@@ -120,18 +143,12 @@ async fn result(app: &App, who: &Identity, id: &str) -> Result<Response<Body>, E
             a.state.as_str()
         )));
     }
-    let raw = app
-        .store
-        .get_approval_result(id)
-        .await?
-        .ok_or(Error::NotFound)?;
     let approval::Decoded {
         status,
         headers,
         body: bytes,
         truncated,
-    } = approval::decode_result(&raw)
-        .ok_or_else(|| Error::Internal("stored result unreadable".into()))?;
+    } = stored_result(app, id).await?;
     let mut r = Response::new(body::full(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in headers {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod internal;
+pub mod mcp;
 pub mod metrics;
 pub mod notify;
 pub mod openapi;

@@ -28,7 +28,11 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "portcullis_requests_total",
-        "Agent requests by decision, risk and tool"
+        "Agent requests by decision, risk, tool and via (http, mcp)"
+    );
+    describe_counter!(
+        "portcullis_mcp_messages_total",
+        "MCP JSON-RPC messages by method and protocol era (tools/list is counted here, not audited)"
     );
     describe_counter!(
         "portcullis_unauthenticated_total",

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::approval;
 use crate::audit::{redact_query, Audit, Record};
-use crate::body::{self, Body, Capped};
+use crate::body::{self, Body, BoxError, Capped};
 use crate::canon::{self, Canonical};
 use crate::config::Snapshot;
 use crate::error::Error;
@@ -12,6 +12,7 @@ use crate::internal;
 use crate::override_scan;
 use crate::policy::Decision;
 use crate::upstream::{self, Origin};
+use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -51,8 +52,41 @@ pub struct Trace {
     pub started: Option<std::time::Instant>,
 }
 
+/// How a request reached the gate: over plain HTTP, or built by an MCP `tools/call`
+/// (which names the tool the built request must classify as, and its JSON-RPC id).
+#[derive(Debug, Clone, Default)]
+pub enum Via {
+    #[default]
+    Http,
+    Mcp {
+        jsonrpc_id: String,
+        tool: Arc<str>,
+    },
+}
+
+impl Via {
+    /// The `via` label of metrics and audit records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Via::Http => "http",
+            Via::Mcp { .. } => "mcp",
+        }
+    }
+}
+
 /// Entry point for one agent request; always answers, and always records.
 pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
+    serve(app, conn, req, Via::Http).await
+}
+
+/// The request path for a request from any source (an HTTP request as it arrived, or
+/// one an MCP `tools/call` built): the same canon → classify → decide → forward | deny
+/// | park, the same audit record and metrics, labelled with `via`.
+pub async fn serve<B>(app: Arc<App>, conn: Conn, req: Request<B>, via: Via) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let request_id = new_request_id();
     let started = std::time::Instant::now();
     // A refcount bump; the target is only spelled out for requests refused before
@@ -67,7 +101,7 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
     let deadline = app.live.load().snap.limits.request_deadline;
     let result = match tokio::time::timeout(
         deadline,
-        route_request(&app, conn, &request_id, req, &mut trace),
+        route_request(&app, conn, &request_id, req, &via, &mut trace),
     )
     .await
     {
@@ -96,6 +130,11 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                 &snap.audit.redact_query,
             ),
         }),
+        via: matches!(via, Via::Mcp { .. }).then_some("mcp"),
+        jsonrpc_id: match &via {
+            Via::Mcp { jsonrpc_id, .. } => Some(jsonrpc_id.clone()),
+            Via::Http => None,
+        },
         tool: trace.tool.as_ref().map(|t| t.to_string()),
         risk: trace.risk.map(|r| r.to_string()),
         policy_version: Some(
@@ -135,8 +174,8 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                     .record(t0.elapsed().as_secs_f64());
             }
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
-            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.to_string()).increment(1);
-            info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
+            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.to_string(), "via" => via.label()).increment(1);
+            info!(request_id = %request_id, via = via.label(), agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
             // Allowed work is group-committed after the upstream answered.
             if !trace.recorded && app.audit.record(rec).is_err() {
                 warn!(request_id = %request_id, "audit record for a forwarded request could not be queued");
@@ -157,13 +196,13 @@ pub async fn handle(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respon
                 metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
                     .increment(1);
             } else {
-                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.to_string()).increment(1);
+                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.to_string(), "via" => via.label()).increment(1);
             }
             let level_warn = e.status().is_server_error();
             if level_warn {
-                warn!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), error = %e, "request failed");
+                warn!(request_id = %request_id, via = via.label(), agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), error = %e, "request failed");
             } else {
-                info!(request_id = %request_id, agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), "request refused");
+                info!(request_id = %request_id, via = via.label(), agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = e.decision(), reason = e.reason(), status = e.status().as_u16(), "request refused");
             }
             let e = if unauthenticated {
                 // Sampled at a bounded rate: nobody fills the disk without a credential.
@@ -225,13 +264,18 @@ fn metered(app: &App, trace: &Trace, request_id: &str, snap: &Snapshot) -> bool 
     verdict == crate::refusals::Verdict::Record
 }
 
-async fn route_request(
+async fn route_request<B>(
     app: &App,
     conn: Conn,
     request_id: &str,
-    req: Request<Incoming>,
+    req: Request<B>,
+    via: &Via,
     trace: &mut Trace,
-) -> Result<Response<Body>, Error> {
+) -> Result<Response<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let live = app.live.load_full();
     let snap = &live.snap;
     let gate_started = std::time::Instant::now();
@@ -260,6 +304,9 @@ async fn route_request(
     trace.method = Some(c.method.as_str());
     trace.path = Some(c.path_and_query());
     if canon_is_internal(&c.path) {
+        if let Via::Mcp { tool, .. } = via {
+            return Err(tool_mismatch(tool, None));
+        }
         // Answered here, recorded after: with no room left in the audit queue the record
         // would be dropped, so the request is refused like any other.
         if !app.audit.has_room() {
@@ -284,6 +331,13 @@ async fn route_request(
                 trace.tool = Some(tool.name.clone());
                 trace.tool_label = Some(crate::metrics::tool_label(Some(tool)));
                 trace.risk = Some(tool.risk);
+            }
+            // A request an MCP `tools/call` built must be the tool that was called: an
+            // argument that moved it elsewhere (`/`, `..`) is refused, never forwarded.
+            if let Via::Mcp { tool: called, .. } = via {
+                if tool.is_none_or(|t| t.name != *called) {
+                    return Err(tool_mismatch(called, tool.map(|t| &*t.name)));
+                }
             }
             rate_limit(&live, &who)
         },
@@ -310,6 +364,7 @@ async fn route_request(
                 trace.remote_addr,
                 trace.started.unwrap_or_else(std::time::Instant::now),
             ),
+            via,
         )
         .await;
         trace.recorded = r.is_ok();
@@ -355,6 +410,21 @@ async fn route_request(
     Ok(resp)
 }
 
+/// An MCP-built request that did not classify as the tool that was called.
+fn tool_mismatch(called: &str, got: Option<&str>) -> Error {
+    Error::BadRequest {
+        reason: "tool_mismatch",
+        detail: match got {
+            Some(g) => format!(
+                "the arguments of `{called}` built a request for `{g}`; it was refused and not sent"
+            ),
+            None => format!(
+                "the arguments of `{called}` built a request for no tool; it was refused and not sent"
+            ),
+        },
+    }
+}
+
 /// The agent's per-replica token bucket (`rate_limit.per_minute`).
 fn rate_limit(live: &crate::app::Live, who: &crate::identity::Identity) -> Result<(), Error> {
     if let Some(l) = live.limiters.get(&who.agent.id) {
@@ -388,7 +458,7 @@ async fn spend_budget(app: &App, who: &crate::identity::Identity) -> Result<(), 
 
 /// A body on a method that takes none (GET, HEAD, OPTIONS, DELETE): a backend that
 /// ignores it would read it as the next request on a pooled connection.
-fn carries_body(c: &Canonical, h: &http::HeaderMap, body: &Incoming) -> bool {
+fn carries_body<B: http_body::Body>(c: &Canonical, h: &http::HeaderMap, body: &B) -> bool {
     crate::pipeline::bodiless(c.method)
         && (!http_body::Body::is_end_stream(body)
             || h.contains_key(header::TRANSFER_ENCODING)

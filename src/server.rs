@@ -364,6 +364,10 @@ where
         let in_flight = tracker.enter();
         async move {
             let resp = match side {
+                // The MCP endpoint is matched before routes, like `/_portcullis/`.
+                Side::Proxy if crate::mcp::matches(&app, req.uri().path()) => {
+                    crate::mcp::handle(app, conn, req).await
+                }
                 Side::Proxy => proxy::handle(app, conn, req).await,
                 Side::Admin => admin::handle(app, conn, req).await,
             };

@@ -204,7 +204,7 @@ pub fn render(snap: &Snapshot) -> String {
     }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
-            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify; source heuristic, not listed)", snap.routes[ri].prefix);
+            let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify; source heuristic): they have no template and are not listed as tools or MCP tools", snap.routes[ri].prefix);
         }
     }
     openapi_notes(snap, &mut s);

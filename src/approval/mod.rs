@@ -186,7 +186,7 @@ fn encode(a: &Approval) -> Vec<u8> {
     serde_json::to_vec(a).expect("approvals serialise")
 }
 
-fn rfc3339(ms: u64) -> String {
+pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()
 }
@@ -336,6 +336,7 @@ pub async fn park<B>(
     body: B,
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
+    via: &crate::proxy::Via,
 ) -> Result<Response<crate::body::Body>, Error>
 where
     B: http_body::Body<Data = Bytes>,
@@ -477,6 +478,11 @@ where
         status: Some(202),
         remote_addr: origin.0.map(|a| a.to_string()),
         duration_us: Some(origin.1.elapsed().as_micros() as u64),
+        via: matches!(via, crate::proxy::Via::Mcp { .. }).then_some("mcp"),
+        jsonrpc_id: match via {
+            crate::proxy::Via::Mcp { jsonrpc_id, .. } => Some(jsonrpc_id.clone()),
+            crate::proxy::Via::Http => None,
+        },
         ..Default::default()
     };
     let mut rec = rec;

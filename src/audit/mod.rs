@@ -52,6 +52,12 @@ pub struct Record {
     /// The recorded path was cut at [`MAX_PATH`] bytes (only present when it was).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+    /// `mcp` for a request an MCP `tools/call` made (absent for plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
+    /// The JSON-RPC id of that `tools/call`, as JSON text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jsonrpc_id: Option<String>,
     /// `refusals_aggregated`: how many refusals, and the first and last of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,

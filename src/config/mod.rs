@@ -29,6 +29,32 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The MCP endpoint (`mcp:`): where it is, whether it is on, which browser origins may
+/// reach it, and the key that signs its session ids.
+#[derive(Clone)]
+pub struct McpConfig {
+    pub enabled: bool,
+    pub path: String,
+    /// Lower-cased `scheme://host[:port]` origins; a request with any other `Origin` → 403.
+    pub allowed_origins: Vec<String>,
+    /// From `session_key_env`: never logged, never in `Debug`.
+    pub session_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for McpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpConfig")
+            .field("enabled", &self.enabled)
+            .field("path", &self.path)
+            .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "session_key",
+                &self.session_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// Where secrets named by `*_env` come from (the process env, or a test's map).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -191,6 +217,7 @@ pub struct Snapshot {
     pub shadows: Vec<(String, String)>,
     /// The routes' OpenAPI specs (`openapi:`), as imported into `classifier`.
     pub openapi: crate::openapi::Imported,
+    pub mcp: McpConfig,
 }
 
 struct Ctx<'a> {
@@ -595,6 +622,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
 
     let profiles = compile_profiles(c, &raw.profiles)?;
     let agents = compile_agents(c, &raw.agents, &profiles, &upstreams)?;
+    let mcp = compile_mcp(c, &raw.mcp, &routes)?;
 
     Ok(Snapshot {
         file: file.to_path_buf(),
@@ -620,6 +648,87 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         agents,
         shadows,
         openapi,
+        mcp,
+    })
+}
+
+fn compile_mcp(c: &Ctx, m: &raw::RawMcp, routes: &[Route]) -> Result<McpConfig, ConfigError> {
+    let enabled = m.enabled.unwrap_or(true);
+    let path = m.path.clone().unwrap_or_else(|| "/mcp".into());
+    if path == "/" || !path.starts_with('/') || path.ends_with('/') {
+        return Err(c.err(
+            "mcp.path",
+            format!("`{path}` must start with `/`, not end with one, and not be `/`"),
+        ));
+    }
+    classify::check_template(&path).map_err(|e| c.err("mcp.path", e))?;
+    if path.contains('{') {
+        return Err(c.err("mcp.path", format!("`{path}` cannot hold parameters")));
+    }
+    if enabled {
+        if classify::under_prefix(&path, "/_portcullis") {
+            return Err(c.err(
+                "mcp.path",
+                "the MCP endpoint may not be under /_portcullis/",
+            ));
+        }
+        if let Some(r) = routes.iter().find(|r| {
+            classify::under_prefix(&path, &r.prefix) || classify::under_prefix(&r.prefix, &path)
+        }) {
+            return Err(c.err(
+                "mcp.path",
+                format!(
+                    "`{path}` overlaps the route prefix `{}` (the MCP endpoint is matched before routes; move it or set `enabled: false`)",
+                    r.prefix
+                ),
+            ));
+        }
+    }
+    let mut allowed_origins = Vec::new();
+    for (i, o) in m.allowed_origins.iter().enumerate() {
+        let at = format!("mcp.allowed_origins[{i}]");
+        let ok = o
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+            })
+            .is_some()
+            && !o.ends_with('/');
+        if !ok {
+            return Err(c.err(
+                &at,
+                format!("`{o}`: expected an origin, `scheme://host[:port]`"),
+            ));
+        }
+        allowed_origins.push(o.to_ascii_lowercase());
+    }
+    let session_key = match &m.session_key_env {
+        Some(name) => {
+            let key = (c.env)(name).ok_or_else(|| {
+                c.err(
+                    "mcp.session_key_env",
+                    format!("environment variable `{name}` is not set"),
+                )
+            })?;
+            if key.len() < 32 {
+                return Err(c.err(
+                    "mcp.session_key_env",
+                    format!("the key in `{name}` must be at least 32 bytes"),
+                ));
+            }
+            Some(key.into_bytes())
+        }
+        None => None,
+    };
+    Ok(McpConfig {
+        enabled,
+        path,
+        allowed_origins,
+        session_key,
     })
 }
 

@@ -49,6 +49,24 @@ pub struct RawConfig {
     pub profiles: BTreeMap<String, RawProfile>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    pub mcp: RawMcp,
+}
+
+/// `mcp:` — the MCP endpoint on the agent port.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Names the environment variable holding the key that signs session ids (shared
+    /// by every replica).
+    #[serde(default)]
+    pub session_key_env: Option<String>,
 }
 
 fn default_listen() -> String {

@@ -15,13 +15,12 @@ use crate::override_scan::{self, Format};
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::Incoming;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// A request body after validation: streamed as it came, or the bytes read to validate it.
-pub type ReqBody = Either<Incoming, Full<Bytes>>;
+pub type ReqBody<B> = Either<B, Full<Bytes>>;
 
 const STRING: u8 = 1;
 const INTEGER: u8 = 2;
@@ -245,12 +244,16 @@ fn scalar(s: &str, kinds: u8) -> Value {
 
 /// Validates `req` when its tool's operation asks for it; returns the request with its
 /// body as received (read whole only when it is JSON to validate).
-pub async fn request(
+pub async fn request<B>(
     snap: &Snapshot,
     tool: &Tool,
     c: &Canonical,
-    req: Request<Incoming>,
-) -> Result<Request<ReqBody>, Error> {
+    req: Request<B>,
+) -> Result<Request<ReqBody<B>>, Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let Some((op, check)) = tool
         .op
         .as_deref()

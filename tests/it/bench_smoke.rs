@@ -138,7 +138,14 @@ fn bench_smoke_mode_prints_the_table_and_writes_a_csv() {
     };
     let (scenario_at, rps_at, requests_at) = (col("scenario"), col("rps"), col("requests"));
     let (unexpected_at, socket_at) = (col("unexpected"), col("socket_errors"));
-    for scenario in ["direct", "nginx", "passthrough", "enforcing", "deny"] {
+    for scenario in [
+        "direct",
+        "nginx",
+        "passthrough",
+        "enforcing",
+        "mcp-call",
+        "deny",
+    ] {
         let rows: Vec<Vec<&str>> = csv
             .lines()
             .skip(1)

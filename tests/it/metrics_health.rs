@@ -121,7 +121,8 @@ async fn metrics_parse_and_count_a_known_sequence_exactly() {
             &[
                 ("decision", "allow"),
                 ("risk", "low"),
-                ("tool", "tickets.get")
+                ("tool", "tickets.get"),
+                ("via", "http")
             ]
         ),
         Some(3.0),
@@ -134,7 +135,8 @@ async fn metrics_parse_and_count_a_known_sequence_exactly() {
             &[
                 ("decision", "deny"),
                 ("risk", "high"),
-                ("tool", "tickets.delete")
+                ("tool", "tickets.delete"),
+                ("via", "http")
             ]
         ),
         Some(2.0),
@@ -189,7 +191,8 @@ async fn metrics_parse_and_count_a_known_sequence_exactly() {
             &[
                 ("decision", "allow"),
                 ("risk", "low"),
-                ("tool", "tickets.get")
+                ("tool", "tickets.get"),
+                ("via", "http")
             ]
         ),
         Some(4.0)
@@ -200,7 +203,8 @@ async fn metrics_parse_and_count_a_known_sequence_exactly() {
             &[
                 ("decision", "deny"),
                 ("risk", "high"),
-                ("tool", "tickets.delete")
+                ("tool", "tickets.delete"),
+                ("via", "http")
             ]
         ),
         Some(3.0)
