@@ -131,6 +131,58 @@ pub fn template_schema(method: Method, params: &[Param]) -> Value {
     })
 }
 
+/// An imported operation's input schema (`{path: {…}, query: {…}, header: {…}, body}`,
+/// see "OpenAPI") in the argument shape `tools/call` takes: each path parameter a
+/// top-level property with the spec's schema, `query` the spec's query object, `body`
+/// the spec's body schema, and the `$defs` they reference. Header parameters are not
+/// arguments over MCP (the proxy sends no caller-chosen headers upstream from a call).
+fn flatten_spec_input(spec: &Value, mut generated: Value) -> Value {
+    let sprops = spec.get("properties");
+    if let (Some(gp), Some(sp)) = (
+        generated
+            .get_mut("properties")
+            .and_then(Value::as_object_mut),
+        sprops,
+    ) {
+        if let Some(path) = sp.get("path").and_then(|p| p.get("properties")) {
+            if let Some(path) = path.as_object() {
+                for (name, schema) in path {
+                    if let Some(slot) = gp.get_mut(name) {
+                        let mut s = schema.clone();
+                        if let (Some(o), Some(d)) =
+                            (s.as_object_mut(), slot.get("description").cloned())
+                        {
+                            o.entry("description").or_insert(d);
+                        }
+                        *slot = s;
+                    }
+                }
+            }
+        }
+        if let Some(q) = sp.get("query") {
+            gp.insert("query".into(), q.clone());
+        }
+        if let Some(b) = sp.get("body") {
+            if gp.contains_key("body") {
+                gp.insert("body".into(), b.clone());
+            }
+        }
+    }
+    let body_required = spec
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|v| v == "body"));
+    if body_required && generated["properties"].get("body").is_some() {
+        if let Some(r) = generated.get_mut("required").and_then(Value::as_array_mut) {
+            r.push(Value::String("body".into()));
+        }
+    }
+    if let Some(defs) = spec.get("$defs") {
+        generated["$defs"] = defs.clone();
+    }
+    generated
+}
+
 /// MCP hints from the method and risk.
 pub fn annotations(method: Method, risk: Risk, title: &str) -> Value {
     let read_only = matches!(method, Method::Get | Method::Head | Method::Options);
@@ -208,6 +260,11 @@ fn build(snap: &Snapshot) -> Catalogue {
         };
         let risk = Risk::parse(&row.risk).unwrap_or(Risk::Critical);
         let params = params_of(&row.template);
+        // The spec operation behind this row, when the route imports one (OpenAPI).
+        let op = snap
+            .openapi
+            .by_name(&row.tool)
+            .filter(|op| op.method == method && *op.template == *row.template);
         let description = snap
             .classifier
             .routes
@@ -215,20 +272,28 @@ fn build(snap: &Snapshot) -> Catalogue {
             .flat_map(|r| r.overrides.iter())
             .find(|o| *o.name == *row.tool && o.pattern.text == row.template)
             .and_then(|o| o.description.clone())
+            .or_else(|| op.and_then(|op| op.description.clone()))
             .or_else(|| {
                 Some(format!(
                     "{} {} on upstream `{}` through portcullis (risk {}).",
                     row.method, row.template, row.upstream, row.risk
                 ))
             });
-        let title = format!("{} {}", row.method, row.template);
+        let title = op
+            .and_then(|op| op.summary.clone())
+            .unwrap_or_else(|| format!("{} {}", row.method, row.template));
+        let generated = template_schema(method, &params);
+        let input_schema = match op {
+            Some(op) => flatten_spec_input(&op.input.to_value(), generated),
+            None => generated,
+        };
         tools.push(ToolInfo {
             name: row.tool.clone(),
             annotations: annotations(method, risk, &title),
             title,
             description,
-            input_schema: template_schema(method, &params),
-            output_schema: None,
+            input_schema,
+            output_schema: op.and_then(|op| op.output.as_ref().map(|s| s.to_value())),
             method,
             template: row.template.clone(),
             risk,
@@ -313,6 +378,38 @@ pub fn fingerprint(tools: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_input_schema_is_flattened_into_the_call_arguments() {
+        let spec = json!({
+            "type": "object",
+            "properties": {
+                "path": {"type": "object", "properties": {"petId": {"type": "integer"}}},
+                "query": {"type": "object", "properties": {"limit": {"type": "integer"}}},
+                "header": {"type": "object", "properties": {"X-Trace": {"type": "string"}}},
+                "body": {"$ref": "#/$defs/Pet"}
+            },
+            "required": ["path", "body"],
+            "$defs": {"Pet": {"type": "object"}}
+        });
+        let generated = template_schema(Method::Put, &params_of("/pets/{petId}"));
+        let flat = flatten_spec_input(&spec, generated);
+        assert_eq!(flat["properties"]["petId"]["type"], "integer");
+        assert_eq!(
+            flat["properties"]["query"]["properties"]["limit"]["type"],
+            "integer"
+        );
+        assert_eq!(flat["properties"]["body"]["$ref"], "#/$defs/Pet");
+        assert!(flat["properties"].get("header").is_none(), "{flat}");
+        assert_eq!(flat["$defs"]["Pet"]["type"], "object");
+        let req: Vec<&str> = flat["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(req, ["petId", "body"]);
+    }
 
     #[test]
     fn schemas_follow_the_template() {

@@ -173,7 +173,7 @@ async fn fifty_requests_over_http_and_mcp_are_judged_and_sent_alike() {
                 audit_by_request_id(&p, &http_id),
                 audit_by_request_id(&p, &mcp_id),
             );
-            async move { a.zip(b) }
+            async move { a.zip(b).ok_or_else(|| "a record is missing".to_string()) }
         })
         .await;
         for k in [
