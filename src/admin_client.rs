@@ -4,7 +4,7 @@
 use crate::body;
 use crate::error::Error;
 use crate::upstream::tls_config;
-use http::{header, Method, Request};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -39,6 +39,48 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, Error> {
+        let (status, _, bytes) = self.send(method, path, true, body).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if status == StatusCode::UNAUTHORIZED && self.is_agent_port().await {
+            return Err(Error::Internal(format!(
+                "{} answered like portcullis' agent port (`listen`), not its admin API \
+                 (`admin_listen`, default http://127.0.0.1:9090): point --admin or \
+                 PORTCULLIS_ADMIN at the admin listener",
+                self.base
+            )));
+        }
+        if !status.is_success() {
+            let why = v
+                .get("detail")
+                .or_else(|| v.get("error"))
+                .and_then(|d| d.as_str())
+                .unwrap_or("no detail");
+            return Err(Error::Internal(format!(
+                "admin API answered {status}: {why}"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// Whether `base` is an agent port: the admin API answers `GET /healthz` without a
+    /// token; the agent port refuses it (no credential) with its `Portcullis-Decision`.
+    async fn is_agent_port(&self) -> bool {
+        match self.send(Method::GET, "/healthz", false, None).await {
+            Ok((status, headers, _)) => {
+                !status.is_success() && headers.contains_key("portcullis-decision")
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        with_token: bool,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, http::HeaderMap, bytes::Bytes), Error> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         let tls = tls_config(None).map_err(Error::Internal)?;
@@ -50,8 +92,10 @@ impl AdminClient {
         let client: Client<_, body::Body> = Client::builder(TokioExecutor::new()).build(conn);
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            .uri(format!("{}{path}", self.base));
+        if with_token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        }
         let b = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -64,25 +108,12 @@ impl AdminClient {
             .request(req)
             .await
             .map_err(|e| Error::Internal(format!("admin API at {}: {e}", self.base)))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let bytes = body
             .collect()
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .to_bytes();
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        if !status.is_success() {
-            let why = v
-                .get("detail")
-                .or_else(|| v.get("error"))
-                .and_then(|d| d.as_str())
-                .unwrap_or("no detail");
-            return Err(Error::Internal(format!(
-                "admin API answered {status}: {why}"
-            )));
-        }
-        Ok(v)
+        Ok((parts.status, parts.headers, bytes))
     }
 }

@@ -161,6 +161,9 @@ pub fn render(snap: &Snapshot) -> String {
     for w in partial_overrides(snap) {
         let _ = writeln!(s, "warning: {w}");
     }
+    for w in crate::lint::profile_patterns(snap) {
+        let _ = writeln!(s, "warning: {w}");
+    }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
             let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify)", snap.routes[ri].prefix);

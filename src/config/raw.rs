@@ -15,6 +15,10 @@ pub struct RawConfig {
     pub admin_listen: String,
     #[serde(default)]
     pub admin_tls: Option<RawTls>,
+    /// The admin listener may be off loopback without `admin_tls`: its network is
+    /// trusted (a container network whose port is published on the host's loopback).
+    #[serde(default)]
+    pub admin_trusted_network: bool,
     #[serde(default)]
     pub node: Option<String>,
     #[serde(default)]
@@ -166,7 +170,16 @@ pub struct RawWebhook {
 #[serde(deny_unknown_fields)]
 pub struct RawOperator {
     pub name: String,
-    pub token_sha256: String,
+    /// Exactly one of these four: the hash, the hash from the environment or a file, or
+    /// the token itself from the environment (hashed at load; for a bootstrap operator).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub token_sha256_env: Option<String>,
+    #[serde(default)]
+    pub token_sha256_file: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
 }
