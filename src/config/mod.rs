@@ -4,6 +4,9 @@
 pub mod duration;
 mod locate;
 pub mod raw;
+mod store_redis;
+
+pub use store_redis::{Redacted, RedisSettings, RedisTarget, SentinelSettings, WaitReplicas};
 
 use crate::canon::Method;
 use crate::classify::{self, Classifier, Override, Pattern, Risk, RouteRules};
@@ -45,7 +48,7 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Embedded(PathBuf),
-    Redis { url: String, key_prefix: String },
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Debug, Clone)]
@@ -718,13 +721,7 @@ fn parse_match(s: &str) -> Result<(Option<Vec<Method>>, &str), String> {
 fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
     let kind = match (&s.embedded, &s.redis) {
         (Some(_), Some(_)) => return Err(c.err("store", "choose one of `embedded` and `redis`")),
-        (_, Some(r)) => {
-            let url = c.secret("store.redis", &r.url_env, &r.url_file)?;
-            StoreKind::Redis {
-                url,
-                key_prefix: r.key_prefix.clone(),
-            }
-        }
+        (_, Some(r)) => StoreKind::Redis(Box::new(store_redis::compile(c, r)?)),
         (Some(p), None) => StoreKind::Embedded(c.resolve(p)),
         (None, None) => StoreKind::Embedded(c.resolve("data/portcullis.redb")),
     };

@@ -143,7 +143,7 @@ async fn kubernetes_manifests_match_the_binary() {
         "wired but never named by the config: {unused:?}"
     );
     assert!(
-        matches!(snap.store.kind, StoreKind::Redis { .. }),
+        matches!(snap.store.kind, StoreKind::Redis(_)),
         "replicas share one redis"
     );
 
@@ -440,7 +440,7 @@ fn docker_compose_file_wires_what_the_binary_needs() {
     };
     let snap =
         Snapshot::parse(&config_path, &text, &env).unwrap_or_else(|e| panic!("{host_file}: {e}"));
-    assert!(matches!(snap.store.kind, StoreKind::Redis { .. }));
+    assert!(matches!(snap.store.kind, StoreKind::Redis(_)));
     assert_eq!(snap.operators.len(), 2, "the bootstrap operators");
     assert_eq!(snap.upstreams[0].authority.port_u16(), Some(listen.port()));
     // Ports: agents on 8080; the admin port published on the host's loopback only.

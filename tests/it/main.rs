@@ -37,6 +37,8 @@ mod header_hygiene;
 mod metrics_health;
 mod operator_ui;
 mod quickstart;
+mod redis_sentinel;
+mod redis_tls;
 mod reload_live;
 mod replicas;
 mod replicas_invalidation;
