@@ -341,6 +341,133 @@ fn compile_sentinel(c: &Ctx, s: &RawSentinel, tls: bool) -> Result<SentinelSetti
 #[cfg(test)]
 mod tests {
     use super::parse_addr;
+    use crate::config::{ConfigError, RedisTarget, Snapshot, StoreKind};
+    use std::path::Path;
+
+    const PW: &str = "pw-canary-51ab";
+
+    fn parse(store: &str) -> Result<Snapshot, ConfigError> {
+        let env = |n: &str| match n {
+            "REDIS_URL" => Some(format!("rediss://u:{PW}@127.0.0.1:6380/2")),
+            "PLAIN_URL" => Some("redis://127.0.0.1:6379".into()),
+            "SENTINELS" => Some("127.0.0.1:26379, 127.0.0.1:26380".into()),
+            "PW" => Some(PW.into()),
+            _ => None,
+        };
+        Snapshot::parse(
+            Path::new("r.yaml"),
+            &format!("store:\n  redis:\n{store}"),
+            &env,
+        )
+    }
+
+    /// The error for `store`: it names `r.yaml:LINE:` and `key`, and never the password.
+    fn refused(store: &str, line: usize, key: &str) -> String {
+        let e = parse(store).expect_err("refused").to_string();
+        assert!(e.starts_with(&format!("r.yaml:{line}:")), "{e}");
+        assert!(e.contains(key), "{e}");
+        assert!(!e.contains(PW), "{e}");
+        e
+    }
+
+    #[test]
+    fn a_url_with_user_password_and_db() {
+        let s = parse("    url_env: REDIS_URL\n    ca_file: /nonexistent\n");
+        // ca_file is read at load: a missing one names the key.
+        assert!(s.is_err_and(|e| e.path == "store.redis.ca_file"));
+        let snap = parse("    url_env: REDIS_URL\n    wait: { replicas: 1 }\n").unwrap();
+        let StoreKind::Redis(r) = &snap.store.kind else {
+            panic!("redis")
+        };
+        assert!(matches!(r.target, RedisTarget::Url(_)));
+        assert_eq!(r.wait.map(|w| w.replicas), Some(1));
+        assert!(!format!("{r:?}").contains(PW), "{r:?}");
+        assert_eq!(r.command_timeout, std::time::Duration::from_millis(500));
+    }
+
+    #[test]
+    fn refusals_name_the_key_and_never_the_url() {
+        refused(
+            "    url_env: REDIS_URL\n    username: other\n",
+            4,
+            "store.redis.username",
+        );
+        refused(
+            "    url_env: REDIS_URL\n    password_env: PW\n",
+            2,
+            "store.redis",
+        );
+        refused("    url_env: REDIS_URL\n    db: 1\n", 4, "store.redis.db");
+        refused(
+            "    url_env: PLAIN_URL\n    ca_file: x.pem\n",
+            4,
+            "store.redis.ca_file",
+        );
+        refused(
+            "    url_env: PLAIN_URL\n    tls: true\n",
+            4,
+            "store.redis.tls",
+        );
+        refused(
+            "    url_env: PLAIN_URL\n    wait: { replicas: 0 }\n",
+            4,
+            "store.redis.wait.replicas",
+        );
+        refused(
+            "    url_env: PLAIN_URL\n    timeouts: { command: 0s }\n",
+            4,
+            "store.redis.timeouts.command",
+        );
+        refused(
+            "    url_env: PLAIN_URL\n    sentinel: { master_name: m, addrs_env: SENTINELS }\n",
+            2,
+            "not both",
+        );
+        refused(
+            "    key_prefix: x\n",
+            2,
+            "needs `url_env`, `url_file` or `sentinel`",
+        );
+        refused(
+            "    sentinel: { master_name: m, addrs: [\"nohost\"] }\n",
+            3,
+            "store.redis.sentinel.addrs",
+        );
+        refused(
+            "    sentinel: { master_name: m, adrs: [\"h:1\"] }\n",
+            3,
+            "store.redis.sentinel.adrs",
+        );
+        refused(
+            "    sentinel: { master_name: m, addrs_env: NOPE }\n",
+            3,
+            "store.redis.sentinel.addrs_env",
+        );
+    }
+
+    #[test]
+    fn sentinel_from_the_environment() {
+        let snap = parse(
+            "    sentinel: { master_name: pc, addrs_env: SENTINELS, password_env: PW }\n    password_env: PW\n    tls: true\n",
+        )
+        .unwrap();
+        let StoreKind::Redis(r) = &snap.store.kind else {
+            panic!("redis")
+        };
+        let RedisTarget::Sentinel(s) = &r.target else {
+            panic!("sentinel")
+        };
+        assert_eq!(s.master_name, "pc");
+        assert_eq!(
+            s.addrs,
+            vec![
+                ("127.0.0.1".to_string(), 26379),
+                ("127.0.0.1".to_string(), 26380)
+            ]
+        );
+        assert!(s.tls && r.password.as_deref() == Some(PW));
+        assert!(!format!("{r:?}").contains(PW), "{r:?}");
+    }
 
     #[test]
     fn sentinel_addresses() {
