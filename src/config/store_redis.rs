@@ -302,12 +302,10 @@ fn compile_sentinel(c: &Ctx, s: &RawSentinel, tls: bool) -> Result<SentinelSetti
         (Some(v), None) => (v.clone(), format!("{at}.addrs")),
         (None, Some(name)) => {
             let key = format!("{at}.addrs_env");
-            let v = match (c.env)(name) {
-                Some(v) => v,
-                None if c.offline() => "127.0.0.1:26379".into(),
-                None => {
-                    return Err(c.err(&key, format!("environment variable `{name}` is not set")))
-                }
+            // Offline (`check`), a missing variable is noted like a secret and stood in for.
+            let v = match c.env_secret(&key, name)? {
+                v if v == UNCHECKED_SECRET && c.offline() => "127.0.0.1:26379".into(),
+                v => v,
             };
             (
                 v.split([',', ' ', '\n'])
