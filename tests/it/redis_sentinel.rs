@@ -53,7 +53,8 @@ async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(b.addr, "/tickets/1", &bot).await.status, RESULT_STATUS);
 
-    // Kill the master.
+    // Kill the master, once the sentinels know each other and the replicas.
+    set.wait_discovered();
     let killed = Instant::now();
     set.master.kill();
 

@@ -191,8 +191,21 @@ impl SentinelSet {
             replicas,
             sentinels,
         };
-        // Every sentinel knows every replica and the two other sentinels: a failover can
-        // then reach its quorum and elect a leader.
+        // Each sentinel answers for the master at once; discovery takes longer.
+        for s in &set.sentinels {
+            wait_for(
+                &format!("sentinel {} names the master", s.port),
+                || s.conn().is_some(),
+                || s.log(),
+            );
+        }
+        set
+    }
+
+    /// Waits until every sentinel knows every replica and the two other sentinels (hello
+    /// messages every 2 s): a failover can then reach its quorum and elect a leader.
+    pub fn wait_discovered(&self) {
+        let set = self;
         for s in &set.sentinels {
             wait_for(
                 &format!("sentinel {} discovery", s.port),
@@ -213,7 +226,6 @@ impl SentinelSet {
                 || s.log(),
             );
         }
-        set
     }
 
     /// `host:port,host:port,host:port` (for `sentinel.addrs_env`).
