@@ -104,10 +104,17 @@ impl AdminClient {
             None => body::empty(),
         };
         let req = req.body(b).map_err(|e| Error::Internal(e.to_string()))?;
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| Error::Internal(format!("admin API at {}: {e}", self.base)))?;
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                Error::Internal(format!(
+                    "nothing answers at {} ({e}): is `portcullis serve` running, and is this \
+                     its admin_listen? (--admin or PORTCULLIS_ADMIN; default http://127.0.0.1:9090)",
+                    self.base
+                ))
+            } else {
+                Error::Internal(format!("admin API at {}: {e}", self.base))
+            }
+        })?;
         let (parts, body) = resp.into_parts();
         let bytes = body
             .collect()

@@ -305,3 +305,43 @@ fn serve_on_a_taken_port_creates_no_data_directory() {
         );
     }
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_tls_or_the_trusted_network_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = base_config().replace("admin_listen: 127.0.0.1:0", "admin_listen: 0.0.0.0:0");
+    let cfg = write(dir.path(), "routes.yaml", &yaml);
+    let out = run_bin(&["check", "--config", &cfg], &[], CLI_BOUND);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{cfg}:2:"))
+            && stderr.contains("admin_tls")
+            && stderr.contains("admin_trusted_network"),
+        "{stderr}"
+    );
+    let cfg = write(
+        dir.path(),
+        "trusted.yaml",
+        &format!("admin_trusted_network: true\n{yaml}"),
+    );
+    let out = run_bin(&["check", "--config", &cfg], &[], CLI_BOUND);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn the_cli_says_when_nothing_answers_at_admin() {
+    let dead = crate::common::DeadPort::new();
+    let out = run_bin(
+        &["approvals", "list", "--admin", &dead.url()],
+        &[("PORTCULLIS_OPERATOR_TOKEN", OPERATOR_SECRET)],
+        CLI_BOUND,
+    );
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("nothing answers at") && stderr.contains("admin_listen"),
+        "{stderr}"
+    );
+}
