@@ -49,6 +49,17 @@ pub async fn handle(app: Arc<App>, _conn: Conn, req: Request<Incoming>) -> Respo
     resp
 }
 
+/// `GET /`: 303 to the operator page.
+fn to_ui() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut().insert(
+        http::header::LOCATION,
+        http::HeaderValue::from_static("/ui"),
+    );
+    r
+}
+
 fn ok(v: Value) -> Result<Response<Body>, Error> {
     Ok(body::json_response(StatusCode::OK, &v))
 }
@@ -78,7 +89,7 @@ pub fn operator_by_token(
             found = Some(op);
         }
     }
-    let op = found.ok_or(Error::Unauthorized)?;
+    let op = found.ok_or(Error::OperatorUnauthorized)?;
     if !op.roles.iter().any(|r| r == role.as_str()) {
         return Err(Error::Forbidden(format!(
             "operator `{}` lacks the `{}` role",
@@ -91,7 +102,7 @@ pub fn operator_by_token(
 
 /// The operator behind a request's bearer token, if it holds `role`.
 fn operator(app: &App, req: &Request<Incoming>, role: Role) -> Result<String, Error> {
-    let token = identity::bearer(req.headers()).ok_or(Error::Unauthorized)?;
+    let token = identity::bearer(req.headers()).ok_or(Error::OperatorUnauthorized)?;
     Ok(operator_by_token(app, token, role)?.0)
 }
 
@@ -128,10 +139,13 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
     let m = req.method().clone();
     match (&m, segs.as_slice()) {
         (_, ["ui", ..]) => crate::ui::handle(app, req).await,
+        // A browser pointed at the admin port lands on the operator page.
+        (&Method::GET | &Method::HEAD, [""]) => Ok(to_ui()),
         (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => handle_readyz(app).await,
         (&Method::GET, ["metrics"]) => {
             operator(app, &req, Role::Viewer)?;
+            crate::metrics_scrape::refresh(app).await;
             let mut r = Response::new(body::full(app.metrics.render()));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
@@ -471,6 +485,12 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
             detail: "max_calls must be at least 1".into(),
         });
     }
+    // A narrowing pattern that can match no known tool is most likely a typo.
+    let warnings = b
+        .tools
+        .as_deref()
+        .map(|t| crate::lint::narrowing(&live.snap, t))
+        .unwrap_or_default();
     let issued = identity::issue(
         live.snap.store.pepper.as_deref(),
         IssueRequest {
@@ -496,10 +516,11 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
         },
     )
     .await?;
-    Ok(body::json_response(
-        StatusCode::CREATED,
-        &json!({"id": issued.record.id, "secret": issued.token, "agent": agent.id, "expires_at": rfc3339(issued.record.expires_at_ms)}),
-    ))
+    let mut v = json!({"id": issued.record.id, "secret": issued.token, "agent": agent.id, "expires_at": rfc3339(issued.record.expires_at_ms)});
+    if !warnings.is_empty() {
+        v["warnings"] = json!(warnings);
+    }
+    Ok(body::json_response(StatusCode::CREATED, &v))
 }
 
 async fn handle_tools(app: &App, agent: Option<String>) -> Result<Response<Body>, Error> {

@@ -4,7 +4,7 @@
 use crate::body;
 use crate::error::Error;
 use crate::upstream::tls_config;
-use http::{header, Method, Request};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -39,40 +39,17 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, Error> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let tls = tls_config(None).map_err(Error::Internal)?;
-        let conn = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client: Client<_, body::Body> = Client::builder(TokioExecutor::new()).build(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
-        let b = match body {
-            Some(v) => {
-                req = req.header(header::CONTENT_TYPE, "application/json");
-                body::full(serde_json::to_vec(&v).unwrap_or_default())
-            }
-            None => body::empty(),
-        };
-        let req = req.body(b).map_err(|e| Error::Internal(e.to_string()))?;
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| Error::Internal(format!("admin API at {}: {e}", self.base)))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .to_bytes();
+        let (status, _, bytes) = self.send(method, path, true, body).await?;
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if status == StatusCode::UNAUTHORIZED && self.is_agent_port().await {
+            return Err(Error::Internal(format!(
+                "{} answered like portcullis' agent port (`listen`), not its admin API \
+                 (`admin_listen`, default http://127.0.0.1:9090): point --admin or \
+                 PORTCULLIS_ADMIN at the admin listener",
+                self.base
+            )));
+        }
         if !status.is_success() {
             let why = v
                 .get("detail")
@@ -84,5 +61,66 @@ impl AdminClient {
             )));
         }
         Ok(v)
+    }
+
+    /// Whether `base` is an agent port: the admin API answers `GET /healthz` without a
+    /// token; the agent port refuses it (no credential) with its `Portcullis-Decision`.
+    async fn is_agent_port(&self) -> bool {
+        match self.send(Method::GET, "/healthz", false, None).await {
+            Ok((status, headers, _)) => {
+                !status.is_success() && headers.contains_key("portcullis-decision")
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        with_token: bool,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, http::HeaderMap, bytes::Bytes), Error> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let tls = tls_config(None).map_err(Error::Internal)?;
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client: Client<_, body::Body> = Client::builder(TokioExecutor::new()).build(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if with_token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        }
+        let b = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                body::full(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            None => body::empty(),
+        };
+        let req = req.body(b).map_err(|e| Error::Internal(e.to_string()))?;
+        let resp = client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                Error::Internal(format!(
+                    "nothing answers at {} ({e}): is `portcullis serve` running, and is this \
+                     its admin_listen? (--admin or PORTCULLIS_ADMIN; default http://127.0.0.1:9090)",
+                    self.base
+                ))
+            } else {
+                Error::Internal(format!("admin API at {}: {e}", self.base))
+            }
+        })?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, bytes))
     }
 }

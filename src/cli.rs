@@ -4,7 +4,7 @@
 use crate::admin_client::AdminClient;
 use crate::app::App;
 use crate::approval::controls;
-use crate::config::{self, Snapshot};
+use crate::config::Snapshot;
 use crate::error::Error;
 use crate::policy::Switches;
 use crate::{demo, explain, identity, server, tooltable};
@@ -60,10 +60,14 @@ pub enum Cmd {
         #[arg(long, env = "PORTCULLIS_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
-    /// Validate the config and print the tool table; exit 1 on error.
+    /// Validate the config and print the tool table; exit 1 on error. Secrets that do
+    /// not resolve here are noted, not errors (`serve` still refuses to start without them).
     Check {
         #[arg(long, default_value = "routes.yaml")]
         config: PathBuf,
+        /// Every secret must resolve too (as `serve` requires): exit 1 if one does not.
+        #[arg(long)]
+        require_secrets: bool,
     },
     /// Dry-run one request for an agent: tool, risk, decision and the rule that decided it.
     Explain {
@@ -81,7 +85,7 @@ pub enum Cmd {
         file: PathBuf,
     },
     /// Run the proxy with the bundled config in front of a bundled demo API.
-    Demo,
+    Demo(crate::demo_run::DemoOpts),
     /// Run only the demo tickets API (used by docker-compose.yml).
     #[command(hide = true)]
     DemoApi {
@@ -250,7 +254,10 @@ pub enum AgentsCmd {
 pub async fn run(cli: Cli) -> i32 {
     let r = match cli.cmd {
         Cmd::Serve { config, workers } => serve(config, workers).await,
-        Cmd::Check { config } => check(config),
+        Cmd::Check {
+            config,
+            require_secrets,
+        } => check(config, require_secrets),
         Cmd::Explain {
             config,
             agent,
@@ -258,7 +265,7 @@ pub async fn run(cli: Cli) -> i32 {
             path,
         } => explain_cmd(config, &agent, &method, &path),
         Cmd::Test { config, file } => policy_test(config, file),
-        Cmd::Demo => demo().await,
+        Cmd::Demo(opts) => crate::demo_run::run(opts).await,
         Cmd::DemoApi { listen } => match demo::start_api_on(listen).await {
             Ok(addr) => {
                 println!("demo tickets API on http://{addr}");
@@ -420,6 +427,14 @@ async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
                     .to_string()
             };
             println!("{}", s("secret"));
+            for w in v
+                .get("warnings")
+                .and_then(|w| w.as_array())
+                .into_iter()
+                .flatten()
+            {
+                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            }
             eprintln!(
                 "id {} for agent {agent}, expires {} — the secret above is shown once",
                 s("id"),
@@ -558,25 +573,51 @@ fn new_operator(name: &str) {
 
 async fn serve(path: PathBuf, workers: Option<u16>) -> Result<(), Error> {
     let snap = Snapshot::load(&path)?;
+    if !snap.admin_listen.ip().is_loopback() && snap.admin_tls.is_none() {
+        tracing::warn!(
+            admin = %snap.admin_listen,
+            "the admin listener is off loopback without admin_tls (admin_trusted_network: true): \
+             operator tokens cross this network in clear text"
+        );
+    }
+    // Both ports first: a taken port fails the start before the store or the audit
+    // trail creates anything on disk.
+    let bound = server::bind(&snap).await?;
     let app = App::start(snap, path).await?;
-    server::serve(app, workers.map(usize::from)).await
+    server::serve_bound(app, bound, workers.map(usize::from)).await
 }
 
-fn check(path: PathBuf) -> Result<(), Error> {
-    let snap = Snapshot::load(&path)?;
+fn check(path: PathBuf, require_secrets: bool) -> Result<(), Error> {
+    if require_secrets {
+        let snap = Snapshot::load(&path)?;
+        print!("{}", tooltable::render(&snap));
+        return Ok(());
+    }
+    let (snap, unchecked) = Snapshot::load_offline(&path)?;
     print!("{}", tooltable::render(&snap));
+    for e in &unchecked {
+        println!("note: secret not checked: {e}");
+    }
+    if !unchecked.is_empty() {
+        println!(
+            "note: {} secret(s) not checked here; `serve` refuses to start until they resolve \
+             (`check --require-secrets` checks them as `serve` does)",
+            unchecked.len()
+        );
+    }
     Ok(())
 }
 
 fn explain_cmd(path: PathBuf, agent: &str, method: &str, target: &str) -> Result<(), Error> {
-    let snap = Snapshot::load(&path)?;
+    // Deciding needs no secret: explain works offline, without the upstream credentials.
+    let (snap, _) = Snapshot::load_offline(&path)?;
     let e = explain::explain(&snap, &Switches::default(), agent, method, target)?;
     println!("{e}");
     Ok(())
 }
 
 fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
-    let snap = Snapshot::load(&path)?;
+    let (snap, _) = Snapshot::load_offline(&path)?;
     let text = std::fs::read_to_string(&file)
         .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
     let cases =
@@ -588,73 +629,4 @@ fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
     } else {
         Err(Error::Internal("policy tests failed".into()))
     }
-}
-
-async fn demo() -> Result<(), Error> {
-    let api = demo::start_api()
-        .await
-        .map_err(|e| Error::Internal(format!("demo API: {e}")))?;
-    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Internal(format!("{}: {e}", dir.display())))?;
-    let file = dir.join("routes.yaml");
-    let operator = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
-    let operator2 = format!("{}{}", identity::OPERATOR_PREFIX, identity::random_hex(32));
-    let text = demo::ROUTES_YAML
-        .replace("http://127.0.0.1:7000/v2", &format!("http://{api}/v2"))
-        .replace(demo::DEMO_OPERATOR_HASH, &identity::sha256_hex(&operator))
-        .replace(demo::DEMO_OPERATOR2_HASH, &identity::sha256_hex(&operator2));
-    std::fs::write(&file, &text)
-        .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
-    let env = |name: &str| match name {
-        "TICKETS_API_KEY" => Some(demo::DEMO_UPSTREAM_KEY.to_string()),
-        other => config::process_env(other),
-    };
-    let snap = Snapshot::load_with(&file, &env)?;
-    let (listen, admin) = (snap.listen, snap.admin_listen);
-    let app = App::start(snap, file.clone()).await?;
-    let issued = identity::issue(
-        None,
-        identity::IssueRequest {
-            agent: "support-bot".into(),
-            ttl_ms: 86_400_000,
-            tools: None,
-            max_risk: None,
-            max_calls: None,
-            issued_by: "demo".into(),
-        },
-    );
-    app.store.put_token(&issued.record).await?;
-    let t = &issued.token;
-    println!(
-        "portcullis demo: tickets API on {api}, proxy on http://{listen}, admin on http://{admin}"
-    );
-    println!("config: {} (the bundled routes.yaml)\n", file.display());
-    print!("{}", tooltable::render(&app.live.load().snap));
-    let a = format!("http://{admin}");
-    println!("\nagent token for support-bot (profile support-drafter): {t}");
-    println!("operators: alice (viewer, approver, admin) and bob (viewer, approver):");
-    println!("  ALICE={operator}\n  BOB={operator2}\n");
-    println!("try, as the agent:");
-    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/tickets/42                 # allow (low)");
-    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/comments -d '{{\"body\":\"hi\"}}'   # allow (medium)");
-    println!("  curl -s -H 'Authorization: Bearer {t}' -X DELETE http://{listen}/tickets/42       # deny: profile_deny");
-    println!("  curl -s -H 'Authorization: Bearer {t}' http://{listen}/admin/users                 # deny: out_of_scope");
-    println!("  curl -s http://{listen}/tickets/42                                                  # 401: no credential");
-    println!(
-        "a refund parks (202) until two operators approve; the agent then fetches the result:"
-    );
-    println!("  curl -s -H 'Authorization: Bearer {t}' -X POST http://{listen}/tickets/42/refund -d '{{\"amount\":10}}'");
-    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals list --admin {a}");
-    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals show ID --admin {a}");
-    println!("  PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis approvals approve ID --comment 'checked the order' --admin {a}");
-    println!("  PORTCULLIS_OPERATOR_TOKEN=$BOB portcullis approvals approve ID --admin {a}");
-    println!("  curl -s -H 'Authorization: Bearer {t}' 'http://{listen}/_portcullis/approvals/ID?wait=30'");
-    println!(
-        "  curl -s -H 'Authorization: Bearer {t}' http://{listen}/_portcullis/approvals/ID/result"
-    );
-    println!(
-        "switches: PORTCULLIS_OPERATOR_TOKEN=$ALICE portcullis mode draft-only on --admin {a}\n"
-    );
-    server::serve(app, None).await
 }

@@ -37,6 +37,9 @@ pub enum Error {
     MethodNotAllowed(String),
     #[error("authentication required")]
     Unauthorized,
+    /// The admin API's 401: unlike the agent port's, it says what to send.
+    #[error("send an operator token as `Authorization: Bearer pco_…` (`portcullis operators new-token NAME` makes one)")]
+    OperatorUnauthorized,
     #[error("{}", .0.detail)]
     Denied(Box<Denial>),
     #[error("{0}")]
@@ -89,7 +92,7 @@ impl Error {
         match self {
             Error::BadRequest { .. } | Error::SchemaViolation { .. } => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized | Error::OperatorUnauthorized => StatusCode::UNAUTHORIZED,
             Error::Denied(_) | Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -113,7 +116,7 @@ impl Error {
             Error::BadRequest { reason, .. } => reason,
             Error::SchemaViolation { .. } => "schema_violation",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::Unauthorized => "unauthenticated",
+            Error::Unauthorized | Error::OperatorUnauthorized => "unauthenticated",
             Error::Denied(d) => d.reason,
             Error::Forbidden(_) => "forbidden",
             Error::NotFound => "not_found",
@@ -136,7 +139,7 @@ impl Error {
         match self {
             Error::BadRequest { .. } | Error::SchemaViolation { .. } => "bad_request",
             Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::Unauthorized => "unauthorized",
+            Error::Unauthorized | Error::OperatorUnauthorized => "unauthorized",
             Error::Denied(_) => "denied",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound => "not_found",
@@ -196,7 +199,7 @@ impl Error {
             HeaderValue::from_static(self.decision()),
         );
         match self {
-            Error::Unauthorized => {
+            Error::Unauthorized | Error::OperatorUnauthorized => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Error::MethodNotAllowed(_) => {

@@ -64,6 +64,18 @@ fn describe() {
     );
     describe_counter!("portcullis_store_errors_total", "State store errors");
     describe_gauge!(
+        "portcullis_ready",
+        "1 while /readyz would answer 200 (set when /metrics is scraped)"
+    );
+    describe_gauge!(
+        "portcullis_approvals_pending",
+        "Pending approvals in the store, every replica's (set when /metrics is scraped)"
+    );
+    describe_gauge!(
+        "portcullis_approval_oldest_pending_seconds",
+        "Age of the oldest pending approval in the store (set when /metrics is scraped)"
+    );
+    describe_gauge!(
         "portcullis_connections_open",
         "Open client connections by listener (agent, admin)"
     );

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 /// How long in-flight requests get to finish after SIGTERM/SIGINT.
-const DRAIN: Duration = Duration::from_secs(30);
+pub const DRAIN: Duration = Duration::from_secs(30);
 
 pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, Error> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Error::Internal(format!("tls {what}: {e}"));
@@ -78,17 +78,70 @@ enum Side {
 /// against tokio's multi-threaded scheduler (bench/README.md). With one worker the
 /// agent port shares the main runtime (admin port, store feeds, sweeper) instead.
 pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
-    let live = app.live.load_full();
-    let snap = &live.snap;
-    conn_limits::raise_nofile(snap.limits.max_connections);
+    let bound = bind(&app.live.load().snap).await?;
+    serve_bound(app, bound, workers).await
+}
+
+/// Both listeners, bound: `serve` binds them before the store and the audit trail are
+/// opened, so a taken port fails the start before anything is created on disk.
+pub struct Bound {
+    proxy: TcpListener,
+    admin: TcpListener,
+}
+
+impl Bound {
+    /// The agent-facing address (the real port when the config says port 0).
+    pub fn proxy_addr(&self) -> Result<SocketAddr, Error> {
+        self.proxy
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("proxy listener: {e}")))
+    }
+    /// The operator-facing address.
+    pub fn admin_addr(&self) -> Result<SocketAddr, Error> {
+        self.admin
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("admin listener: {e}")))
+    }
+}
+
+/// Binds `listen` and `admin_listen`.
+pub async fn bind(snap: &Snapshot) -> Result<Bound, Error> {
+    bind_addrs(snap.listen, snap.admin_listen).await
+}
+
+/// Binds the agent-facing and the operator-facing address.
+pub async fn bind_addrs(proxy: SocketAddr, admin: SocketAddr) -> Result<Bound, Error> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Internal(format!("cannot listen on {addr}: {e}")))
     };
+    Ok(Bound {
+        proxy: bind(proxy).await?,
+        admin: bind(admin).await?,
+    })
+}
+
+/// [`serve`] on listeners bound by [`bind`].
+pub async fn serve_bound(app: Arc<App>, bound: Bound, workers: Option<usize>) -> Result<(), Error> {
+    serve_until(app, bound, workers, shutdown_signal()).await
+}
+
+/// [`serve_bound`] until `shutdown` completes (see [`shutdown_signal`]), then drains.
+pub async fn serve_until(
+    app: Arc<App>,
+    bound: Bound,
+    workers: Option<usize>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let live = app.live.load_full();
+    let snap = &live.snap;
+    conn_limits::raise_nofile(snap.limits.max_connections);
     let internal = |e: std::io::Error| Error::Internal(format!("proxy workers: {e}"));
-    let proxy_l = bind(snap.listen).await?;
-    let admin_l = bind(snap.admin_listen).await?;
+    let Bound {
+        proxy: proxy_l,
+        admin: admin_l,
+    } = bound;
     let proxy_tls = snap.tls.as_ref().map(tls_acceptor).transpose()?;
     let admin_tls = snap.admin_tls.as_ref().map(tls_acceptor).transpose()?;
     let workers = workers
@@ -165,7 +218,7 @@ pub async fn serve(app: Arc<App>, workers: Option<usize>) -> Result<(), Error> {
         stop_rx,
         operators,
     )));
-    shutdown_signal().await;
+    shutdown.await;
     info!("shutting down: no new connections, draining in-flight requests");
     app.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
@@ -229,15 +282,25 @@ async fn reload_triggers(app: Arc<App>) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is
+/// first polled: a signal that arrives in between ends the wait instead of the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async fn wait(s: Option<Signal>) {
+        match s {
+            Some(mut s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+    async move {
+        tokio::select! {
+            _ = wait(term) => {},
+            _ = wait(int) => {},
+        }
     }
 }
 

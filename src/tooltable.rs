@@ -202,6 +202,9 @@ pub fn render(snap: &Snapshot) -> String {
     for w in partial_overrides(snap) {
         let _ = writeln!(s, "warning: {w}");
     }
+    for w in crate::lint::profile_patterns(snap) {
+        let _ = writeln!(s, "warning: {w}");
+    }
     for (ri, r) in snap.classifier.routes.iter().enumerate() {
         if !r.unknown_deny {
             let _ = writeln!(s, "note: other paths under {} are classified by the id heuristic (unknown_paths: classify; source heuristic): they have no template and are not listed as tools or MCP tools", snap.routes[ri].prefix);

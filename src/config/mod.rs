@@ -4,6 +4,9 @@
 pub mod duration;
 pub(crate) mod locate;
 pub mod raw;
+mod store_redis;
+
+pub use store_redis::{Redacted, RedisSettings, RedisTarget, SentinelSettings, WaitReplicas};
 
 use crate::canon::Method;
 use crate::classify::{self, Classifier, Override, Pattern, Risk, RouteRules};
@@ -71,7 +74,7 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Embedded(PathBuf),
-    Redis { url: String, key_prefix: String },
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Debug, Clone)]
@@ -225,7 +228,13 @@ struct Ctx<'a> {
     dir: PathBuf,
     loc: Locator,
     env: EnvLookup<'a>,
+    /// Offline (`check`, `explain`, `test`): a secret that does not resolve is recorded
+    /// here and stood in for, instead of failing the load. `None`: every secret must resolve.
+    unchecked: Option<&'a std::cell::RefCell<Vec<ConfigError>>>,
 }
+
+/// What stands in for a secret that was not resolved offline.
+pub const UNCHECKED_SECRET: &str = "unchecked-offline";
 
 impl Ctx<'_> {
     fn err(&self, path: &str, message: impl Into<String>) -> ConfigError {
@@ -264,35 +273,67 @@ impl Ctx<'_> {
         env: &Option<String>,
         file: &Option<String>,
     ) -> Result<String, ConfigError> {
+        let leaf = if path.ends_with("inject") {
+            "value"
+        } else {
+            "url"
+        };
+        self.secret_named(path, leaf, env, file)
+    }
+
+    /// A secret from `<leaf>_env` or `<leaf>_file` under `path`: exactly one must be given.
+    fn secret_named(
+        &self,
+        path: &str,
+        leaf: &str,
+        env: &Option<String>,
+        file: &Option<String>,
+    ) -> Result<String, ConfigError> {
         match (env, file) {
             (Some(_), Some(_)) => {
                 Err(self.err(path, "give either the `_env` or the `_file` key, not both"))
             }
             (None, None) => Err(self.err(path, "needs a `_env` or `_file` key")),
-            (Some(name), None) => {
-                let key = leaf_key(path, "_env");
-                (self.env)(name).ok_or_else(|| {
-                    self.err(&key, format!("environment variable `{name}` is not set"))
-                })
-            }
+            (Some(name), None) => self.env_secret(&format!("{path}.{leaf}_env"), name),
             (None, Some(f)) => {
-                let key = leaf_key(path, "_file");
+                let key = format!("{path}.{leaf}_file");
                 let p = self.resolve(f);
                 std::fs::read_to_string(&p)
                     .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-                    .map_err(|e| self.err(&key, format!("cannot read `{}`: {e}", p.display())))
+                    .or_else(|e| {
+                        self.unresolved(
+                            self.err(&key, format!("cannot read `{}`: {e}", p.display())),
+                        )
+                    })
             }
         }
     }
-}
 
-fn leaf_key(path: &str, suffix: &str) -> String {
-    let leaf = if path.ends_with("inject") {
-        "value"
-    } else {
-        "url"
-    };
-    format!("{path}.{leaf}{suffix}")
+    /// The secret in environment variable `name`, named by the key at `key`.
+    fn env_secret(&self, key: &str, name: &str) -> Result<String, ConfigError> {
+        match (self.env)(name) {
+            Some(v) => Ok(v),
+            None => {
+                self.unresolved(self.err(key, format!("environment variable `{name}` is not set")))
+            }
+        }
+    }
+
+    /// A secret that did not resolve: the error, or offline a stand-in and a note.
+    fn unresolved(&self, e: ConfigError) -> Result<String, ConfigError> {
+        match self.unchecked {
+            Some(u) => {
+                u.borrow_mut().push(e);
+                Ok(UNCHECKED_SECRET.into())
+            }
+            None => Err(e),
+        }
+    }
+
+    /// Whether secrets that do not resolve are stood in for (`check`, `explain`, `test`).
+    fn offline(&self) -> bool {
+        self.unchecked.is_some()
+    }
 }
 
 impl Snapshot {
@@ -312,6 +353,31 @@ impl Snapshot {
     }
 
     pub fn parse(file: &Path, text: &str, env: EnvLookup) -> Result<Snapshot, ConfigError> {
+        Self::parse_inner(file, text, env, None)
+    }
+
+    /// Loads the config without its secrets (`check`, `explain`, `test`: deciding needs
+    /// none): a secret that does not resolve is stood in for and returned as the error
+    /// `serve` would fail with. Secrets that resolve are checked as usual.
+    pub fn load_offline(file: &Path) -> Result<(Snapshot, Vec<ConfigError>), ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.display().to_string(),
+            line: 0,
+            col: 0,
+            path: String::new(),
+            message: format!("cannot read the config: {e}"),
+        })?;
+        let unchecked = std::cell::RefCell::new(Vec::new());
+        let snap = Self::parse_inner(file, &text, &process_env, Some(&unchecked))?;
+        Ok((snap, unchecked.into_inner()))
+    }
+
+    fn parse_inner(
+        file: &Path,
+        text: &str,
+        env: EnvLookup,
+        unchecked: Option<&std::cell::RefCell<Vec<ConfigError>>>,
+    ) -> Result<Snapshot, ConfigError> {
         let name = file.display().to_string();
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
             let (line, col) = e
@@ -355,6 +421,7 @@ impl Snapshot {
             },
             loc: Locator::new(text),
             env,
+            unchecked,
         };
         compile(&ctx, raw, file)
     }
@@ -379,10 +446,11 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         .admin_listen
         .parse()
         .map_err(|e| c.err("admin_listen", format!("`{}`: {e}", raw.admin_listen)))?;
-    if !admin_listen.ip().is_loopback() && raw.admin_tls.is_none() {
+    if !admin_listen.ip().is_loopback() && raw.admin_tls.is_none() && !raw.admin_trusted_network {
         return Err(c.err(
             "admin_listen",
-            "admin_tls is required when the admin listener is not on loopback",
+            "admin_tls is required when the admin listener is not on loopback \
+             (or `admin_trusted_network: true` where only a trusted network reaches it)",
         ));
     }
     let tls_files = |t: &raw::RawTls| TlsFiles {
@@ -779,27 +847,12 @@ fn parse_match(s: &str) -> Result<(Option<Vec<Method>>, &str), String> {
 fn compile_store(c: &Ctx, s: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
     let kind = match (&s.embedded, &s.redis) {
         (Some(_), Some(_)) => return Err(c.err("store", "choose one of `embedded` and `redis`")),
-        (_, Some(r)) => {
-            let url = c.secret("store.redis", &r.url_env, &r.url_file)?;
-            StoreKind::Redis {
-                url,
-                key_prefix: r.key_prefix.clone(),
-            }
-        }
+        (_, Some(r)) => StoreKind::Redis(Box::new(store_redis::compile(c, r)?)),
         (Some(p), None) => StoreKind::Embedded(c.resolve(p)),
         (None, None) => StoreKind::Embedded(c.resolve("data/portcullis.redb")),
     };
     let pepper = match &s.token_pepper_env {
-        Some(name) => Some(
-            (c.env)(name)
-                .ok_or_else(|| {
-                    c.err(
-                        "store.token_pepper_env",
-                        format!("environment variable `{name}` is not set"),
-                    )
-                })?
-                .into_bytes(),
-        ),
+        Some(name) => Some(c.env_secret("store.token_pepper_env", name)?.into_bytes()),
         None => None,
     };
     Ok(StoreConfig { kind, pepper })
@@ -816,12 +869,7 @@ fn compile_audit(c: &Ctx, a: &raw::RawAudit) -> Result<AuditConfig, ConfigError>
             if cp.every == 0 {
                 return Err(c.err("audit.checkpoint.every", "must be at least 1"));
             }
-            let key = (c.env)(&cp.key_env).ok_or_else(|| {
-                c.err(
-                    "audit.checkpoint.key_env",
-                    format!("environment variable `{}` is not set", cp.key_env),
-                )
-            })?;
+            let key = c.env_secret("audit.checkpoint.key_env", &cp.key_env)?;
             Some((cp.every, key.into_bytes()))
         }
         None => None,
@@ -973,13 +1021,7 @@ fn compile_operators(c: &Ctx, ops: &[raw::RawOperator]) -> Result<Vec<Operator>,
                 format!("duplicate operator `{}`", o.name),
             ));
         }
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(&o.token_sha256, &mut hash).map_err(|_| {
-            c.err(
-                &format!("{at}.token_sha256"),
-                "expected 64 hex digits (see `portcullis operators new-token`)",
-            )
-        })?;
+        let hash = operator_hash(c, &at, o)?;
         for (ri, r) in o.roles.iter().enumerate() {
             if !matches!(r.as_str(), "viewer" | "approver" | "admin") {
                 return Err(c.err(
@@ -995,6 +1037,66 @@ fn compile_operators(c: &Ctx, ops: &[raw::RawOperator]) -> Result<Vec<Operator>,
         });
     }
     Ok(out)
+}
+
+/// The operator's token hash from `token_sha256`, `token_sha256_env`, `token_sha256_file`
+/// or (hashed here) `token_env`: exactly one.
+fn operator_hash(c: &Ctx, at: &str, o: &raw::RawOperator) -> Result<[u8; 32], ConfigError> {
+    let given = [
+        o.token_sha256.is_some(),
+        o.token_sha256_env.is_some(),
+        o.token_sha256_file.is_some(),
+        o.token_env.is_some(),
+    ];
+    match given.iter().filter(|g| **g).count() {
+        1 => {}
+        0 => {
+            return Err(c.err(
+                at,
+                "needs one of `token_sha256`, `token_sha256_env`, `token_sha256_file`, `token_env`",
+            ))
+        }
+        _ => return Err(c.err(
+            at,
+            "give only one of `token_sha256`, `token_sha256_env`, `token_sha256_file`, `token_env`",
+        )),
+    }
+    if let Some(name) = &o.token_env {
+        let key = format!("{at}.token_env");
+        let token = c.env_secret(&key, name)?;
+        if token == UNCHECKED_SECRET && c.offline() {
+            return Ok([0u8; 32]);
+        }
+        if !token.starts_with(crate::identity::OPERATOR_PREFIX) || token.len() < 36 {
+            return Err(c.err(
+                &key,
+                format!(
+                    "`{name}` must hold an operator token: `pco_` and at least 32 characters \
+                     (`portcullis operators new-token NAME` makes one)"
+                ),
+            ));
+        }
+        return Ok(Sha256::digest(token.as_bytes()).into());
+    }
+    let (key, hex_text) = match (&o.token_sha256, &o.token_sha256_env, &o.token_sha256_file) {
+        (Some(h), _, _) => (format!("{at}.token_sha256"), h.clone()),
+        (None, env, file) => {
+            let leaf = if env.is_some() { "_env" } else { "_file" };
+            let v = c.secret_named(at, "token_sha256", env, file)?;
+            if v == UNCHECKED_SECRET && c.offline() {
+                return Ok([0u8; 32]);
+            }
+            (format!("{at}.token_sha256{leaf}"), v.trim().to_string())
+        }
+    };
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&hex_text, &mut hash).map_err(|_| {
+        c.err(
+            &key,
+            "expected 64 hex digits (see `portcullis operators new-token`)",
+        )
+    })?;
+    Ok(hash)
 }
 
 fn header_name(c: &Ctx, path: &str, s: &str) -> Result<HeaderName, ConfigError> {

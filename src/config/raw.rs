@@ -15,6 +15,10 @@ pub struct RawConfig {
     pub admin_listen: String,
     #[serde(default)]
     pub admin_tls: Option<RawTls>,
+    /// The admin listener may be off loopback without `admin_tls`: its network is
+    /// trusted (a container network whose port is published on the host's loopback).
+    #[serde(default)]
+    pub admin_trusted_network: bool,
     #[serde(default)]
     pub node: Option<String>,
     #[serde(default)]
@@ -103,6 +107,64 @@ pub struct RawRedis {
     pub url_file: Option<String>,
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// The ACL user (else the URL's).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// The database index (else the URL's path, else 0).
+    #[serde(default)]
+    pub db: Option<i64>,
+    /// Sentinel only: TLS to the sentinels and the nodes (a URL says it with `rediss://`).
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// PEM roots for TLS to redis: this CA only (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub timeouts: Option<RawRedisTimeouts>,
+    /// Writes that must reach this many replicas before they are acknowledged.
+    #[serde(default)]
+    pub wait: Option<RawRedisWait>,
+    #[serde(default)]
+    pub sentinel: Option<RawSentinel>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTimeouts {
+    #[serde(default)]
+    pub connect: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisWait {
+    pub replicas: u32,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSentinel {
+    pub master_name: String,
+    /// `host:port` of each sentinel, or `addrs_env`: a variable holding them, comma-separated.
+    #[serde(default)]
+    pub addrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub addrs_env: Option<String>,
+    /// The sentinels' own ACL user and password, when they require one.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -185,7 +247,16 @@ pub struct RawWebhook {
 #[serde(deny_unknown_fields)]
 pub struct RawOperator {
     pub name: String,
-    pub token_sha256: String,
+    /// Exactly one of these four: the hash, the hash from the environment or a file, or
+    /// the token itself from the environment (hashed at load; for a bootstrap operator).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    #[serde(default)]
+    pub token_sha256_env: Option<String>,
+    #[serde(default)]
+    pub token_sha256_file: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
 }

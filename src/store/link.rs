@@ -1,9 +1,11 @@
 //! Whether the redis connection is known to be down. The first command that fails at
-//! the connection level (refused, reset, timed out) marks it down; from then on every
-//! store call answers 503 `store_unavailable` at once instead of waiting on a reconnect,
-//! while one background task pings (which reconnects) until redis answers again.
+//! the connection level (refused, reset, timed out; with Sentinel also `READONLY` from a
+//! demoted master) marks it down; from then on every store call answers 503
+//! `store_unavailable` at once instead of waiting on a reconnect, while one background
+//! task probes (which reconnects, or with Sentinel finds the new master) until redis
+//! answers again.
 
-use redis::aio::ConnectionManager;
+use futures_util::future::BoxFuture;
 use redis::RedisError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,8 +15,10 @@ use tracing::{info, warn};
 
 /// How often the background task tries redis while it is down.
 const RETRY: Duration = Duration::from_millis(100);
-/// One background ping's bound (a stopped server never answers).
-const PING_BOUND: Duration = Duration::from_millis(500);
+
+/// One attempt to reach redis again: `true` once it answers (and the store's
+/// connections point at it).
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Link(Arc<State>);
@@ -22,6 +26,8 @@ pub struct Link(Arc<State>);
 struct State {
     down: AtomicBool,
     wake: Notify,
+    /// With Sentinel: a `READONLY` answer means the master moved.
+    follows_failover: bool,
 }
 
 /// An error that says the connection, not the command, failed.
@@ -35,13 +41,14 @@ pub fn is_connection_error(e: &RedisError) -> bool {
 
 impl Link {
     /// Starts the reconnect task on the current runtime.
-    pub fn start(conn: ConnectionManager) -> Link {
+    pub fn start(probe: Probe, follows_failover: bool) -> Link {
         let link = Link(Arc::new(State {
             down: AtomicBool::new(false),
             wake: Notify::new(),
+            follows_failover,
         }));
         let l = link.clone();
-        tokio::spawn(async move { l.reconnect(conn).await });
+        tokio::spawn(async move { l.reconnect(probe).await });
         link
     }
 
@@ -51,20 +58,20 @@ impl Link {
 
     /// Looks at a failed command: a connection-level error marks the link down.
     pub fn saw(&self, e: &RedisError) {
-        if is_connection_error(e) && !self.0.down.swap(true, Ordering::AcqRel) {
+        let lost =
+            is_connection_error(e) || (self.0.follows_failover && super::redis_conn::is_demoted(e));
+        if lost && !self.0.down.swap(true, Ordering::AcqRel) {
             warn!(error = %e, "redis unreachable: store calls answer 503 at once until it is back");
             self.0.wake.notify_one();
         }
     }
 
-    async fn reconnect(&self, mut conn: ConnectionManager) {
+    async fn reconnect(&self, probe: Probe) {
         loop {
             self.0.wake.notified().await;
             while self.is_down() {
                 tokio::time::sleep(RETRY).await;
-                let cmd = redis::cmd("PING");
-                let ping = cmd.query_async::<String>(&mut conn);
-                if let Ok(Ok(_)) = tokio::time::timeout(PING_BOUND, ping).await {
+                if probe().await {
                     self.0.down.store(false, Ordering::Release);
                     info!("redis reachable again");
                 }

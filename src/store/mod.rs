@@ -6,6 +6,7 @@ mod embedded;
 mod link;
 mod redb_handle;
 mod redis;
+mod redis_conn;
 
 use crate::classify::Risk;
 use crate::config::{StoreConfig, StoreKind};
@@ -217,8 +218,8 @@ impl Store {
     pub async fn open(cfg: &StoreConfig, node: &str) -> Result<Store, Error> {
         match &cfg.kind {
             StoreKind::Embedded(path) => Ok(Store::Embedded(embedded::Embedded::open(path).await?)),
-            StoreKind::Redis { url, key_prefix } => Ok(Store::Redis(Box::new(
-                redis::RedisStore::open(url, key_prefix, node).await?,
+            StoreKind::Redis(settings) => Ok(Store::Redis(Box::new(
+                redis::RedisStore::open(settings, node).await?,
             ))),
         }
     }

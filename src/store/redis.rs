@@ -1,15 +1,21 @@
 //! The redis backend: `ConnectionManager` for commands, one pub/sub connection for
 //! invalidations, and a heartbeat so a silent feed is noticed within a second. While the
-//! connection is known down (`link`), calls fail at once and a background task reconnects.
+//! connection is known down (`link`), calls fail at once and a background task reconnects
+//! (with Sentinel: to the master the sentinels name now). With `store.redis.wait`, the
+//! writes that must survive a failover are acknowledged only once `WAIT` says enough
+//! replicas hold them.
 
-use super::link::Link;
+use super::link::{Link, Probe};
+use super::redis_conn::Connector;
 use super::{
     known_down, unavailable, Event, Scope, SwitchChange, SwitchState, TimeIndex, TokenRecord,
     SCHEMA_VERSION,
 };
+use crate::config::{RedisSettings, WaitReplicas};
 use crate::error::Error;
+use arc_swap::ArcSwap;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,9 +28,21 @@ const HEARTBEAT: Duration = Duration::from_millis(250);
 /// A feed silent for longer than this is not trusted.
 const STALE_AFTER: Duration = Duration::from_millis(1000);
 
+/// The connections in use: swapped whole when a Sentinel failover moves the master.
+struct Conns {
+    main: ConnectionManager,
+    /// Writes followed by `WAIT` go here, so a `WAIT` never holds up the main
+    /// connection's other commands (the same connection as `main` without `wait`).
+    acked: ConnectionManager,
+}
+
+/// How long a probe of a down link may take.
+const PROBE_BOUND: Duration = Duration::from_millis(1500);
+
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conns: Arc<ArcSwap<Conns>>,
     link: Link,
+    wait: Option<WaitReplicas>,
     prefix: String,
     events: broadcast::Sender<Event>,
     /// Milliseconds since `epoch` when the feed last delivered anything.
@@ -41,17 +59,13 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub async fn open(url: &str, prefix: &str, node: &str) -> Result<RedisStore, Error> {
-        let client =
-            redis::Client::open(url).map_err(|e| Error::Internal(format!("redis url: {e}")))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = ConnectionManager::new_with_config(client.clone(), cfg)
+    pub async fn open(settings: &RedisSettings, node: &str) -> Result<RedisStore, Error> {
+        let prefix = settings.key_prefix.as_str();
+        let connector = Arc::new(Connector::new(settings));
+        let first = open_conns(&connector)
             .await
             .map_err(|e| Error::Internal(format!("cannot reach redis: {e}")))?;
+        let mut conn = first.main.clone();
         // `<prefix>schema` holds the newest layout any node wrote; data keys are versioned.
         let schema_key = format!("{prefix}schema");
         let _: bool = conn
@@ -67,9 +81,14 @@ impl RedisStore {
         let prefix = format!("{prefix}v{SCHEMA_VERSION}:");
         let (events, _) = broadcast::channel(1024);
         let epoch = Instant::now();
+        let conns = Arc::new(ArcSwap::from_pointee(first));
         let s = RedisStore {
-            link: Link::start(conn.clone()),
-            conn,
+            link: Link::start(
+                probe(connector.clone(), conns.clone()),
+                connector.follows_failover(),
+            ),
+            conns,
+            wait: settings.wait,
             prefix,
             events,
             last_seen: Arc::new(AtomicU64::new(0)),
@@ -99,7 +118,11 @@ impl RedisStore {
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
             ),
         };
-        s.spawn_feed(client, node.to_string(), crate::app::boot_id().to_string());
+        s.spawn_feed(
+            connector,
+            node.to_string(),
+            crate::app::boot_id().to_string(),
+        );
         Ok(s)
     }
 
@@ -108,7 +131,36 @@ impl RedisStore {
         if self.link.is_down() {
             return Err(known_down());
         }
-        Ok(self.conn.clone())
+        Ok(self.conns.load().main.clone())
+    }
+
+    /// The connection for writes that `acknowledged` will wait on.
+    fn acked_conn(&self) -> Result<ConnectionManager, Error> {
+        if self.link.is_down() {
+            return Err(known_down());
+        }
+        Ok(self.conns.load().acked.clone())
+    }
+
+    /// With `store.redis.wait`: waits until that many replicas hold every write made on
+    /// `c` so far; fewer within the timeout is a store error (503), so nothing is
+    /// acknowledged that a failover could lose. Used after token issue and revoke,
+    /// switch changes, parks and approval state changes.
+    async fn acknowledged(&self, c: &mut ConnectionManager) -> Result<(), Error> {
+        let Some(w) = self.wait else { return Ok(()) };
+        let n: i64 = redis::cmd("WAIT")
+            .arg(w.replicas)
+            .arg(w.timeout.as_millis() as u64)
+            .query_async(c)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if n < i64::from(w.replicas) {
+            return Err(unavailable(format!(
+                "a write reached {n} of the {} replicas store.redis.wait asks for within {:?}",
+                w.replicas, w.timeout
+            )));
+        }
+        Ok(())
     }
 
     /// A failed command: marks the link down if the connection failed; 503 either way.
@@ -126,7 +178,7 @@ impl RedisStore {
     }
 
     /// Subscriber with reconnect, plus the heartbeat publisher.
-    fn spawn_feed(&self, client: redis::Client, node: String, boot: String) {
+    fn spawn_feed(&self, connector: Arc<Connector>, node: String, boot: String) {
         let own_boot = boot.clone();
         let own_node = node.clone();
         let channel = self.channel();
@@ -136,7 +188,7 @@ impl RedisStore {
         let epoch = self.epoch;
         tokio::spawn(async move {
             loop {
-                match client.get_async_pubsub().await {
+                match connector.pubsub().await {
                     Ok(mut ps) => {
                         if ps.subscribe(&channel).await.is_ok() {
                             // A new generation first, then live: no entry cached before
@@ -176,7 +228,7 @@ impl RedisStore {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
-        let mut conn = self.conn.clone();
+        let conns = self.conns.clone();
         let channel = self.channel();
         let link = self.link.clone();
         tokio::spawn(async move {
@@ -187,6 +239,7 @@ impl RedisStore {
                 if link.is_down() {
                     continue;
                 }
+                let mut conn = conns.load().main.clone();
                 // A failed heartbeat marks the link down before any request has to wait.
                 if let Err(e) = conn.publish::<_, _, i64>(&channel, &beat).await {
                     link.saw(&e);
@@ -235,7 +288,7 @@ impl RedisStore {
     }
 
     pub async fn put_token(&self, t: &TokenRecord) -> Result<(), Error> {
-        let mut c = self.conn()?;
+        let mut c = self.acked_conn()?;
         let json = serde_json::to_string(t).map_err(unavailable)?;
         let _: () = redis::pipe()
             .atomic()
@@ -246,7 +299,7 @@ impl RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(())
+        self.acknowledged(&mut c).await
     }
 
     pub async fn pending_count(&self, agent: &str) -> Result<u64, Error> {
@@ -303,6 +356,7 @@ impl RedisStore {
         // The write and its change notice are one transaction: a notice that cannot be
         // sent (a lost connection, an ACL without PUBLISH) leaves the write undone too,
         // and the caller hears 503 instead of a change other replicas never learn of.
+        let mut c = self.acked_conn()?;
         let _: () = redis::pipe()
             .atomic()
             .set(self.key(&format!("revoked:{id}")), 1)
@@ -312,6 +366,7 @@ impl RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(e))?;
+        self.acknowledged(&mut c).await?;
         Ok(true)
     }
 
@@ -358,7 +413,7 @@ impl RedisStore {
     }
 
     pub async fn apply(&self, ch: &SwitchChange) -> Result<(), Error> {
-        let mut c = self.conn()?;
+        let mut c = self.acked_conn()?;
         let set = |s: Scope| match s {
             Scope::Agent => "sw:paused_agents",
             Scope::Tool => "sw:paused_tools",
@@ -385,7 +440,7 @@ impl RedisStore {
             .query_async(&mut c)
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(())
+        self.acknowledged(&mut c).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -399,7 +454,7 @@ impl RedisStore {
         max_pending: u32,
         expires_at_ms: u64,
     ) -> Result<bool, Error> {
-        let mut c = self.conn()?;
+        let mut c = self.acked_conn()?;
         let ok: i64 = self
             .create
             .key(self.key(&format!("approval:{id}")))
@@ -417,6 +472,9 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.fail(e))?;
+        if ok == 1 {
+            self.acknowledged(&mut c).await?;
+        }
         Ok(ok == 1)
     }
 
@@ -478,7 +536,7 @@ impl RedisStore {
     }
 
     pub async fn cas_approval(&self, cas: super::Cas<'_>) -> Result<bool, Error> {
-        let mut c = self.conn()?;
+        let mut c = self.acked_conn()?;
         let ok: i64 = self
             .cas
             .key(self.key(&format!("approval:{}", cas.id)))
@@ -496,6 +554,9 @@ impl RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.fail(e))?;
+        if ok == 1 {
+            self.acknowledged(&mut c).await?;
+        }
         Ok(ok == 1)
     }
 
@@ -534,4 +595,41 @@ fn index_key(index: TimeIndex) -> &'static str {
         TimeIndex::Expiry => "due",
         TimeIndex::Decided => "decided",
     }
+}
+
+/// The main connection and the one for acknowledged writes.
+async fn open_conns(connector: &Connector) -> redis::RedisResult<Conns> {
+    let main = connector.manager(Duration::ZERO).await?;
+    let acked = match connector.settings().wait {
+        Some(w) => connector.manager(w.timeout).await?,
+        None => main.clone(),
+    };
+    Ok(Conns { main, acked })
+}
+
+/// What the link runs while redis is down: a `PING` on the connection in use (which
+/// reconnects to the same address), or with Sentinel new connections to the master the
+/// sentinels name now, swapped in once it answers.
+fn probe(connector: Arc<Connector>, conns: Arc<ArcSwap<Conns>>) -> Probe {
+    Arc::new(move || {
+        let (connector, conns) = (connector.clone(), conns.clone());
+        Box::pin(async move {
+            let attempt = async {
+                if connector.follows_failover() {
+                    let fresh = open_conns(&connector).await.ok()?;
+                    let mut c = fresh.main.clone();
+                    let _: String = redis::cmd("PING").query_async(&mut c).await.ok()?;
+                    conns.store(Arc::new(fresh));
+                } else {
+                    let mut c = conns.load().main.clone();
+                    let _: String = redis::cmd("PING").query_async(&mut c).await.ok()?;
+                }
+                Some(())
+            };
+            matches!(
+                tokio::time::timeout(PROBE_BOUND, attempt).await,
+                Ok(Some(()))
+            )
+        })
+    })
 }

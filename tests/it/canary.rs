@@ -509,7 +509,22 @@ async fn canaries_never_leak_with_the_redis_store() {
         "store:\n  redis: {{ url_env: REDIS_URL, key_prefix: \"{}\" }}",
         random_prefix()
     );
-    let url = redis.url();
+    // The proxy connects as an ACL user whose password is a canary too (the `default`
+    // user stays open for the dump below).
+    let redis_password = format!("canary-redis-pw-{}", random_prefix().trim_end_matches(':'));
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("pcx")
+        .arg("on")
+        .arg(format!(">{redis_password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query(&mut redis.conn())
+        .expect("ACL SETUSER");
+    let url = redis
+        .url()
+        .replace("redis://", &format!("redis://pcx:{redis_password}@"));
     let p = Proxy::start(
         &config(&store, &up, dead),
         &[
@@ -520,7 +535,8 @@ async fn canaries_never_leak_with_the_redis_store() {
     );
     let t = issue(&p, json!({"agent": "bot", "ttl": "1h"})).await;
     let seen = exercise(&p, &up, &t, &secret).await;
-    let needles = needles(&t, &secret);
+    let mut needles = needles(&t, &secret);
+    needles.push(("redis password".into(), redis_password.clone()));
     let digest = stored_digest(&t, None);
     let everywhere_else = with_digest(&needles, &digest);
     check_client_and_logs(&p, &seen, &everywhere_else, &t.id);

@@ -199,13 +199,39 @@ fn colon_template_is_an_error() {
 }
 
 #[test]
-fn missing_env_var_for_value_env_is_an_error() {
+fn missing_env_var_for_value_env_is_a_note_for_check_and_an_error_for_serve() {
+    // `check` decides without secrets: exit 0 and a note naming file:line:col, the key
+    // and the variable (tests/it/quickstart.rs covers --require-secrets and explain).
     let yaml = good_config();
-    expect_error(
-        &yaml,
-        false,
-        "value_env",
-        "upstreams.tickets.inject.value_env",
-        &[KEY_VAR],
+    let dir = tempfile::tempdir().unwrap();
+    let (out, file) = check(dir.path(), &yaml, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let line = yaml.lines().position(|l| l.contains("value_env")).unwrap() + 1;
+    let note = stdout
+        .lines()
+        .find(|l| l.starts_with("note: secret not checked:"))
+        .unwrap_or_else(|| panic!("no note:\n{stdout}"));
+    for s in [
+        format!("{file}:{line}:"),
+        "upstreams.tickets.inject.value_env".into(),
+        KEY_VAR.into(),
+    ] {
+        assert!(note.contains(&s), "note lacks `{s}`: {note}");
+    }
+    // `serve` still fails closed on it.
+    let out = crate::common::run_bin_in(
+        Some(dir.path()),
+        &["serve", "--config", &file],
+        &[],
+        crate::common::CLI_BOUND,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:{line}:"))
+            && stderr.contains("upstreams.tickets.inject.value_env")
+            && stderr.contains(KEY_VAR),
+        "{stderr}"
     );
 }

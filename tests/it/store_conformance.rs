@@ -5,7 +5,7 @@
 
 use crate::support::redis::{random_prefix, RedisServer};
 use portcullis::classify::Risk;
-use portcullis::config::{StoreConfig, StoreKind};
+use portcullis::config::{RedisSettings, StoreConfig, StoreKind};
 use portcullis::store::TimeIndex::{Decided, Expiry};
 use portcullis::store::{now_ms, Event, Scope, Store, SwitchChange, SwitchState, TokenRecord};
 use std::collections::BTreeSet;
@@ -48,10 +48,10 @@ impl Backend {
                 let i = n.fetch_add(1, Ordering::SeqCst);
                 StoreKind::Embedded(dir.path().join(format!("data/store-{i}.redb")))
             }
-            Backend::Redis { server } => StoreKind::Redis {
-                url: server.url(),
-                key_prefix: random_prefix(),
-            },
+            Backend::Redis { server } => StoreKind::Redis(Box::new(RedisSettings::from_url(
+                server.url(),
+                random_prefix(),
+            ))),
         };
         StoreConfig { kind, pepper: None }
     }
@@ -774,10 +774,10 @@ async fn redis_refuses_newer_schema() {
     let server = RedisServer::start();
     let prefix = random_prefix();
     let cfg = StoreConfig {
-        kind: StoreKind::Redis {
-            url: server.url(),
-            key_prefix: prefix.clone(),
-        },
+        kind: StoreKind::Redis(Box::new(RedisSettings::from_url(
+            server.url(),
+            prefix.clone(),
+        ))),
         pepper: None,
     };
     drop(open_live(&cfg, "node").await);
@@ -795,10 +795,10 @@ async fn redis_refuses_newer_schema() {
         .query(&mut c)
         .unwrap();
     let newer = StoreConfig {
-        kind: StoreKind::Redis {
-            url: server.url(),
-            key_prefix: other.clone(),
-        },
+        kind: StoreKind::Redis(Box::new(RedisSettings::from_url(
+            server.url(),
+            other.clone(),
+        ))),
         pepper: None,
     };
     match Store::open(&newer, "node").await {
@@ -827,10 +827,10 @@ async fn redis_refuses_newer_schema() {
 async fn redis_two_nodes_share_state_and_events() {
     let server = RedisServer::start();
     let cfg = StoreConfig {
-        kind: StoreKind::Redis {
-            url: server.url(),
-            key_prefix: random_prefix(),
-        },
+        kind: StoreKind::Redis(Box::new(RedisSettings::from_url(
+            server.url(),
+            random_prefix(),
+        ))),
         pepper: None,
     };
     let a = open_live(&cfg, "node-a").await;
@@ -885,10 +885,10 @@ async fn redis_two_nodes_share_state_and_events() {
 async fn redis_outage_fails_closed_and_recovers() {
     let mut server = RedisServer::start_aof();
     let cfg = StoreConfig {
-        kind: StoreKind::Redis {
-            url: server.url(),
-            key_prefix: random_prefix(),
-        },
+        kind: StoreKind::Redis(Box::new(RedisSettings::from_url(
+            server.url(),
+            random_prefix(),
+        ))),
         pepper: None,
     };
     let s = open_live(&cfg, "node").await;

@@ -6,4 +6,5 @@ pub mod approvals;
 pub mod audit;
 pub mod faults;
 pub mod redis;
+pub mod redis_ha;
 pub mod trail;

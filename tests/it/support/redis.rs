@@ -26,7 +26,7 @@ pub struct RedisServer {
 /// machine is ever handed one of these implicitly (listeners on port 0 and outgoing
 /// connections take theirs from the ephemeral range), so a server killed for a fault
 /// test gets its port back on restart instead of finding another test on it.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()

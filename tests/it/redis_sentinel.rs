@@ -1,0 +1,120 @@
+//! Redis Sentinel for real, on loopback: a master, two replicas and three sentinels
+//! (`redis-server --sentinel`), two portcullis replicas finding the master through
+//! `store.redis.sentinel` with acknowledged writes (`wait: { replicas: 1 }`). The master
+//! is killed; after the promotion both proxies serve again, the pending approval and the
+//! pause set before the kill are intact, and the approval — approved on both proxies at
+//! once — reaches the upstream exactly once.
+
+use crate::common::{get, Proxy};
+use crate::support::approvals::*;
+use crate::support::redis::random_prefix;
+use crate::support::redis_ha::SentinelSet;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// From the kill to serving again: down-after 1 s, election, promotion, the proxies'
+/// reconnect. Generous for a loaded 2-core machine.
+const FAILOVER_BOUND: Duration = Duration::from_secs(45);
+
+fn replica(node: &str, up: &ReplayUpstream, set: &SentinelSet, prefix: &str) -> Proxy {
+    let store = format!(
+        "{{ redis: {{ key_prefix: \"{prefix}\", sentinel: {{ master_name: {}, addrs_env: REDIS_SENTINELS }}, \
+         wait: {{ replicas: 1, timeout: 2s }}, timeouts: {{ connect: 1s, command: 1s }} }} }}",
+        set.name
+    );
+    Proxy::start(
+        &config(node, &store, &up.url(), ""),
+        &[("API_KEY", UPSTREAM_KEY), ("REDIS_SENTINELS", &set.addrs())],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
+    let mut set = SentinelSet::start(2);
+    let old_master = set.master.port;
+    let prefix = random_prefix();
+    let up = ReplayUpstream::start().await;
+    let a = replica("node-a", &up, &set, &prefix);
+    let b = replica("node-b", &up, &set, &prefix);
+    let (bot, _) = issue(a.admin, "bot").await;
+    let (bot2, _) = issue(a.admin, "bot2").await;
+
+    // Before the failover: a pending approval and a pause, both acknowledged by a replica.
+    let parked = park(&a, &bot, "/tickets/7/close", &[], b"{\"why\":\"failover\"}").await;
+    let id = approval_id(&parked);
+    let r = admin(
+        a.admin,
+        ISSUER,
+        "POST",
+        "/pause",
+        Some(&json!({"scope": "agent", "target": "bot2"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(b.addr, "/tickets/1", &bot).await.status, RESULT_STATUS);
+
+    // Kill the master, once the sentinels know each other and the replicas.
+    set.wait_discovered();
+    let killed = Instant::now();
+    set.master.kill();
+
+    // Both proxies serve again once a replica is promoted.
+    for p in [&a, &b] {
+        crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
+            let r = get(p.addr, "/tickets/1", &bot).await;
+            if r.status == RESULT_STATUS {
+                Ok(())
+            } else {
+                Err(format!("{} {}", r.status, r.text()))
+            }
+        })
+        .await;
+    }
+    let serving = killed.elapsed();
+    let new_master = set.master_port();
+    assert!(
+        new_master.is_some_and(|p| p != old_master && set.replicas.iter().any(|r| r.port == p)),
+        "sentinels name {new_master:?} (old master {old_master})\n{}",
+        set.logs()
+    );
+
+    // The approval is still pending and the pause still holds, on both proxies.
+    assert_eq!(view(b.admin, &id).await["state"], "pending");
+    assert_eq!(view(a.admin, &id).await["state"], "pending");
+    for p in [&a, &b] {
+        let r = get(p.addr, "/tickets/1", &bot2).await;
+        assert_eq!(r.status, 403, "bot2 is paused: {}", r.text());
+        assert_eq!(r.json()["reason"], "paused", "{}", r.text());
+    }
+
+    // Approved on both proxies at once: one approval wins, one upstream call.
+    let (ra, rb) = tokio::join!(
+        approve(a.admin, ALICE, &id, None),
+        approve(b.admin, ALICE, &id, None)
+    );
+    let statuses = [ra.status, rb.status];
+    assert!(
+        statuses.contains(&200) && statuses.iter().all(|s| *s == 200 || *s == 409),
+        "approvals answered {statuses:?}: {} / {}",
+        ra.text(),
+        rb.text()
+    );
+    let acked = killed.elapsed();
+    wait_state(a.admin, &id, "executed", FAILOVER_BOUND).await;
+    wait_state(b.admin, &id, "executed", FAILOVER_BOUND).await;
+    let sent = up
+        .seen()
+        .iter()
+        .filter(|s| s.target.ends_with("/tickets/7/close"))
+        .count();
+    assert_eq!(
+        sent, 1,
+        "the approved request reached the upstream {sent} times"
+    );
+    eprintln!(
+        "sentinel failover: both proxies serving {:.1} s after the master was killed; \
+         an acknowledged write (approval) {:.1} s after",
+        serving.as_secs_f64(),
+        acked.as_secs_f64()
+    );
+}
