@@ -35,7 +35,7 @@ pub struct Doc {
 
 enum Body {
     Tree(Arc<Value>),
-    Indexed(Indexed),
+    Indexed(Box<Indexed>),
 }
 
 /// A JSON text and where its entries stand in it: `/key` for each top-level key,
@@ -256,14 +256,14 @@ pub fn read(file: &Path, shown: &str) -> Result<Doc, String> {
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let body = if json {
         let text = String::from_utf8(bytes).map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
-        Body::Indexed(Indexed::new(text).map_err(|e| {
+        Body::Indexed(Box::new(Indexed::new(text).map_err(|e| {
             format!(
                 "{shown}:{}:{}: not valid JSON: {}",
                 e.line(),
                 e.column(),
                 strip_position(&e.to_string())
             )
-        })?)
+        })?))
     } else {
         let text =
             std::str::from_utf8(&bytes).map_err(|e| format!("{shown}: not UTF-8 text: {e}"))?;
