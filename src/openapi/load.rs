@@ -87,6 +87,20 @@ impl Doc {
         }
     }
 
+    /// The keys of the object at `pointer`; `None` when there is none or it is not an
+    /// object (an indexed object is not parsed for this).
+    pub fn object_keys(&self, pointer: &str) -> Option<Vec<String>> {
+        if let Body::Indexed(ix) = &self.body {
+            if let Some(k) = ix.keys.get(pointer) {
+                return Some(k.clone());
+            }
+        }
+        self.at(pointer)?
+            .value()
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+    }
+
     /// The keys of the object at `pointer` (`""` for the top level, `/paths`, …).
     pub fn keys(&self, pointer: &str) -> Vec<String> {
         match &self.body {
@@ -180,6 +194,11 @@ impl Indexed {
             });
         }
         let (key, sub) = self.entry_of(pointer)?;
+        if !sub.is_empty() && self.keys.contains_key(key) {
+            // Below an object whose members are indexed: a member that is not in the
+            // index is not there (and the whole object is not parsed to find that out).
+            return None;
+        }
         let entry = self.parsed(key)?;
         entry.pointer(sub)?;
         Some(Node {

@@ -6,7 +6,7 @@
 use super::load::{self, Version};
 use super::names;
 use super::refs::{escape, Docs, Place};
-use super::schema::{self, Converted, Converter, Schema, Side};
+use super::schema::{self, Converted, Converter, Frozen, Schema, Side};
 use super::{OpRef, Operation, SpecFile, SpecReport};
 use crate::canon::Method;
 use crate::classify::{self, Risk};
@@ -43,8 +43,8 @@ pub const MAX_DESCRIPTION: usize = 1024;
 /// An operation read from the spec whose schemas still wait for the frozen tables.
 struct Draft {
     op: Operation,
-    input: Converted,
-    output: Option<Converted>,
+    input: Frozen,
+    output: Option<Frozen>,
     /// Query parameters and whether a list is given by repeating them (`explode`).
     explodes: Vec<(String, bool)>,
 }
@@ -83,20 +83,22 @@ pub fn import(
     let (root_base, root_host) =
         server_base(top("/servers").as_ref()).map_err(|e| format!("{shown}: servers: {e}"))?;
     report.combined = combination(route, &root_base);
-    if top("/webhooks").is_some_and(|w| w.as_object().is_some_and(|m| !m.is_empty())) {
+    if root_doc
+        .object_keys("/webhooks")
+        .is_some_and(|k| !k.is_empty())
+    {
         report
             .notes
             .push("`webhooks` are not imported (they are calls the API makes, not tools)".into());
     }
     let root_security = top("/security");
-    match root_doc.at("/paths") {
-        None => return Ok((Vec::new(), report, docs)),
-        Some(p) if !p.value().is_object() => {
-            return Err(format!("{shown}: `paths` must be an object"))
-        }
-        Some(_) => {}
+    // The keys only: the path items are read one by one below.
+    if !root_doc.exists("/paths") {
+        return Ok((Vec::new(), report, docs));
     }
-    let paths = root_doc.keys("/paths");
+    let paths = root_doc
+        .object_keys("/paths")
+        .ok_or_else(|| format!("{shown}: `paths` must be an object"))?;
 
     let mut conv = Converter::new(&mut docs, version == Version::V31);
     let mut drafts: Vec<Draft> = Vec::new();
@@ -611,7 +613,7 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
         input["required"] = Value::Array(required);
     }
     // The input's direct references are those of every piece converted above.
-    let input_refs = Converted::new(input, refs_input);
+    let input_refs = Converted::new(input, refs_input).freeze();
 
     // The output: the first 2xx response, if it has a JSON schema.
     let mut output = None;
@@ -646,7 +648,7 @@ fn operation(conv: &mut Converter, i: OpInput, ignored: &mut Ignored) -> Result<
                 let c = conv
                     .convert(r.place.doc, &s, Side::Output)
                     .map_err(|e| format!("responses.{code}: {e}"))?;
-                output = Some(c);
+                output = Some(c.freeze());
             }
         }
     }

@@ -173,6 +173,20 @@ impl Converted {
     pub fn split(self) -> (Value, Vec<u32>) {
         (self.value, self.refs)
     }
+
+    /// As JSON text, waiting for the frozen table (a spec's worth of trees is big).
+    pub fn freeze(self) -> Frozen {
+        Frozen {
+            text: self.value.to_string().into(),
+            refs: self.refs,
+        }
+    }
+}
+
+/// A converted schema as JSON text, before it is tied to a frozen table.
+pub struct Frozen {
+    text: Box<str>,
+    refs: Vec<u32>,
 }
 
 impl<'d> Converter<'d> {
@@ -450,10 +464,10 @@ impl<'d> Converter<'d> {
 }
 
 /// Ties a converted schema to the frozen table of its side.
-pub fn tie(c: Converted, table: &Arc<DefTable>) -> Schema {
+pub fn tie(c: Frozen, table: &Arc<DefTable>) -> Schema {
     let defs = table.closure(&c.refs);
     Schema {
-        root: c.value.to_string().into(),
+        root: c.text,
         table: table.clone(),
         defs: Arc::from(defs),
     }
@@ -560,7 +574,7 @@ mod tests {
         let conv = c.convert(0, &v, side).unwrap();
         let (input, output) = c.finish();
         let table = if side == Side::Input { input } else { output };
-        let s = tie(conv, &table).to_value();
+        let s = tie(conv.freeze(), &table).to_value();
         assert!(
             jsonschema::draft202012::meta::is_valid(&s),
             "not a valid 2020-12 schema: {s}"
