@@ -142,6 +142,10 @@ async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
         }
     })
     .await;
+    assert!(
+        set.replicas.iter().any(|r| r.port == after),
+        "the switchover promoted {after}, not a replica"
+    );
     // Each proxy notices, reconnects to the new master, and serves from it. (Writes
     // acknowledged by a replica resume once the sentinels have made the demoted master a
     // replica of the new one, 8 s or more later: not waited for here.)
