@@ -9,7 +9,7 @@
 use crate::common::{get, Proxy};
 use crate::support::approvals::*;
 use crate::support::redis::random_prefix;
-use crate::support::redis_ha::SentinelSet;
+use crate::support::redis_ha::{SentinelSet, TlsFiles};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -171,5 +171,58 @@ async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
     eprintln!(
         "sentinel switchover: both proxies on the new master {:.1} s after SENTINEL FAILOVER",
         switched.elapsed().as_secs_f64()
+    );
+}
+
+/// The same over TLS: every node and sentinel listens on TLS only (`tls-replication
+/// yes`), certificates from a throwaway CA with the nodes' IP; the proxy has `tls: true`
+/// and `ca_file`. Ignored in the plain run (it adds ~10 s); `.ci/run` runs it with
+/// `--ignored`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Sentinel over TLS: ~10 s; .ci/run runs it with --ignored"]
+async fn sentinel_over_tls_follows_a_failover() {
+    let tls = TlsFiles::new();
+    let mut set = SentinelSet::start_with(2, Some(&tls));
+    let prefix = random_prefix();
+    let up = ReplayUpstream::start().await;
+    let store = format!(
+        "{{ redis: {{ key_prefix: \"{prefix}\", sentinel: {{ master_name: {}, addrs_env: REDIS_SENTINELS }}, \
+         tls: true, ca_file: \"{}\", wait: {{ replicas: 1, timeout: 2s }}, timeouts: {{ connect: 1s, command: 1s }} }} }}",
+        set.name,
+        tls.ca_file().display()
+    );
+    let a = Proxy::start(
+        &config("node-a", &store, &up.url(), ""),
+        &[("API_KEY", UPSTREAM_KEY), ("REDIS_SENTINELS", &set.addrs())],
+    );
+    let (bot, _) = issue(a.admin, "bot").await;
+    let parked = park(&a, &bot, "/tickets/8/close", &[], b"{}").await;
+    let id = approval_id(&parked);
+    set.wait_discovered();
+    let killed = Instant::now();
+    set.master.kill();
+    crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
+        let r = get(a.addr, "/tickets/1", &bot).await;
+        if r.status == RESULT_STATUS {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    let serving = killed.elapsed();
+    assert_eq!(view(a.admin, &id).await["state"], "pending");
+    let r = approve(a.admin, ALICE, &id, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_state(a.admin, &id, "executed", FAILOVER_BOUND).await;
+    let sent = up
+        .seen()
+        .iter()
+        .filter(|s| s.target.ends_with("/tickets/8/close"))
+        .count();
+    assert_eq!(sent, 1);
+    eprintln!(
+        "sentinel over TLS: serving {:.1} s after the master was killed",
+        serving.as_secs_f64()
     );
 }
