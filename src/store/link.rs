@@ -66,6 +66,14 @@ impl Link {
         }
     }
 
+    /// The master moved (the sentinels name another): reconnect as after a lost link.
+    pub fn master_moved(&self) {
+        if !self.0.down.swap(true, Ordering::AcqRel) {
+            warn!("the sentinels name a new redis master: reconnecting to it");
+            self.0.wake.notify_one();
+        }
+    }
+
     async fn reconnect(&self, probe: Probe) {
         loop {
             self.0.wake.notified().await;

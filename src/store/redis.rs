@@ -118,6 +118,9 @@ impl RedisStore {
                 "local n = redis.call('INCR', KEYS[1]) if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end return 1",
             ),
         };
+        if connector.follows_failover() {
+            spawn_master_watch(connector.clone(), s.link.clone());
+        }
         s.spawn_feed(
             connector,
             node.to_string(),
@@ -605,6 +608,24 @@ async fn open_conns(connector: &Connector) -> redis::RedisResult<Conns> {
         None => main.clone(),
     };
     Ok(Conns { main, acked })
+}
+
+/// How often the sentinels are asked whether the master moved.
+const MASTER_WATCH: Duration = Duration::from_secs(1);
+
+/// With Sentinel: once a second, asks the sentinels whether the master moved (a
+/// switchover, or a partition in which the old master still answers this process) and
+/// if so reconnects to the new one, without waiting for a command to fail there.
+fn spawn_master_watch(connector: Arc<Connector>, link: Link) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MASTER_WATCH);
+        loop {
+            tick.tick().await;
+            if !link.is_down() && connector.master_moved().await {
+                link.master_moved();
+            }
+        }
+    });
 }
 
 /// What the link runs while redis is down: a `PING` on the connection in use (which

@@ -14,6 +14,8 @@ use std::time::Duration;
 /// Builds clients and connections for the configured redis.
 pub struct Connector {
     s: RedisSettings,
+    /// With Sentinel: the master address the connections in use were made to.
+    current: std::sync::Mutex<Option<(String, u16)>>,
 }
 
 fn err(detail: String) -> RedisError {
@@ -34,7 +36,10 @@ async fn bounded<T>(
 
 impl Connector {
     pub fn new(s: &RedisSettings) -> Connector {
-        Connector { s: s.clone() }
+        Connector {
+            s: s.clone(),
+            current: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn settings(&self) -> &RedisSettings {
@@ -128,9 +133,28 @@ impl Connector {
         }
     }
 
-    /// Asks every sentinel at once (each within the timeouts) which node is the master,
-    /// and takes the most named one that itself answers `ROLE` as a master.
-    async fn sentinel_master(&self, s: &SentinelSettings) -> RedisResult<ConnectionInfo> {
+    /// With Sentinel: whether the sentinels now name another master than the one the
+    /// connections in use were made to (a switchover, or a failover this process has not
+    /// seen fail yet). `false` when they cannot be asked.
+    pub async fn master_moved(&self) -> bool {
+        let RedisTarget::Sentinel(s) = &self.s.target else {
+            return false;
+        };
+        let Some(current) = self.current.lock().expect("master lock").clone() else {
+            return false;
+        };
+        match self.named(s).await {
+            Ok((votes, _)) => votes.first().is_some_and(|(a, _)| *a != current),
+            Err(_) => false,
+        }
+    }
+
+    /// Every sentinel's answer at once (each within the timeouts): the addresses they
+    /// name, most named first, and the last error.
+    async fn named(
+        &self,
+        s: &SentinelSettings,
+    ) -> RedisResult<(Vec<((String, u16), usize)>, Option<RedisError>)> {
         let bound = self.s.connect_timeout + self.s.command_timeout;
         let asks = s
             .addrs
@@ -149,12 +173,22 @@ impl Connector {
             }
         }
         votes.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        Ok((votes, last_err))
+    }
+
+    /// Asks every sentinel at once which node is the master, and takes the most named
+    /// one that itself answers `ROLE` as a master.
+    async fn sentinel_master(&self, s: &SentinelSettings) -> RedisResult<ConnectionInfo> {
+        let bound = self.s.connect_timeout + self.s.command_timeout;
+        let (votes, last_err) = self.named(s).await?;
         for ((host, port), _) in votes {
+            let addr = (host.clone(), port);
             let info = self.with_auth(
                 self.node_addr(host, port, s.tls).into_connection_info()?,
                 true,
             );
             if bounded(bound, "role", self.is_master(&info)).await? {
+                *self.current.lock().expect("master lock") = Some(addr);
                 return Ok(info);
             }
         }

@@ -401,8 +401,12 @@ fn docker_compose_file_wires_what_the_binary_needs() {
     for v in [redis, api, pc] {
         assert_eq!(s(&v["restart"]), "unless-stopped");
     }
-    // One image for both portcullis services, built from this repository.
+    // One image for both portcullis services, built from this repository, hardened.
     assert_eq!(api["image"], pc["image"]);
+    for v in [api, pc] {
+        assert_eq!(v["read_only"], Value::Bool(true));
+        assert_eq!(s(&v["cap_drop"][0]), "ALL");
+    }
     assert_eq!(s(&pc["build"]), ".");
     // The demo API's command and the server's are ones the binary takes.
     let args = |v: &Value| -> Vec<String> {

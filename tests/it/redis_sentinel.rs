@@ -3,12 +3,13 @@
 //! `store.redis.sentinel` with acknowledged writes (`wait: { replicas: 1 }`). The master
 //! is killed; after the promotion both proxies serve again, the pending approval and the
 //! pause set before the kill are intact, and the approval — approved on both proxies at
-//! once — reaches the upstream exactly once.
+//! once — reaches the upstream exactly once. Then a switchover (`SENTINEL FAILOVER`,
+//! the master alive): both proxies move to the new master on their own.
 
 use crate::common::{get, Proxy};
 use crate::support::approvals::*;
 use crate::support::redis::random_prefix;
-use crate::support::redis_ha::SentinelSet;
+use crate::support::redis_ha::{SentinelSet, TlsFiles};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -116,5 +117,112 @@ async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
          an acknowledged write (approval) {:.1} s after",
         serving.as_secs_f64(),
         acked.as_secs_f64()
+    );
+
+    // A switchover (`SENTINEL FAILOVER`): the master is alive and demoted, nothing fails
+    // on the proxies' connections, yet both move to the new master (they ask the
+    // sentinels every second) before any write could meet `READONLY` there.
+    let before = set.master_port().expect("a master");
+    let marks = [a.logs().len(), b.logs().len()];
+    // Refused (`INPROG`) until the sentinels have finished reconfiguring after the kill.
+    crate::common::eventually("SENTINEL FAILOVER accepted", FAILOVER_BOUND, || async {
+        let mut c = set.sentinels[0].conn().ok_or("no sentinel")?;
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(&set.name)
+            .query::<()>(&mut c)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let switched = Instant::now();
+    let after = crate::common::eventually("the switchover", FAILOVER_BOUND, || async {
+        match set.master_port() {
+            Some(p) if p != before => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        set.replicas.iter().any(|r| r.port == after),
+        "the switchover promoted {after}, not a replica"
+    );
+    // Each proxy notices, reconnects to the new master, and serves from it. (Writes
+    // acknowledged by a replica resume once the sentinels have made the demoted master a
+    // replica of the new one, 8 s or more later: not waited for here.)
+    for (p, mark) in [(&a, marks[0]), (&b, marks[1])] {
+        crate::common::eventually(
+            "the proxy reconnects to the new master",
+            FAILOVER_BOUND,
+            || async {
+                let logs = p.logs()[mark..].to_string();
+                match logs.find("the sentinels name a new redis master") {
+                    Some(i) if logs[i..].contains("redis reachable again") => Ok(()),
+                    Some(_) => Err("noticed, not yet reconnected".to_string()),
+                    None => Err("not noticed".to_string()),
+                }
+            },
+        )
+        .await;
+        let r = get(p.addr, "/tickets/1", &bot).await;
+        assert_eq!(r.status, RESULT_STATUS, "{}", r.text());
+        let r = get(p.addr, "/tickets/1", &bot2).await;
+        assert_eq!(r.status, 403, "the pause still holds: {}", r.text());
+    }
+    eprintln!(
+        "sentinel switchover: both proxies on the new master {:.1} s after SENTINEL FAILOVER",
+        switched.elapsed().as_secs_f64()
+    );
+}
+
+/// The same over TLS: every node and sentinel listens on TLS only (`tls-replication
+/// yes`), certificates from a throwaway CA with the nodes' IP; the proxy has `tls: true`
+/// and `ca_file`. Ignored in the plain run (it adds ~10 s); `.ci/run` runs it with
+/// `--ignored`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "Sentinel over TLS: ~10 s; .ci/run runs it with --ignored"]
+async fn sentinel_over_tls_follows_a_failover() {
+    let tls = TlsFiles::new();
+    let mut set = SentinelSet::start_with(2, Some(&tls));
+    let prefix = random_prefix();
+    let up = ReplayUpstream::start().await;
+    let store = format!(
+        "{{ redis: {{ key_prefix: \"{prefix}\", sentinel: {{ master_name: {}, addrs_env: REDIS_SENTINELS }}, \
+         tls: true, ca_file: \"{}\", wait: {{ replicas: 1, timeout: 2s }}, timeouts: {{ connect: 1s, command: 1s }} }} }}",
+        set.name,
+        tls.ca_file().display()
+    );
+    let a = Proxy::start(
+        &config("node-a", &store, &up.url(), ""),
+        &[("API_KEY", UPSTREAM_KEY), ("REDIS_SENTINELS", &set.addrs())],
+    );
+    let (bot, _) = issue(a.admin, "bot").await;
+    let parked = park(&a, &bot, "/tickets/8/close", &[], b"{}").await;
+    let id = approval_id(&parked);
+    set.wait_discovered();
+    let killed = Instant::now();
+    set.master.kill();
+    crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
+        let r = get(a.addr, "/tickets/1", &bot).await;
+        if r.status == RESULT_STATUS {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    let serving = killed.elapsed();
+    assert_eq!(view(a.admin, &id).await["state"], "pending");
+    let r = approve(a.admin, ALICE, &id, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_state(a.admin, &id, "executed", FAILOVER_BOUND).await;
+    let sent = up
+        .seen()
+        .iter()
+        .filter(|s| s.target.ends_with("/tickets/8/close"))
+        .count();
+    assert_eq!(sent, 1);
+    eprintln!(
+        "sentinel over TLS: serving {:.1} s after the master was killed",
+        serving.as_secs_f64()
     );
 }

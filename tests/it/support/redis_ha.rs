@@ -19,6 +19,69 @@ pub struct Node {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// The CA's PEM when the node speaks TLS only.
+    tls_ca: Option<Vec<u8>>,
+}
+
+/// Certificate, key and CA files for TLS nodes (one leaf for every node: 127.0.0.1).
+pub struct TlsFiles {
+    pub ca: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl TlsFiles {
+    pub fn new() -> TlsFiles {
+        let ca = TestCa::new();
+        let leaf = ca.issue();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), &leaf.cert_pem).unwrap();
+        std::fs::write(dir.path().join("server.key"), &leaf.key_pem).unwrap();
+        TlsFiles { ca, dir }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// `redis-server` arguments: TLS only on `{port}`, replication over TLS too.
+    fn server_args(&self) -> Vec<String> {
+        let f = |n: &str| self.dir.path().join(n).display().to_string();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            "{port}".into(),
+            "--tls-cert-file".into(),
+            f("server.pem"),
+            "--tls-key-file".into(),
+            f("server.key"),
+            "--tls-ca-cert-file".into(),
+            f("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ]
+    }
+
+    /// The same for a sentinel's config file.
+    fn sentinel_conf(&self, port: u16) -> String {
+        let f = |n: &str| self.dir.path().join(n).display().to_string();
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+            f("server.pem"),
+            f("server.key"),
+            f("ca.pem")
+        )
+    }
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Node {
@@ -29,6 +92,7 @@ impl Node {
             child: None,
             port,
             dir,
+            tls_ca: None,
         };
         n.start(args);
         n
@@ -68,10 +132,25 @@ impl Node {
         }
     }
 
-    /// A synchronous connection (plain TCP).
+    /// A synchronous connection (TLS for a TLS node).
     pub fn conn(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.url())
-            .ok()?
+        let client = match &self.tls_ca {
+            None => redis::Client::open(self.url()).ok()?,
+            Some(ca) => redis::Client::build_with_tls(
+                redis::ConnectionAddr::TcpTls {
+                    host: "127.0.0.1".into(),
+                    port: self.port,
+                    insecure: false,
+                    tls_params: None,
+                },
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .ok()?,
+        };
+        client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()
     }
@@ -101,10 +180,8 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool, diag: impl Fn() -> String)
     }
 }
 
-fn data_node(replica_of: Option<u16>) -> Node {
+fn data_node(replica_of: Option<u16>, tls: Option<&TlsFiles>) -> Node {
     let mut args: Vec<String> = [
-        "--port",
-        "{port}",
         "--bind",
         "127.0.0.1",
         "--save",
@@ -124,10 +201,20 @@ fn data_node(replica_of: Option<u16>) -> Node {
     ]
     .map(String::from)
     .to_vec();
+    match tls {
+        Some(t) => args.extend(t.server_args()),
+        None => args.extend(["--port".into(), "{port}".into()]),
+    }
     if let Some(p) = replica_of {
         args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
     }
-    let n = Node::spawn(&args);
+    let mut n = Node {
+        child: None,
+        port: free_port(),
+        dir: tempfile::tempdir().expect("tempdir"),
+        tls_ca: tls.map(|t| t.ca.pem().into_bytes()),
+    };
+    n.start(&args);
     wait_for(
         &format!("redis-server on {}", n.port),
         || n.conn().is_some(),
@@ -146,10 +233,15 @@ pub struct SentinelSet {
 
 impl SentinelSet {
     pub fn start(replicas: usize) -> SentinelSet {
+        Self::start_with(replicas, None)
+    }
+
+    /// The same with every node and sentinel on TLS only (`tls-replication yes`).
+    pub fn start_with(replicas: usize, tls: Option<&TlsFiles>) -> SentinelSet {
         let name = "pcmaster".to_string();
-        let master = data_node(None);
+        let master = data_node(None, tls);
         let replicas: Vec<Node> = (0..replicas)
-            .map(|_| data_node(Some(master.port)))
+            .map(|_| data_node(Some(master.port), tls))
             .collect();
         wait_for(
             "replicas online",
@@ -164,10 +256,14 @@ impl SentinelSet {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
             let conf = dir.path().join("sentinel.conf");
+            let listen = match tls {
+                Some(t) => t.sentinel_conf(port),
+                None => format!("port {port}\n"),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {d}\nlogfile {d}/redis.log\n\
+                    "{listen}bind 127.0.0.1\ndir {d}\nlogfile {d}/redis.log\n\
                      sentinel monitor {name} 127.0.0.1 {m} 2\n\
                      sentinel down-after-milliseconds {name} 1000\n\
                      sentinel failover-timeout {name} 10000\n\
@@ -181,6 +277,7 @@ impl SentinelSet {
                 child: None,
                 port,
                 dir,
+                tls_ca: tls.map(|t| t.ca.pem().into_bytes()),
             };
             n.start(&[conf.display().to_string(), "--sentinel".into()]);
             sentinels.push(n);
@@ -285,6 +382,7 @@ impl TlsRedis {
             child: None,
             port,
             dir,
+            tls_ca: None,
         };
         let args: Vec<String> = vec![
             "--port".into(),
