@@ -546,14 +546,14 @@ profile_scenario() {
   local sc=$PROFILE_SCENARIO secs=$DURATION
   local report="$OUT_DIR/profile-$PROFILE-$sc-$STAMP.txt" pid
   case $sc in
-    passthrough | enforcing | deny) pid=$MAIN_PID ;;
+    passthrough | enforcing | deny | mcp-call) pid=$MAIN_PID ;;
     park-redis | park-embedded)
-      [[ $PROFILE == perf ]] || die "PROFILE=callgrind profiles passthrough, enforcing or deny"
+      [[ $PROFILE == perf ]] || die "PROFILE=callgrind profiles passthrough, enforcing, deny or mcp-call"
       [[ $sc == park-redis && $HAVE_REDIS == 0 ]] && die "park-redis needs redis-server"
       start_park "$sc"
       pid=$PARK_PID
       ;;
-    *) die "PROFILE_SCENARIO must be passthrough, enforcing, deny, park-redis or park-embedded" ;;
+    *) die "PROFILE_SCENARIO must be passthrough, enforcing, deny, mcp-call, park-redis or park-embedded" ;;
   esac
   check_status "$sc"
   local result="$WORK/wrk-0-$sc.out"

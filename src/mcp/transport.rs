@@ -217,7 +217,10 @@ pub fn decode_header_value(v: &str) -> Option<String> {
 }
 
 /// A browser's `Origin` must be on the allow-list (DNS rebinding); clients that send
-/// none (every non-browser MCP client) pass.
+/// none (every non-browser MCP client) pass. One more origin passes without being
+/// listed: a loopback origin naming exactly the `Host` the request was sent to (a page
+/// served by this very address — a rebinding attacker's page carries its own name in
+/// both headers, never `localhost`, `127.0.0.1` or `[::1]`).
 pub fn check_origin(cfg: &McpConfig, h: &HeaderMap) -> Result<(), Error> {
     let mut all = h.get_all(header::ORIGIN).iter();
     let Some(o) = all.next() else {
@@ -226,7 +229,7 @@ pub fn check_origin(cfg: &McpConfig, h: &HeaderMap) -> Result<(), Error> {
     let ok = all.next().is_none()
         && o.to_str().is_ok_and(|o| {
             let o = o.to_ascii_lowercase();
-            cfg.allowed_origins.contains(&o)
+            cfg.allowed_origins.contains(&o) || same_loopback_origin(&o, h)
         });
     if ok {
         Ok(())
@@ -235,6 +238,25 @@ pub fn check_origin(cfg: &McpConfig, h: &HeaderMap) -> Result<(), Error> {
             "this Origin may not use the MCP endpoint (mcp.allowed_origins)".into(),
         ))
     }
+}
+
+/// `http(s)://<host>` where `<host>` is a loopback name with an optional port and equals the
+/// request's one `Host` header exactly.
+fn same_loopback_origin(origin: &str, h: &HeaderMap) -> bool {
+    let Some(authority) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let name = match authority.rsplit_once(':') {
+        Some((n, port)) if !n.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => authority,
+    };
+    let loopback = matches!(name, "localhost" | "127.0.0.1" | "[::1]");
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next().and_then(|v| v.to_str().ok());
+    loopback && hosts.next().is_none() && host.is_some_and(|v| v.eq_ignore_ascii_case(authority))
 }
 
 /// What the client accepts: (JSON, SSE). No `Accept` accepts both.
@@ -467,6 +489,39 @@ mod tests {
         assert!(check_origin(&cfg, &h(&[])).is_ok());
         assert!(check_origin(&cfg, &h(&[("origin", "https://APP.example")])).is_ok());
         assert!(check_origin(&cfg, &h(&[("origin", "http://evil.example")])).is_err());
+        // A loopback page of this very address passes; a rebinding page does not.
+        let same = [
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ];
+        assert!(check_origin(&cfg, &h(&same)).is_ok());
+        let local = [("origin", "http://localhost"), ("host", "LOCALHOST")];
+        assert!(check_origin(&cfg, &h(&local)).is_ok());
+        for bad in [
+            [
+                ("origin", "http://127.0.0.1:3000"),
+                ("host", "127.0.0.1:8080"),
+            ],
+            [
+                ("origin", "http://evil.example:8080"),
+                ("host", "evil.example:8080"),
+            ],
+            [
+                ("origin", "ftp://localhost:8080"),
+                ("host", "localhost:8080"),
+            ],
+            [
+                ("origin", "http://localhost:8080"),
+                ("host", "evil.example"),
+            ],
+            [
+                ("origin", "http://localhost.evil:80"),
+                ("host", "localhost.evil:80"),
+            ],
+        ] {
+            assert!(check_origin(&cfg, &h(&bad)).is_err(), "{bad:?}");
+        }
+        assert!(check_origin(&cfg, &h(&[("origin", "http://localhost")])).is_err());
         assert_eq!(
             accepts(&h(&[("accept", "text/event-stream")])),
             (false, true)

@@ -651,6 +651,25 @@ async fn the_modern_wire_checks_its_headers_and_the_endpoint_its_callers() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.text());
+    // A loopback page of this very address (Origin = the Host it was sent to) passes;
+    // a loopback page of another port does not.
+    let same = format!("http://{}", p.addr);
+    let other_port = format!("http://127.0.0.1:{}", p.addr.port() ^ 1);
+    for (origin, want) in [(same.as_str(), 200), (other_port.as_str(), 403)] {
+        let r = post(
+            p.addr,
+            &token,
+            &[
+                ("origin", origin),
+                ("mcp-protocol-version", MODERN),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "tickets.get"),
+            ],
+            &env("tickets.get"),
+        )
+        .await;
+        assert_eq!(r.status, want, "Origin {origin}: {}", r.text());
+    }
     // Handshake era without a session, and with a forged one.
     let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
     let r = post(p.addr, &token, &[], &list).await;
