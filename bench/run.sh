@@ -533,6 +533,9 @@ check_status() {
   local -a args=(-s -o /dev/null -w '%{http_code}' -X "${S[2]}")
   [[ -n ${S[4]} ]] && args+=(-H "Authorization: Bearer ${S[4]}")
   [[ -n ${S[5]} ]] && args+=(-H 'Content-Type: application/json' --data-binary "${S[5]}")
+  local -a extra=()
+  [[ -n ${S[7]:-} ]] && IFS='|' read -ra extra <<<"${S[7]}"
+  for h in "${extra[@]}"; do args+=(-H "$h"); done
   code=$(curl "${args[@]}" "http://${S[1]}${S[3]}")
   [[ $code == "${S[6]}" ]] || die "$name: expected ${S[6]}, got $code"
 }
