@@ -254,7 +254,7 @@ admin_listen: 127.0.0.1:0
 node: bench
 store: $1
 audit: { path: data/audit.jsonl, max_refusals_per_second: 100000000${AUDIT_ROTATE_BYTES:+, rotate_bytes: $AUDIT_ROTATE_BYTES} }
-limits: { max_pending_per_agent: 1000000000, max_concurrent_parks_per_agent: 100000, max_body_bytes: 104857600 }
+limits: { max_pending_per_agent: 1000000000, max_concurrent_parks_per_agent: 100000, max_body_bytes: 104857600, max_connections_per_ip: 4096 }
 operators:
   - { name: bench, token_sha256: "$OP_HASH", roles: [viewer, approver, admin] }
 upstreams:
