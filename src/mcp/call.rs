@@ -279,18 +279,28 @@ pub fn upstream_result(
     } else {
         text
     };
-    let mut r = json!({
-        "content": [{"type": "text", "text": shown}],
-        "isError": is_error,
-        "_meta": {"portcullis/status": status, "portcullis/truncated": truncated},
-    });
-    if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(body) {
-        // With an output schema only a success may carry it (clients validate it).
-        if !is_error || !has_output_schema {
-            r["structuredContent"] = v;
+    // Built by hand: `json!` would copy the body's text once more.
+    let mut item = serde_json::Map::with_capacity(2);
+    item.insert("type".into(), Value::from("text"));
+    item.insert("text".into(), Value::String(shown));
+    let mut r = serde_json::Map::with_capacity(4);
+    r.insert("content".into(), Value::Array(vec![Value::Object(item)]));
+    r.insert("isError".into(), Value::Bool(is_error));
+    r.insert(
+        "_meta".into(),
+        json!({"portcullis/status": status, "portcullis/truncated": truncated}),
+    );
+    // Only what could be a JSON object is parsed as one.
+    let object_like = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if object_like {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_slice::<Value>(body) {
+            // With an output schema only a success may carry it (clients validate it).
+            if !is_error || !has_output_schema {
+                r.insert("structuredContent".into(), v);
+            }
         }
     }
-    r
+    Value::Object(r)
 }
 
 /// A refusal as a `CallToolResult`: `isError` with the reason code and the same JSON

@@ -462,13 +462,14 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| Rpc::invalid_params("`name` (a string) is required"))?;
+    let none = serde_json::Map::new();
     let args = match params.get("arguments") {
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(o)) => o.clone(),
+        None | Some(Value::Null) => &none,
+        Some(Value::Object(o)) => o,
         Some(_) => return Err(Rpc::invalid_params("`arguments` must be an object")),
     };
     if name == tools::APPROVAL_STATUS {
-        return tasks::approval_status(cx.app, cx.who, &args, &cx.id, request_wait(cx)).await;
+        return tasks::approval_status(cx.app, cx.who, args, &cx.id, request_wait(cx)).await;
     }
     let snap = &cx.live.snap;
     let cat = tools::catalogue(snap);
@@ -492,7 +493,7 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
         cx.conn,
         cx.headers,
         tool,
-        &args,
+        args,
         idem,
         &cx.id,
         snap.limits.max_result_bytes,

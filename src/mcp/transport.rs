@@ -308,12 +308,22 @@ pub fn check_content_type(h: &HeaderMap) -> Result<(), Error> {
 
 /// A result reply.
 pub fn reply(id: &Value, result: Value) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "result": result})
+    envelope(id, "result", result)
 }
 
 /// An error reply (`id` null when the request's id could not be read).
 pub fn error(id: &Value, e: &Rpc) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()})
+    envelope(id, "error", e.to_json())
+}
+
+/// `{"jsonrpc":"2.0","id":…,key:value}`, moving `value` in (`json!` would serialise
+/// the whole result into a new tree: a deep copy of every call's result).
+fn envelope(id: &Value, key: &str, value: Value) -> Value {
+    let mut m = serde_json::Map::with_capacity(3);
+    m.insert("jsonrpc".into(), Value::from("2.0"));
+    m.insert("id".into(), id.clone());
+    m.insert(key.into(), value);
+    Value::Object(m)
 }
 
 /// The HTTP status of an error reply on the modern wire (on the handshake wire every
