@@ -274,7 +274,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             operator(app, &req, Role::Viewer)?;
             let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
             let body = app.store.get_approval_body(id).await?;
-            ok(approval::operator_view(&l.a, body.as_deref()))
+            let mut v = approval::operator_view(&l.a, body.as_deref());
+            // What the operator page shows around it (`approvals show` prints it).
+            if let (Some(o), Ok(serde_json::Value::Object(cx))) = (
+                v.as_object_mut(),
+                serde_json::to_value(approval::context::context(app, &l.a).await?),
+            ) {
+                o.extend(cx);
+            }
+            ok(v)
         }
         (&Method::POST, ["approvals", id, "approve"]) => {
             let op = operator(app, &req, Role::Approver)?;
