@@ -167,7 +167,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::POST, ["tokens"]) => {
             let op = operator(app, &req, Role::Admin)?;
-            handle_issue(app, op, read_json(req).await?).await
+            let v = issue_token(app, op, read_json(req).await?).await?;
+            Ok(body::json_response(StatusCode::CREATED, &v))
         }
         (&Method::GET, ["tokens"]) => {
             operator(app, &req, Role::Viewer)?;
@@ -230,7 +231,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             } else {
                 SwitchChange::Resume(scope, target)
             };
-            apply(app, &op, change).await
+            ok(apply_switch(app, &op, change, b.note.as_deref()).await?)
         }
         (&Method::POST, ["mode"]) => {
             let op = operator(app, &req, Role::Admin)?;
@@ -348,6 +349,9 @@ struct PauseBody {
     scope: String,
     #[serde(default)]
     target: Option<String>,
+    /// Why, recorded with the change.
+    #[serde(default)]
+    note: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -381,19 +385,30 @@ struct ModeBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssueBody {
-    agent: String,
+pub(crate) struct IssueBody {
+    pub agent: String,
     #[serde(default)]
-    ttl: Option<String>,
+    pub ttl: Option<String>,
     #[serde(default)]
-    tools: Option<Vec<String>>,
+    pub tools: Option<Vec<String>>,
     #[serde(default)]
-    max_risk: Option<String>,
+    pub max_risk: Option<String>,
     #[serde(default)]
-    max_calls: Option<u64>,
+    pub max_calls: Option<u64>,
 }
 
 async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Body>, Error> {
+    ok(apply_switch(app, op, change, None).await?)
+}
+
+/// Changes a switch (API and operator page) and records it durably with the operator's
+/// name and note; returns the switches as they are now.
+pub(crate) async fn apply_switch(
+    app: &App,
+    op: &str,
+    change: SwitchChange,
+    note: Option<&str>,
+) -> Result<Value, Error> {
     app.store.apply(&change).await?;
     app.switches.invalidate();
     info!(operator = %op, change = ?change, "switch changed");
@@ -412,10 +427,13 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
             | SwitchChange::Resume(Scope::Agent, _)
     )
     .then(|| target.clone().unwrap_or_default());
-    let detail = match scope {
+    let mut detail = match scope {
         Some(s) => format!("{s} {}", target.unwrap_or_default()),
         None => target.unwrap_or_default(),
     };
+    if let Some(n) = note.map(str::trim).filter(|n| !n.is_empty()) {
+        detail = format!("{} — {n}", detail.trim());
+    }
     record(
         app,
         Record {
@@ -427,7 +445,7 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
         },
     )
     .await?;
-    ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
+    Ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -451,7 +469,8 @@ fn token_json(t: &TokenRecord) -> Value {
     })
 }
 
-async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Body>, Error> {
+/// Issues a credential (API and operator page): the answer holds the secret, once.
+pub(crate) async fn issue_token(app: &App, op: String, b: IssueBody) -> Result<Value, Error> {
     let live = app.live.load_full();
     let agent = live
         .snap
@@ -528,7 +547,7 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
     if !warnings.is_empty() {
         v["warnings"] = json!(warnings);
     }
-    Ok(body::json_response(StatusCode::CREATED, &v))
+    Ok(v)
 }
 
 async fn handle_tools(app: &App, agent: Option<String>) -> Result<Response<Body>, Error> {
