@@ -39,6 +39,7 @@ mod mcp_differential;
 mod mcp_sdk;
 mod metrics_health;
 mod openapi;
+mod operator_browser;
 mod operator_ui;
 mod quickstart;
 mod redis_sentinel;
