@@ -125,6 +125,7 @@ pub fn approval_text(a: &Value) -> String {
             s(a, "issued_by")
         ),
     );
+    put("Approval", s(a, "id"));
     put("Created", s(a, "created_at"));
     put("Expires", s(a, "expires_at"));
     put("request_sha256", s(a, "request_sha256"));

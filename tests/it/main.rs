@@ -11,6 +11,7 @@ mod approvals_crash;
 mod approvals_integrity;
 mod approvals_replicas;
 mod approvals_trail;
+mod approvals_ux;
 mod audit_queue;
 mod audit_rotation;
 mod audit_trail;
