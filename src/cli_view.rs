@@ -72,7 +72,9 @@ pub fn approvals_table(list: &[Value]) -> String {
             };
             let votes = format!(
                 "{}/{}",
-                a.get("approvals").and_then(Value::as_array).map_or(0, Vec::len),
+                a.get("approvals")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len),
                 u("required_approvals")
             );
             vec![
@@ -89,7 +91,9 @@ pub fn approvals_table(list: &[Value]) -> String {
         })
         .collect();
     table(
-        &["ID", "TOOL", "RISK", "AGENT", "AGE", "LEFT", "VOTES", "STATE", "REQUEST"],
+        &[
+            "ID", "TOOL", "RISK", "AGENT", "AGE", "LEFT", "VOTES", "STATE", "REQUEST",
+        ],
         &rows,
     )
 }
@@ -110,7 +114,15 @@ pub fn approval_text(a: &Value) -> String {
             None => state,
         },
     );
-    put("Tool", format!("{} ({} risk: {})", s(a, "tool"), s(a, "risk"), s(a, "risk_why")));
+    put(
+        "Tool",
+        format!(
+            "{} ({} risk: {})",
+            s(a, "tool"),
+            s(a, "risk"),
+            s(a, "risk_why")
+        ),
+    );
     if a.get("description").is_some_and(|d| !d.is_null()) {
         put("Description", s(a, "description"));
     }
@@ -150,18 +162,37 @@ pub fn approval_text(a: &Value) -> String {
         }
     }
     o.push_str("\nHeaders:\n");
-    for h in a.get("headers").and_then(Value::as_array).into_iter().flatten() {
-        o.push_str(&format!("  {}: {}\n", s(&h[0], ""), spelled(h[1].as_str().unwrap_or(""))));
+    for h in a
+        .get("headers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        o.push_str(&format!(
+            "  {}: {}\n",
+            s(&h[0], ""),
+            spelled(h[1].as_str().unwrap_or(""))
+        ));
     }
     if let Some(b) = a.get("body").and_then(Value::as_str) {
-        o.push_str(&format!("\nBody ({} bytes, {}):\n", s(a, "body_len"), s(a, "body_encoding")));
+        o.push_str(&format!(
+            "\nBody ({} bytes, {}):\n",
+            s(a, "body_len"),
+            s(a, "body_encoding")
+        ));
         let pretty = serde_json::from_str::<Value>(b)
             .ok()
             .and_then(|v| serde_json::to_string_pretty(&v).ok());
-        o.push_str(&controls::escape_json_text(&pretty.unwrap_or_else(|| spelled(b))));
+        o.push_str(&controls::escape_json_text(
+            &pretty.unwrap_or_else(|| spelled(b)),
+        ));
         o.push('\n');
     }
-    let votes = a.get("votes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let votes = a
+        .get("votes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if !votes.is_empty() {
         o.push_str("\nVotes:\n");
         for v in votes {
@@ -176,9 +207,16 @@ pub fn approval_text(a: &Value) -> String {
         }
     }
     if a.get("upstream_status").is_some_and(|x| !x.is_null()) {
-        o.push_str(&format!("\nExecuted: upstream answered {}\n", s(a, "upstream_status")));
+        o.push_str(&format!(
+            "\nExecuted: upstream answered {}\n",
+            s(a, "upstream_status")
+        ));
     } else if a.get("reason").is_some_and(|x| !x.is_null()) {
-        o.push_str(&format!("\nOutcome: {} {}\n", s(a, "reason"), s(a, "detail")));
+        o.push_str(&format!(
+            "\nOutcome: {} {}\n",
+            s(a, "reason"),
+            s(a, "detail")
+        ));
     }
     o
 }
@@ -200,7 +238,10 @@ mod tests {
         assert_eq!(col(lines[0], "RISK"), col(lines[2], "low"));
         assert_eq!(col(lines[0], "VOTES"), col(lines[1], "1/2"));
         assert_eq!(col(lines[0], "VOTES"), col(lines[2], "0/1"));
-        assert!(lines[1].contains(" 60m ") && lines[2].contains(" 2h "), "{t}");
+        assert!(
+            lines[1].contains(" 60m ") && lines[2].contains(" 2h "),
+            "{t}"
+        );
         assert!(lines[2].contains("<U+202E>"), "{t}");
     }
 
@@ -214,6 +255,9 @@ mod tests {
         let mut l = t.lines();
         assert!(l.next().unwrap().contains("PATCH /tickets/7"));
         assert!(l.next().unwrap().contains("\"customer asked\""));
-        assert!(t.contains("needs another approver") && t.contains("alice: \"fine\""), "{t}");
+        assert!(
+            t.contains("needs another approver") && t.contains("alice: \"fine\""),
+            "{t}"
+        );
     }
 }

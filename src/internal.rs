@@ -49,13 +49,13 @@ pub async fn handle(
             let wait = query_u64(c, "wait")
                 .or((until == Until::Final).then_some(MAX_WAIT.as_secs()))
                 .map(|s| {
-                Duration::from_secs(s).min(MAX_WAIT).min(
-                    live.snap
-                        .limits
-                        .request_deadline
-                        .saturating_sub(Duration::from_secs(1)),
-                )
-            });
+                    Duration::from_secs(s).min(MAX_WAIT).min(
+                        live.snap
+                            .limits
+                            .request_deadline
+                            .saturating_sub(Duration::from_secs(1)),
+                    )
+                });
             status(app, who, id, wait, until).await
         }
         (Method::Get, ["_portcullis", "approvals", id, "result"]) => result(app, who, id).await,

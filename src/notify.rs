@@ -80,7 +80,10 @@ fn text(
         t.push_str(&format!(" ({v})"));
     }
     if let Some(d) = description {
-        t.push_str(&format!("\nTool: {}", shown(d.lines().next().unwrap_or(""))));
+        t.push_str(&format!(
+            "\nTool: {}",
+            shown(d.lines().next().unwrap_or(""))
+        ));
     }
     if let Some(r) = &a.rationale {
         t.push_str(&format!("\nAgent's rationale: \"{}\"", shown(r)));

@@ -110,7 +110,12 @@ mod tests {
         ] {
             let e = parse(&bad).unwrap_err();
             assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
-            assert_eq!(e.reason(), "bad_rationale", "{:?}", String::from_utf8_lossy(&bad));
+            assert_eq!(
+                e.reason(),
+                "bad_rationale",
+                "{:?}",
+                String::from_utf8_lossy(&bad)
+            );
         }
     }
 }

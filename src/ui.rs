@@ -284,4 +284,3 @@ async fn login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Erro
         ),
     }
 }
-

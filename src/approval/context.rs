@@ -30,8 +30,7 @@ pub async fn context(app: &App, a: &Approval) -> Result<Context, Error> {
         let path = a.path.split('?').next().unwrap_or("");
         (
             snap.tool_description(&a.tool).map(str::to_string),
-            crate::canon::Method::parse(&a.method)
-                .and_then(|m| snap.classifier.risk_why(m, path)),
+            crate::canon::Method::parse(&a.method).and_then(|m| snap.classifier.risk_why(m, path)),
             snap.agents.get(&a.agent).and_then(|g| g.owner.clone()),
         )
     };

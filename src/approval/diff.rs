@@ -31,7 +31,11 @@ fn leaves(v: &Value, at: String, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, x) in m {
-                let p = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                let p = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
                 leaves(x, p, out);
             }
         }
@@ -41,7 +45,14 @@ fn leaves(v: &Value, at: String, out: &mut BTreeMap<String, Value>) {
             }
         }
         _ => {
-            out.insert(if at.is_empty() { "(document)".into() } else { at }, v.clone());
+            out.insert(
+                if at.is_empty() {
+                    "(document)".into()
+                } else {
+                    at
+                },
+                v.clone(),
+            );
         }
     }
 }
@@ -93,7 +104,10 @@ mod tests {
 
     fn changes(d: Diff) -> Vec<(String, Option<Value>, Option<Value>)> {
         match d {
-            Diff::Fields(c) => c.into_iter().map(|c| (c.field, c.before, c.after)).collect(),
+            Diff::Fields(c) => c
+                .into_iter()
+                .map(|c| (c.field, c.before, c.after))
+                .collect(),
             o => panic!("{o:?}"),
         }
     }
@@ -101,7 +115,11 @@ mod tests {
     #[test]
     fn patch_is_a_merge_patch_on_the_current_document() {
         let now = br#"{"title":"old","status":"open","meta":{"a":1,"b":2},"tags":["x"]}"#;
-        let d = diff("PATCH", now, br#"{"status":"closed","meta":{"b":null,"c":3}}"#);
+        let d = diff(
+            "PATCH",
+            now,
+            br#"{"status":"closed","meta":{"b":null,"c":3}}"#,
+        );
         assert_eq!(
             changes(d),
             vec![
@@ -123,8 +141,14 @@ mod tests {
             ]
         );
         assert_eq!(diff("DELETE", now, b""), Diff::Deleted);
-        assert!(matches!(diff("PATCH", b"<html>", b"{}"), Diff::Unavailable(_)));
-        assert!(matches!(diff("PATCH", now, b"not json"), Diff::Unavailable(_)));
+        assert!(matches!(
+            diff("PATCH", b"<html>", b"{}"),
+            Diff::Unavailable(_)
+        ));
+        assert!(matches!(
+            diff("PATCH", now, b"not json"),
+            Diff::Unavailable(_)
+        ));
         assert_eq!(changes(diff("PATCH", now, b"{}")), vec![]);
     }
 }

@@ -27,7 +27,8 @@ pub struct Preview {
 
 /// Whether a request to `tool` on `route` is previewed.
 pub fn wanted(live: &Live, route: usize, tool: &str, m: Method) -> bool {
-    matches!(m, Method::Put | Method::Patch | Method::Delete) && live.snap.routes[route].previews(tool)
+    matches!(m, Method::Put | Method::Patch | Method::Delete)
+        && live.snap.routes[route].previews(tool)
 }
 
 /// Reads the current resource for a parked write.
@@ -101,7 +102,10 @@ pub async fn fetch(
             status: None,
             body: None,
             truncated: false,
-            note: Some(format!("the current resource could not be read ({})", e.reason())),
+            note: Some(format!(
+                "the current resource could not be read ({})",
+                e.reason()
+            )),
         },
         Err(_) => Preview {
             at_ms: now,
@@ -118,7 +122,10 @@ pub async fn fetch(
         credential: Some(who.token.record.id.clone()),
         tenant: who.agent.tenant.clone(),
         method: Some("GET".into()),
-        path: Some(crate::audit::redact_query(&get.path_and_query(), &snap.audit.redact_query)),
+        path: Some(crate::audit::redact_query(
+            &get.path_and_query(),
+            &snap.audit.redact_query,
+        )),
         tool: Some(tool.to_string()),
         decision: Some("allow".into()),
         reason: Some("preview".into()),
@@ -128,7 +135,10 @@ pub async fn fetch(
         ..Default::default()
     };
     if app.audit.record(rec).is_err() {
-        tracing::warn!(request_id, "audit record for a preview read could not be queued");
+        tracing::warn!(
+            request_id,
+            "audit record for a preview read could not be queued"
+        );
     }
     p
 }

@@ -170,9 +170,15 @@ mod tests {
             assert_eq!(b.chars().nth(i - 1), Some(' '), "{col}\n{h}\n{b}");
         }
         assert!(b.contains("alice") && b.contains("PATCH /tickets/1"), "{b}");
-        let long = format!(r#"{{"event":"request","method":"GET","path":"/{}"}}"#, "x".repeat(200));
+        let long = format!(
+            r#"{{"event":"request","method":"GET","path":"/{}"}}"#,
+            "x".repeat(200)
+        );
         assert!(!row(&long, &f, lay).unwrap().contains(&"x".repeat(100)));
-        let wide = Layout { wide: true, json: false };
+        let wide = Layout {
+            wide: true,
+            json: false,
+        };
         assert!(row(&long, &f, wide).unwrap().contains(&"x".repeat(200)));
     }
 }

@@ -523,12 +523,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             http::Uri::try_from(u).map_err(|e| c.err("notify.admin_url", format!("`{u}`: {e}")))?;
             Some(u.trim_end_matches('/').to_string())
         }
-        Some(_) => {
-            return Err(c.err(
-                "notify.admin_url",
-                "must be an http:// or https:// URL",
-            ))
-        }
+        Some(_) => return Err(c.err("notify.admin_url", "must be an http:// or https:// URL")),
         None => None,
     };
     let operators = compile_operators(c, &raw.operators)?;

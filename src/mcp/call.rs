@@ -166,6 +166,7 @@ pub struct Meta<'a> {
 }
 
 /// Sends the call through the proxy's request path.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     app: &Arc<App>,
     conn: Conn,

@@ -215,9 +215,16 @@ pub async fn issue(
     f: &HashMap<String, String>,
 ) -> Result<Response<Body>, Error> {
     if !c.admin {
-        return Err(Error::Forbidden(format!("`{}` lacks the admin role", c.operator)));
+        return Err(Error::Forbidden(format!(
+            "`{}` lacks the admin role",
+            c.operator
+        )));
     }
-    let get = |k: &str| f.get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let get = |k: &str| {
+        f.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
     let tools = get("tools").map(|t| {
         t.split(',')
             .map(|x| x.trim().to_string())
@@ -235,15 +242,12 @@ pub async fn issue(
     match crate::admin::issue_token(app, op, body).await {
         Ok(v) => {
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-            let msg = v
-                .get("warnings")
-                .and_then(|w| w.as_array())
-                .map(|w| {
-                    w.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                });
+            let msg = v.get("warnings").and_then(|w| w.as_array()).map(|w| {
+                w.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
             page(app, c, id, msg, Some((s("id"), s("secret")))).await
         }
         Err(e) => {
@@ -255,7 +259,10 @@ pub async fn issue(
 
 pub async fn revoke(app: &App, c: Chrome, id: &str, token: &str) -> Result<Response<Body>, Error> {
     if !c.admin {
-        return Err(Error::Forbidden(format!("`{}` lacks the admin role", c.operator)));
+        return Err(Error::Forbidden(format!(
+            "`{}` lacks the admin role",
+            c.operator
+        )));
     }
     let t = app.store.get_token(token).await?.ok_or(Error::NotFound)?;
     if t.agent != id || !app.store.revoke_token(token).await? {

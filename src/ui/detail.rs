@@ -115,7 +115,10 @@ fn done_line(done: State, a: &Approval) -> String {
         (State::Executed, Some(s)) => format!(" Executed: upstream answered {s}."),
         (State::Failed, _) => format!(
             " It failed: {}.",
-            a.detail.as_deref().or(a.reason.as_deref()).unwrap_or("see the outcome below")
+            a.detail
+                .as_deref()
+                .or(a.reason.as_deref())
+                .unwrap_or("see the outcome below")
         ),
         (State::Unknown, _) => " Its outcome is unknown: see below.".into(),
         _ => " Sending it now; the answer appears below.".into(),
@@ -154,7 +157,10 @@ fn preview_view(a: &Approval, raw: &[u8]) -> Option<PreviewView> {
         return Some(v);
     }
     if p.truncated {
-        v.note = Some("The current resource was longer than limits.max_result_bytes; no field comparison.".into());
+        v.note = Some(
+            "The current resource was longer than limits.max_result_bytes; no field comparison."
+                .into(),
+        );
         return Some(v);
     }
     match diff(&a.method, current.as_bytes(), raw) {
@@ -188,7 +194,11 @@ async fn result_view(app: &App, a: &Approval) -> Option<ResultView> {
     Some(ResultView {
         status: r.status,
         truncated: r.truncated,
-        headers: r.headers.iter().map(|(n, v)| (n.clone(), visible(v))).collect(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(n, v)| (n.clone(), visible(v)))
+            .collect(),
         body: visible(&pretty),
     })
 }
@@ -205,9 +215,18 @@ pub async fn page(
     let a: Approval = l.a;
     let cx = context(app, &a).await?;
     let limit = app.live.load().snap.limits.max_parked_body_bytes;
-    let body = shown::body(&raw, &a.headers, usize::try_from(limit).unwrap_or(usize::MAX));
+    let body = shown::body(
+        &raw,
+        &a.headers,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
     let body_fields = (body.encoding == "utf-8")
-        .then(|| body.pieces.iter().map(|p| p.text.as_str()).collect::<String>())
+        .then(|| {
+            body.pieces
+                .iter()
+                .map(|p| p.text.as_str())
+                .collect::<String>()
+        })
         .filter(|_| !body.pieces.iter().any(|p| p.hidden))
         .and_then(|t| fields::json(&t));
     let (body_pieces, field_rows) = match body_fields {
@@ -215,8 +234,11 @@ pub async fn page(
         None => (body.pieces, None),
     };
     let path = visible(&a.path);
-    let headers: Vec<(String, Vec<Piece>)> =
-        a.headers.iter().map(|(n, v)| (n.clone(), visible(v))).collect();
+    let headers: Vec<(String, Vec<Piece>)> = a
+        .headers
+        .iter()
+        .map(|(n, v)| (n.clone(), visible(v)))
+        .collect();
     let outcome = match (&a.reason, &a.detail, a.upstream_status) {
         (_, _, Some(s)) => Some(format!("upstream answered {s}")),
         (Some(r), Some(d), _) => Some(format!("{r}: {d}")),
@@ -243,7 +265,9 @@ pub async fn page(
         || field_rows.as_deref().is_some_and(fields::fields_hidden)
         || headers.iter().any(|(_, v)| any_hidden(v))
         || outcome.as_deref().is_some_and(any_hidden)
-        || votes.iter().any(|v| v.comment.as_deref().is_some_and(any_hidden));
+        || votes
+            .iter()
+            .any(|v| v.comment.as_deref().is_some_and(any_hidden));
     let my_vote = a
         .approvals
         .iter()
@@ -348,8 +372,14 @@ pub async fn decide(
                     detail: "type the tool's name to approve a critical request".into(),
                 })
             } else {
-                approval::approve(app, &id, &op, nonempty("comment"), nonempty("request_sha256"))
-                    .await
+                approval::approve(
+                    app,
+                    &id,
+                    &op,
+                    nonempty("comment"),
+                    nonempty("request_sha256"),
+                )
+                .await
             }
         }
         "deny" => match nonempty("reason") {
@@ -371,7 +401,10 @@ pub async fn decide(
         }
     };
     match r {
-        Ok(a) => redirect(&format!("/ui/approvals/{id}?done={}", a.state.as_str()), None),
+        Ok(a) => redirect(
+            &format!("/ui/approvals/{id}?done={}", a.state.as_str()),
+            None,
+        ),
         // The page's own refusals, worded by the server (nothing the client sent).
         Err(
             e @ Error::BadRequest {

@@ -46,7 +46,9 @@ pub fn json(text: &str) -> Option<(Vec<Piece>, Option<Vec<Field>>)> {
     let v: Value = serde_json::from_str(text).ok()?;
     let pretty = serde_json::to_string_pretty(&v).ok()?;
     let rows = match &v {
-        Value::Object(m) if !m.is_empty() && m.values().all(|x| !x.is_object() && !x.is_array()) => {
+        Value::Object(m)
+            if !m.is_empty() && m.values().all(|x| !x.is_object() && !x.is_array()) =>
+        {
             Some(m.iter().map(|(k, x)| field(k, &scalar_text(x))).collect())
         }
         _ => None,
@@ -56,7 +58,8 @@ pub fn json(text: &str) -> Option<(Vec<Piece>, Option<Vec<Field>>)> {
 
 /// Whether any field shows a hidden character.
 pub fn fields_hidden(rows: &[Field]) -> bool {
-    rows.iter().any(|r| any_hidden(&r.name) || any_hidden(&r.value))
+    rows.iter()
+        .any(|r| any_hidden(&r.name) || any_hidden(&r.value))
 }
 
 #[cfg(test)]
@@ -67,12 +70,19 @@ mod tests {
     fn flat_objects_get_a_field_table_and_long_strings_fold() {
         let long = "x".repeat(300);
         let (pretty, rows) = json(&format!(r#"{{"a":1,"b":"{long}","c":"\u202e"}}"#)).unwrap();
-        assert!(pretty.iter().map(|p| p.text.as_str()).collect::<String>().contains("\n  \"a\": 1"));
+        assert!(pretty
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<String>()
+            .contains("\n  \"a\": 1"));
         let rows = rows.unwrap();
         assert_eq!(rows.len(), 3);
         assert!(rows[0].folded.is_none() && rows[1].folded.is_some());
         assert!(fields_hidden(&rows));
-        assert!(json(r#"{"a":{"b":1}}"#).unwrap().1.is_none(), "nested: no table");
+        assert!(
+            json(r#"{"a":{"b":1}}"#).unwrap().1.is_none(),
+            "nested: no table"
+        );
         assert!(json("not json").is_none());
     }
 }

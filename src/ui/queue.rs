@@ -148,7 +148,14 @@ pub async fn history(app: &App, c: Chrome, query: &str) -> Result<Response<Body>
     tool_names.sort();
     tool_names.dedup();
     let state_names: Vec<String> = [
-        "pending", "approved", "executing", "executed", "failed", "denied", "expired", "unknown",
+        "pending",
+        "approved",
+        "executing",
+        "executed",
+        "failed",
+        "denied",
+        "expired",
+        "unknown",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -88,17 +88,34 @@ fn said(ch: &SwitchChange) -> String {
         SwitchChange::Resume(s, t) => format!("Resumed {} {t}.", s.as_str()),
         SwitchChange::Disable(a) => format!("Disabled agent {a}."),
         SwitchChange::Enable(a) => format!("Enabled agent {a}."),
-        SwitchChange::DraftOnly(on) => format!("Draft-only mode {}.", if *on { "on" } else { "off" }),
+        SwitchChange::DraftOnly(on) => {
+            format!("Draft-only mode {}.", if *on { "on" } else { "off" })
+        }
     }
 }
 
-pub async fn change(app: &App, c: Chrome, f: &HashMap<String, String>) -> Result<Response<Body>, Error> {
+pub async fn change(
+    app: &App,
+    c: Chrome,
+    f: &HashMap<String, String>,
+) -> Result<Response<Body>, Error> {
     if !c.admin {
-        return Err(Error::Forbidden(format!("`{}` lacks the admin role", c.operator)));
+        return Err(Error::Forbidden(format!(
+            "`{}` lacks the admin role",
+            c.operator
+        )));
     }
-    let note = f.get("note").map(|n| n.trim().to_string()).unwrap_or_default();
+    let note = f
+        .get("note")
+        .map(|n| n.trim().to_string())
+        .unwrap_or_default();
     if note.is_empty() || f.get("confirm").map(String::as_str) != Some("yes") {
-        return page(app, c, Some("Not changed: confirm the change and give a note.".into())).await;
+        return page(
+            app,
+            c,
+            Some("Not changed: confirm the change and give a note.".into()),
+        )
+        .await;
     }
     let mut agents: Vec<String> = app.live.load().snap.agents.keys().cloned().collect();
     agents.sort();
@@ -109,5 +126,10 @@ pub async fn change(app: &App, c: Chrome, f: &HashMap<String, String>) -> Result
     crate::admin::apply_switch(app, &c.operator, ch.clone(), Some(&note)).await?;
     // The target is echoed only as the server accepted it (a configured agent, or the
     // tool pattern or tenant now stored in the switches).
-    page(app, c, Some(format!("{} Recorded with your name.", said(&ch)))).await
+    page(
+        app,
+        c,
+        Some(format!("{} Recorded with your name.", said(&ch))),
+    )
+    .await
 }

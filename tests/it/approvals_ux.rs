@@ -29,7 +29,11 @@ async fn cli(p: &Proxy, args: &[&str]) -> (bool, String) {
     all.extend(["--admin".to_string(), admin_url]);
     let out = tokio::task::spawn_blocking(move || {
         let a: Vec<&str> = all.iter().map(String::as_str).collect();
-        common::run_bin(&a, &[("PORTCULLIS_OPERATOR_TOKEN", ALICE)], Duration::from_secs(30))
+        common::run_bin(
+            &a,
+            &[("PORTCULLIS_OPERATOR_TOKEN", ALICE)],
+            Duration::from_secs(30),
+        )
     })
     .await
     .unwrap();
@@ -57,18 +61,50 @@ async fn rationale_is_checked_kept_shown_and_never_forwarded() {
     let said = format!("Customer {CANARY} asked for a refund; caf%C3%A9 order 77");
 
     // A forwarded request: the header is checked, then dropped.
-    let r = agent_call(p.addr, &bot, "GET", "/tickets/5", &[("portcullis-rationale", &said)], b"").await;
+    let r = agent_call(
+        p.addr,
+        &bot,
+        "GET",
+        "/tickets/5",
+        &[("portcullis-rationale", &said)],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // Bad rationales: 400 bad_rationale, nothing sent.
     let long = "a".repeat(1001);
     let long_encoded = "%41".repeat(1001);
-    for bad in ["bidi %E2%80%AE here", "zero%E2%80%8Bwidth", "line%0Abreak", "%FF%FE", long.as_str(), long_encoded.as_str()] {
-        let r = agent_call(p.addr, &bot, "GET", "/tickets/5", &[("portcullis-rationale", bad)], b"").await;
+    for bad in [
+        "bidi %E2%80%AE here",
+        "zero%E2%80%8Bwidth",
+        "line%0Abreak",
+        "%FF%FE",
+        long.as_str(),
+        long_encoded.as_str(),
+    ] {
+        let r = agent_call(
+            p.addr,
+            &bot,
+            "GET",
+            "/tickets/5",
+            &[("portcullis-rationale", bad)],
+            b"",
+        )
+        .await;
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
         assert_eq!(r.reason().as_deref(), Some("bad_rationale"), "{}", r.text());
     }
     // A parked request keeps it.
-    let id = approval_id(&park(&p, &bot, "/tickets/9/refund", &[("portcullis-rationale", &said)], b"{}").await);
+    let id = approval_id(
+        &park(
+            &p,
+            &bot,
+            "/tickets/9/refund",
+            &[("portcullis-rationale", &said)],
+            b"{}",
+        )
+        .await,
+    );
     let v = view(p.admin, &id).await;
     let want = format!("Customer {CANARY} asked for a refund; café order 77");
     assert_eq!(v["rationale"], want.as_str(), "{v}");
@@ -84,9 +120,15 @@ async fn rationale_is_checked_kept_shown_and_never_forwarded() {
     );
     // The webhook text: rationale, risk, description line, link to the page.
     assert!(hook.wait_about(&id, 1, BOUND).await, "no webhook for {id}");
-    let t = hook.about(&id)[0].json()["text"].as_str().unwrap().to_string();
+    let t = hook.about(&id)[0].json()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(t.contains(&want) && t.contains("critical risk"), "{t}");
-    assert!(t.contains(&format!("https://ops.example/ui/approvals/{id}")), "{t}");
+    assert!(
+        t.contains(&format!("https://ops.example/ui/approvals/{id}")),
+        "{t}"
+    );
 
     // One vote: one more needed, everywhere.
     let r = approve(p.admin, ALICE, &id, Some(json!({"comment": "looks right"}))).await;
@@ -101,7 +143,10 @@ async fn rationale_is_checked_kept_shown_and_never_forwarded() {
     for col in ["ID", "TOOL", "RISK", "AGENT", "AGE", "LEFT", "VOTES"] {
         assert!(header.contains(col), "{header}");
     }
-    let row = lines.iter().find(|l| l.starts_with(&id)).expect("a row for the approval");
+    let row = lines
+        .iter()
+        .find(|l| l.starts_with(&id))
+        .expect("a row for the approval");
     assert_eq!(header.find("RISK"), row.find("critical"), "aligned:\n{out}");
     assert_eq!(header.find("VOTES"), row.find("1/2"), "aligned:\n{out}");
     let (ok, out) = cli(&p, &["approvals", "list", "--json"]).await;
@@ -110,8 +155,17 @@ async fn rationale_is_checked_kept_shown_and_never_forwarded() {
     assert_eq!(j["approvals"][0]["approvals_needed"], 1, "{j}");
     let (ok, out) = cli(&p, &["approvals", "show", &id]).await;
     assert!(ok, "{out}");
-    assert!(out.lines().next().unwrap().contains("POST /tickets/9/refund"), "{out}");
-    assert!(out.contains(&want) && out.contains("needs another approver"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains("POST /tickets/9/refund"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&want) && out.contains("needs another approver"),
+        "{out}"
+    );
     assert!(out.contains("alice: \"looks right\""), "{out}");
 
     // The replay does not carry it either.
@@ -122,8 +176,16 @@ async fn rationale_is_checked_kept_shown_and_never_forwarded() {
     assert_eq!(seen.len(), 2, "the forward and the replay");
     for s in &seen {
         assert!(!s.has("portcullis-rationale"), "forwarded: {:?}", s.headers);
-        let all = format!("{} {:?} {}", s.target, s.headers, String::from_utf8_lossy(&s.body));
-        assert!(!all.contains(CANARY), "the rationale reached the upstream: {all}");
+        let all = format!(
+            "{} {:?} {}",
+            s.target,
+            s.headers,
+            String::from_utf8_lossy(&s.body)
+        );
+        assert!(
+            !all.contains(CANARY),
+            "the rationale reached the upstream: {all}"
+        );
     }
 }
 
@@ -150,7 +212,10 @@ async fn rationale_over_mcp_meta_and_the_final_long_poll() {
             v["approval_id"].as_str().map(str::to_string)
         })
         .unwrap_or_else(|| panic!("no park from the MCP call: {text}"));
-    assert_eq!(view(p.admin, &id).await["rationale"], "the customer closed it by mail");
+    assert_eq!(
+        view(p.admin, &id).await["rationale"],
+        "the customer closed it by mail"
+    );
     let bad = m
         .raw(
             "tools/call",
@@ -164,7 +229,15 @@ async fn rationale_over_mcp_meta_and_the_final_long_poll() {
     let poll = {
         let (addr, bot, id) = (p.addr, bot.clone(), id.clone());
         tokio::spawn(async move {
-            agent_call(addr, &bot, "GET", &format!("/_portcullis/approvals/{id}?until=final&wait=30"), &[], b"").await
+            agent_call(
+                addr,
+                &bot,
+                "GET",
+                &format!("/_portcullis/approvals/{id}?until=final&wait=30"),
+                &[],
+                b"",
+            )
+            .await
         })
     };
     let r = approve(p.admin, ALICE, &id, None).await;
@@ -172,12 +245,23 @@ async fn rationale_over_mcp_meta_and_the_final_long_poll() {
     // The replay is held upstream: approved, executing — the poll still waits.
     wait_state(p.admin, &id, "executing", BOUND).await;
     assert!(up.wait_got(1, BOUND).await);
-    assert!(!poll.is_finished(), "the final poll answered before the outcome");
+    assert!(
+        !poll.is_finished(),
+        "the final poll answered before the outcome"
+    );
     up.release();
     let r = poll.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "executed", "{}", r.text());
-    let r = agent_call(p.addr, &bot, "GET", &format!("/_portcullis/approvals/{id}?until=later"), &[], b"").await;
+    let r = agent_call(
+        p.addr,
+        &bot,
+        "GET",
+        &format!("/_portcullis/approvals/{id}?until=later"),
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.text());
 }
 
@@ -215,16 +299,35 @@ async fn preview_reads_the_current_resource_once_and_the_api_shows_the_diff() {
     .await;
     let p = Proxy::start(&preview_config(&up.url()), &[("API_KEY", UPSTREAM_KEY)]);
     // Two calls on this credential: the park spends one, the preview none.
-    let r = admin(p.admin, ISSUER, "POST", "/tokens", Some(&json!({"agent": "bot", "ttl": "1h", "max_calls": 2}))).await;
+    let r = admin(
+        p.admin,
+        ISSUER,
+        "POST",
+        "/tokens",
+        Some(&json!({"agent": "bot", "ttl": "1h", "max_calls": 2})),
+    )
+    .await;
     let bot = r.json()["secret"].as_str().unwrap().to_string();
-    let r = agent_call(p.addr, &bot, "PATCH", "/docs/3", &[("content-type", "application/json")], br#"{"status":"final","owner":null}"#).await;
+    let r = agent_call(
+        p.addr,
+        &bot,
+        "PATCH",
+        "/docs/3",
+        &[("content-type", "application/json")],
+        br#"{"status":"final","owner":null}"#,
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.text());
     let id = approval_id(&r.json());
     let seen = up.seen();
     assert_eq!(seen.len(), 1, "one preview read, nothing else");
     assert_eq!(seen[0].method, "GET");
     assert_eq!(seen[0].target, "/docs/3");
-    assert_eq!(seen[0].header("authorization"), Some(UPSTREAM_KEY), "the upstream's credential, injected");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(UPSTREAM_KEY),
+        "the upstream's credential, injected"
+    );
     let v = view(p.admin, &id).await;
     let changes = &v["preview"]["changes"];
     assert_eq!(
@@ -237,18 +340,40 @@ async fn preview_reads_the_current_resource_once_and_the_api_shows_the_diff() {
     );
     let audit = p.audit_text();
     assert!(
-        audit.lines().any(|l| l.contains("\"event\":\"preview\"") && l.contains("\"tool\":\"docs.update\"") && l.contains("\"upstream_status\":200")),
+        audit.lines().any(|l| l.contains("\"event\":\"preview\"")
+            && l.contains("\"tool\":\"docs.update\"")
+            && l.contains("\"upstream_status\":200")),
         "no preview record:\n{audit}"
     );
     // The budget: the second call still goes through; a third does not.
-    assert_eq!(agent_call(p.addr, &bot, "GET", "/docs/3", &[], b"").await.status, 200);
+    assert_eq!(
+        agent_call(p.addr, &bot, "GET", "/docs/3", &[], b"")
+            .await
+            .status,
+        200
+    );
     let r = agent_call(p.addr, &bot, "GET", "/docs/3", &[], b"").await;
     assert_eq!(r.reason().as_deref(), Some("token_budget"), "{}", r.text());
     // `preview: none` on the tool: no read.
     let (bot2, _) = issue(p.admin, "bot").await;
     let before = up.seen().len();
-    let r = agent_call(p.addr, &bot2, "PUT", "/docs/3", &[("content-type", "application/json")], b"{}").await;
+    let r = agent_call(
+        p.addr,
+        &bot2,
+        "PUT",
+        "/docs/3",
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .await;
     assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(up.seen().len(), before, "no preview for a tool with preview: none");
-    assert!(view(p.admin, &approval_id(&r.json())).await.get("preview").is_none());
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "no preview for a tool with preview: none"
+    );
+    assert!(view(p.admin, &approval_id(&r.json()))
+        .await
+        .get("preview")
+        .is_none());
 }

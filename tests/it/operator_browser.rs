@@ -45,7 +45,14 @@ fn config(upstream: &str) -> String {
     )
 }
 
-async fn agent(proxy: &Proxy, token: &str, method: &str, path: &str, rationale: Option<&str>, body: &str) -> common::Resp {
+async fn agent(
+    proxy: &Proxy,
+    token: &str,
+    method: &str,
+    path: &str,
+    rationale: Option<&str>,
+    body: &str,
+) -> common::Resp {
     let mut b = common::request(method, proxy.addr, path, token);
     if let Some(r) = rationale {
         b = b.header("portcullis-rationale", r);
@@ -58,7 +65,14 @@ async fn agent(proxy: &Proxy, token: &str, method: &str, path: &str, rationale: 
         .unwrap()
 }
 
-async fn park(proxy: &Proxy, token: &str, method: &str, path: &str, rationale: Option<&str>, body: &str) -> String {
+async fn park(
+    proxy: &Proxy,
+    token: &str,
+    method: &str,
+    path: &str,
+    rationale: Option<&str>,
+    body: &str,
+) -> String {
     let r = agent(proxy, token, method, path, rationale, body).await;
     assert_eq!(r.status, 202, "park {method} {path}: {}", r.text());
     r.json()["approval_id"].as_str().unwrap().to_string()
@@ -81,7 +95,11 @@ async fn queue_diff_and_two_operator_approval_in_chromium() {
 
     b.sign_in(proxy.admin, ALICE).await;
     b.wait_text("Nothing is waiting", WAIT).await;
-    assert!(b.title().await.starts_with("(0) pending"), "{}", b.title().await);
+    assert!(
+        b.title().await.starts_with("(0) pending"),
+        "{}",
+        b.title().await
+    );
 
     // Parked while the queue is open: it appears without a reload.
     let patch = park(
@@ -94,35 +112,70 @@ async fn queue_diff_and_two_operator_approval_in_chromium() {
     )
     .await;
     b.wait_text("PATCH /api/tickets/42", WAIT).await;
-    let del = park(&proxy, &token, "DELETE", "/api/tickets/7", Some("Duplicate of ticket 42."), "").await;
+    let del = park(
+        &proxy,
+        &token,
+        "DELETE",
+        "/api/tickets/7",
+        Some("Duplicate of ticket 42."),
+        "",
+    )
+    .await;
     b.wait_text("DELETE /api/tickets/7", WAIT).await;
     common::eventually("the count in the title", WAIT, || async {
         let t = b.title().await;
-        if t.starts_with("(2) pending") { Ok(()) } else { Err(t) }
+        if t.starts_with("(2) pending") {
+            Ok(())
+        } else {
+            Err(t)
+        }
     })
     .await;
     let q = b.text().await;
-    assert!(q.contains("CRITICAL") && q.contains("HIGH"), "risk badges carry text: {q}");
-    assert!(q.find("PATCH /api/tickets/42") < q.find("DELETE /api/tickets/7"), "oldest first");
+    assert!(
+        q.contains("CRITICAL") && q.contains("HIGH"),
+        "risk badges carry text: {q}"
+    );
+    assert!(
+        q.find("PATCH /api/tickets/42") < q.find("DELETE /api/tickets/7"),
+        "oldest first"
+    );
     b.screenshot("ui-queue.png").await;
 
     // The request page: rationale first, then the change against the current resource.
     b.click(&format!("a[href='/ui/approvals/{patch}']")).await;
     let t = b.wait_text("Why the agent wants this", WAIT).await;
-    assert!(t.contains("Customer confirmed by phone the printer works again; closing ticket 42."), "{t}");
-    assert!(t.find("Why the agent wants this") < t.find("What will change"), "rationale first");
-    let diff = b
-        .c
-        .find(fantoccini::Locator::Css("#diff"))
-        .await
-        .expect("a diff table")
-        .text()
-        .await
-        .unwrap();
-    assert!(diff.contains("status") && diff.contains("open") && diff.contains("closed"), "{diff}");
-    assert!(diff.contains("priority") && diff.contains("(removed)"), "{diff}");
-    assert!(!diff.contains("title"), "unchanged fields are not listed: {diff}");
-    assert!(t.contains("Change a ticket's fields") && t.contains("support-team"), "context: {t}");
+    assert!(
+        t.contains("Customer confirmed by phone the printer works again; closing ticket 42."),
+        "{t}"
+    );
+    assert!(
+        t.find("Why the agent wants this") < t.find("What will change"),
+        "rationale first"
+    );
+    let diff =
+        b.c.find(fantoccini::Locator::Css("#diff"))
+            .await
+            .expect("a diff table")
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        diff.contains("status") && diff.contains("open") && diff.contains("closed"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("priority") && diff.contains("(removed)"),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains("title"),
+        "unchanged fields are not listed: {diff}"
+    );
+    assert!(
+        t.contains("Change a ticket's fields") && t.contains("support-team"),
+        "context: {t}"
+    );
     b.screenshot("ui-request-diff.png").await;
 
     // A critical request: alice approves (typing the tool's name) and is told another
@@ -137,30 +190,53 @@ async fn queue_diff_and_two_operator_approval_in_chromium() {
     b.fill("#confirm", "tickets.delete").await;
     b.fill("#comment", "checked: it is a duplicate").await;
     b.click("button.approve").await;
-    let t = b.wait_text("Approved. Waiting for a second approver.", WAIT).await;
-    assert!(t.contains("1 of 2 approvals — needs another approver"), "{t}");
+    let t = b
+        .wait_text("Approved. Waiting for a second approver.", WAIT)
+        .await;
+    assert!(
+        t.contains("1 of 2 approvals — needs another approver"),
+        "{t}"
+    );
     assert!(t.contains("You approved this"), "{t}");
-    assert_eq!(b.count("form[action$='/approve']").await, 0, "a voter sees no form");
+    assert_eq!(
+        b.count("form[action$='/approve']").await,
+        0,
+        "a voter sees no form"
+    );
     assert_eq!(b.count("form[action$='/deny']").await, 0);
 
     b.sign_out().await;
     b.sign_in(proxy.admin, BOB).await;
     b.goto(&format!("{ui}/approvals/{del}")).await;
-    b.wait_text("1 of 2 approvals — needs another approver", WAIT).await;
+    b.wait_text("1 of 2 approvals — needs another approver", WAIT)
+        .await;
     b.fill("#confirm", "tickets.delete").await;
     b.click("button.approve").await;
     let t = b.wait_text("Status 200", WAIT).await;
-    assert!(t.contains("alice approved") && t.contains("checked: it is a duplicate"), "votes with comments: {t}");
-    assert!(t.contains("\"assignee\": \"sam\""), "the upstream's body, pretty: {t}");
+    assert!(
+        t.contains("alice approved") && t.contains("checked: it is a duplicate"),
+        "votes with comments: {t}"
+    );
+    assert!(
+        t.contains("\"assignee\": \"sam\""),
+        "the upstream's body, pretty: {t}"
+    );
     common::eventually("the upstream saw the DELETE", WAIT, || async {
-        if up.seen().iter().any(|s| s.method == "DELETE") { Ok(()) } else { Err("not yet".to_string()) }
+        if up.seen().iter().any(|s| s.method == "DELETE") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
     })
     .await;
 
     // The agents page.
     b.goto(&format!("{ui}/agents/clerk")).await;
     let t = b.wait_text("Credentials", WAIT).await;
-    assert!(t.contains("tickets.update") && t.contains("may request (approval)"), "{t}");
+    assert!(
+        t.contains("tickets.update") && t.contains("may request (approval)"),
+        "{t}"
+    );
     assert!(t.contains("tickets.get") && t.contains("may call"), "{t}");
     b.screenshot("ui-agents.png").await;
     b.close().await;
@@ -187,11 +263,17 @@ async fn escaping_denial_csrf_and_switches_in_chromium() {
     .await;
     b.goto(&format!("{ui}/approvals/{evil}")).await;
     let t = b.wait_text("invisible or bidirectional", WAIT).await;
-    assert!(t.contains("<script>document.title='pwned'</script>"), "shown as text: {t}");
+    assert!(
+        t.contains("<script>document.title='pwned'</script>"),
+        "shown as text: {t}"
+    );
     assert!(t.contains("<U+202E>"), "{t}");
     assert!(b.count(".hidden-char").await >= 1);
     assert!(!b.title().await.contains("pwned"));
-    assert!(!b.html().await.contains("<script>document.title"), "never parsed as markup");
+    assert!(
+        !b.html().await.contains("<script>document.title"),
+        "never parsed as markup"
+    );
 
     // A form posted without its CSRF token is refused, and nothing is recorded.
     b.c.execute(
@@ -211,11 +293,21 @@ async fn escaping_denial_csrf_and_switches_in_chromium() {
     b.click("button.deny").await;
     let t = b.wait_text("Denied.", WAIT).await;
     assert!(t.contains("Notes with markup are not allowed"), "{t}");
-    let s = common::get(proxy.addr, &format!("/_portcullis/approvals/{evil}"), &token).await;
+    let s = common::get(
+        proxy.addr,
+        &format!("/_portcullis/approvals/{evil}"),
+        &token,
+    )
+    .await;
     assert_eq!(s.json()["status"], "denied", "{}", s.text());
 
     // Pause the agent from the Switches page: its next request is denied.
-    assert_eq!(common::get(proxy.addr, "/api/tickets/1", &token).await.status, 200);
+    assert_eq!(
+        common::get(proxy.addr, "/api/tickets/1", &token)
+            .await
+            .status,
+        200
+    );
     b.goto(&format!("{ui}/switches")).await;
     b.select("#sw-action", "pause").await;
     b.select("#sw-scope", "agent").await;
@@ -227,7 +319,11 @@ async fn escaping_denial_csrf_and_switches_in_chromium() {
     assert!(t.contains("clerk"), "{t}");
     common::eventually("the paused agent is refused", WAIT, || async {
         let r = common::get(proxy.addr, "/api/tickets/1", &token).await;
-        if r.status == 403 && r.reason().as_deref() == Some("paused") { Ok(()) } else { Err(r.text()) }
+        if r.status == 403 && r.reason().as_deref() == Some("paused") {
+            Ok(())
+        } else {
+            Err(r.text())
+        }
     })
     .await;
     let audit = proxy.audit_text();

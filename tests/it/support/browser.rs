@@ -141,7 +141,11 @@ impl Browser {
     }
 
     pub async fn fill(&self, css: &str, value: &str) {
-        let e = self.c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        let e = self
+            .c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
         e.clear().await.ok();
         e.send_keys(value).await.expect("type");
     }
@@ -167,7 +171,10 @@ impl Browser {
     }
 
     pub async fn count(&self, css: &str) -> usize {
-        self.c.find_all(Locator::Css(css)).await.map_or(0, |v| v.len())
+        self.c
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |v| v.len())
     }
 
     pub async fn title(&self) -> String {
@@ -177,7 +184,9 @@ impl Browser {
     /// Saves a PNG of the window under the repository's `docs/`.
     pub async fn screenshot(&self, name: &str) {
         let png = self.c.screenshot().await.expect("screenshot");
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(name);
         std::fs::write(&p, png).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 
@@ -191,7 +200,8 @@ impl Browser {
 
     pub async fn sign_out(&self) {
         self.click("header form[action='/ui/logout'] button").await;
-        self.wait_text("Operator token", Duration::from_secs(10)).await;
+        self.wait_text("Operator token", Duration::from_secs(10))
+            .await;
     }
 
     pub async fn close(self) {
