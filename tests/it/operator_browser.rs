@@ -230,7 +230,16 @@ async fn queue_diff_and_two_operator_approval_in_chromium() {
     })
     .await;
 
-    // The agents page.
+    // The agents page: bob (no admin role) is not offered credential forms.
+    b.goto(&format!("{ui}/agents/clerk")).await;
+    b.wait_text("Credentials", WAIT).await;
+    assert_eq!(
+        b.count("form[action$='/tokens']").await,
+        0,
+        "roles hide what bob cannot do"
+    );
+    b.sign_out().await;
+    b.sign_in(proxy.admin, ALICE).await;
     b.goto(&format!("{ui}/agents/clerk")).await;
     let t = b.wait_text("Credentials", WAIT).await;
     assert!(
@@ -238,7 +247,49 @@ async fn queue_diff_and_two_operator_approval_in_chromium() {
         "{t}"
     );
     assert!(t.contains("tickets.get") && t.contains("may call"), "{t}");
+    // Issue a narrowed credential: its secret is shown once, and it works.
+    b.fill("#tk-ttl", "2h").await;
+    b.fill("#tk-tools", "tickets.get").await;
+    b.click("form[action='/ui/agents/clerk/tokens'] button")
+        .await;
+    let t = b.wait_text("shown once", WAIT).await;
+    let secret = t
+        .split_whitespace()
+        .find(|w| w.starts_with("pcx_"))
+        .unwrap_or_else(|| panic!("no secret on the page: {t}"))
+        .to_string();
+    assert!(
+        t.contains("tools tickets.get"),
+        "the narrowing is listed: {t}"
+    );
+    assert_eq!(
+        common::get(proxy.addr, "/api/tickets/1", &secret)
+            .await
+            .status,
+        200
+    );
+    b.goto(&format!("{ui}/agents/clerk")).await;
+    assert!(
+        !b.text().await.contains(&secret),
+        "the secret is shown only once"
+    );
     b.screenshot("ui-agents.png").await;
+    // Revoke it from the page: refused from then on.
+    let id = secret.split('_').nth(1).unwrap().to_string();
+    b.click(&format!(
+        "form[action='/ui/agents/clerk/tokens/{id}/revoke'] button"
+    ))
+    .await;
+    b.wait_text("revoked", WAIT).await;
+    common::eventually("the revoked credential is refused", WAIT, || async {
+        let r = common::get(proxy.addr, "/api/tickets/1", &secret).await;
+        if r.status == 401 {
+            Ok(())
+        } else {
+            Err(r.text())
+        }
+    })
+    .await;
     b.close().await;
 }
 
