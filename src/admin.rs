@@ -183,21 +183,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::DELETE, ["tokens", id]) => {
             let op = operator(app, &req, Role::Admin)?;
-            if !app.store.revoke_token(id).await? {
-                return Err(Error::NotFound);
-            }
-            app.creds.invalidate(id);
-            info!(operator = %op, credential = %id, "token revoked");
-            record(
-                app,
-                Record {
-                    event: "token_revoked",
-                    operator: Some(op),
-                    credential: Some(id.to_string()),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            revoke_token(app, &op, id).await?;
             ok(json!({"id": id, "revoked": true}))
         }
         (&Method::POST, ["agents", id, verb @ ("disable" | "enable")]) => {
@@ -467,6 +453,25 @@ fn token_json(t: &TokenRecord) -> Value {
         "expires_at": rfc3339(t.expires_at_ms), "tools": t.tools, "max_risk": t.max_risk,
         "max_calls": t.max_calls, "issued_by": t.issued_by,
     })
+}
+
+/// Revokes a credential (API and operator page) and records it durably.
+pub(crate) async fn revoke_token(app: &App, op: &str, id: &str) -> Result<(), Error> {
+    if !app.store.revoke_token(id).await? {
+        return Err(Error::NotFound);
+    }
+    app.creds.invalidate(id);
+    info!(operator = %op, credential = %id, "token revoked");
+    record(
+        app,
+        Record {
+            event: "token_revoked",
+            operator: Some(op.to_string()),
+            credential: Some(id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// Issues a credential (API and operator page): the answer holds the secret, once.

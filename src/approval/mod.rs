@@ -410,7 +410,12 @@ where
         return Err(crate::audit::Audit::unavailable());
     }
     let preview = if preview::wanted(live, tool.route, &tool.name, c.method) {
-        Some(preview::fetch(app, live, who, tool.route, &tool.name, c, request_id).await)
+        let whose = preview::For {
+            agent: &who.agent.id,
+            credential: &who.token.record.id,
+            tenant: who.agent.tenant.as_deref(),
+        };
+        Some(preview::fetch(app, live, whose, tool.route, &tool.name, c, request_id).await)
     } else {
         None
     };

@@ -8,7 +8,6 @@
 use crate::app::{App, Live};
 use crate::audit::Record;
 use crate::canon::{Canonical, Method};
-use crate::identity::Identity;
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
@@ -31,11 +30,18 @@ pub fn wanted(live: &Live, route: usize, tool: &str, m: Method) -> bool {
         && live.snap.routes[route].previews(tool)
 }
 
+/// Whose request the read is made for (the trail names them; the tenant header is set).
+pub struct For<'a> {
+    pub agent: &'a str,
+    pub credential: &'a str,
+    pub tenant: Option<&'a str>,
+}
+
 /// Reads the current resource for a parked write.
 pub async fn fetch(
     app: &App,
     live: &Live,
-    who: &Identity,
+    who: For<'_>,
     route: usize,
     tool: &str,
     c: &Canonical,
@@ -55,7 +61,7 @@ pub async fn fetch(
             forwarded_for: None,
             https: false,
             host: None,
-            tenant: who.agent.tenant.as_deref(),
+            tenant: who.tenant,
             request_id,
         };
         let mut out = Request::new(crate::body::empty());
@@ -118,9 +124,9 @@ pub async fn fetch(
     let rec = Record {
         event: "preview",
         request_id: Some(request_id.to_string()),
-        agent: Some(who.agent.id.clone()),
-        credential: Some(who.token.record.id.clone()),
-        tenant: who.agent.tenant.clone(),
+        agent: Some(who.agent.to_string()),
+        credential: Some(who.credential.to_string()),
+        tenant: who.tenant.map(str::to_string),
         method: Some("GET".into()),
         path: Some(crate::audit::redact_query(
             &get.path_and_query(),
@@ -141,4 +147,33 @@ pub async fn fetch(
         );
     }
     p
+}
+
+/// On opening a pending request's page: the resource read again, to warn when it no
+/// longer is what the diff was made against. `None` when the request has no preview,
+/// its tool no longer previews, or the read failed (the page then says nothing new).
+pub async fn reread(app: &App, a: &super::Approval) -> Option<Preview> {
+    let kept = a.preview.as_ref()?;
+    kept.status?;
+    let live = app.live.load_full();
+    let m = Method::parse(&a.method)?;
+    let path = a.path.split('?').next().unwrap_or("").to_string();
+    let tool = live.snap.classifier.classify(m, &path).ok()?;
+    if &*tool.name != a.tool || !wanted(&live, tool.route, &tool.name, m) {
+        return None;
+    }
+    let c = Canonical {
+        method: m,
+        path,
+        query: None,
+        host: String::new(),
+        encoded_slash: false,
+    };
+    let who = For {
+        agent: &a.agent,
+        credential: &a.credential,
+        tenant: a.tenant.as_deref(),
+    };
+    let p = fetch(app, &live, who, tool.route, &a.tool, &c, &a.request_id).await;
+    p.status.is_some().then_some(p)
 }

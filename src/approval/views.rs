@@ -135,3 +135,37 @@ fn preview_view(a: &Approval, p: &super::preview::Preview, body: Option<&[u8]>) 
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn votes_needed_are_said_plainly() {
+        let raw = r#"{"id":"a","state":"pending","request_id":"r","agent":"bot","credential":"c",
+            "tenant":null,"tool":"t","risk":"critical","method":"POST","path":"/x","upstream":"u",
+            "headers":[],"body_len":0,"body_sha256":"","request_sha256":"","policy_version":"p",
+            "created_at_ms":0,"expires_at_ms":0,"updated_at_ms":0,"required_approvals":2,
+            "approvals":[],"decided_by":null,"reason":null,"detail":null,"lease":null,
+            "upstream_status":null}"#;
+        let mut a: Approval = serde_json::from_str(raw).unwrap();
+        assert_eq!(approvals_needed(&a), 2);
+        assert_eq!(votes_line(&a).unwrap(), "needs 2 distinct approvers");
+        a.approvals.push(super::super::Vote {
+            operator: "alice".into(),
+            comment: None,
+            at_ms: 1,
+        });
+        assert_eq!(approvals_needed(&a), 1);
+        assert_eq!(
+            votes_line(&a).unwrap(),
+            "1 of 2 approvals — needs another approver"
+        );
+        a.state = State::Approved;
+        assert_eq!((approvals_needed(&a), votes_line(&a)), (0, None));
+        a.required_approvals = 1;
+        a.approvals.clear();
+        a.state = State::Pending;
+        assert_eq!(votes_line(&a).unwrap(), "needs an approver");
+    }
+}

@@ -265,22 +265,9 @@ pub async fn revoke(app: &App, c: Chrome, id: &str, token: &str) -> Result<Respo
         )));
     }
     let t = app.store.get_token(token).await?.ok_or(Error::NotFound)?;
-    if t.agent != id || !app.store.revoke_token(token).await? {
+    if t.agent != id {
         return Err(Error::NotFound);
     }
-    app.creds.invalidate(token);
-    tracing::info!(operator = %c.operator, credential = %token, "token revoked from the operator page");
-    let _ = app
-        .audit
-        .record_durable(crate::audit::Record {
-            event: "token_revoked",
-            operator: Some(c.operator.clone()),
-            credential: Some(token.to_string()),
-            agent: Some(id.to_string()),
-            policy_version: Some(app.live.load().snap.policy_version.to_string()),
-            decision: Some("ok".into()),
-            ..Default::default()
-        })
-        .await;
+    crate::admin::revoke_token(app, &c.operator, token).await?;
     redirect(&format!("/ui/agents/{id}"), None)
 }

@@ -34,6 +34,8 @@ pub struct ChangeView {
 
 pub struct PreviewView {
     read_at: String,
+    /// Read again on opening the page, it is no longer what the diff was made against.
+    changed_since: bool,
     deleted: bool,
     current: Vec<Piece>,
     note: Option<String>,
@@ -147,6 +149,7 @@ fn preview_view(a: &Approval, raw: &[u8]) -> Option<PreviewView> {
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| current.clone());
     let mut v = PreviewView {
+        changed_since: false,
         read_at: ts(p.at_ms),
         deleted: false,
         current: visible(&pretty),
@@ -248,7 +251,15 @@ pub async fn page(
     .map(|o| visible(&o));
     let description = cx.description.as_deref().map(visible);
     let rationale = a.rationale.as_deref().map(visible);
-    let preview = preview_view(&a, &raw);
+    let mut preview = preview_view(&a, &raw);
+    if let (Some(v), State::Pending) = (preview.as_mut(), a.state) {
+        if let (Some(now), Some(then)) = (
+            crate::approval::preview::reread(app, &a).await,
+            a.preview.as_ref(),
+        ) {
+            v.changed_since = now.status != then.status || now.body != then.body;
+        }
+    }
     let votes: Vec<VoteView> = a
         .approvals
         .iter()

@@ -376,4 +376,69 @@ async fn preview_reads_the_current_resource_once_and_the_api_shows_the_diff() {
         .await
         .get("preview")
         .is_none());
+
+    // Opening the page reads the resource again and warns when it changed.
+    let login = common::send(
+        p.admin,
+        http::Request::post("/ui/login")
+            .header("host", p.admin.to_string())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(common::full(format!("token={ALICE}")))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = || async {
+        let r = common::send(
+            p.admin,
+            http::Request::get(format!("/ui/approvals/{id}"))
+                .header("host", p.admin.to_string())
+                .header("cookie", cookie.as_str())
+                .body(common::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+    const CHANGED: &str = "The resource has changed since this request parked";
+    let html = page().await;
+    assert!(
+        html.contains("draft") && html.contains("final"),
+        "the diff: {html}"
+    );
+    assert!(!html.contains(CHANGED), "unchanged resource flagged");
+    let up2 = common::Upstream::start(common::Behaviour::Reply(
+        common::Reply::new(
+            200,
+            r#"{"title":"Q3 plan","owner":"lee","status":"review"}"#,
+        )
+        .header("content-type", "application/json"),
+    ))
+    .await;
+    p.write_config(&preview_config(&up2.url()));
+    let r = admin(p.admin, ISSUER, "POST", "/reload", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    common::eventually(
+        "the page warns that the resource changed",
+        BOUND,
+        || async {
+            let html = page().await;
+            if html.contains(CHANGED) {
+                Ok(())
+            } else {
+                Err("no warning yet".to_string())
+            }
+        },
+    )
+    .await;
+    assert!(up2.seen().iter().all(|s| s.method == "GET"), "only reads");
 }
