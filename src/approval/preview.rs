@@ -159,7 +159,7 @@ pub async fn reread(app: &App, a: &super::Approval) -> Option<Preview> {
     let m = Method::parse(&a.method)?;
     let path = a.path.split('?').next().unwrap_or("").to_string();
     let tool = live.snap.classifier.classify(m, &path).ok()?;
-    if &*tool.name != a.tool || !wanted(&live, tool.route, &tool.name, m) {
+    if *tool.name != a.tool || !wanted(&live, tool.route, &tool.name, m) {
         return None;
     }
     let c = Canonical {
