@@ -442,3 +442,76 @@ async fn preview_reads_the_current_resource_once_and_the_api_shows_the_diff() {
     .await;
     assert!(up2.seen().iter().all(|s| s.method == "GET"), "only reads");
 }
+
+/// The page's history: filters narrow the list; a filter value the server does not know
+/// is dropped, never echoed.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_filters_by_agent_state_and_operator() {
+    let up = ReplayUpstream::start().await;
+    let p = start(&up, "", &[]);
+    let (bot, _) = issue(p.admin, "bot").await;
+    let (other, _) = issue(p.admin, "other").await;
+    let a = approval_id(&park(&p, &bot, "/tickets/1/close", &[], b"{}").await);
+    let b = approval_id(&park(&p, &bot, "/tickets/2/close", &[], b"{}").await);
+    let c = approval_id(&park(&p, &other, "/tickets/3/close", &[], b"{}").await);
+    let r = admin(
+        p.admin,
+        BOB,
+        "POST",
+        &format!("/approvals/{b}/deny"),
+        Some(&json!({"reason": "no"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let login = common::send(
+        p.admin,
+        http::Request::post("/ui/login")
+            .header("host", p.admin.to_string())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(common::full(format!("token={ALICE}")))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = |q: &'static str| {
+        let (admin, cookie) = (p.admin, cookie.clone());
+        async move {
+            let r = common::send(
+                admin,
+                http::Request::get(format!("/ui/history?{q}"))
+                    .header("host", admin.to_string())
+                    .header("cookie", cookie)
+                    .body(common::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.text()
+        }
+    };
+    let all = page("").await;
+    assert!(
+        all.contains(&a) && all.contains(&b) && all.contains(&c),
+        "{all}"
+    );
+    let h = page("agent=bot").await;
+    assert!(h.contains(&a) && h.contains(&b) && !h.contains(&c), "{h}");
+    let h = page("agent=bot&state=denied").await;
+    assert!(!h.contains(&a) && h.contains(&b) && !h.contains(&c), "{h}");
+    let h = page("operator=bob").await;
+    assert!(!h.contains(&a) && h.contains(&b), "{h}");
+    let h = page("agent=INJECTED-77c1&from=2099-01-01").await;
+    assert!(
+        !h.contains("INJECTED-77c1"),
+        "an unknown filter value is echoed"
+    );
+    assert!(h.contains("Nothing matches"), "from 2099: nothing: {h}");
+}
