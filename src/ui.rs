@@ -187,15 +187,12 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         admin: holds(Role::Admin),
     };
     match (req.method().clone(), segs.as_slice()) {
-        (Method::GET, ["ui"]) => match query_param(&query, "state") {
-            // The old list filter: the history page for that state.
-            Some(st) if st != "pending" => {
-                c.section = "history";
-                let _ = st;
-                queue::history(app, c, &query).await
-            }
-            _ => queue::pending(app, c).await,
-        },
+        // The old list filter `/ui?state=…` is the history page for that state.
+        (Method::GET, ["ui"]) if query_param(&query, "state").is_some_and(|s| s != "pending") => {
+            c.section = "history";
+            queue::history(app, c, &query).await
+        }
+        (Method::GET, ["ui"]) => queue::pending(app, c).await,
         (Method::GET, ["ui", "history"]) => {
             c.section = "history";
             queue::history(app, c, &query).await

@@ -2,7 +2,7 @@
 //! is read with a `GET` of the same path, sent the way any forward is (the upstream's
 //! credential injected, hygiene applied), recorded in the trail as event `preview`,
 //! never parked and never counted against a budget or a rate. What came back (capped
-//! at `limits.max_result_bytes`) is kept with the approval for the page's diff; a read
+//! at `limits.max_result_bytes` and [`MAX_PREVIEW`]) is kept with the approval for the page's diff; a read
 //! that fails leaves a note instead and the park goes on.
 
 use crate::app::{App, Live};
@@ -11,6 +11,10 @@ use crate::canon::{Canonical, Method};
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
+
+/// The most of a preview kept: it lives inside the approval record, which every listing
+/// reads, and a longer document is not read field by field anyway.
+pub const MAX_PREVIEW: u64 = 64 * 1024;
 
 /// The resource as read at park time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,7 +74,8 @@ pub async fn fetch(
         *out.headers_mut() = crate::upstream::outbound_headers(&client, up, &origin);
         let resp = crate::upstream::send(&live.clients[r.upstream], up, out).await?;
         let status = resp.status().as_u16();
-        let max = usize::try_from(snap.limits.max_result_bytes).unwrap_or(usize::MAX);
+        let max = usize::try_from(snap.limits.max_result_bytes.min(MAX_PREVIEW))
+            .unwrap_or(usize::MAX);
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut truncated = false;

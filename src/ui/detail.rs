@@ -161,7 +161,7 @@ fn preview_view(a: &Approval, raw: &[u8]) -> Option<PreviewView> {
     }
     if p.truncated {
         v.note = Some(
-            "The current resource was longer than limits.max_result_bytes; no field comparison."
+            "The current resource was longer than the preview keeps (64 KiB or limits.max_result_bytes); no field comparison."
                 .into(),
         );
         return Some(v);
