@@ -74,8 +74,8 @@ pub async fn fetch(
         *out.headers_mut() = crate::upstream::outbound_headers(&client, up, &origin);
         let resp = crate::upstream::send(&live.clients[r.upstream], up, out).await?;
         let status = resp.status().as_u16();
-        let max = usize::try_from(snap.limits.max_result_bytes.min(MAX_PREVIEW))
-            .unwrap_or(usize::MAX);
+        let max =
+            usize::try_from(snap.limits.max_result_bytes.min(MAX_PREVIEW)).unwrap_or(usize::MAX);
         let mut body = resp.into_body();
         let mut buf = Vec::new();
         let mut truncated = false;

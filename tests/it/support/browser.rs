@@ -181,12 +181,19 @@ impl Browser {
         self.c.title().await.expect("title")
     }
 
-    /// Saves a PNG of the window under the repository's `docs/`.
+    /// Saves a PNG of the window: under the repository's `docs/` (the README's pictures)
+    /// with `PORTCULLIS_UPDATE_SCREENSHOTS=1`, otherwise under the build's temp dir, so a
+    /// plain test run leaves the working tree as it was.
     pub async fn screenshot(&self, name: &str) {
         let png = self.c.screenshot().await.expect("screenshot");
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("docs")
-            .join(name);
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = if std::env::var_os("PORTCULLIS_UPDATE_SCREENSHOTS").is_some() {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+        };
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        let p = dir.join(name);
         std::fs::write(&p, png).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 
