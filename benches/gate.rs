@@ -311,7 +311,43 @@ fn main() {
     assert!(validate_issue_create(&gh, body));
     assert!(!validate_issue_create(&gh, br#"{"body": "no title"}"#));
 
+    // The agent's rationale (checked on every request that carries one) and the
+    // preview diff (once per page view of a previewed write).
+    let said: &[u8] = b"Customer%20confirmed%20by%20phone%20that%20the%20printer%20works%20again%3B%20closing%20ticket%2042%20as%20resolved.";
+    let said_max = "%C3%A9".repeat(166);
+    let doc: String = format!(
+        "{{{}}}",
+        (0..40)
+            .map(|i| format!("\"field_{i}\": \"value number {i}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let patch: &[u8] = br#"{"field_3": "changed", "field_17": null, "extra": {"a": 1}}"#;
+    assert!(portcullis::rationale::parse(said).unwrap().is_some());
+    assert!(portcullis::rationale::parse(said_max.as_bytes())
+        .unwrap()
+        .is_some());
+
     let mut crit = Criterion::default().configure_from_args();
+    {
+        let mut group = crit.benchmark_group("approval_text");
+        group.bench_function("rationale_120b", |b| {
+            b.iter(|| portcullis::rationale::parse(black_box(said)))
+        });
+        group.bench_function("rationale_996b", |b| {
+            b.iter(|| portcullis::rationale::parse(black_box(said_max.as_bytes())))
+        });
+        group.bench_function("diff_patch_40_fields", |b| {
+            b.iter(|| {
+                portcullis::approval::diff::diff(
+                    "PATCH",
+                    black_box(doc.as_bytes()),
+                    black_box(patch),
+                )
+            })
+        });
+        group.finish();
+    }
     {
         let mut group = crit.benchmark_group("gate");
         for c in &cases {
@@ -360,5 +396,29 @@ fn main() {
         }
         let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
         println!("validate ns/request {:<16} {ns:>8.0}", "issue_create");
+        let n = 200_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(portcullis::rationale::parse(black_box(said)).ok());
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!("rationale ns/request {:<16} {ns:>8.0}", "120_bytes");
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(portcullis::rationale::parse(black_box(said_max.as_bytes())).ok());
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!("rationale ns/request {:<16} {ns:>8.0}", "996_bytes");
+        let n = 20_000u32;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(portcullis::approval::diff::diff(
+                "PATCH",
+                black_box(doc.as_bytes()),
+                black_box(patch),
+            ));
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+        println!("diff ns/page {:<16} {ns:>8.0}", "patch_40_fields");
     }
 }

@@ -167,7 +167,8 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::POST, ["tokens"]) => {
             let op = operator(app, &req, Role::Admin)?;
-            handle_issue(app, op, read_json(req).await?).await
+            let v = issue_token(app, op, read_json(req).await?).await?;
+            Ok(body::json_response(StatusCode::CREATED, &v))
         }
         (&Method::GET, ["tokens"]) => {
             operator(app, &req, Role::Viewer)?;
@@ -182,21 +183,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
         }
         (&Method::DELETE, ["tokens", id]) => {
             let op = operator(app, &req, Role::Admin)?;
-            if !app.store.revoke_token(id).await? {
-                return Err(Error::NotFound);
-            }
-            app.creds.invalidate(id);
-            info!(operator = %op, credential = %id, "token revoked");
-            record(
-                app,
-                Record {
-                    event: "token_revoked",
-                    operator: Some(op),
-                    credential: Some(id.to_string()),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            revoke_token(app, &op, id).await?;
             ok(json!({"id": id, "revoked": true}))
         }
         (&Method::POST, ["agents", id, verb @ ("disable" | "enable")]) => {
@@ -230,7 +217,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             } else {
                 SwitchChange::Resume(scope, target)
             };
-            apply(app, &op, change).await
+            ok(apply_switch(app, &op, change, b.note.as_deref()).await?)
         }
         (&Method::POST, ["mode"]) => {
             let op = operator(app, &req, Role::Admin)?;
@@ -274,7 +261,15 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             operator(app, &req, Role::Viewer)?;
             let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
             let body = app.store.get_approval_body(id).await?;
-            ok(approval::operator_view(&l.a, body.as_deref()))
+            let mut v = approval::operator_view(&l.a, body.as_deref());
+            // What the operator page shows around it (`approvals show` prints it).
+            if let (Some(o), Ok(serde_json::Value::Object(cx))) = (
+                v.as_object_mut(),
+                serde_json::to_value(approval::context::context(app, &l.a).await?),
+            ) {
+                o.extend(cx);
+            }
+            ok(v)
         }
         (&Method::POST, ["approvals", id, "approve"]) => {
             let op = operator(app, &req, Role::Approver)?;
@@ -340,6 +335,9 @@ struct PauseBody {
     scope: String,
     #[serde(default)]
     target: Option<String>,
+    /// Why, recorded with the change.
+    #[serde(default)]
+    note: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,19 +371,30 @@ struct ModeBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IssueBody {
-    agent: String,
+pub(crate) struct IssueBody {
+    pub agent: String,
     #[serde(default)]
-    ttl: Option<String>,
+    pub ttl: Option<String>,
     #[serde(default)]
-    tools: Option<Vec<String>>,
+    pub tools: Option<Vec<String>>,
     #[serde(default)]
-    max_risk: Option<String>,
+    pub max_risk: Option<String>,
     #[serde(default)]
-    max_calls: Option<u64>,
+    pub max_calls: Option<u64>,
 }
 
 async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Body>, Error> {
+    ok(apply_switch(app, op, change, None).await?)
+}
+
+/// Changes a switch (API and operator page) and records it durably with the operator's
+/// name and note; returns the switches as they are now.
+pub(crate) async fn apply_switch(
+    app: &App,
+    op: &str,
+    change: SwitchChange,
+    note: Option<&str>,
+) -> Result<Value, Error> {
     app.store.apply(&change).await?;
     app.switches.invalidate();
     info!(operator = %op, change = ?change, "switch changed");
@@ -404,10 +413,13 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
             | SwitchChange::Resume(Scope::Agent, _)
     )
     .then(|| target.clone().unwrap_or_default());
-    let detail = match scope {
+    let mut detail = match scope {
         Some(s) => format!("{s} {}", target.unwrap_or_default()),
         None => target.unwrap_or_default(),
     };
+    if let Some(n) = note.map(str::trim).filter(|n| !n.is_empty()) {
+        detail = format!("{} — {n}", detail.trim());
+    }
     record(
         app,
         Record {
@@ -419,7 +431,7 @@ async fn apply(app: &App, op: &str, change: SwitchChange) -> Result<Response<Bod
         },
     )
     .await?;
-    ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
+    Ok(serde_json::to_value(app.store.switches().await?).unwrap_or_default())
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -443,7 +455,27 @@ fn token_json(t: &TokenRecord) -> Value {
     })
 }
 
-async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Body>, Error> {
+/// Revokes a credential (API and operator page) and records it durably.
+pub(crate) async fn revoke_token(app: &App, op: &str, id: &str) -> Result<(), Error> {
+    if !app.store.revoke_token(id).await? {
+        return Err(Error::NotFound);
+    }
+    app.creds.invalidate(id);
+    info!(operator = %op, credential = %id, "token revoked");
+    record(
+        app,
+        Record {
+            event: "token_revoked",
+            operator: Some(op.to_string()),
+            credential: Some(id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Issues a credential (API and operator page): the answer holds the secret, once.
+pub(crate) async fn issue_token(app: &App, op: String, b: IssueBody) -> Result<Value, Error> {
     let live = app.live.load_full();
     let agent = live
         .snap
@@ -520,7 +552,7 @@ async fn handle_issue(app: &App, op: String, b: IssueBody) -> Result<Response<Bo
     if !warnings.is_empty() {
         v["warnings"] = json!(warnings);
     }
-    Ok(body::json_response(StatusCode::CREATED, &v))
+    Ok(v)
 }
 
 async fn handle_tools(app: &App, agent: Option<String>) -> Result<Response<Body>, Error> {

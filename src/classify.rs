@@ -475,6 +475,24 @@ impl Classifier {
         Ok(best)
     }
 
+    /// A short line of why `m path` has the risk it has, for the operator page.
+    pub fn risk_why(&self, m: Method, path: &str) -> Option<&'static str> {
+        let route = self.route_of(path)?;
+        let base = self.match_in(route, m, path, true).ok()?;
+        let t = self.classify(m, path).ok()?;
+        Some(if t.risk > base.risk && self.is_sensitive(route, path) {
+            "raised to high: a sensitive path"
+        } else if t.risk > base.risk {
+            "raised: another spelling of this path is riskier"
+        } else {
+            match base.source {
+                Source::Override => "set by a tools[] entry",
+                Source::Spec => "from the OpenAPI operation (its method unless the spec says)",
+                Source::Paths | Source::Heuristic => "the method's default",
+            }
+        })
+    }
+
     /// One spelling: its match, with its own sensitivity raising its risk to high.
     fn spelling(
         &self,

@@ -174,7 +174,11 @@ pub enum TokensCmd {
         #[arg(long)]
         max_calls: Option<u64>,
     },
-    List,
+    List {
+        /// Print the admin API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     Revoke {
         token_id: String,
     },
@@ -186,9 +190,18 @@ pub enum ApprovalsCmd {
     List {
         #[arg(long, default_value = "pending")]
         state: String,
+        /// Print the admin API's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Show one request as it will be sent, with its request_sha256.
-    Show { id: String },
+    /// Show one request as the operator page does: rationale, votes needed, context,
+    /// change, the request as it will be sent, votes, outcome.
+    Show {
+        id: String,
+        /// Print the admin API's JSON instead of the text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve (quote --sha256 to make sure you approve what you saw).
     Approve {
         id: String,
@@ -241,6 +254,12 @@ pub enum AuditCmd {
         decision: Option<String>,
         #[arg(long)]
         follow: bool,
+        /// Full paths (the REQUEST column is otherwise cut at 60 characters).
+        #[arg(long)]
+        wide: bool,
+        /// Print the matching records as they are (JSON lines).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -366,10 +385,13 @@ pub async fn run(cli: Cli) -> i32 {
                     agent,
                     decision,
                     follow,
+                    wide,
+                    json,
                 },
         } => crate::audit::tail::tail(
             &file,
             &crate::audit::tail::Filter { agent, decision },
+            crate::audit::tail::Layout { wide, json },
             follow,
         )
         .map_err(|e| Error::Internal(format!("{}: {e}", file.display()))),
@@ -400,11 +422,6 @@ async fn remote(
         controls::escape_json_text(&serde_json::to_string_pretty(&v).unwrap_or_default())
     );
     Ok(())
-}
-
-/// Agent text for a terminal line: hidden characters spelled `<U+XXXX>`.
-fn spelled(s: &str) -> String {
-    controls::visible(s).into_iter().map(|p| p.text).collect()
 }
 
 async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
@@ -442,8 +459,12 @@ async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
             );
             Ok(())
         }
-        TokensCmd::List => {
+        TokensCmd::List { json } => {
             let v = c.call(Method::GET, "/tokens", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
             println!(
                 "{:<34} {:<20} {:<8} {:<22} ISSUED_BY",
                 "ID", "AGENT", "STATE", "EXPIRES"
@@ -478,49 +499,32 @@ async fn tokens(cmd: TokensCmd, admin: AdminOpts) -> Result<(), Error> {
 async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
     let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
     let v = match cmd {
-        ApprovalsCmd::List { state } => {
+        ApprovalsCmd::List { state, json } => {
             let q = if state == "all" {
                 String::new()
             } else {
                 format!("?state={state}")
             };
             let v = c.call(Method::GET, &format!("/approvals{q}"), None).await?;
-            println!(
-                "{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} REQUEST",
-                "ID", "STATE", "AGENT", "TOOL", "RISK", "AGE"
-            );
-            for a in v
-                .get("approvals")
-                .and_then(|t| t.as_array())
-                .into_iter()
-                .flatten()
-            {
-                let s = |k: &str| {
-                    a.get(k)
-                        .map(|x| {
-                            x.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| x.to_string())
-                        })
-                        .unwrap_or_default()
-                };
-                println!(
-                    "{:<38} {:<10} {:<16} {:<26} {:<9} {:<7} {} {}",
-                    s("id"),
-                    s("state"),
-                    s("agent"),
-                    s("tool"),
-                    s("risk"),
-                    format!("{}s", s("age_s")),
-                    s("method"),
-                    spelled(&s("path"))
+            if !json {
+                let list = v.get("approvals").and_then(|t| t.as_array());
+                print!(
+                    "{}",
+                    crate::cli_view::approvals_table(list.map_or(&[][..], Vec::as_slice))
                 );
+                return Ok(());
             }
-            return Ok(());
+            v
         }
-        ApprovalsCmd::Show { id } => {
-            c.call(Method::GET, &format!("/approvals/{id}"), None)
-                .await?
+        ApprovalsCmd::Show { id, json } => {
+            let v = c
+                .call(Method::GET, &format!("/approvals/{id}"), None)
+                .await?;
+            if !json {
+                print!("{}", crate::cli_view::approval_text(&v));
+                return Ok(());
+            }
+            v
         }
         ApprovalsCmd::Approve {
             id,

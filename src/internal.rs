@@ -34,26 +34,60 @@ pub async fn handle(
             ))
         }
         (Method::Get, ["_portcullis", "approvals", id]) => {
-            let wait = query_u64(c, "wait").map(|s| {
-                Duration::from_secs(s).min(MAX_WAIT).min(
-                    live.snap
-                        .limits
-                        .request_deadline
-                        .saturating_sub(Duration::from_secs(1)),
-                )
-            });
-            status(app, who, id, wait).await
+            // `?until=final`: wait through `approved`/`executing` to the outcome (and
+            // wait the longest allowed when no `wait` is given).
+            let until = match query_str(c, "until") {
+                None => Until::Change,
+                Some("final") => Until::Final,
+                Some(_) => {
+                    return Err(Error::BadRequest {
+                        reason: "bad_query",
+                        detail: "`until` takes only `final`".into(),
+                    })
+                }
+            };
+            let wait = query_u64(c, "wait")
+                .or((until == Until::Final).then_some(MAX_WAIT.as_secs()))
+                .map(|s| {
+                    Duration::from_secs(s).min(MAX_WAIT).min(
+                        live.snap
+                            .limits
+                            .request_deadline
+                            .saturating_sub(Duration::from_secs(1)),
+                    )
+                });
+            status(app, who, id, wait, until).await
         }
         (Method::Get, ["_portcullis", "approvals", id, "result"]) => result(app, who, id).await,
         _ => Err(Error::NotFound),
     }
 }
 
-fn query_u64(c: &Canonical, name: &str) -> Option<u64> {
+fn query_str<'a>(c: &'a Canonical, name: &str) -> Option<&'a str> {
     c.query
         .as_deref()?
         .split('&')
-        .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn query_u64(c: &Canonical, name: &str) -> Option<u64> {
+    query_str(c, name)?.parse().ok()
+}
+
+/// What a long poll waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Any change of state.
+    Change,
+    /// An outcome: executed, failed, denied, expired or unknown.
+    Final,
+}
+
+fn settled(s: State) -> bool {
+    matches!(
+        s,
+        State::Executed | State::Failed | State::Denied | State::Expired | State::Unknown
+    )
 }
 
 /// Only the agent that parked a request sees it; any other id is just not found.
@@ -69,8 +103,9 @@ async fn status(
     who: &Identity,
     id: &str,
     wait: Option<Duration>,
+    until: Until,
 ) -> Result<Response<Body>, Error> {
-    let a = wait_for(app, who, id, wait).await?;
+    let a = wait_for(app, who, id, wait, until).await?;
     Ok(crate::proxy::json(StatusCode::OK, approval::agent_view(&a)))
 }
 
@@ -82,6 +117,7 @@ pub async fn wait_for(
     who: &Identity,
     id: &str,
     wait: Option<Duration>,
+    until: Until,
 ) -> Result<approval::Approval, Error> {
     let mut events = app.store.events();
     let mut a = own(app, who, id).await?;
@@ -90,12 +126,11 @@ pub async fn wait_for(
         let deadline = tokio::time::Instant::now() + wait;
         // Subscribed above, before the first read: from here on no change is missed.
         debug!(approval_id = %id, state = start.as_str(), wait_ms = wait.as_millis() as u64, "long-poll waiting for a change");
-        while a.state == start
-            && !matches!(
-                start,
-                State::Executed | State::Failed | State::Denied | State::Expired | State::Unknown
-            )
-        {
+        let waiting = |s: State| match until {
+            Until::Change => s == start && !settled(s),
+            Until::Final => !settled(s),
+        };
+        while waiting(a.state) {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;

@@ -23,6 +23,11 @@ pub fn approval(app: &App, a: &Approval) {
     };
     let path = crate::audit::redact_query(&a.path, &live.snap.audit.redact_query);
     let description = live.snap.tool_description(&a.tool).map(str::to_string);
+    let link = live
+        .snap
+        .admin_url
+        .as_ref()
+        .map(|u| format!("{u}/ui/approvals/{}", a.id));
     drop(live);
     let verb = match a.state {
         State::Pending if a.approvals.is_empty() => "needs approval",
@@ -35,17 +40,61 @@ pub fn approval(app: &App, a: &Approval) {
         State::Unknown => "has an unknown outcome",
         State::Executing | State::Parking => return,
     };
-    let text = format!(
-        "[portcullis] {} {} `{}` ({} risk) for agent {} — approval {}",
-        a.method, path, a.tool, a.risk, a.agent, a.id
-    );
+    let text = text(a, &path, verb, description.as_deref(), link.as_deref());
     let payload = serde_json::json!({
-        "text": format!("{text} {verb}"), "event": a.state.as_str(), "approval_id": a.id, "agent": a.agent,
+        "text": text, "url": link, "rationale": a.rationale, "event": a.state.as_str(), "approval_id": a.id, "agent": a.agent,
         "tenant": a.tenant, "tool": a.tool, "risk": a.risk, "method": a.method, "path": path,
         "request_sha256": a.request_sha256, "decided_by": a.decided_by,
         "description": description,
     });
     let body = serde_json::to_vec(&payload).unwrap_or_default();
+    send(url, body);
+}
+
+/// The message a person reads: what, for whom, how risky, what the tool does, why the
+/// agent says it wants it, and where to decide. Agent-supplied text is quoted with its
+/// hidden characters spelled out, and links are only ever the configured base.
+fn text(
+    a: &Approval,
+    path: &str,
+    verb: &str,
+    description: Option<&str>,
+    link: Option<&str>,
+) -> String {
+    let shown = |s: &str| {
+        crate::approval::controls::visible(s)
+            .into_iter()
+            .map(|p| p.text)
+            .collect::<String>()
+    };
+    let mut t = format!(
+        "[portcullis] {} {} `{}` ({} risk) for agent {} {verb} — approval {}",
+        a.method,
+        shown(path),
+        a.tool,
+        a.risk,
+        a.agent,
+        a.id
+    );
+    if let Some(v) = crate::approval::votes_line(a).filter(|_| !a.approvals.is_empty()) {
+        t.push_str(&format!(" ({v})"));
+    }
+    if let Some(d) = description {
+        t.push_str(&format!(
+            "\nTool: {}",
+            shown(d.lines().next().unwrap_or(""))
+        ));
+    }
+    if let Some(r) = &a.rationale {
+        t.push_str(&format!("\nAgent's rationale: \"{}\"", shown(r)));
+    }
+    if let Some(l) = link {
+        t.push_str(&format!("\n<{l}|Open the request>"));
+    }
+    t
+}
+
+fn send(url: String, body: Vec<u8>) {
     tokio::spawn(async move {
         let mut http = HttpConnector::new();
         http.enforce_http(false);

@@ -303,6 +303,15 @@ where
     };
     trace.method = Some(c.method.as_str());
     trace.path = Some(c.path_and_query());
+    // Checked on every request (a bad one is refused whatever the gate would say);
+    // kept only when the request parks.
+    let rationale = match crate::rationale::from_headers(req.headers()) {
+        Ok(r) => r,
+        Err(e) => {
+            rate_limit(&live, &who)?;
+            return Err(e);
+        }
+    };
     if canon_is_internal(&c.path) {
         if let Via::Mcp { tool, .. } = via {
             return Err(tool_mismatch(tool, None));
@@ -359,6 +368,7 @@ where
             &tool,
             &parts.headers,
             body,
+            rationale,
             request_id,
             (
                 trace.remote_addr,

@@ -1,20 +1,25 @@
-//! The operator web page under `/ui`: sign in with an operator token, see pending
-//! approvals, read a request as it will be sent, approve (quoting its hash), deny, or
-//! resolve an `unknown`. The session cookie is honoured only here (Path=/ui,
+//! The operator web page under `/ui`: sign in with an operator token; the pending queue
+//! (refreshing by itself), history, a request page (rationale, change, fields, context,
+//! decision, result), switches and agents. This file routes and holds what every page
+//! shares (session, CSRF check, security headers with a per-response script nonce). The session cookie is honoured only here (Path=/ui,
 //! HttpOnly, SameSite=Strict); every form carries a per-session CSRF token, and every
 //! request re-reads the operator from the live configuration. Decisions go through the
 //! same `approval::*` functions as the API and CLI. Pages show agent text with hidden
 //! characters spelled out, and no page echoes its query string.
 
+mod agents;
+mod detail;
+mod fields;
+mod queue;
 mod session;
 mod shown;
+mod switches;
 
 pub use session::Sessions;
 
 use crate::admin::{operator_by_token, Role};
 use crate::app::App;
-use crate::approval::controls::{any_hidden, visible, Piece};
-use crate::approval::{self, Approval, State};
+use crate::approval::State;
 use crate::body::{self, Body};
 use crate::decode::{cookie, form, query_param};
 use crate::error::Error;
@@ -36,80 +41,33 @@ struct LoginPage {
     message: Option<String>,
 }
 
-struct Row {
-    id: String,
-    method: String,
-    path: Vec<Piece>,
-    hidden: bool,
-    tool: String,
-    risk: String,
-    agent: String,
-    tenant: String,
-    state: String,
-    votes: usize,
-    required: u8,
-    age: String,
-    expires_at: String,
+/// What every signed-in page shows around its content, and what it may offer.
+pub struct Chrome {
+    pub operator: String,
+    pub roles: String,
+    pub csrf: String,
+    /// This response's CSP nonce: the only script that runs carries it.
+    pub nonce: String,
+    /// The nav entry marked current.
+    pub section: &'static str,
+    pub approver: bool,
+    pub admin: bool,
 }
 
-#[derive(Template)]
-#[template(path = "ui/list.html")]
-struct ListPage {
-    operator: String,
-    roles: String,
-    csrf: String,
-    heading: String,
-    rows: Vec<Row>,
-    policy_version: String,
-    message: Option<String>,
-}
-
-struct Detail {
-    id: String,
-    method: String,
-    path: Vec<Piece>,
-    state: String,
-    votes: usize,
-    voters: String,
-    required: u8,
-    tool: String,
-    /// The tool's description from the configuration in force (override or spec).
-    description: Option<Vec<Piece>>,
-    risk: String,
-    agent: String,
-    tenant: String,
-    credential: String,
-    upstream: String,
-    created_at: String,
-    expires_at: String,
-    request_sha256: String,
-    outcome: Option<Vec<Piece>>,
-    headers: Vec<(String, Vec<Piece>)>,
-    body: Vec<Piece>,
-    body_len: u64,
-    body_encoding: &'static str,
-    body_note: Option<String>,
-    body_undecodable: bool,
-    /// Something shown holds invisible or bidirectional control characters.
-    hidden: bool,
-    decidable: bool,
-    resolvable: bool,
-}
-
-#[derive(Template)]
-#[template(path = "ui/detail.html")]
-struct DetailPage {
-    operator: String,
-    csrf: String,
-    a: Detail,
-    message: Option<String>,
-}
-
-fn ts(ms: u64) -> String {
+pub(crate) fn ts(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn html(status: StatusCode, t: &impl Template) -> Result<Response<Body>, Error> {
+pub(crate) fn html(status: StatusCode, t: &impl Template) -> Result<Response<Body>, Error> {
+    page_with_script(status, t, None)
+}
+
+/// A page; with `nonce`, an inline script carrying it may run (and read this origin).
+pub(crate) fn page_with_script(
+    status: StatusCode,
+    t: &impl Template,
+    nonce: Option<&str>,
+) -> Result<Response<Body>, Error> {
     let text = t
         .render()
         .map_err(|e| Error::Internal(format!("template: {e}")))?;
@@ -120,9 +78,13 @@ fn html(status: StatusCode, t: &impl Template) -> Result<Response<Body>, Error> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    let csp = match nonce {
+        Some(n) => format!("default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{n}'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        None => "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'".into(),
+    };
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_str(&csp).map_err(|e| Error::Internal(e.to_string()))?,
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
@@ -137,7 +99,7 @@ fn html(status: StatusCode, t: &impl Template) -> Result<Response<Body>, Error> 
     Ok(r)
 }
 
-fn redirect(to: &str, cookie: Option<String>) -> Result<Response<Body>, Error> {
+pub(crate) fn redirect(to: &str, cookie: Option<String>) -> Result<Response<Body>, Error> {
     let mut r = Response::new(body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut().insert(
@@ -179,7 +141,7 @@ fn clear_cookie(secure: bool) -> String {
 /// What the page says when a decision is refused. Refusals the server words from its
 /// own state (conflict, expired, forbidden, not found) are shown as worded; any other
 /// shows only its fixed reason code. Nothing the client sent is echoed.
-fn refusal(e: &Error) -> String {
+pub(crate) fn refusal(e: &Error) -> String {
     match e {
         Error::Conflict(_) | Error::Gone(_) | Error::Forbidden(_) | Error::NotFound => {
             format!("Not recorded: {e}.")
@@ -214,21 +176,49 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
         return redirect("/ui", Some(clear_cookie(secure)));
     };
     drop(live);
-    let (operator, csrf) = (s.operator, s.csrf);
+    let holds = |r: Role| roles.iter().any(|x| x == r.as_str());
+    let mut c = Chrome {
+        operator: s.operator.clone(),
+        roles: roles.join(", "),
+        csrf: s.csrf.clone(),
+        nonce: crate::identity::random_hex(16),
+        section: "queue",
+        approver: holds(Role::Approver),
+        admin: holds(Role::Admin),
+    };
     match (req.method().clone(), segs.as_slice()) {
-        (Method::GET, ["ui"]) => list(app, operator, roles, csrf, &query).await,
+        // The old list filter `/ui?state=…` is the history page for that state.
+        (Method::GET, ["ui"]) if query_param(&query, "state").is_some_and(|s| s != "pending") => {
+            c.section = "history";
+            queue::history(app, c, &query).await
+        }
+        (Method::GET, ["ui"]) => queue::pending(app, c).await,
+        (Method::GET, ["ui", "history"]) => {
+            c.section = "history";
+            queue::history(app, c, &query).await
+        }
+        (Method::GET, ["ui", "switches"]) => {
+            c.section = "switches";
+            switches::page(app, c, None).await
+        }
+        (Method::GET, ["ui", "agents"]) => {
+            c.section = "agents";
+            agents::list(app, c).await
+        }
+        (Method::GET, ["ui", "agents", id]) => {
+            c.section = "agents";
+            agents::page(app, c, id, None, None).await
+        }
         (Method::GET, ["ui", "approvals", id]) => {
             let id = id.to_string();
             // Only a state name selects a (fixed) message; nothing else is echoed.
-            let msg = query_param(&query, "done")
-                .and_then(|d| State::parse(&d))
-                .map(|st| format!("Recorded: {}.", st.as_str()));
-            detail(app, operator, csrf, &id, msg, StatusCode::OK).await
+            let done = query_param(&query, "done").and_then(|d| State::parse(&d));
+            detail::page(app, c, &id, detail::Banner::Done(done), StatusCode::OK).await
         }
         (Method::POST, rest) => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let f = read_form(req).await?;
-            if !f.get("csrf").is_some_and(|c| digest_eq(c, &csrf)) {
+            if !f.get("csrf").is_some_and(|t| digest_eq(t, &c.csrf)) {
                 return Err(Error::Forbidden(
                     "the form's CSRF token does not match this session".into(),
                 ));
@@ -242,60 +232,19 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                     redirect("/ui", Some(clear_cookie(secure)))
                 }
                 ["ui", "approvals", id, verb @ ("approve" | "deny" | "resolve")] => {
-                    let id = id.to_string();
-                    if !roles.iter().any(|r| r == Role::Approver.as_str()) {
-                        return detail(
-                            app,
-                            operator.clone(),
-                            csrf,
-                            &id,
-                            Some(format!("`{operator}` lacks the approver role")),
-                            StatusCode::FORBIDDEN,
-                        )
-                        .await;
-                    }
-                    let nonempty = |k: &str| f.get(k).filter(|v| !v.trim().is_empty()).cloned();
-                    let r = match *verb {
-                        "approve" => {
-                            approval::approve(
-                                app,
-                                &id,
-                                &operator,
-                                nonempty("comment"),
-                                nonempty("request_sha256"),
-                            )
-                            .await
-                        }
-                        "deny" => {
-                            approval::deny(
-                                app,
-                                &id,
-                                &operator,
-                                nonempty("reason")
-                                    .unwrap_or_else(|| "denied from the operator page".into()),
-                            )
-                            .await
-                        }
-                        _ => {
-                            approval::resolve(
-                                app,
-                                &id,
-                                &operator,
-                                f.get("outcome").map(String::as_str).unwrap_or(""),
-                                nonempty("comment"),
-                            )
-                            .await
-                        }
-                    };
-                    match r {
-                        Ok(a) => redirect(
-                            &format!("/ui/approvals/{id}?done={}", a.state.as_str()),
-                            None,
-                        ),
-                        Err(e) => {
-                            detail(app, operator, csrf, &id, Some(refusal(&e)), e.status()).await
-                        }
-                    }
+                    detail::decide(app, c, id, verb, &f).await
+                }
+                ["ui", "switches"] => {
+                    c.section = "switches";
+                    switches::change(app, c, &f).await
+                }
+                ["ui", "agents", id, "tokens"] => {
+                    c.section = "agents";
+                    agents::issue(app, c, id, &f).await
+                }
+                ["ui", "agents", id, "tokens", tid, "revoke"] => {
+                    c.section = "agents";
+                    agents::revoke(app, c, id, tid).await
                 }
                 _ => Err(Error::NotFound),
             }
@@ -331,136 +280,4 @@ async fn login(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Erro
             },
         ),
     }
-}
-
-async fn list(
-    app: &App,
-    operator: String,
-    roles: Vec<String>,
-    csrf: String,
-    query: &str,
-) -> Result<Response<Body>, Error> {
-    let wanted = query_param(query, "state");
-    let state = match wanted.as_deref() {
-        Some("all") => None,
-        w => Some(w.and_then(State::parse).unwrap_or(State::Pending)),
-    };
-    let now = crate::store::now_ms();
-    let rows = approval::list(app, state)
-        .await?
-        .into_iter()
-        .map(|a| Row {
-            age: format!("{}s", now.saturating_sub(a.created_at_ms) / 1000),
-            expires_at: ts(a.expires_at_ms),
-            votes: a.approvals.len(),
-            required: a.required_approvals,
-            state: a.state.as_str().into(),
-            tenant: a.tenant.unwrap_or_else(|| "-".into()),
-            risk: a.risk.to_string(),
-            hidden: any_hidden(&visible(&a.path)),
-            path: visible(&a.path),
-            id: a.id,
-            method: a.method,
-            tool: a.tool,
-            agent: a.agent,
-        })
-        .collect();
-    let heading = match state {
-        Some(s) => format!("Approvals: {}", s.as_str()),
-        None => "All approvals".into(),
-    };
-    let policy_version = app.live.load().snap.policy_version.to_string();
-    html(
-        StatusCode::OK,
-        &ListPage {
-            operator,
-            roles: roles.join(", "),
-            csrf,
-            heading,
-            rows,
-            policy_version,
-            message: None,
-        },
-    )
-}
-
-async fn detail(
-    app: &App,
-    operator: String,
-    csrf: String,
-    id: &str,
-    message: Option<String>,
-    status: StatusCode,
-) -> Result<Response<Body>, Error> {
-    let l = approval::load(app, id).await?.ok_or(Error::NotFound)?;
-    let raw = app.store.get_approval_body(id).await?.unwrap_or_default();
-    let a: Approval = l.a;
-    let limit = app.live.load().snap.limits.max_parked_body_bytes;
-    let body = shown::body(
-        &raw,
-        &a.headers,
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    );
-    let path = visible(&a.path);
-    let headers: Vec<(String, Vec<Piece>)> = a
-        .headers
-        .iter()
-        .map(|(n, v)| (n.clone(), visible(v)))
-        .collect();
-    let outcome = match (&a.reason, &a.detail, a.upstream_status) {
-        (_, _, Some(s)) => Some(format!("upstream answered {s}")),
-        (Some(r), Some(d), _) => Some(format!("{r}: {d}")),
-        (Some(r), None, _) => Some(r.clone()),
-        _ => None,
-    }
-    .map(|o| visible(&o));
-    let description = app.live.load().snap.tool_description(&a.tool).map(visible);
-    let hidden = any_hidden(&path)
-        || description.as_deref().is_some_and(any_hidden)
-        || any_hidden(&body.pieces)
-        || headers.iter().any(|(_, v)| any_hidden(v))
-        || outcome.as_deref().is_some_and(any_hidden);
-    let d = Detail {
-        decidable: a.state == State::Pending,
-        resolvable: a.state == State::Unknown,
-        votes: a.approvals.len(),
-        voters: a
-            .approvals
-            .iter()
-            .map(|v| v.operator.clone())
-            .collect::<Vec<_>>()
-            .join(", "),
-        required: a.required_approvals,
-        state: a.state.as_str().into(),
-        risk: a.risk.to_string(),
-        tenant: a.tenant.clone().unwrap_or_else(|| "-".into()),
-        created_at: ts(a.created_at_ms),
-        expires_at: ts(a.expires_at_ms),
-        outcome,
-        hidden,
-        body: body.pieces,
-        body_len: a.body_len,
-        body_encoding: body.encoding,
-        body_note: body.note,
-        body_undecodable: body.undecodable,
-        path,
-        headers,
-        id: a.id,
-        method: a.method,
-        tool: a.tool,
-        description,
-        agent: a.agent,
-        credential: a.credential,
-        upstream: a.upstream,
-        request_sha256: a.request_sha256,
-    };
-    html(
-        status,
-        &DetailPage {
-            operator,
-            csrf,
-            a: d,
-            message,
-        },
-    )
 }

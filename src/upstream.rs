@@ -36,7 +36,7 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Client-sent headers the proxy owns, that carry the agent's identity, that a backend
 /// or a framework routes on (a request the gate classified as one path must not run
 /// as another), or that claim a client address the proxy did not see.
-const CLIENT_STRIPPED: [&str; 23] = [
+const CLIENT_STRIPPED: [&str; 24] = [
     "host",
     "authorization",
     "forwarded",
@@ -44,6 +44,8 @@ const CLIENT_STRIPPED: [&str; 23] = [
     "x-request-id",
     "expect",
     "portcullis-decision",
+    // the agent's words for the operator (`rationale`), never the backend's
+    "portcullis-rationale",
     "cookie2",
     // routing overrides (IIS URL Rewrite, Symfony, Zend/Laminas, Spring behind proxies)
     "x-original-url",

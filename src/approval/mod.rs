@@ -8,16 +8,19 @@
 //! up is moved to `failed` (`unaudited`) by the sweeper, so nothing unaudited can ever
 //! be approved or executed.
 
+pub mod context;
 pub mod controls;
+pub mod diff;
 pub mod encoding;
 pub mod inflight;
+pub mod preview;
 mod replay;
 mod sweep;
 mod views;
 
 pub use replay::{decode_result, replay, Decoded};
 pub use sweep::{recover_own_leases, run_sweeper};
-pub use views::{agent_view, operator_view, summary_view};
+pub use views::{agent_view, approvals_needed, operator_view, summary_view, votes_line};
 
 use crate::app::{App, Live};
 use crate::audit::Record;
@@ -140,6 +143,12 @@ pub struct Approval {
     pub detail: Option<String>,
     pub lease: Option<Lease>,
     pub upstream_status: Option<u16>,
+    /// The agent's `Portcullis-Rationale`, as checked at park time; never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
+    /// `preview: current`: the resource as read at park time; never changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<preview::Preview>,
 }
 
 /// The upstream's response as it was, kept for the agent.
@@ -334,6 +343,7 @@ pub async fn park<B>(
     tool: &Tool,
     headers: &HeaderMap,
     body: B,
+    rationale: Option<String>,
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
     via: &crate::proxy::Via,
@@ -399,6 +409,16 @@ where
     if !app.audit.ready() {
         return Err(crate::audit::Audit::unavailable());
     }
+    let preview = if preview::wanted(live, tool.route, &tool.name, c.method) {
+        let whose = preview::For {
+            agent: &who.agent.id,
+            credential: &who.token.record.id,
+            tenant: who.agent.tenant.as_deref(),
+        };
+        Some(preview::fetch(app, live, whose, tool.route, &tool.name, c, request_id).await)
+    } else {
+        None
+    };
     let route = &snap.routes[tool.route];
     let up = &snap.upstreams[route.upstream];
     let kept = crate::upstream::kept_headers(headers, up);
@@ -440,6 +460,8 @@ where
                 .saturating_add(PARK_GRACE_MS),
         }),
         upstream_status: None,
+        rationale,
+        preview,
     };
     let raw = encode(&a);
     if !app
@@ -483,6 +505,7 @@ where
             crate::proxy::Via::Mcp { jsonrpc_id, .. } => Some(jsonrpc_id.clone()),
             crate::proxy::Via::Http => None,
         },
+        rationale: a.rationale.clone(),
         ..Default::default()
     };
     let mut rec = rec;

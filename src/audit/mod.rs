@@ -65,6 +65,9 @@ pub struct Record {
     pub first_request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_request_id: Option<String>,
+    /// A park's `Portcullis-Rationale` (the agent's words, checked; only when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rationale: Option<String>,
 }
 
 /// The longest path (with its query) a record keeps.

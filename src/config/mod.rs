@@ -190,6 +190,29 @@ pub struct Route {
     pub allow_body_on: Vec<Method>,
     /// X-Forwarded-Host for this route (over the top-level `public_host`).
     pub public_host: Option<HeaderValue>,
+    /// `preview: current` on the route, and the tools[] entries that set it otherwise.
+    pub preview: bool,
+    pub preview_tools: Vec<(Arc<str>, bool)>,
+}
+
+impl Route {
+    /// Whether a parked write to `tool` first reads the current resource.
+    pub fn previews(&self, tool: &str) -> bool {
+        self.preview_tools
+            .iter()
+            .find(|(n, _)| &**n == tool)
+            .map_or(self.preview, |(_, on)| *on)
+    }
+}
+
+/// `preview:` — `current` or `none`.
+fn preview_option(c: &Ctx, at: &str, v: Option<&str>) -> Result<Option<bool>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some("current") => Ok(Some(true)),
+        Some("none") => Ok(Some(false)),
+        Some(o) => Err(c.err(at, format!("`{o}`: expected current or none"))),
+    }
 }
 
 #[derive(Debug)]
@@ -210,6 +233,8 @@ pub struct Snapshot {
     /// Lower-cased authorities from `hosts:`.
     pub hosts: Vec<String>,
     pub webhook_url: Option<String>,
+    /// `notify.admin_url` without a trailing `/`: the page links are built under it.
+    pub admin_url: Option<String>,
     pub operators: Vec<Operator>,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
@@ -493,6 +518,14 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         Some(w) => Some(c.secret("notify.webhook", &w.url_env, &w.url_file)?),
         None => None,
     };
+    let admin_url = match raw.notify.as_ref().and_then(|n| n.admin_url.as_deref()) {
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+            http::Uri::try_from(u).map_err(|e| c.err("notify.admin_url", format!("`{u}`: {e}")))?;
+            Some(u.trim_end_matches('/').to_string())
+        }
+        Some(_) => return Err(c.err("notify.admin_url", "must be an http:// or https:// URL")),
+        None => None,
+    };
     let operators = compile_operators(c, &raw.operators)?;
 
     let mut up_index = HashMap::new();
@@ -554,6 +587,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             ));
         }
         let mut overrides = Vec::new();
+        let mut preview_tools = Vec::new();
         for (ti, t) in r.tools.iter().enumerate() {
             let tat = format!("{at}.tools[{ti}]");
             let (methods, template) =
@@ -613,6 +647,9 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 }
                 None => None,
             };
+            if let Some(on) = preview_option(c, &format!("{tat}.preview"), t.preview.as_deref())? {
+                preview_tools.push((Arc::<str>::from(name.as_str()), on));
+            }
             overrides.push(Override {
                 methods,
                 pattern,
@@ -676,6 +713,9 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             allow_encoded_slash: r.allow_encoded_slash,
             allow_body_on,
             public_host: route_public_host,
+            preview: preview_option(c, &format!("{at}.preview"), r.preview.as_deref())?
+                .unwrap_or(false),
+            preview_tools,
         });
     }
     let mut shadows = Vec::new();
@@ -708,6 +748,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         public_host,
         hosts,
         webhook_url,
+        admin_url,
         operators,
         upstreams,
         routes,

@@ -232,6 +232,10 @@ pub struct RawTimers {
 pub struct RawNotify {
     #[serde(default)]
     pub webhook: Option<RawWebhook>,
+    /// The operator page's public base URL (`https://portcullis-admin.example`): the
+    /// webhook text links to the request's page under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -332,6 +336,10 @@ pub struct RawRoute {
     /// schema before anything is forwarded or parked; `none` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate: Option<String>,
+    /// `current`: a parked PUT, PATCH or DELETE first reads the resource (a GET of the
+    /// same path) so the operator sees the change; `none` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 /// A string or a list of strings (`openapi: a.yaml` or `openapi: [a.yaml, b.json]`).
@@ -368,6 +376,9 @@ pub struct RawTool {
     /// this entry shadows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate: Option<String>,
+    /// `current` or `none`: overrides the route's `preview` for this tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

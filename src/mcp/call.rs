@@ -156,6 +156,15 @@ pub enum Outcome {
     Parked(Value),
 }
 
+/// What a call's `_meta` carries for the request it builds.
+#[derive(Default, Clone, Copy)]
+pub struct Meta<'a> {
+    /// Sent as `Idempotency-Key`.
+    pub idempotency_key: Option<&'a str>,
+    /// Sent as `Portcullis-Rationale` (percent-encoded), checked like the header.
+    pub rationale: Option<&'a str>,
+}
+
 /// Sends the call through the proxy's request path.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -164,7 +173,7 @@ pub async fn run(
     caller: &HeaderMap,
     tool: &ToolInfo,
     args: &Map<String, Value>,
-    idempotency_key: Option<&str>,
+    meta: Meta<'_>,
     jsonrpc_id: &Value,
     max_result: u64,
 ) -> Result<(Outcome, Option<String>), Rpc> {
@@ -177,7 +186,12 @@ pub async fn run(
         );
     }
     headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    if let Some(k) = idempotency_key {
+    if let Some(r) = meta.rationale {
+        let v = HeaderValue::from_str(&encode(r))
+            .map_err(|_| Rpc::invalid_params("the rationale is not a valid header value"))?;
+        headers.insert(crate::rationale::HEADER, v);
+    }
+    if let Some(k) = meta.idempotency_key {
         let v = HeaderValue::from_str(k)
             .map_err(|_| Rpc::invalid_params("the idempotency key is not a valid header value"))?;
         headers.insert("idempotency-key", v);

@@ -483,6 +483,10 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
                 .or_else(|| m.get("portcullis/idempotencyKey"))
         })
         .and_then(Value::as_str);
+    // The agent's reason for the operator (`Portcullis-Rationale` over HTTP).
+    let rationale = meta
+        .and_then(|m| m.get("rationale").or_else(|| m.get("portcullis/rationale")))
+        .and_then(Value::as_str);
     // Tasks: the client declared the extension (2026-07-28) or asked for one (2025-11-25).
     let task = match cx.era {
         Era::Modern => cx.tasks_ext,
@@ -494,7 +498,10 @@ async fn tools_call(cx: &Cx<'_>, params: &Value) -> Result<Value, Rpc> {
         cx.headers,
         tool,
         args,
-        idem,
+        call::Meta {
+            idempotency_key: idem,
+            rationale,
+        },
         &cx.id,
         snap.limits.max_result_bytes,
     )

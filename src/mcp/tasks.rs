@@ -204,6 +204,7 @@ pub async fn result(
             who,
             id,
             Some(left.min(Duration::from_secs(MAX_WAIT_S))),
+            crate::internal::Until::Change,
         )
         .await
         {
@@ -289,7 +290,8 @@ pub async fn approval_status(
     let wait = Duration::from_secs(wait.min(MAX_WAIT_S))
         .min(deadline.saturating_sub(Duration::from_secs(1)));
     let started = std::time::Instant::now();
-    let found = crate::internal::wait_for(app, who, id, Some(wait)).await;
+    let found =
+        crate::internal::wait_for(app, who, id, Some(wait), crate::internal::Until::Change).await;
     let record = |decision: &str, reason: &str, status: u16| Record {
         event: "request",
         request_id: Some(crate::proxy::new_request_id()),

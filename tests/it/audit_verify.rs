@@ -1092,7 +1092,8 @@ fn tail(file: &Path, args: &[&str]) -> Vec<Vec<String>> {
     assert!(o.status.success(), "tail {args:?}: {}", out_text(&o));
     let rows = rows(&o.stdout);
     for r in &rows {
-        assert_eq!(r.len(), 11, "tail row shape: {r:?}");
+        // TS SEQ EVENT AGENT OPERATOR TOOL RISK DEC REASON STATUS, then METHOD PATH.
+        assert_eq!(r.len(), 12, "tail row shape: {r:?}");
     }
     rows
 }
@@ -1113,7 +1114,7 @@ async fn tail_filters_by_decision_and_agent() {
     let deny = tail(&live, &["--decision", "deny"]);
     assert_eq!(deny.len(), 6, "3 rounds × 2 denies: {deny:?}");
     for r in &deny {
-        assert_eq!(r[8], "deny", "--decision deny printed {r:?}");
+        assert_eq!(r[7], "deny", "--decision deny printed {r:?}");
     }
     let got: Vec<String> = deny.iter().map(|r| r[1].clone()).collect();
     assert_eq!(got, seqs_where(&recs, |r| r["decision"] == "deny"));
@@ -1134,8 +1135,8 @@ async fn tail_filters_by_decision_and_agent() {
     );
     assert_eq!(both.len(), 3, "{both:?}");
     for r in &both {
-        assert_eq!((r[3].as_str(), r[8].as_str()), ("bot", "allow"), "{r:?}");
-        assert!(r[5].starts_with("/tickets/"), "{r:?}");
+        assert_eq!((r[3].as_str(), r[7].as_str()), ("bot", "allow"), "{r:?}");
+        assert!(r[11].starts_with("/tickets/"), "{r:?}");
     }
 }
 

@@ -879,7 +879,7 @@ async fn validation_comes_before_parking_and_the_webhook_and_page_carry_the_desc
     .unwrap();
     assert_eq!(page.status, 200);
     assert!(
-        page.text().contains("<tr><th>Description</th><td style=\"white-space: pre-wrap\">Add a new pet to the store</td></tr>"),
+        page.text().contains("<code>petstore.add_pet</code><div style=\"white-space: pre-wrap\">Add a new pet to the store</div>"),
         "{}",
         page.text()
     );

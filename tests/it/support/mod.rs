@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod browser;
 pub mod faults;
 pub mod redis;
 pub mod redis_ha;
