@@ -35,6 +35,7 @@ pub mod policy;
 pub mod proxy;
 pub mod refusals;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod switchboard;
 pub mod tooltable;

@@ -3,6 +3,7 @@
 //! and a timeout; never blocks the agent, never carries a secret or a body; the path's
 //! query is redacted as in the audit trail (`audit.redact_query`). The tool's
 //! description (from its override or spec operation) rides along as `description`.
+//! Signals (`crate::signals`) go to the same webhook, with the same `text` field.
 
 use crate::app::App;
 use crate::approval::{Approval, State};
@@ -45,7 +46,24 @@ pub fn approval(app: &App, a: &Approval) {
         "request_sha256": a.request_sha256, "decided_by": a.decided_by,
         "description": description,
     });
-    let body = serde_json::to_vec(&payload).unwrap_or_default();
+    post(url, &payload);
+}
+
+/// A signal raised (`crate::signals`): its one-line text and its evidence.
+pub fn signal(app: &App, s: &crate::signals::record::Signal) {
+    let Some(url) = app.live.load().snap.webhook_url.clone() else {
+        return;
+    };
+    let mut payload = s.view();
+    payload["text"] = s.text().into();
+    payload["event"] = "signal".into();
+    payload["signal_id"] = s.id.clone().into();
+    post(url, &payload);
+}
+
+/// Posts `payload` to `url` in the background, with retries.
+fn post(url: String, payload: &serde_json::Value) {
+    let body = serde_json::to_vec(payload).unwrap_or_default();
     tokio::spawn(async move {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -68,13 +86,9 @@ pub fn approval(app: &App, a: &Approval) {
             let Ok(req) = req else { return };
             match tokio::time::timeout(TIMEOUT, client.request(req)).await {
                 Ok(Ok(r)) if r.status().is_success() => return,
-                Ok(Ok(r)) => warn!(
-                    attempt,
-                    status = r.status().as_u16(),
-                    "approval webhook refused"
-                ),
-                Ok(Err(e)) => warn!(attempt, error = %e, "approval webhook failed"),
-                Err(_) => warn!(attempt, "approval webhook timed out"),
+                Ok(Ok(r)) => warn!(attempt, status = r.status().as_u16(), "webhook refused"),
+                Ok(Err(e)) => warn!(attempt, error = %e, "webhook failed"),
+                Err(_) => warn!(attempt, "webhook timed out"),
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }

@@ -8,6 +8,7 @@
 
 mod session;
 mod shown;
+mod signals;
 
 pub use session::Sessions;
 
@@ -217,6 +218,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
     let (operator, csrf) = (s.operator, s.csrf);
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["ui"]) => list(app, operator, roles, csrf, &query).await,
+        (Method::GET, ["ui", "signals"]) => {
+            signals::list(app, operator, &roles, csrf, &query, None).await
+        }
         (Method::GET, ["ui", "approvals", id]) => {
             let id = id.to_string();
             // Only a state name selects a (fixed) message; nothing else is echoed.
@@ -240,6 +244,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                         app.ui_sessions.remove(s);
                     }
                     redirect("/ui", Some(clear_cookie(secure)))
+                }
+                ["ui", "signals", id, "ack"] => {
+                    signals::ack(app, operator, &roles, csrf, id, &f).await
                 }
                 ["ui", "approvals", id, verb @ ("approve" | "deny" | "resolve")] => {
                     let id = id.to_string();

@@ -1,0 +1,497 @@
+//! What signals keep in the store: open signals (one per agent and kind, claimed
+//! atomically so one replica fires), signal records, per-agent baselines and tool
+//! history, and — with redis — the windows every replica flushes its counts into.
+
+use super::embedded::Embedded;
+use super::{unavailable, Store};
+use crate::error::Error;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+/// Signal records kept; older ones are dropped first.
+pub const MAX_RECORDS: usize = 1000;
+
+/// `open/<agent>/<kind>`, `rec/<id>`, `base/<agent>`, `tools/<agent>`.
+const SIGNALS: TableDefinition<&str, &[u8]> = TableDefinition::new("signals");
+
+/// An agent's baseline: calls and response bytes per window, exponentially weighted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub rate: f64,
+    pub bytes: f64,
+    /// When it was last moved.
+    pub at_ms: u64,
+}
+
+/// Whether a tool was new to an agent, and since when the agent has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSeen {
+    Known,
+    New {
+        first_seen_ms: u64,
+    },
+    /// The agent's history is full: nothing more is remembered or flagged.
+    Full,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Tools {
+    first_seen_ms: u64,
+    tools: BTreeSet<String>,
+}
+
+/// Moves a baseline by one observation (`obs_*` per window) at `now_ms`, unless it was
+/// moved less than `every_ms` ago; the first observation seeds it.
+pub fn ewma(
+    b: Option<Baseline>,
+    now_ms: u64,
+    half_life_ms: u64,
+    every_ms: u64,
+    obs: (f64, f64),
+) -> Baseline {
+    match b {
+        None => Baseline {
+            rate: obs.0,
+            bytes: obs.1,
+            at_ms: now_ms,
+        },
+        Some(b) if now_ms.saturating_sub(b.at_ms) < every_ms => b,
+        Some(b) => {
+            let dt = now_ms.saturating_sub(b.at_ms) as f64;
+            let a = 1.0 - (-dt / half_life_ms.max(1) as f64).exp2();
+            Baseline {
+                rate: b.rate + a * (obs.0 - b.rate),
+                bytes: b.bytes + a * (obs.1 - b.bytes),
+                at_ms: now_ms,
+            }
+        }
+    }
+}
+
+static WINDOW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local b = tonumber(ARGV[1]) local n = tonumber(ARGV[2]) local d = tonumber(ARGV[3]) \
+         if d > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], d) redis.call('PEXPIRE', KEYS[1], ARGV[4]) end \
+         local total = 0 local all = redis.call('HGETALL', KEYS[1]) \
+         for i = 1, #all, 2 do \
+           if tonumber(all[i]) > b - n then total = total + tonumber(all[i + 1]) \
+           else redis.call('HDEL', KEYS[1], all[i]) end \
+         end return total",
+    )
+});
+
+static RUN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'PX', 86400000) return tonumber(ARGV[2]) end \
+         if tonumber(ARGV[2]) > 0 then local v = redis.call('INCRBY', KEYS[1], ARGV[2]) \
+           redis.call('PEXPIRE', KEYS[1], 86400000) return v end \
+         return tonumber(redis.call('GET', KEYS[1]) or '0')",
+    )
+});
+
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return '' end \
+         return redis.call('GET', KEYS[1])",
+    )
+});
+
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('DEL', KEYS[2], KEYS[3]) \
+         if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end return 0",
+    )
+});
+
+static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('SET', KEYS[1] .. ARGV[1], ARGV[2]) redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) \
+         local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4]) \
+         if over > 0 then local old = redis.call('ZRANGE', KEYS[2], 0, over - 1) \
+           for _, id in ipairs(old) do redis.call('DEL', KEYS[1] .. id) end \
+           redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1) end return 1",
+    )
+});
+
+static BASELINE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local h = redis.call('HMGET', KEYS[1], 'rate', 'bytes', 'at') \
+         local now = tonumber(ARGV[1]) local rate = tonumber(h[1]) local bytes = tonumber(h[2]) local at = tonumber(h[3]) \
+         if not at then rate = tonumber(ARGV[4]) bytes = tonumber(ARGV[5]) at = now \
+         elseif now - at >= tonumber(ARGV[3]) then \
+           local a = 1 - 2 ^ (-(now - at) / tonumber(ARGV[2])) \
+           rate = rate + a * (tonumber(ARGV[4]) - rate) bytes = bytes + a * (tonumber(ARGV[5]) - bytes) at = now \
+         end \
+         redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'bytes', tostring(bytes), 'at', tostring(at)) \
+         redis.call('PEXPIRE', KEYS[1], 2592000000) \
+         return {tostring(rate), tostring(bytes), tostring(at)}",
+    )
+});
+
+static TOOL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "redis.call('SET', KEYS[2], ARGV[3], 'NX') local first = redis.call('GET', KEYS[2]) \
+         if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, first} end \
+         if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return {2, first} end \
+         redis.call('SADD', KEYS[1], ARGV[1]) return {1, first}",
+    )
+});
+
+impl Store {
+    /// Whether counts must be aggregated across replicas (redis).
+    pub fn shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// Adds `delta` to this replica's share of a window (redis) and answers the window's
+    /// total across replicas: buckets of `bucket_ms`, the last `buckets` of them.
+    pub async fn window_add(
+        &self,
+        key: &str,
+        bucket_ms: u64,
+        buckets: u64,
+        now_ms: u64,
+        delta: u64,
+    ) -> Result<u64, Error> {
+        let Store::Redis(r) = self else {
+            return Ok(delta);
+        };
+        let mut c = r.conn()?;
+        WINDOW
+            .key(r.key(&format!("sigw:{key}")))
+            .arg(now_ms / bucket_ms.max(1))
+            .arg(buckets)
+            .arg(delta)
+            .arg(bucket_ms * (buckets + 1))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| r.fail(e))
+    }
+
+    /// A run (consecutive events) across replicas: reset to `delta` or increased by it.
+    pub async fn run_add(&self, key: &str, reset: bool, delta: u64) -> Result<u64, Error> {
+        let Store::Redis(r) = self else {
+            return Ok(delta);
+        };
+        let mut c = r.conn()?;
+        RUN.key(r.key(&format!("sigr:{key}")))
+            .arg(if reset { "1" } else { "0" })
+            .arg(delta)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| r.fail(e))
+    }
+
+    /// Claims the open signal of `agent` and `kind` for `id`; the id already open otherwise.
+    pub async fn signal_claim(
+        &self,
+        agent: &str,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<String>, Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let got: String = CLAIM
+                    .key(r.key(&format!("sigopen:{agent}:{kind}")))
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                Ok((!got.is_empty()).then_some(got))
+            }
+            Store::Embedded(e) => {
+                let (k, id) = (format!("open/{agent}/{kind}"), id.to_string());
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    let old = t
+                        .get(k.as_str())
+                        .map_err(unavailable)?
+                        .map(|g| String::from_utf8_lossy(g.value()).into_owned());
+                    if old.is_none() {
+                        t.insert(k.as_str(), id.as_bytes()).map_err(unavailable)?;
+                    }
+                    Ok(old)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Releases the open signal `id` of `agent` and `kind` (acknowledged) and empties
+    /// the counts behind it.
+    pub async fn signal_release(&self, agent: &str, kind: &str, id: &str) -> Result<(), Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let _: i64 = RELEASE
+                    .key(r.key(&format!("sigopen:{agent}:{kind}")))
+                    .key(r.key(&format!("sigw:{kind}:{agent}")))
+                    .key(r.key(&format!("sigr:{kind}:{agent}")))
+                    .arg(id)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                Ok(())
+            }
+            Store::Embedded(e) => {
+                let (k, id) = (format!("open/{agent}/{kind}"), id.to_string());
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    let same = t
+                        .get(k.as_str())
+                        .map_err(unavailable)?
+                        .is_some_and(|g| g.value() == id.as_bytes());
+                    if same {
+                        t.remove(k.as_str()).map_err(unavailable)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    /// Stores (or replaces) a signal record; `id`s sort by time (UUIDv7).
+    pub async fn signal_put(&self, id: &str, at_ms: u64, json: &[u8]) -> Result<(), Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let _: i64 = PUT
+                    .key(r.key("sig:"))
+                    .key(r.key("sigs"))
+                    .arg(id)
+                    .arg(json)
+                    .arg(at_ms)
+                    .arg(MAX_RECORDS)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                Ok(())
+            }
+            Store::Embedded(e) => {
+                let (k, json) = (format!("rec/{id}"), json.to_vec());
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    t.insert(k.as_str(), json.as_slice()).map_err(unavailable)?;
+                    let mut old = Vec::new();
+                    let n = t.range("rec/".."rec0").map_err(unavailable)?.count();
+                    if n > MAX_RECORDS {
+                        for row in t
+                            .range("rec/".."rec0")
+                            .map_err(unavailable)?
+                            .take(n - MAX_RECORDS)
+                        {
+                            old.push(row.map_err(unavailable)?.0.value().to_string());
+                        }
+                    }
+                    for k in old {
+                        t.remove(k.as_str()).map_err(unavailable)?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn signal_get(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            Store::Redis(r) => r.get_blob(&format!("sig:{id}")).await,
+            Store::Embedded(e) => {
+                let k = format!("rec/{id}");
+                embedded_get(e, k).await
+            }
+        }
+    }
+
+    /// The newest `limit` signal records, newest first.
+    pub async fn signal_list(&self, limit: usize) -> Result<Vec<Vec<u8>>, Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let ids: Vec<String> = redis::cmd("ZREVRANGE")
+                    .arg(r.key("sigs"))
+                    .arg(0)
+                    .arg(limit.saturating_sub(1))
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let keys: Vec<String> = ids.iter().map(|i| r.key(&format!("sig:{i}"))).collect();
+                let v: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                Ok(v.into_iter().flatten().collect())
+            }
+            Store::Embedded(e) => {
+                e.blocking(move |db| {
+                    let tx = db.begin_read().map_err(unavailable)?;
+                    let t = match tx.open_table(SIGNALS) {
+                        Ok(t) => t,
+                        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                        Err(e) => return Err(unavailable(e)),
+                    };
+                    let mut out = Vec::new();
+                    for row in t
+                        .range("rec/".."rec0")
+                        .map_err(unavailable)?
+                        .rev()
+                        .take(limit)
+                    {
+                        out.push(row.map_err(unavailable)?.1.value().to_vec());
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Moves `agent`'s baseline by one observation (see [`ewma`]) and answers it.
+    pub async fn baseline_update(
+        &self,
+        agent: &str,
+        now_ms: u64,
+        half_life_ms: u64,
+        every_ms: u64,
+        obs: (f64, f64),
+    ) -> Result<Baseline, Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let v: (String, String, String) = BASELINE
+                    .key(r.key(&format!("sigb:{agent}")))
+                    .arg(now_ms)
+                    .arg(half_life_ms.max(1))
+                    .arg(every_ms)
+                    .arg(obs.0)
+                    .arg(obs.1)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                let f = |s: &str| s.parse::<f64>().unwrap_or(0.0);
+                Ok(Baseline {
+                    rate: f(&v.0),
+                    bytes: f(&v.1),
+                    at_ms: f(&v.2) as u64,
+                })
+            }
+            Store::Embedded(e) => {
+                let k = format!("base/{agent}");
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    let old: Option<Baseline> = t
+                        .get(k.as_str())
+                        .map_err(unavailable)?
+                        .and_then(|g| serde_json::from_slice(g.value()).ok());
+                    let b = ewma(old, now_ms, half_life_ms, every_ms, obs);
+                    if old != Some(b) {
+                        let j = serde_json::to_vec(&b).map_err(unavailable)?;
+                        t.insert(k.as_str(), j.as_slice()).map_err(unavailable)?;
+                    }
+                    Ok(b)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records that `agent` called `tool` (at most `max` tools per agent).
+    pub async fn tool_seen(
+        &self,
+        agent: &str,
+        tool: &str,
+        max: u64,
+        now_ms: u64,
+    ) -> Result<ToolSeen, Error> {
+        let (code, first) = match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let (code, first): (i64, String) = TOOL
+                    .key(r.key(&format!("sigt:{agent}")))
+                    .key(r.key(&format!("sigf:{agent}")))
+                    .arg(tool)
+                    .arg(max)
+                    .arg(now_ms)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                (code, first.parse().unwrap_or(now_ms))
+            }
+            Store::Embedded(e) => {
+                let (k, tool) = (format!("tools/{agent}"), tool.to_string());
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    let mut h: Tools = t
+                        .get(k.as_str())
+                        .map_err(unavailable)?
+                        .and_then(|g| serde_json::from_slice(g.value()).ok())
+                        .unwrap_or(Tools {
+                            first_seen_ms: now_ms,
+                            tools: BTreeSet::new(),
+                        });
+                    let code = if h.tools.contains(&tool) {
+                        0
+                    } else if h.tools.len() as u64 >= max {
+                        2
+                    } else {
+                        h.tools.insert(tool);
+                        let j = serde_json::to_vec(&h).map_err(unavailable)?;
+                        t.insert(k.as_str(), j.as_slice()).map_err(unavailable)?;
+                        1
+                    };
+                    Ok((code, h.first_seen_ms))
+                })
+                .await?
+            }
+        };
+        Ok(match code {
+            0 => ToolSeen::Known,
+            1 => ToolSeen::New {
+                first_seen_ms: first,
+            },
+            _ => ToolSeen::Full,
+        })
+    }
+}
+
+async fn embedded_get(e: &Embedded, k: String) -> Result<Option<Vec<u8>>, Error> {
+    e.blocking(move |db| {
+        let tx = db.begin_read().map_err(unavailable)?;
+        let t = match tx.open_table(SIGNALS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(t.get(k.as_str())
+            .map_err(unavailable)?
+            .map(|g| g.value().to_vec()))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_observation_seeds_and_a_half_life_halves_the_gap() {
+        let b = ewma(None, 1000, 60_000, 1000, (10.0, 100.0));
+        assert_eq!((b.rate, b.bytes), (10.0, 100.0));
+        assert_eq!(
+            ewma(Some(b), 1500, 60_000, 1000, (99.0, 0.0)),
+            b,
+            "moved too soon"
+        );
+        let b2 = ewma(Some(b), 61_000, 60_000, 1000, (20.0, 0.0));
+        assert!((b2.rate - 15.0).abs() < 1e-9, "{b2:?}");
+        assert!((b2.bytes - 50.0).abs() < 1e-9, "{b2:?}");
+    }
+}
