@@ -317,6 +317,10 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 .collect();
             ok(json!({"signals": list}))
         }
+        (&Method::GET, ["signals", "baselines", agent]) => {
+            operator(app, &req, Role::Viewer)?;
+            ok(crate::signals::api::baselines(app, agent).await?)
+        }
         (&Method::GET, ["signals", id]) => {
             operator(app, &req, Role::Viewer)?;
             ok(crate::signals::api::get(app, id).await?.view())

@@ -92,41 +92,41 @@ async fn flush_agent(
             }
         }
     }
-    let spike = rules.on(Kind::RateSpike).or(rules.on(Kind::VolumeSpike));
-    if let Some(r) = spike {
-        let due = {
+    for (i, k) in [Kind::RateSpike, Kind::VolumeSpike].into_iter().enumerate() {
+        let Some(r) = rules.on(k) else { continue };
+        let obs = {
             let mut g = t.lock();
             let at = Instant::now();
-            match g.baseline_due {
+            match g.baseline_due[i] {
+                // Right after this replica first saw the agent: the baseline so far
+                // (the window under way is partial, not observed).
                 None => {
-                    // The first window after this replica first saw the agent is not
-                    // observed (it is partial).
-                    g.baseline_due = Some(at + r.window);
+                    g.baseline_due[i] = Some(at + r.window);
                     None
                 }
                 Some(d) if at >= d => {
-                    g.baseline_due = Some(at + r.window);
-                    let calls = g.calls.estimate(now, shared) as f64;
-                    let bytes = g.bytes.estimate(now, shared) as f64;
-                    Some((calls, bytes))
+                    g.baseline_due[i] = Some(at + r.window);
+                    Some(match k {
+                        Kind::RateSpike => g.calls.estimate(now, shared),
+                        _ => g.bytes.estimate(now, shared),
+                    } as f64)
                 }
-                Some(_) => None,
+                Some(_) => continue,
             }
         };
-        if let Some(obs) = due {
-            let b = app
-                .store
-                .baseline_update(
-                    agent,
-                    now,
-                    r.half_life.as_millis() as u64,
-                    // A little under the window: flush ticks drift.
-                    (r.window.as_millis() as u64) * 9 / 10,
-                    obs,
-                )
-                .await?;
-            t.lock().baseline = Some(b);
-        }
+        let b = app
+            .store
+            .baseline(
+                agent,
+                k.as_str(),
+                now,
+                r.half_life.as_millis() as u64,
+                // A little under the window: flush ticks drift.
+                (r.window.as_millis() as u64) * 9 / 10,
+                obs,
+            )
+            .await?;
+        t.lock().baseline[i] = b.map(|b| b.value);
     }
     let crossed = evaluate(rules, shared, agent, &mut t.lock(), now);
     for c in crossed {
@@ -205,16 +205,16 @@ fn evaluate(rules: &Rules, shared: bool, agent: &str, g: &mut Tracks, now: u64) 
             out.push(evidence(g, c));
         }
     }
-    let Some(b) = g.baseline else { return out };
-    for k in [Kind::RateSpike, Kind::VolumeSpike] {
+    for (i, k) in [Kind::RateSpike, Kind::VolumeSpike].into_iter().enumerate() {
         let Some(r) = rules.on(k) else { continue };
+        let Some(base) = g.baseline[i] else { continue };
         if g.quiet(k, at) || (k == Kind::RateSpike && !shared) {
             continue;
         }
-        let (n, base) = match k {
-            Kind::RateSpike => (g.calls.estimate(now, shared) as f64, b.rate),
-            _ => (g.bytes.estimate(now, shared) as f64, b.bytes),
-        };
+        let n = match k {
+            Kind::RateSpike => g.calls.estimate(now, shared),
+            _ => g.bytes.estimate(now, shared),
+        } as f64;
         let thr = spike_threshold(r, base);
         if n >= thr {
             g.hush(k, QUIET);

@@ -69,3 +69,29 @@ pub async fn ack(app: &App, id: &str, op: &str, note: Option<String>) -> Result<
     app.audit.record_durable(rec).await?;
     Ok(s)
 }
+
+/// `agent`'s baselines as the store holds them (per window; null while learning), with
+/// the thresholds they make now: what an operator reads to tune a spike signal.
+pub async fn baselines(app: &App, agent: &str) -> Result<serde_json::Value, Error> {
+    let live = app.live.load_full();
+    if !live.snap.agents.contains_key(agent) {
+        return Err(Error::NotFound);
+    }
+    let rules = live.snap.signals.rules(agent);
+    let mut out = serde_json::json!({ "agent": agent });
+    for k in [Kind::RateSpike, Kind::VolumeSpike] {
+        let r = rules.get(k);
+        let b = app
+            .store
+            .baseline(agent, k.as_str(), now_ms(), 1, 0, None)
+            .await?;
+        out[k.as_str()] = serde_json::json!({
+            "enabled": rules.on(k).is_some(),
+            "window": humantime::format_duration(r.window).to_string(),
+            "baseline": b.map(|b| b.value),
+            "baseline_at": b.map(|b| super::record::rfc3339(b.at_ms)),
+            "threshold": b.map(|b| super::spike_threshold(r, b.value)),
+        });
+    }
+    Ok(out)
+}

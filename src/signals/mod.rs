@@ -185,13 +185,13 @@ impl Signals {
                 if let Some(r) = rules.on(Kind::RateSpike) {
                     g.note(request_id, credential);
                     g.calls.add(r.window, now_ms, 1);
-                    if let Some(b) = g.baseline {
+                    if let Some(b) = g.baseline[0] {
                         let n = g.calls.estimate(now_ms, shared) as f64;
-                        let thr = spike_threshold(r, b.rate);
+                        let thr = spike_threshold(r, b);
                         if n >= thr {
                             let mut c = Crossing::new(Kind::RateSpike, r, agent, n, thr);
                             c.window = Some(r.window);
-                            c.baseline = Some(b.rate);
+                            c.baseline = Some(b);
                             crossed = Some(c);
                         }
                     }

@@ -132,10 +132,10 @@ pub struct Tracks {
     pub failures: Run,
     /// Tools this replica has seen the agent call (bounded by `new_tool.max_tools`).
     pub tools: HashSet<Arc<str>>,
-    /// From the store, refreshed by the flusher.
-    pub baseline: Option<crate::store::Baseline>,
-    /// When the flusher last moved the baseline.
-    pub baseline_due: Option<Instant>,
+    /// `rate_spike` and `volume_spike` baselines (from the store, refreshed by the
+    /// flusher), and when the flusher moves each next.
+    pub baseline: [Option<f64>; 2],
+    pub baseline_due: [Option<Instant>; 2],
     /// The last request counted, and its credential: the evidence of a signal the
     /// flusher finds crossed.
     pub last_request: [u8; 32],

@@ -16,11 +16,11 @@ pub const MAX_RECORDS: usize = 1000;
 /// `open/<agent>/<kind>`, `rec/<id>`, `base/<agent>`, `tools/<agent>`.
 const SIGNALS: TableDefinition<&str, &[u8]> = TableDefinition::new("signals");
 
-/// An agent's baseline: calls and response bytes per window, exponentially weighted.
+/// An agent's baseline for one signal: calls or response bytes per window,
+/// exponentially weighted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
-    pub rate: f64,
-    pub bytes: f64,
+    pub value: f64,
     /// When it was last moved.
     pub at_ms: u64,
 }
@@ -42,19 +42,18 @@ struct Tools {
     tools: BTreeSet<String>,
 }
 
-/// Moves a baseline by one observation (`obs_*` per window) at `now_ms`, unless it was
-/// moved less than `every_ms` ago; the first observation seeds it.
+/// Moves a baseline by one observation (per window) at `now_ms`, unless it was moved
+/// less than `every_ms` ago; the first observation seeds it.
 pub fn ewma(
     b: Option<Baseline>,
     now_ms: u64,
     half_life_ms: u64,
     every_ms: u64,
-    obs: (f64, f64),
+    obs: f64,
 ) -> Baseline {
     match b {
         None => Baseline {
-            rate: obs.0,
-            bytes: obs.1,
+            value: obs,
             at_ms: now_ms,
         },
         Some(b) if now_ms.saturating_sub(b.at_ms) < every_ms => b,
@@ -62,8 +61,7 @@ pub fn ewma(
             let dt = now_ms.saturating_sub(b.at_ms) as f64;
             let a = 1.0 - (-dt / half_life_ms.max(1) as f64).exp2();
             Baseline {
-                rate: b.rate + a * (obs.0 - b.rate),
-                bytes: b.bytes + a * (obs.1 - b.bytes),
+                value: b.value + a * (obs - b.value),
                 at_ms: now_ms,
             }
         }
@@ -117,16 +115,17 @@ static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
 
 static BASELINE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        "local h = redis.call('HMGET', KEYS[1], 'rate', 'bytes', 'at') \
-         local now = tonumber(ARGV[1]) local rate = tonumber(h[1]) local bytes = tonumber(h[2]) local at = tonumber(h[3]) \
-         if not at then rate = tonumber(ARGV[4]) bytes = tonumber(ARGV[5]) at = now \
+        "local h = redis.call('HMGET', KEYS[1], 'value', 'at') \
+         local now = tonumber(ARGV[1]) local v = tonumber(h[1]) local at = tonumber(h[2]) \
+         if ARGV[4] == '' then if not at then return {} end return {tostring(v), tostring(at)} end \
+         local obs = tonumber(ARGV[4]) \
+         if not at then v = obs at = now \
          elseif now - at >= tonumber(ARGV[3]) then \
-           local a = 1 - 2 ^ (-(now - at) / tonumber(ARGV[2])) \
-           rate = rate + a * (tonumber(ARGV[4]) - rate) bytes = bytes + a * (tonumber(ARGV[5]) - bytes) at = now \
+           local a = 1 - 2 ^ (-(now - at) / tonumber(ARGV[2])) v = v + a * (obs - v) at = now \
          end \
-         redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'bytes', tostring(bytes), 'at', tostring(at)) \
+         redis.call('HSET', KEYS[1], 'value', tostring(v), 'at', tostring(at)) \
          redis.call('PEXPIRE', KEYS[1], 2592000000) \
-         return {tostring(rate), tostring(bytes), tostring(at)}",
+         return {tostring(v), tostring(at)}",
     )
 });
 
@@ -354,37 +353,44 @@ impl Store {
         }
     }
 
-    /// Moves `agent`'s baseline by one observation (see [`ewma`]) and answers it.
-    pub async fn baseline_update(
+    /// Moves `agent`'s baseline for `kind` by one observation (see [`ewma`]) and
+    /// answers it; with no observation, only reads it.
+    pub async fn baseline(
         &self,
         agent: &str,
+        kind: &str,
         now_ms: u64,
         half_life_ms: u64,
         every_ms: u64,
-        obs: (f64, f64),
-    ) -> Result<Baseline, Error> {
+        obs: Option<f64>,
+    ) -> Result<Option<Baseline>, Error> {
         match self {
             Store::Redis(r) => {
                 let mut c = r.conn()?;
-                let v: (String, String, String) = BASELINE
-                    .key(r.key(&format!("sigb:{agent}")))
+                let v: Vec<String> = BASELINE
+                    .key(r.key(&format!("sigb:{kind}:{agent}")))
                     .arg(now_ms)
                     .arg(half_life_ms.max(1))
                     .arg(every_ms)
-                    .arg(obs.0)
-                    .arg(obs.1)
+                    .arg(obs.map(|o| o.to_string()).unwrap_or_default())
                     .invoke_async(&mut c)
                     .await
                     .map_err(|e| r.fail(e))?;
                 let f = |s: &str| s.parse::<f64>().unwrap_or(0.0);
-                Ok(Baseline {
-                    rate: f(&v.0),
-                    bytes: f(&v.1),
-                    at_ms: f(&v.2) as u64,
+                Ok(match v.as_slice() {
+                    [value, at] => Some(Baseline {
+                        value: f(value),
+                        at_ms: f(at) as u64,
+                    }),
+                    _ => None,
                 })
             }
             Store::Embedded(e) => {
-                let k = format!("base/{agent}");
+                let k = format!("base/{agent}/{kind}");
+                let Some(obs) = obs else {
+                    let b = embedded_get(e, k).await?;
+                    return Ok(b.and_then(|b| serde_json::from_slice(&b).ok()));
+                };
                 e.write(move |tx| {
                     let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
                     let old: Option<Baseline> = t
@@ -396,7 +402,7 @@ impl Store {
                         let j = serde_json::to_vec(&b).map_err(unavailable)?;
                         t.insert(k.as_str(), j.as_slice()).map_err(unavailable)?;
                     }
-                    Ok(b)
+                    Ok(Some(b))
                 })
                 .await
             }

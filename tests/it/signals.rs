@@ -97,12 +97,20 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
             // Below the threshold the agent still works.
             let ok = call(p.addr, "GET", "/tickets/7", &token).await;
             assert_eq!(ok.status, 200, "after {} refusals: {}", i + 1, ok.text());
-            assert!(signals(&p, "all").await.is_empty(), "fired below the threshold");
+            assert!(
+                signals(&p, "all").await.is_empty(),
+                "fired below the threshold"
+            );
         }
     }
     // Request N+1 meets the brake (applied before refusal N was answered).
     let r = call(p.addr, "POST", "/tickets/5/refund", &token).await;
-    assert_eq!((r.status, reason(&r)), (403, "paused".into()), "{}", r.text());
+    assert_eq!(
+        (r.status, reason(&r)),
+        (403, "paused".into()),
+        "{}",
+        r.text()
+    );
     let r = call(p.addr, "GET", "/tickets/7", &token).await;
     assert_eq!(reason(&r), "paused", "an allowed tool is paused too");
 
@@ -116,8 +124,15 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
     assert_eq!(s["window"], "1m");
     assert_eq!(s["action"], "pause_agent");
     assert_eq!(s["brake"], "applied");
-    assert_eq!(s["request_id"].as_str(), Some(last_id.as_str()), "the request that crossed it");
-    assert!(s["credential"].as_str().is_some_and(|c| token.contains(c)), "{s}");
+    assert_eq!(
+        s["request_id"].as_str(),
+        Some(last_id.as_str()),
+        "the request that crossed it"
+    );
+    assert!(
+        s["credential"].as_str().is_some_and(|c| token.contains(c)),
+        "{s}"
+    );
 
     // More refusals while paused raise nothing more (no alert storm).
     for _ in 0..N {
@@ -142,27 +157,55 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
     assert_eq!(pause["agent"], "bot");
     let m = scrape(&p).await;
     assert_eq!(
-        m.value("portcullis_signals_total", &[("kind", "refusal_burst"), ("action", "pause_agent")]),
+        m.value(
+            "portcullis_signals_total",
+            &[("kind", "refusal_burst"), ("action", "pause_agent")]
+        ),
         Some(1.0)
     );
 
     // Acknowledge (CLI) and resume: service is back, and counting starts afresh.
     let id = s["id"].as_str().unwrap();
     let out = crate::common::run_bin(
-        &["signals", "ack", id, "--note", "injected email; sender blocked", "--admin", &format!("http://{}", p.admin)],
+        &[
+            "signals",
+            "ack",
+            id,
+            "--note",
+            "injected email; sender blocked",
+            "--admin",
+            &format!("http://{}", p.admin),
+        ],
         &[("PORTCULLIS_OPERATOR_TOKEN", crate::common::OPERATOR_SECRET)],
         BOUND,
     );
-    assert!(out.status.success(), "signals ack: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "signals ack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again = op(&p, "POST", &format!("/signals/{id}/ack"), None).await;
     assert_eq!(again.status, 409, "a second ack: {}", again.text());
-    assert!(agent_paused(&p, &token).await, "acknowledging does not lift the brake");
-    op_ok(&p, "POST", "/resume", Some(&json!({"scope": "agent", "target": "bot"}))).await;
+    assert!(
+        agent_paused(&p, &token).await,
+        "acknowledging does not lift the brake"
+    );
+    op_ok(
+        &p,
+        "POST",
+        "/resume",
+        Some(&json!({"scope": "agent", "target": "bot"})),
+    )
+    .await;
     assert_eq!(call(p.addr, "GET", "/tickets/7", &token).await.status, 200);
     for _ in 0..N - 1 {
         call(p.addr, "POST", "/tickets/1/refund", &token).await;
     }
-    assert_eq!(call(p.addr, "GET", "/tickets/7", &token).await.status, 200, "old refusals counted again");
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/7", &token).await.status,
+        200,
+        "old refusals counted again"
+    );
     let acked = signals(&p, "acknowledged").await;
     assert_eq!(acked.len(), 1);
     assert_eq!(acked[0]["acked_by"], "tester");
@@ -177,7 +220,10 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
         BOUND,
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("refusal_burst") && text.contains("bot"), "{text}");
+    assert!(
+        out.status.success() && text.contains("refusal_burst") && text.contains("bot"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,8 +235,14 @@ async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() 
     let env = [("REDIS_URL", url.as_str())];
     let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
     let sig = "  refusal_burst: { threshold: 4, window: 1m }";
-    let a = Proxy::start(&cfg(Head::new().node("node-a").store(&store), &up, sig), &env);
-    let b = Proxy::start(&cfg(Head::new().node("node-b").store(&store), &up, sig), &env);
+    let a = Proxy::start(
+        &cfg(Head::new().node("node-a").store(&store), &up, sig),
+        &env,
+    );
+    let b = Proxy::start(
+        &cfg(Head::new().node("node-b").store(&store), &up, sig),
+        &env,
+    );
     let token = a.agent_token("bot").await;
     assert_eq!(call(b.addr, "GET", "/tickets/1", &token).await.status, 200);
     for i in 0..4 {
@@ -206,7 +258,10 @@ async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() 
         }
     })
     .await;
-    eprintln!("brake seen on node-b {:?} after the crossing refusal was answered", t0.elapsed());
+    eprintln!(
+        "brake seen on node-b {:?} after the crossing refusal was answered",
+        t0.elapsed()
+    );
     assert!(agent_paused(&a, &token).await);
     assert_eq!(signals(&a, "all").await.len(), 1);
     assert_eq!(signals(&b, "all").await.len(), 1, "one store, one signal");
@@ -221,21 +276,41 @@ async fn a_burst_split_across_replicas_fires_once() {
     let env = [("REDIS_URL", url.as_str())];
     let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
     let sig = "  refusal_burst: { threshold: 6, window: 1m }";
-    let a = Proxy::start(&cfg(Head::new().node("node-a").store(&store), &up, sig), &env);
-    let b = Proxy::start(&cfg(Head::new().node("node-b").store(&store), &up, sig), &env);
+    let a = Proxy::start(
+        &cfg(Head::new().node("node-a").store(&store), &up, sig),
+        &env,
+    );
+    let b = Proxy::start(
+        &cfg(Head::new().node("node-b").store(&store), &up, sig),
+        &env,
+    );
     let token = a.agent_token("bot").await;
     // Three on each replica: neither alone is over the threshold.
     for _ in 0..3 {
-        assert_eq!(call(a.addr, "POST", "/tickets/1/refund", &token).await.status, 403);
-        assert_eq!(call(b.addr, "POST", "/tickets/1/refund", &token).await.status, 403);
+        assert_eq!(
+            call(a.addr, "POST", "/tickets/1/refund", &token)
+                .await
+                .status,
+            403
+        );
+        assert_eq!(
+            call(b.addr, "POST", "/tickets/1/refund", &token)
+                .await
+                .status,
+            403
+        );
     }
-    eventually("the split burst pauses bot on both replicas", Duration::from_secs(3), || async {
-        if agent_paused(&a, &token).await && agent_paused(&b, &token).await {
-            Ok(())
-        } else {
-            Err("not paused yet".to_string())
-        }
-    })
+    eventually(
+        "the split burst pauses bot on both replicas",
+        Duration::from_secs(3),
+        || async {
+            if agent_paused(&a, &token).await && agent_paused(&b, &token).await {
+                Ok(())
+            } else {
+                Err("not paused yet".to_string())
+            }
+        },
+    )
     .await;
     // Later flushes see the same total; the claim lets one replica fire, once.
     let list = signals(&a, "all").await;
@@ -244,31 +319,54 @@ async fn a_burst_split_across_replicas_fires_once() {
     let audit_a = records_of(&a.path("data/audit.jsonl"));
     let audit_b = records_of(&b.path("data/audit.jsonl"));
     let n = |v: &[Value]| v.iter().filter(|r| r["event"] == "signal").count();
-    assert_eq!(n(&audit_a) + n(&audit_b), 1, "exactly one replica recorded the signal");
+    assert_eq!(
+        n(&audit_a) + n(&audit_b),
+        1,
+        "exactly one replica recorded the signal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn consecutive_upstream_failures_revoke_the_credential() {
     let up = Upstream::start(Behaviour::StatusFromPath).await;
     let p = Proxy::start(
-        &cfg(Head::new(), &up, "  upstream_failures: { threshold: 3, action: revoke_credential }"),
+        &cfg(
+            Head::new(),
+            &up,
+            "  upstream_failures: { threshold: 3, action: revoke_credential }",
+        ),
         &[],
     );
     let token = p.agent_token("bot").await;
     // Two failures, a success (the run ends), two more: never three in a row.
-    for path in ["/tickets/503", "/tickets/502", "/tickets/1", "/tickets/503", "/tickets/500"] {
+    for path in [
+        "/tickets/503",
+        "/tickets/502",
+        "/tickets/1",
+        "/tickets/503",
+        "/tickets/500",
+    ] {
         call(p.addr, "GET", path, &token).await;
     }
     assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
-    assert!(signals(&p, "all").await.is_empty(), "fired below the threshold");
+    assert!(
+        signals(&p, "all").await.is_empty(),
+        "fired below the threshold"
+    );
     for path in ["/tickets/503", "/tickets/503", "/tickets/504"] {
         assert!(call(p.addr, "GET", path, &token).await.status >= 500);
     }
     let r = call(p.addr, "GET", "/tickets/1", &token).await;
     assert_eq!(r.status, 401, "the credential is revoked: {}", r.text());
     let s = &signals(&p, "open").await[0];
-    assert_eq!((s["kind"].as_str(), s["observed"].as_f64()), (Some("upstream_failures"), Some(3.0)));
-    assert_eq!((s["action"].as_str(), s["brake"].as_str()), (Some("revoke_credential"), Some("applied")));
+    assert_eq!(
+        (s["kind"].as_str(), s["observed"].as_f64()),
+        (Some("upstream_failures"), Some(3.0))
+    );
+    assert_eq!(
+        (s["action"].as_str(), s["brake"].as_str()),
+        (Some("revoke_credential"), Some("applied"))
+    );
     let audit = p.path("data/audit.jsonl");
     let rev = wait_record(&audit, "token_revoked", |r| r["event"] == "token_revoked").await;
     assert_eq!(rev["operator"], "signal:upstream_failures");
@@ -280,12 +378,21 @@ async fn consecutive_upstream_failures_revoke_the_credential() {
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_denying_parked_requests_pause_the_agent() {
     let up = Upstream::start(Behaviour::Fixed).await;
-    let p = Proxy::start(&cfg(Head::new(), &up, "  approval_denials: { threshold: 2 }"), &[]);
+    let p = Proxy::start(
+        &cfg(Head::new(), &up, "  approval_denials: { threshold: 2 }"),
+        &[],
+    );
     let token = p.agent_token("bot").await;
     let deny = |id: String| {
         let p = &p;
         async move {
-            op_ok(p, "POST", &format!("/approvals/{id}/deny"), Some(&json!({"reason": "no"}))).await;
+            op_ok(
+                p,
+                "POST",
+                &format!("/approvals/{id}/deny"),
+                Some(&json!({"reason": "no"})),
+            )
+            .await;
         }
     };
     let park = |n: u32| {
@@ -299,7 +406,11 @@ async fn operators_denying_parked_requests_pause_the_agent() {
     let first = park(1).await;
     let second = park(2).await;
     deny(first).await;
-    assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200, "one denial is below");
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/1", &token).await.status,
+        200,
+        "one denial is below"
+    );
     deny(second).await;
     assert!(agent_paused(&p, &token).await, "two denials pause bot");
     let s = &signals(&p, "open").await[0];
@@ -307,8 +418,20 @@ async fn operators_denying_parked_requests_pause_the_agent() {
     assert_eq!(s["window"], "1h");
     assert_eq!(s["observed"].as_f64(), Some(2.0));
     // Acknowledge and resume: restored.
-    op_ok(&p, "POST", &format!("/signals/{}/ack", s["id"].as_str().unwrap()), Some(&json!({"note": "ok"}))).await;
-    op_ok(&p, "POST", "/resume", Some(&json!({"scope": "agent", "target": "bot"}))).await;
+    op_ok(
+        &p,
+        "POST",
+        &format!("/signals/{}/ack", s["id"].as_str().unwrap()),
+        Some(&json!({"note": "ok"})),
+    )
+    .await;
+    op_ok(
+        &p,
+        "POST",
+        "/resume",
+        Some(&json!({"scope": "agent", "target": "bot"})),
+    )
+    .await;
     assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
 }
 
@@ -318,23 +441,47 @@ async fn a_first_call_of_a_tool_is_flagged_after_learning() {
     let p = Proxy::start(&cfg(Head::new(), &up, "  new_tool: { action: alert }"), &[]);
     let learner = p.agent_token("learner").await;
     let watched = p.agent_token("watched").await;
-    assert_eq!(call(p.addr, "GET", "/tickets/1", &learner).await.status, 200);
-    assert_eq!(call(p.addr, "GET", "/tickets/1", &watched).await.status, 200);
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/1", &learner).await.status,
+        200
+    );
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/1", &watched).await.status,
+        200
+    );
     let s = eventually("a new_tool signal for watched", BOUND, || async {
-        match signals(&p, "all").await.into_iter().find(|s| s["kind"] == "new_tool") {
+        match signals(&p, "all")
+            .await
+            .into_iter()
+            .find(|s| s["kind"] == "new_tool")
+        {
             Some(s) => Ok(s),
             None => Err("none yet".to_string()),
         }
     })
     .await;
-    assert_eq!((s["agent"].as_str(), s["tool"].as_str()), (Some("watched"), Some("tickets.get")));
+    assert_eq!(
+        (s["agent"].as_str(), s["tool"].as_str()),
+        (Some("watched"), Some("tickets.get"))
+    );
     assert_eq!(s["action"], "alert");
     // Alert only: the agent keeps working; a tool it has called is not new again.
-    assert_eq!(call(p.addr, "GET", "/tickets/2", &watched).await.status, 200);
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/2", &watched).await.status,
+        200
+    );
     let id = s["id"].as_str().unwrap().to_string();
     op_ok(&p, "POST", &format!("/signals/{id}/ack"), None).await;
-    assert_eq!(call(p.addr, "GET", "/tickets/3", &watched).await.status, 200);
-    assert_eq!(call(p.addr, "GET", "/tickets/3/comments", &watched).await.status, 200);
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/3", &watched).await.status,
+        200
+    );
+    assert_eq!(
+        call(p.addr, "GET", "/tickets/3/comments", &watched)
+            .await
+            .status,
+        200
+    );
     let next = eventually("the second tool is flagged", BOUND, || async {
         let all = signals(&p, "open").await;
         match all.into_iter().find(|s| s["kind"] == "new_tool") {
@@ -343,9 +490,16 @@ async fn a_first_call_of_a_tool_is_flagged_after_learning() {
         }
     })
     .await;
-    assert_eq!(next["tool"].as_str(), Some("tickets.comments.list"), "{next}");
+    assert_eq!(
+        next["tool"].as_str(),
+        Some("tickets.comments.list"),
+        "{next}"
+    );
     let all = signals(&p, "all").await;
-    assert!(all.iter().all(|s| s["agent"] == "watched"), "the learning agent was flagged: {all:?}");
+    assert!(
+        all.iter().all(|s| s["agent"] == "watched"),
+        "the learning agent was flagged: {all:?}"
+    );
     assert_eq!(all.len(), 2, "{all:?}");
 }
 
@@ -361,29 +515,43 @@ async fn a_volume_spike_over_the_baseline_is_flagged() {
         &[],
     );
     let token = p.agent_token("bot").await;
-    // Quiet traffic: 4 KiB a call, two calls are under 4 × the 10000-byte floor.
-    for _ in 0..2 {
-        assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
-    }
-    // The baseline is taken once a window has passed; a window of one call each time
-    // never crosses (4096 < 40000), however often it is observed.
-    eventually("a baseline window passes", BOUND, || async {
-        call(p.addr, "GET", "/tickets/1", &token).await;
-        let m = scrape(&p).await;
-        if signals(&p, "all").await.is_empty() && m.sum("portcullis_requests_total") >= 8.0 {
-            Ok(())
-        } else {
-            Err("still learning".to_string())
+    // Quiet traffic: 4 KiB a call.
+    assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
+    // The baseline is taken once a window has passed (one quiet window: ≤ 3 calls).
+    let b = eventually("a volume baseline", BOUND, || async {
+        let v = op_ok(&p, "GET", "/signals/baselines/bot", None).await;
+        match v["volume_spike"]["threshold"].as_f64() {
+            Some(_) => Ok(v),
+            None => Err(format!("still learning: {v}")),
         }
     })
     .await;
-    assert!(signals(&p, "all").await.is_empty(), "fired below the threshold");
-    // Ten calls in the window: 40 KiB ≥ 4 × 10000 bytes.
+    assert_eq!(
+        b["volume_spike"]["threshold"].as_f64(),
+        Some(40_000.0),
+        "the floor: {b}"
+    );
+    // Eight calls (32 KiB; with the first, 36 KiB) in a window stay under 4 × 10000.
+    for _ in 0..8 {
+        call(p.addr, "GET", "/tickets/1", &token).await;
+    }
+    // Bytes are counted when a response ends; a flush or two later nothing has fired.
+    let m = scrape(&p).await;
+    assert!(m.sum("portcullis_requests_total") >= 9.0);
+    assert!(
+        signals(&p, "all").await.is_empty(),
+        "fired below the threshold"
+    );
+    // Ten more in the window: ≥ 40 KiB.
     for _ in 0..10 {
         call(p.addr, "GET", "/tickets/1", &token).await;
     }
     let s = eventually("a volume_spike signal", BOUND, || async {
-        match signals(&p, "all").await.into_iter().find(|s| s["kind"] == "volume_spike") {
+        match signals(&p, "all")
+            .await
+            .into_iter()
+            .find(|s| s["kind"] == "volume_spike")
+        {
             Some(s) => Ok(s),
             None => Err("none yet".to_string()),
         }
@@ -399,16 +567,75 @@ async fn signals_config_errors_name_the_key() {
     let up = Upstream::start(Behaviour::Fixed).await;
     let dir = tempfile::tempdir().unwrap();
     for (signals, key) in [
-        ("  refusal_burst: { threshold: 0 }", "signals.refusal_burst.threshold"),
-        ("  rate_spike: { threshold: 3 }", "signals.rate_spike.threshold"),
-        ("  upstream_failures: { action: explode }", "signals.upstream_failures.action"),
+        (
+            "  refusal_burst: { threshold: 0 }",
+            "signals.refusal_burst.threshold",
+        ),
+        (
+            "  rate_spike: { threshold: 3 }",
+            "signals.rate_spike.threshold",
+        ),
+        (
+            "  upstream_failures: { action: explode }",
+            "signals.upstream_failures.action",
+        ),
         ("  refusal_bust: { threshold: 3 }", "refusal_bust"),
     ] {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, cfg(Head::new(), &up, signals)).unwrap();
-        let out = crate::common::run_bin(&["check", "--config", path.to_str().unwrap()], &[], BOUND);
-        let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let out =
+            crate::common::run_bin(&["check", "--config", path.to_str().unwrap()], &[], BOUND);
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{signals} accepted");
-        assert!(err.contains(key) && err.contains("routes.yaml:"), "{signals}: {err}");
+        assert!(
+            err.contains(key) && err.contains("routes.yaml:"),
+            "{signals}: {err}"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_rate_over_the_baseline_is_flagged_on_the_request_that_crosses_it() {
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let p = Proxy::start(
+        &cfg(
+            Head::new(),
+            &up,
+            "  rate_spike: { window: 1s, half_life: 1h, factor: 4, min_baseline: 5, action: pause_agent }",
+        ),
+        &[],
+    );
+    let token = p.agent_token("bot").await;
+    assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
+    let b = eventually("a rate baseline", BOUND, || async {
+        let v = op_ok(&p, "GET", "/signals/baselines/bot", None).await;
+        match v["rate_spike"]["threshold"].as_f64() {
+            Some(_) => Ok(v),
+            None => Err(format!("still learning: {v}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        b["rate_spike"]["threshold"].as_f64(),
+        Some(20.0),
+        "4 × the floor of 5: {b}"
+    );
+    // Calls until the brake: the request that makes the window's count 20 is answered,
+    // the next one is paused — never before the count reaches the threshold.
+    let mut answered = 0;
+    for _ in 0..40 {
+        let r = call(p.addr, "GET", "/tickets/1", &token).await;
+        if r.status != 200 {
+            assert_eq!(reason(&r), "paused", "{}", r.text());
+            break;
+        }
+        answered += 1;
+    }
+    let s = &signals(&p, "all").await[0];
+    assert_eq!(s["kind"], "rate_spike");
+    assert!(s["observed"].as_f64().unwrap() >= 20.0, "{s}");
+    assert!(answered >= 19, "paused after {answered} calls: {s}");
+    assert_eq!(s["threshold"].as_f64(), Some(20.0));
+    assert!(s["baseline"].as_f64().is_some(), "{s}");
 }
