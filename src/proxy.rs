@@ -184,6 +184,7 @@ where
             let outcome = signals::Outcome::Answered {
                 upstream_status: trace.upstream_started.map(|_| status),
                 tool: trace.tool.as_ref(),
+                bytes: http_body::Body::size_hint(resp.body()).exact(),
             };
             let agent = trace.agent.as_deref();
             let crossed = signals::observed(

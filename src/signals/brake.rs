@@ -32,8 +32,19 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
     match app.store.signal_claim(&c.agent, c.kind.as_str(), &id).await {
         Ok(None) => {}
         Ok(Some(open)) => {
-            debug!(agent.id = %c.agent, kind = c.kind.as_str(), signal = %open, "signal already open");
-            return None;
+            // Quiet while the open signal's brake holds; once it was lifted without an
+            // acknowledgement, the agent is watched again.
+            let lifted = brake_lifted(app, &c, &open).await;
+            let reclaimed = lifted
+                && app
+                    .store
+                    .signal_reclaim(&c.agent, c.kind.as_str(), &open, &id)
+                    .await
+                    .unwrap_or(false);
+            if !reclaimed {
+                debug!(agent.id = %c.agent, kind = c.kind.as_str(), signal = %open, "signal already open");
+                return None;
+            }
         }
         Err(e) => {
             warn!(agent.id = %c.agent, kind = c.kind.as_str(), error = %e, "signal could not be claimed");
@@ -44,6 +55,11 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
         Ok(b) => b.to_string(),
         Err(e) => format!("failed: {}", e.reason()),
     };
+    if brake == "applied" {
+        // The brake stops the counting now; once it is lifted, the agent is watched at
+        // once (not after the quiet period a crossing starts).
+        app.signals.unhush(&c.agent, c.kind);
+    }
     let live = app.live.load();
     let tenant = live
         .snap
@@ -105,6 +121,31 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
     }
     crate::notify::signal(app, &s);
     Some(s)
+}
+
+/// Whether the open signal `open` applied a brake that no longer stops `c`'s agent (or,
+/// for a revoked credential, `c`'s credential). An alert has no brake: it stays quiet
+/// until acknowledged.
+async fn brake_lifted(app: &App, c: &Crossing, open: &str) -> bool {
+    let Ok(Some(raw)) = app.store.signal_get(open).await else {
+        // A record trimmed away (or unreadable): nothing stands in the way.
+        return true;
+    };
+    let Ok(s) = serde_json::from_slice::<Signal>(&raw) else {
+        return true;
+    };
+    if s.brake != "applied" {
+        return false;
+    }
+    match Action::parse(&s.action) {
+        Some(Action::PauseAgent) | Some(Action::DraftOnly) => match app.store.switches().await {
+            Ok(sw) if s.action == "pause_agent" => !sw.paused_agents.contains(&c.agent),
+            Ok(sw) => !sw.draft_only,
+            Err(_) => false,
+        },
+        Some(Action::RevokeCredential) => s.credential != c.credential,
+        _ => false,
+    }
 }
 
 pub async fn put(app: &App, s: &Signal) -> Result<(), Error> {

@@ -56,10 +56,13 @@ pub enum Outcome<'a> {
     /// Refused after authentication (deny, 400, 429). `brake`: refused by a switch (an
     /// agent already stopped is not counted again).
     Refused { brake: bool },
-    /// Answered (forwarded or parked): the upstream's status when it was forwarded.
+    /// Answered (forwarded or parked): the upstream's status when it was forwarded, and
+    /// the response body's length when it is known up front (otherwise it is counted
+    /// as it streams: [`meter`]).
     Answered {
         upstream_status: Option<u16>,
         tool: Option<&'a Arc<str>>,
+        bytes: Option<u64>,
     },
     /// The upstream failed or timed out.
     UpstreamFailed,
@@ -120,6 +123,10 @@ impl Signals {
         if let Some(t) = self.agents.load().get(agent) {
             return t.clone();
         }
+        self.insert(agent)
+    }
+
+    fn insert(&self, agent: &str) -> Arc<AgentTracks> {
         let _g = self.insert.lock().unwrap_or_else(|e| e.into_inner());
         let cur = self.agents.load();
         if let Some(t) = cur.get(agent) {
@@ -151,7 +158,16 @@ impl Signals {
         if !rules.enabled {
             return None;
         }
-        let t = self.tracks(agent);
+        // The map is read in place (no reference count touched on the request path).
+        let map = self.agents.load();
+        let fresh;
+        let t = match map.get(agent) {
+            Some(t) => t,
+            None => {
+                fresh = self.insert(agent);
+                &fresh
+            }
+        };
         let now_ms = crate::store::now_ms();
         let mut g = t.lock();
         let mut crossed = None;
@@ -181,7 +197,13 @@ impl Signals {
             Outcome::Answered {
                 upstream_status,
                 tool,
+                bytes,
             } => {
+                if let (Some(r), Some(n)) = (rules.on(Kind::VolumeSpike), bytes) {
+                    if n > 0 {
+                        g.bytes.add(r.window, now_ms, n);
+                    }
+                }
                 if let Some(r) = rules.on(Kind::RateSpike) {
                     g.note(request_id, credential);
                     g.calls.add(r.window, now_ms, 1);
@@ -260,6 +282,11 @@ impl Signals {
         c.credential = Some(credential.to_string());
         c.request_id = Some(request_id.to_string());
         Some(c)
+    }
+
+    /// Ends the quiet period of `agent` and `kind` on this replica.
+    pub fn unhush(&self, agent: &str, kind: Kind) {
+        self.tracks(agent).lock().quiet_until[kind as usize] = None;
     }
 
     /// Forgets an agent's counts of `kind` on this replica (its signal was acknowledged).
@@ -345,7 +372,8 @@ pub async fn settle(app: &Arc<crate::app::App>, c: Option<Crossing>) {
     }
 }
 
-/// The response body, counted for `volume_spike` when it is on for `agent`.
+/// The response body, counted for `volume_spike` as it streams when it is on for
+/// `agent` and the body's length was not known up front.
 pub fn meter(
     app: &crate::app::App,
     snap: &crate::config::Snapshot,
@@ -353,6 +381,9 @@ pub fn meter(
     resp: http::Response<crate::body::Body>,
 ) -> http::Response<crate::body::Body> {
     let Some(agent) = agent else { return resp };
+    if http_body::Body::size_hint(resp.body()).exact().is_some() {
+        return resp;
+    }
     let Some(r) = snap.signals.rules(agent).on(Kind::VolumeSpike) else {
         return resp;
     };

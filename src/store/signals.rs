@@ -96,6 +96,12 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+static RECLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
+    )
+});
+
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         "redis.call('DEL', KEYS[2], KEYS[3]) \
@@ -213,6 +219,49 @@ impl Store {
                         t.insert(k.as_str(), id.as_bytes()).map_err(unavailable)?;
                     }
                     Ok(old)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Replaces the open signal `old` of `agent` and `kind` by `new` (the brake `old`
+    /// applied was lifted without acknowledging it); false if `old` is no longer open.
+    pub async fn signal_reclaim(
+        &self,
+        agent: &str,
+        kind: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, Error> {
+        match self {
+            Store::Redis(r) => {
+                let mut c = r.conn()?;
+                let n: i64 = RECLAIM
+                    .key(r.key(&format!("sigopen:{agent}:{kind}")))
+                    .arg(old)
+                    .arg(new)
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(|e| r.fail(e))?;
+                Ok(n == 1)
+            }
+            Store::Embedded(e) => {
+                let (k, old, new) = (
+                    format!("open/{agent}/{kind}"),
+                    old.to_string(),
+                    new.to_string(),
+                );
+                e.write(move |tx| {
+                    let mut t = tx.open_table(SIGNALS).map_err(unavailable)?;
+                    let same = t
+                        .get(k.as_str())
+                        .map_err(unavailable)?
+                        .is_some_and(|g| g.value() == old.as_bytes());
+                    if same {
+                        t.insert(k.as_str(), new.as_bytes()).map_err(unavailable)?;
+                    }
+                    Ok(same)
                 })
                 .await
             }

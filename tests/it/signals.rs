@@ -639,3 +639,32 @@ async fn a_call_rate_over_the_baseline_is_flagged_on_the_request_that_crosses_it
     assert_eq!(s["threshold"].as_f64(), Some(20.0));
     assert!(s["baseline"].as_f64().is_some(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_resumed_without_acknowledging_is_braked_again() {
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let p = Proxy::start(
+        &cfg(Head::new(), &up, "  refusal_burst: { threshold: 3 }"),
+        &[],
+    );
+    let token = p.agent_token("bot").await;
+    for _ in 0..3 {
+        call(p.addr, "POST", "/tickets/1/refund", &token).await;
+    }
+    assert!(agent_paused(&p, &token).await);
+    op_ok(
+        &p,
+        "POST",
+        "/resume",
+        Some(&json!({"scope": "agent", "target": "bot"})),
+    )
+    .await;
+    assert_eq!(call(p.addr, "GET", "/tickets/1", &token).await.status, 200);
+    // Still over the threshold, unacknowledged, brake lifted: the next refusal re-brakes.
+    let r = call(p.addr, "POST", "/tickets/1/refund", &token).await;
+    assert_ne!(reason(&r), "paused");
+    assert!(agent_paused(&p, &token).await, "not braked again");
+    let open = signals(&p, "open").await;
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.iter().all(|s| s["kind"] == "refusal_burst"));
+}
