@@ -668,3 +668,61 @@ async fn an_agent_resumed_without_acknowledging_is_braked_again() {
     assert_eq!(open.len(), 2, "{open:?}");
     assert!(open.iter().all(|s| s["kind"] == "refusal_burst"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_page_lists_signals_and_acknowledges_one_with_a_note() {
+    use crate::operator_ui::{csrf_of, form_post, page, sign_in};
+    let up = Upstream::start(Behaviour::Fixed).await;
+    let p = Proxy::start(
+        &cfg(Head::new(), &up, "  refusal_burst: { threshold: 2 }"),
+        &[],
+    );
+    let token = p.agent_token("bot").await;
+    for _ in 0..2 {
+        call(p.addr, "POST", "/tickets/1/refund", &token).await;
+    }
+    let s = signals(&p, "open").await.remove(0);
+    let id = s["id"].as_str().unwrap();
+    let cookie = sign_in(p.admin, crate::common::OPERATOR_SECRET).await;
+    let r = page(p.admin, "/ui/signals", Some(&cookie)).await;
+    let html = r.text();
+    assert_eq!(r.status, 200, "{html}");
+    for want in [
+        id,
+        "refusal_burst",
+        "bot",
+        "pause_agent",
+        s["request_id"].as_str().unwrap(),
+    ] {
+        assert!(html.contains(want), "the Signals list lacks {want}: {html}");
+    }
+    let csrf = csrf_of(&html);
+    let bad = form_post(
+        p.admin,
+        &format!("/ui/signals/{id}/ack"),
+        Some(&cookie),
+        "csrf=wrong&note=x",
+    )
+    .await;
+    assert_eq!(bad.status, 403, "without the session's CSRF token");
+    let r = form_post(
+        p.admin,
+        &format!("/ui/signals/{id}/ack"),
+        Some(&cookie),
+        &format!("csrf={csrf}&note=looked+at+it"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let acked = signals(&p, "acknowledged").await;
+    assert_eq!(
+        (acked[0]["acked_by"].as_str(), acked[0]["ack_note"].as_str()),
+        (Some("tester"), Some("looked at it"))
+    );
+    let html = page(p.admin, "/ui/signals?state=all", Some(&cookie))
+        .await
+        .text();
+    assert!(
+        html.contains("acknowledged by tester") && html.contains("looked at it"),
+        "{html}"
+    );
+}
