@@ -43,6 +43,11 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
                     .unwrap_or(false);
             if !reclaimed {
                 debug!(agent.id = %c.agent, kind = c.kind.as_str(), signal = %open, "signal already open");
+                if let (Kind::NewTool, Some(tool)) = (c.kind, &c.tool) {
+                    // Now in the agent's history, so never new again: kept on the open
+                    // signal instead of lost.
+                    add_tool(app, &open, tool).await;
+                }
                 return None;
             }
         }
@@ -74,6 +79,7 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
         tenant,
         request_id: c.request_id.clone(),
         tool: c.tool.clone(),
+        more_tools: Vec::new(),
         window: c.window.map(|w| humantime::format_duration(w).to_string()),
         observed: c.observed,
         threshold: c.threshold,
@@ -145,6 +151,21 @@ async fn brake_lifted(app: &App, c: &Crossing, open: &str) -> bool {
         },
         Some(Action::RevokeCredential) => s.credential != c.credential,
         _ => false,
+    }
+}
+
+async fn add_tool(app: &App, open: &str, tool: &str) {
+    let Ok(Some(raw)) = app.store.signal_get(open).await else {
+        return;
+    };
+    let Ok(mut s) = serde_json::from_slice::<Signal>(&raw) else {
+        return;
+    };
+    if s.more_tools.len() < super::record::MORE_TOOLS && !s.more_tools.iter().any(|t| t == tool) {
+        s.more_tools.push(tool.to_string());
+        if let Err(e) = put(app, &s).await {
+            warn!(signal = %s.id, error = %e, "signal record could not be updated");
+        }
     }
 }
 

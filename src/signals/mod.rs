@@ -199,13 +199,14 @@ impl Signals {
                 tool,
                 bytes,
             } => {
+                // The evidence of a spike the flusher may find.
+                g.note(request_id, credential);
                 if let (Some(r), Some(n)) = (rules.on(Kind::VolumeSpike), bytes) {
                     if n > 0 {
                         g.bytes.add(r.window, now_ms, n);
                     }
                 }
                 if let Some(r) = rules.on(Kind::RateSpike) {
-                    g.note(request_id, credential);
                     g.calls.add(r.window, now_ms, 1);
                     if let Some(b) = g.baseline[0] {
                         let n = g.calls.estimate(now_ms, shared) as f64;

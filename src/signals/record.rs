@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most tools an open `new_tool` signal lists besides its own.
+pub const MORE_TOOLS: usize = 50;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Signal {
     pub id: String,
@@ -18,6 +21,10 @@ pub struct Signal {
     /// `new_tool`: the tool.
     #[serde(default)]
     pub tool: Option<String>,
+    /// `new_tool`: more tools called for the first time while this signal was open
+    /// (at most [`MORE_TOOLS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_tools: Vec<String>,
     /// The window counted over (`1m`), if the signal has one.
     #[serde(default)]
     pub window: Option<String>,

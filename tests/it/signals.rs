@@ -40,6 +40,7 @@ profiles:
     signals: {{ new_tool: {{ learn_for: 1h }} }}
   watching:
     tools: ["tickets.get", "tickets.comments.*"]
+    max_risk: medium
     signals: {{ new_tool: {{ learn_for: 0s }} }}
 agents:
   bot: {{ profile: drafter, tenant: acme }}
@@ -471,6 +472,22 @@ async fn a_first_call_of_a_tool_is_flagged_after_learning() {
         200
     );
     let id = s["id"].as_str().unwrap().to_string();
+    // One first called while the signal is open is listed on it (it is not new again).
+    assert_eq!(
+        call(p.addr, "POST", "/tickets/2/comments", &watched)
+            .await
+            .status,
+        200
+    );
+    eventually("the open signal lists the next new tool", BOUND, || async {
+        let v = op_ok(&p, "GET", &format!("/signals/{id}"), None).await;
+        if v["more_tools"] == json!(["tickets.comments.create"]) {
+            Ok(())
+        } else {
+            Err(format!("{v}"))
+        }
+    })
+    .await;
     op_ok(&p, "POST", &format!("/signals/{id}/ack"), None).await;
     assert_eq!(
         call(p.addr, "GET", "/tickets/3", &watched).await.status,
