@@ -246,7 +246,11 @@ OP_HASH=$(printf '%s' "$OP_SECRET" | sha256sum | awk '{print $1}')
 export BENCH_API_KEY="upstream-key-$RANDOM"
 export BENCH_REDIS_URL=${REDIS_URL:-}
 
-# $1: store block (YAML flow mapping); $2: more top-level YAML (optional)
+# The deny row refuses one agent thousands of times a second: with the default brake
+# (`refusal_burst` pauses the agent) the rows after it would measure `paused`. Signals
+# stay on and count; that one only alerts.
+PC_SIGNALS='signals: { refusal_burst: { action: alert } }'
+# $1: store block (YAML flow mapping); $2: the signals block (default: PC_SIGNALS)
 pc_config() {
   cat <<EOF
 listen: 127.0.0.1:0
@@ -284,13 +288,13 @@ profiles:
 agents:
   bench-admin: { profile: passthrough, tenant: bench }
   bench-agent: { profile: scoped, tenant: bench }
-${2:-}
+${2:-$PC_SIGNALS}
 EOF
 }
 
 PC_SEQ=0
 PC_WRAP=()
-# start_pc NAME STORE_YAML [EXTRA_YAML]: sets PC_PID, PC_ADDR, PC_ADMIN.
+# start_pc NAME STORE_YAML [SIGNALS_YAML]: sets PC_PID, PC_ADDR, PC_ADMIN.
 start_pc() {
   PC_SEQ=$((PC_SEQ + 1))
   local dir="$WORK/$1-$PC_SEQ"

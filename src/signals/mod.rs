@@ -228,7 +228,11 @@ impl Signals {
                     None => {}
                 }
                 if let (Some(r), Some(tool), None) = (rules.on(Kind::NewTool), tool, &crossed) {
-                    if !g.tools.contains(tool) && (g.tools.len() as u64) < r.max_tools {
+                    let again = g.last_tool.as_ref().is_some_and(|t| Arc::ptr_eq(t, tool));
+                    if !again {
+                        g.last_tool = Some(tool.clone());
+                    }
+                    if !again && !g.tools.contains(tool) && (g.tools.len() as u64) < r.max_tools {
                         g.tools.insert(tool.clone());
                         let mut c = Crossing::new(Kind::NewTool, r, agent, 1.0, 1.0);
                         c.tool = Some(tool.to_string());

@@ -122,6 +122,16 @@ impl Run {
     }
 }
 
+/// A request id kept without allocating (empty: first byte 0).
+#[derive(Debug)]
+pub struct RequestId(pub [u8; 36]);
+
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId([0; 36])
+    }
+}
+
 /// One agent's counters.
 #[derive(Debug, Default)]
 pub struct Tracks {
@@ -132,13 +142,16 @@ pub struct Tracks {
     pub failures: Run,
     /// Tools this replica has seen the agent call (bounded by `new_tool.max_tools`).
     pub tools: HashSet<Arc<str>>,
+    /// The tool of the last call (the configuration's own `Arc`): an agent calling the
+    /// same tool again is recognised without hashing its name.
+    pub last_tool: Option<Arc<str>>,
     /// `rate_spike` and `volume_spike` baselines (from the store, refreshed by the
     /// flusher), and when the flusher moves each next.
     pub baseline: [Option<f64>; 2],
     pub baseline_due: [Option<Instant>; 2],
     /// The last request counted, and its credential: the evidence of a signal the
     /// flusher finds crossed.
-    pub last_request: [u8; 32],
+    pub last_request: RequestId,
     pub last_credential: String,
     /// Per kind: no evaluation before this instant (a signal just fired or is open).
     pub quiet_until: [Option<Instant>; 6],
@@ -146,14 +159,10 @@ pub struct Tracks {
 
 impl Tracks {
     pub fn note(&mut self, request_id: &str, credential: Option<&str>) {
-        // A request id is a UUID: 32 hex digits once its dashes are dropped.
-        let mut n = 0;
-        self.last_request = [0; 32];
-        for &c in request_id.as_bytes() {
-            if c != b'-' && n < 32 {
-                self.last_request[n] = c;
-                n += 1;
-            }
+        // A request id is a UUID (36 bytes); anything else is not kept.
+        match <[u8; 36]>::try_from(request_id.as_bytes()) {
+            Ok(b) => self.last_request.0 = b,
+            Err(_) => self.last_request.0[0] = 0,
         }
         if let Some(c) = credential {
             if self.last_credential != c {
@@ -162,20 +171,11 @@ impl Tracks {
         }
     }
     pub fn last_request(&self) -> String {
-        let h = &self.last_request;
+        let h = &self.last_request.0;
         if h[0] == 0 {
             return String::new();
         }
-        let s = String::from_utf8_lossy(h);
-        // Dashes back where a UUID has them.
-        format!(
-            "{}-{}-{}-{}-{}",
-            &s[..8],
-            &s[8..12],
-            &s[12..16],
-            &s[16..20],
-            &s[20..]
-        )
+        String::from_utf8_lossy(h).into_owned()
     }
     pub fn quiet(&self, k: super::Kind, now: Instant) -> bool {
         self.quiet_until[k as usize].is_some_and(|t| now < t)
