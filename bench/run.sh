@@ -641,7 +641,7 @@ for s in direct nginx hyper passthrough enforcing enforcing-nosignals deny; do c
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE; $ROUNDS round(s) x ${#SCENARIOS[@]} measurements x ${DURATION}s, $CONNS connections"
 if ((WARMUP > 0)); then
-  for s in direct nginx passthrough enforcing deny; do run_wrk 0 "$s" "$WARMUP" 0; done
+  for s in direct nginx passthrough enforcing enforcing-nosignals deny; do run_wrk 0 "$s" "$WARMUP" 0; done
 fi
 
 n=${#SCENARIOS[@]}
