@@ -743,3 +743,48 @@ async fn the_operator_page_lists_signals_and_acknowledges_one_with_a_note() {
         "{html}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_credential_is_refused_on_the_other_replica_within_a_second() {
+    let redis = RedisServer::start();
+    let up = Upstream::start(Behaviour::StatusFromPath).await;
+    let prefix = random_prefix();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
+    let sig = "  upstream_failures: { threshold: 2, action: revoke_credential }";
+    let a = Proxy::start(
+        &cfg(Head::new().node("node-a").store(&store), &up, sig),
+        &env,
+    );
+    let b = Proxy::start(
+        &cfg(Head::new().node("node-b").store(&store), &up, sig),
+        &env,
+    );
+    let token = a.agent_token("bot").await;
+    assert_eq!(call(b.addr, "GET", "/tickets/1", &token).await.status, 200);
+    assert_eq!(
+        call(a.addr, "GET", "/tickets/503", &token).await.status,
+        503
+    );
+    assert_eq!(
+        call(a.addr, "GET", "/tickets/502", &token).await.status,
+        502
+    );
+    eventually(
+        "node-b refuses the revoked credential",
+        REPLICA_BOUND,
+        || async {
+            match call(b.addr, "GET", "/tickets/1", &token).await.status {
+                401 => Ok(()),
+                s => Err(format!("node-b answered {s}")),
+            }
+        },
+    )
+    .await;
+    let s = &signals(&b, "open").await[0];
+    assert_eq!(
+        (s["kind"].as_str(), s["brake"].as_str()),
+        (Some("upstream_failures"), Some("applied"))
+    );
+}
