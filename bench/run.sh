@@ -246,7 +246,11 @@ OP_HASH=$(printf '%s' "$OP_SECRET" | sha256sum | awk '{print $1}')
 export BENCH_API_KEY="upstream-key-$RANDOM"
 export BENCH_REDIS_URL=${REDIS_URL:-}
 
-# $1: store block (YAML flow mapping)
+# The deny row refuses one agent thousands of times a second: with the default brake
+# (`refusal_burst` pauses the agent) the rows after it would measure `paused`. Signals
+# stay on and count; that one only alerts.
+PC_SIGNALS='signals: { refusal_burst: { action: alert } }'
+# $1: store block (YAML flow mapping); $2: the signals block (default: PC_SIGNALS)
 pc_config() {
   cat <<EOF
 listen: 127.0.0.1:0
@@ -284,17 +288,18 @@ profiles:
 agents:
   bench-admin: { profile: passthrough, tenant: bench }
   bench-agent: { profile: scoped, tenant: bench }
+${2:-$PC_SIGNALS}
 EOF
 }
 
 PC_SEQ=0
 PC_WRAP=()
-# start_pc NAME STORE_YAML: sets PC_PID, PC_ADDR, PC_ADMIN.
+# start_pc NAME STORE_YAML [SIGNALS_YAML]: sets PC_PID, PC_ADDR, PC_ADMIN.
 start_pc() {
   PC_SEQ=$((PC_SEQ + 1))
   local dir="$WORK/$1-$PC_SEQ"
   mkdir -p "$dir/data"
-  pc_config "$2" >"$dir/routes.yaml"
+  pc_config "$2" "${3:-}" >"$dir/routes.yaml"
   RUST_LOG=warn,portcullis::server=info NO_COLOR=1 taskset -c "$SRV_CPU" \
     "${PC_WRAP[@]}" "$PC" serve --config "$dir/routes.yaml" 2>"$dir/log" >/dev/null &
   PC_PID=$!
@@ -335,6 +340,15 @@ MAIN_ADDR=$PC_ADDR
 ADMIN_TOKEN=$(issue_token "$PC_ADMIN" bench-admin)
 AGENT_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
 log "portcullis $MAIN_ADDR (pid $MAIN_PID), admin $PC_ADMIN"
+# The same enforcing path with signals off: what watching each agent costs.
+if [[ -z $PROFILE ]]; then
+  start_pc nosignals '{ embedded: data/p.redb }' 'signals: { enabled: false }'
+  NOSIG_PID=$PC_PID
+  NOSIG_LOG=$PC_LOG
+  NOSIG_ADDR=$PC_ADDR
+  NOSIG_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
+  log "portcullis with signals off $NOSIG_ADDR (pid $NOSIG_PID)"
+fi
 
 # ---------------------------------------------------------------------------------------
 # Scenarios
@@ -352,6 +366,7 @@ scenario() {
     hyper) S=("$CONNS" "$HYPER_ADDR" GET "$ITEM" "" "" 200) ;;
     passthrough) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$ADMIN_TOKEN" "" 200) ;;
     enforcing) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$AGENT_TOKEN" "" 200) ;;
+    enforcing-nosignals) S=("$CONNS" "$NOSIG_ADDR" GET "$ITEM" "$NOSIG_TOKEN" "" 200) ;;
     deny) S=("$CONNS" "$MAIN_ADDR" DELETE "$ITEM" "$AGENT_TOKEN" "" 403) ;;
     mcp-call) S=("$CONNS" "$MAIN_ADDR" POST /mcp "$AGENT_TOKEN" "$MCP_CALL" 200 "$MCP_HEADERS") ;;
     park-redis | park-embedded) S=("$CONNS" "$PARK_ADDR" POST "$ITEM/refund" "$PARK_TOKEN" '{"amount":10}' 202) ;;
@@ -370,6 +385,7 @@ proxy_pids() {
     nginx*) echo "${NGINX_PIDS[*]}" ;;
     hyper*) echo "$HYPER_PID" ;;
     park-*) echo "$PARK_PID" ;;
+    enforcing-nosignals) echo "$NOSIG_PID" ;;
     *) echo "$MAIN_PID" ;;
   esac
 }
@@ -381,6 +397,7 @@ server_log() {
     nginx*) echo "$WORK/nginx/logs/error.log" ;;
     hyper*) echo "$WORK/hyper.out" ;;
     park-*) echo "$PARK_LOG" ;;
+    enforcing-nosignals) echo "$NOSIG_LOG" ;;
     *) echo "$MAIN_LOG" ;;
   esac
 }
@@ -519,7 +536,7 @@ measure() {
   fi
 }
 
-SCENARIOS=(direct nginx hyper passthrough enforcing mcp-call deny park-redis park-embedded
+SCENARIOS=(direct nginx hyper passthrough enforcing enforcing-nosignals mcp-call deny park-redis park-embedded
   direct-c1 nginx-c1 hyper-c1 passthrough-c1 enforcing-c1)
 # ONLY="nginx enforcing": measure a subset (while tuning; the targets table needs all).
 if [[ -n ${ONLY:-} ]]; then
@@ -622,12 +639,12 @@ if [[ -n $PROFILE ]]; then
   exit 0
 fi
 
-for s in direct nginx hyper passthrough enforcing deny; do check_status "$s"; done
+for s in direct nginx hyper passthrough enforcing enforcing-nosignals deny; do check_status "$s"; done
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE; $ROUNDS round(s) x ${#SCENARIOS[@]} measurements x ${DURATION}s, $CONNS connections"
 if ((WARMUP > 0)); then
-  for s in direct nginx passthrough enforcing deny; do run_wrk 0 "$s" "$WARMUP" 0; done
+  for s in direct nginx passthrough enforcing enforcing-nosignals deny; do run_wrk 0 "$s" "$WARMUP" 0; done
 fi
 
 n=${#SCENARIOS[@]}

@@ -292,6 +292,42 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             let a = approval::resolve(app, &id, &op, &b.outcome, b.comment).await?;
             ok(approval::operator_view(&a, None))
         }
+        (&Method::GET, ["signals"]) => {
+            operator(app, &req, Role::Viewer)?;
+            let open = match query_param(&req, "state").as_deref() {
+                None | Some("all") => None,
+                Some("open") => Some(true),
+                Some("acknowledged") => Some(false),
+                Some(s) => {
+                    return Err(Error::BadRequest {
+                        reason: "bad_state",
+                        detail: format!("`{s}`: expected open, acknowledged or all"),
+                    })
+                }
+            };
+            let list: Vec<Value> = crate::signals::api::list(app, open)
+                .await?
+                .iter()
+                .map(|s| s.view())
+                .collect();
+            ok(json!({"signals": list}))
+        }
+        (&Method::GET, ["signals", "baselines", agent]) => {
+            operator(app, &req, Role::Viewer)?;
+            ok(crate::signals::api::baselines(app, agent).await?)
+        }
+        (&Method::GET, ["signals", id]) => {
+            operator(app, &req, Role::Viewer)?;
+            ok(crate::signals::api::get(app, id).await?.view())
+        }
+        (&Method::POST, ["signals", id, "ack"]) => {
+            let op = operator(app, &req, Role::Approver)?;
+            let id = id.to_string();
+            let b: AckBody = read_json_or_empty(req).await?;
+            ok(crate::signals::api::ack(app, &id, &op, b.note)
+                .await?
+                .view())
+        }
         (&Method::GET, ["tools"]) => {
             operator(app, &req, Role::Viewer)?;
             handle_tools(app, query_param(&req, "agent")).await
@@ -347,6 +383,13 @@ struct ApproveBody {
     comment: Option<String>,
     #[serde(default)]
     request_sha256: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    #[serde(default)]
+    note: Option<String>,
 }
 
 #[derive(Deserialize)]

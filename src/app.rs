@@ -81,6 +81,8 @@ pub struct App {
     pub refusals: crate::refusals::Meter,
     /// Parks reading their bodies, per agent.
     pub parking: crate::approval::inflight::Parking,
+    /// Per-agent counters behind signals and brakes.
+    pub signals: crate::signals::Signals,
     reload_lock: tokio::sync::Mutex<()>,
 }
 
@@ -109,6 +111,7 @@ impl App {
             switches: Switchboard::default(),
             refusals: Default::default(),
             parking: Default::default(),
+            signals: Default::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let mut rx = app.store.events();
@@ -147,6 +150,7 @@ impl App {
         });
         crate::approval::recover_own_leases(&app).await?;
         tokio::spawn(crate::approval::run_sweeper(app.clone()));
+        tokio::spawn(crate::signals::aggregate::run(Arc::downgrade(&app)));
         Ok(app)
     }
 

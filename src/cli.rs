@@ -141,6 +141,13 @@ pub enum Cmd {
         #[command(flatten)]
         admin: AdminOpts,
     },
+    /// Signals the proxy raised about agents: list them, acknowledge one.
+    Signals {
+        #[command(subcommand)]
+        cmd: SignalsCmd,
+        #[command(flatten)]
+        admin: AdminOpts,
+    },
     /// Verify or read the audit trail.
     Audit {
         #[command(subcommand)]
@@ -264,6 +271,23 @@ pub enum AuditCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SignalsCmd {
+    /// List signals, newest first (default: open ones).
+    List {
+        /// open | acknowledged | all
+        #[arg(long, default_value = "open")]
+        state: String,
+    },
+    /// Acknowledge a signal: the same agent and kind may fire again, counted afresh.
+    /// A brake it applied stays until lifted (`resume`, `agents enable`, `mode`).
+    Ack {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AgentsCmd {
     Disable { id: String },
     Enable { id: String },
@@ -301,6 +325,7 @@ pub async fn run(cli: Cli) -> i32 {
         }
         Cmd::Tokens { cmd, admin } => tokens(cmd, admin).await,
         Cmd::Approvals { cmd, admin } => approvals(cmd, admin).await,
+        Cmd::Signals { cmd, admin } => signals(cmd, admin).await,
         Cmd::Agents { cmd, admin } => {
             let (id, verb) = match &cmd {
                 AgentsCmd::Disable { id } => (id, "disable"),
@@ -564,6 +589,65 @@ async fn approvals(cmd: ApprovalsCmd, admin: AdminOpts) -> Result<(), Error> {
         controls::escape_json_text(&serde_json::to_string_pretty(&v).unwrap_or_default())
     );
     Ok(())
+}
+
+async fn signals(cmd: SignalsCmd, admin: AdminOpts) -> Result<(), Error> {
+    let c = AdminClient::new(&admin.admin, admin.token_file.as_ref())?;
+    match cmd {
+        SignalsCmd::List { state } => {
+            let v = c
+                .call(Method::GET, &format!("/signals?state={state}"), None)
+                .await?;
+            println!(
+                "{:<38} {:<18} {:<16} {:<13} {:<18} {:<21} EVIDENCE",
+                "ID", "KIND", "AGENT", "STATE", "ACTION", "AT"
+            );
+            for s in v
+                .get("signals")
+                .and_then(|t| t.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let g = |k: &str| {
+                    s.get(k)
+                        .filter(|x| !x.is_null())
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .unwrap_or_else(|| "-".into())
+                };
+                let evidence = match (g("tool").as_str(), g("window").as_str()) {
+                    (t, _) if t != "-" => format!("first call of {t}"),
+                    (_, "-") => format!("{} (threshold {})", g("observed"), g("threshold")),
+                    (_, w) => format!("{} in {w} (threshold {})", g("observed"), g("threshold")),
+                };
+                println!(
+                    "{:<38} {:<18} {:<16} {:<13} {:<18} {:<21} {} request {}",
+                    g("id"),
+                    g("kind"),
+                    crate::cli_view::spelled(&g("agent")),
+                    g("state"),
+                    format!("{}:{}", g("action"), g("brake")),
+                    g("at"),
+                    evidence,
+                    g("request_id")
+                );
+            }
+            Ok(())
+        }
+        SignalsCmd::Ack { id, note } => {
+            c.call(
+                Method::POST,
+                &format!("/signals/{id}/ack"),
+                Some(json!({ "note": note })),
+            )
+            .await?;
+            println!("acknowledged {id}");
+            Ok(())
+        }
+    }
 }
 
 fn new_operator(name: &str) {

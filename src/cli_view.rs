@@ -6,7 +6,7 @@
 use crate::approval::controls;
 use serde_json::Value;
 
-fn spelled(s: &str) -> String {
+pub(crate) fn spelled(s: &str) -> String {
     controls::visible(s).into_iter().map(|p| p.text).collect()
 }
 

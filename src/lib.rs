@@ -37,6 +37,7 @@ pub mod proxy;
 pub mod rationale;
 pub mod refusals;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod switchboard;
 pub mod tooltable;

@@ -3,6 +3,7 @@
 //! and a timeout; never blocks the agent, never carries a secret or a body; the path's
 //! query is redacted as in the audit trail (`audit.redact_query`). The tool's
 //! description (from its override or spec operation) rides along as `description`.
+//! Signals (`crate::signals`) go to the same webhook, with the same `text` field.
 
 use crate::app::App;
 use crate::approval::{Approval, State};
@@ -94,6 +95,19 @@ fn text(
     t
 }
 
+/// A signal raised (`crate::signals`): its one-line text and its evidence.
+pub fn signal(app: &App, s: &crate::signals::record::Signal) {
+    let Some(url) = app.live.load().snap.webhook_url.clone() else {
+        return;
+    };
+    let mut payload = s.view();
+    payload["text"] = s.text().into();
+    payload["event"] = "signal".into();
+    payload["signal_id"] = s.id.clone().into();
+    send(url, serde_json::to_vec(&payload).unwrap_or_default());
+}
+
+/// Posts `body` to `url` in the background, with retries.
 fn send(url: String, body: Vec<u8>) {
     tokio::spawn(async move {
         let mut http = HttpConnector::new();
@@ -117,13 +131,9 @@ fn send(url: String, body: Vec<u8>) {
             let Ok(req) = req else { return };
             match tokio::time::timeout(TIMEOUT, client.request(req)).await {
                 Ok(Ok(r)) if r.status().is_success() => return,
-                Ok(Ok(r)) => warn!(
-                    attempt,
-                    status = r.status().as_u16(),
-                    "approval webhook refused"
-                ),
-                Ok(Err(e)) => warn!(attempt, error = %e, "approval webhook failed"),
-                Err(_) => warn!(attempt, "approval webhook timed out"),
+                Ok(Ok(r)) => warn!(attempt, status = r.status().as_u16(), "webhook refused"),
+                Ok(Err(e)) => warn!(attempt, error = %e, "webhook failed"),
+                Err(_) => warn!(attempt, "webhook timed out"),
             }
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::internal;
 use crate::override_scan;
 use crate::policy::Decision;
+use crate::signals;
 use crate::upstream::{self, Origin};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
@@ -180,7 +181,22 @@ where
             if !trace.recorded && app.audit.record(rec).is_err() {
                 warn!(request_id = %request_id, "audit record for a forwarded request could not be queued");
             }
-            resp
+            let outcome = signals::Outcome::Answered {
+                upstream_status: trace.upstream_started.map(|_| status),
+                tool: trace.tool.as_ref(),
+                bytes: http_body::Body::size_hint(resp.body()).exact(),
+            };
+            let agent = trace.agent.as_deref();
+            let crossed = signals::observed(
+                &app,
+                snap,
+                agent,
+                trace.credential.as_deref(),
+                &request_id,
+                outcome,
+            );
+            signals::settle(&app, crossed).await;
+            signals::meter(&app, snap, agent, resp)
         }
         Err(e) => {
             rec.decision = Some(e.decision().to_string());
@@ -192,6 +208,16 @@ where
                     .increment(1);
             }
             let unauthenticated = trace.agent.is_none();
+            let crossed = signals::refusal(&e).and_then(|o| {
+                signals::observed(
+                    &app,
+                    snap,
+                    trace.agent.as_deref(),
+                    trace.credential.as_deref(),
+                    &request_id,
+                    o,
+                )
+            });
             if unauthenticated {
                 metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
                     .increment(1);
@@ -236,6 +262,8 @@ where
                     Err(audit) => audit,
                 }
             };
+            // The brake is in force before this refusal is answered.
+            signals::settle(&app, crossed).await;
             e.to_response(&request_id)
         }
     };

@@ -13,6 +13,7 @@ mod fields;
 mod queue;
 mod session;
 mod shown;
+mod signals;
 mod switches;
 
 pub use session::Sessions;
@@ -209,6 +210,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
             c.section = "agents";
             agents::page(app, c, id, None, None).await
         }
+        (Method::GET, ["ui", "signals"]) => {
+            c.section = "signals";
+            signals::list(app, c, &query, None).await
+        }
         (Method::GET, ["ui", "approvals", id]) => {
             let id = id.to_string();
             // Only a state name selects a (fixed) message; nothing else is echoed.
@@ -230,6 +235,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<B
                         app.ui_sessions.remove(s);
                     }
                     redirect("/ui", Some(clear_cookie(secure)))
+                }
+                ["ui", "signals", id, "ack"] => {
+                    c.section = "signals";
+                    signals::ack(app, c, id, &f).await
                 }
                 ["ui", "approvals", id, verb @ ("approve" | "deny" | "resolve")] => {
                     detail::decide(app, c, id, verb, &f).await

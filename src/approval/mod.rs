@@ -642,6 +642,17 @@ pub async fn deny(app: &App, id: &str, op: &str, reason: String) -> Result<Appro
         .ok_or_else(|| Error::Conflict("the approval changed concurrently; look again".into()))?;
     metrics::gauge!("portcullis_parked").decrement(1.0);
     audit(app, &l2.a, "approval_denied", Some(op), Some(&reason)).await;
+    let a = &l2.a;
+    let crossed = app.signals.observe_denial(
+        app.live.load().snap.signals.rules(&a.agent),
+        app.store.shared(),
+        &a.agent,
+        &a.credential,
+        &a.request_id,
+    );
+    if let Some(c) = crossed {
+        crate::signals::brake::fire(app, c).await;
+    }
     Ok(l2.a)
 }
 

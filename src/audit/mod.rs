@@ -68,6 +68,22 @@ pub struct Record {
     /// A park's `Portcullis-Rationale` (the agent's words, checked; only when given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rationale: Option<String>,
+    /// `signal`: what crossed which threshold (only present on signal records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalEvidence>,
+}
+
+/// The evidence a `signal` record carries (`crate::signals`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalEvidence {
+    pub id: String,
+    pub kind: String,
+    pub window: Option<String>,
+    pub observed: f64,
+    pub threshold: f64,
+    pub baseline: Option<f64>,
+    pub action: String,
+    pub brake: String,
 }
 
 /// The longest path (with its query) a record keeps.

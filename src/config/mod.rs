@@ -141,6 +141,9 @@ pub struct Timers {
     /// The longest a cached credential or switch state is served without a re-read
     /// (the bound on a lost invalidation notice between replicas).
     pub cache_max_age: Duration,
+    /// How often each replica takes its signal counts to the store and re-reads the
+    /// totals across replicas and the baselines.
+    pub signals_flush: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +249,8 @@ pub struct Snapshot {
     /// The routes' OpenAPI specs (`openapi:`), as imported into `classifier`.
     pub openapi: crate::openapi::Imported,
     pub mcp: McpConfig,
+    /// `signals:` and each profile's override, by agent.
+    pub signals: crate::signals::config::SignalsConfig,
 }
 
 struct Ctx<'a> {
@@ -731,6 +736,17 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
     let profiles = compile_profiles(c, &raw.profiles)?;
     let agents = compile_agents(c, &raw.agents, &profiles, &upstreams)?;
     let mcp = compile_mcp(c, &raw.mcp, &routes)?;
+    let signals = crate::signals::config::compile(
+        raw.signals.as_ref(),
+        &raw.profiles
+            .iter()
+            .map(|(n, p)| (n.clone(), p.signals.clone()))
+            .collect(),
+        raw.agents
+            .iter()
+            .map(|(a, r)| (a.clone(), r.profile.clone())),
+    )
+    .map_err(|(at, m)| c.err(&at, m))?;
 
     Ok(Snapshot {
         file: file.to_path_buf(),
@@ -758,6 +774,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
         shadows,
         openapi,
         mcp,
+        signals,
     })
 }
 
@@ -984,6 +1001,13 @@ fn compile_timers(c: &Ctx, t: &raw::RawTimers) -> Result<Timers, ConfigError> {
             ms(5000),
             ms(10),
             ms(60_000),
+        )?,
+        signals_flush: get(
+            "signals_flush",
+            &t.signals_flush,
+            ms(250),
+            ms(10),
+            ms(10_000),
         )?,
     })
 }

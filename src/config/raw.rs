@@ -55,6 +55,9 @@ pub struct RawConfig {
     pub agents: BTreeMap<String, RawAgent>,
     #[serde(default)]
     pub mcp: RawMcp,
+    /// Signals and brakes (`crate::signals::config`).
+    #[serde(default)]
+    pub signals: Option<crate::signals::config::RawSignals>,
 }
 
 /// `mcp:` — the MCP endpoint on the agent port.
@@ -225,6 +228,7 @@ pub struct RawTimers {
     pub watch_every: Option<String>,
     pub replay_lease: Option<String>,
     pub cache_max_age: Option<String>,
+    pub signals_flush: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -398,6 +402,9 @@ pub struct RawProfile {
     pub deny: Option<Vec<String>>,
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// Overrides of the top-level `signals:` for this profile's agents.
+    #[serde(default)]
+    pub signals: Option<crate::signals::config::RawSignals>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -278,7 +278,7 @@ impl Embedded {
     }
 
     /// Runs `f` in the next group commit; answers once that commit is durable.
-    async fn write<T: Send + 'static>(
+    pub(super) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
@@ -306,7 +306,7 @@ impl Embedded {
         self.events.subscribe()
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {

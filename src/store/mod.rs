@@ -7,6 +7,9 @@ mod link;
 mod redb_handle;
 mod redis;
 mod redis_conn;
+mod signals;
+
+pub use signals::{Baseline, ToolSeen};
 
 use crate::classify::Risk;
 use crate::config::{StoreConfig, StoreKind};

@@ -130,7 +130,7 @@ impl RedisStore {
     }
 
     /// A connection for one call, or at once 503 while redis is known down.
-    fn conn(&self) -> Result<ConnectionManager, Error> {
+    pub(super) fn conn(&self) -> Result<ConnectionManager, Error> {
         if self.link.is_down() {
             return Err(known_down());
         }
@@ -167,12 +167,12 @@ impl RedisStore {
     }
 
     /// A failed command: marks the link down if the connection failed; 503 either way.
-    fn fail(&self, e: RedisError) -> Error {
+    pub(super) fn fail(&self, e: RedisError) -> Error {
         self.link.saw(&e);
         unavailable(e)
     }
 
-    fn key(&self, k: &str) -> String {
+    pub(super) fn key(&self, k: &str) -> String {
         format!("{}{k}", self.prefix)
     }
 

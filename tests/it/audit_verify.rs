@@ -42,7 +42,8 @@ profiles:
 agents:
   bot: {{ profile: drafter, tenant: acme }}
   other: {{ profile: drafter, tenant: globex }}
-"#,
+{no_signals}"#,
+        no_signals = crate::common::NO_SIGNALS,
         head = Head::new()
             .node("verify-node")
             .audit(&format!("{{ path: {AUDIT}{audit_extra} }}")),

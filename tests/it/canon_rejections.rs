@@ -608,7 +608,7 @@ async fn every_refusal_and_upstream_error_reason_end_to_end() {
     let held = Upstream::start(Behaviour::Hold).await;
     let dead = crate::common::DeadPort::new();
     let cfg = config(&format!(
-        "limits: {{ max_body_bytes: 1024, request_deadline: 3s }}\n\
+        "{no_signals}limits: {{ max_body_bytes: 1024, request_deadline: 3s }}\n\
          upstreams:\n\
          \x20 api: {{ url: \"{api}\" }}\n\
          \x20 dead: {{ url: \"http://{dead}\", timeouts: {{ connect: 10s }} }}\n\
@@ -625,6 +625,7 @@ async fn every_refusal_and_upstream_error_reason_end_to_end() {
         dead = dead.addr,
         slow = slow.url(),
         held = held.url(),
+        no_signals = crate::common::NO_SIGNALS,
     ));
     let proxy = Proxy::start(&cfg, &[]);
     let token = proxy.agent_token("bot").await;
@@ -804,12 +805,13 @@ async fn h2_refuses_what_http1_refuses_with_the_same_reason() {
     use crate::h2_raw::{h2_frame, H2Answer, H2Raw, DATA, END_STREAM, PROTOCOL_ERROR};
     let api = Upstream::start(Behaviour::Echo).await;
     let cfg = config(&format!(
-        "limits: {{ max_body_bytes: 1024 }}\n\
+        "{}limits: {{ max_body_bytes: 1024 }}\n\
          upstreams:\n  api: {{ url: \"{}\" }}\n\
          routes:\n\
          \x20 - {{ prefix: /api, upstream: api }}\n\
          \x20 - {{ prefix: /enc, upstream: api, allow_encoded_slash: true }}\n\
          \x20 - {{ prefix: /known, upstream: api, unknown_paths: deny, paths: [\"/known/{{id}}\"] }}\n",
+        crate::common::NO_SIGNALS,
         api.url()
     ));
     let proxy = Proxy::start(&cfg, &[]);

@@ -127,6 +127,11 @@ pub fn base_config() -> String {
     )
 }
 
+/// A top-level line for configs of tests that are refused on purpose, many times a
+/// minute (corpora of refusals): signals would pause their agent (`refusal_burst`)
+/// and turn the rest of the corpus into `paused`.
+pub const NO_SIGNALS: &str = "signals: { enabled: false }\n";
+
 /// The background cadences the suite runs the proxy at (`timers:`), appended to a config
 /// that does not set its own: the sweeper and the config watcher tick every 100 ms, so
 /// expiries, abandoned parks and file reloads are seen in a tenth of the production

@@ -313,7 +313,7 @@ impl Who {
 
 fn proxy_config(backend: SocketAddr) -> String {
     format!(
-        r#"{head}upstreams:
+        r#"{head}{no_signals}upstreams:
   api:
     url: http://{backend}
     inject: {{ header: X-Api-Key, value_env: DIFF_API_KEY }}
@@ -350,6 +350,7 @@ agents:
         head = Head::new().audit(
             "{ path: data/audit.jsonl, redact_query: [], max_refusals_per_second: 1000000 }"
         ),
+        no_signals = crate::common::NO_SIGNALS,
     )
 }
 

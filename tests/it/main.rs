@@ -51,6 +51,7 @@ mod replicas_invalidation;
 mod replicas_leases;
 mod secrets_never_logged;
 mod shutdown;
+mod signals;
 mod store_conformance;
 mod streaming;
 mod timeouts;

@@ -116,7 +116,7 @@ fn upstream_bytes(s: &Seen) -> (String, String, Vec<(String, String)>, Vec<u8>) 
 async fn fifty_requests_over_http_and_mcp_are_judged_and_sent_alike() {
     let up = ReplayUpstream::start().await;
     let p = Proxy::start(
-        &ap::config("n1", EMBEDDED, &up.url(), ""),
+        &ap::config("n1", EMBEDDED, &up.url(), crate::common::NO_SIGNALS),
         &[("API_KEY", UPSTREAM_KEY)],
     );
     let (token, _) = issue(p.admin, "bot").await;

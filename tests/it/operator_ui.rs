@@ -58,7 +58,12 @@ fn config_with(upstream: &str, alice: &str, extra: &str) -> String {
     )
 }
 
-async fn form_post(admin: SocketAddr, path: &str, cookie: Option<&str>, body: &str) -> Resp {
+pub(crate) async fn form_post(
+    admin: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> Resp {
     let mut b = Request::post(path)
         .header("host", admin.to_string())
         .header("content-type", "application/x-www-form-urlencoded");
@@ -70,7 +75,7 @@ async fn form_post(admin: SocketAddr, path: &str, cookie: Option<&str>, body: &s
         .unwrap()
 }
 
-async fn page(admin: SocketAddr, path: &str, cookie: Option<&str>) -> Resp {
+pub(crate) async fn page(admin: SocketAddr, path: &str, cookie: Option<&str>) -> Resp {
     let mut b = Request::get(path).header("host", admin.to_string());
     if let Some(c) = cookie {
         b = b.header("cookie", c);
@@ -79,7 +84,7 @@ async fn page(admin: SocketAddr, path: &str, cookie: Option<&str>) -> Resp {
 }
 
 /// Signs in and returns the `pc_session=...` pair for a Cookie header.
-async fn sign_in(admin: SocketAddr, token: &str) -> String {
+pub(crate) async fn sign_in(admin: SocketAddr, token: &str) -> String {
     let r = form_post(admin, "/ui/login", None, &format!("token={token}")).await;
     assert_eq!(r.status, 303, "sign-in: {}", r.text());
     let set = r
@@ -92,7 +97,7 @@ async fn sign_in(admin: SocketAddr, token: &str) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at = html
         .find("name=\"csrf\" value=\"")
         .expect("a CSRF field on the page");
