@@ -12,6 +12,7 @@ pub mod body;
 pub mod canon;
 pub mod classify;
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod conn_limits;
 pub mod conn_watch;

@@ -117,6 +117,7 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                     owner: None,
                     resources: None,
                 };
+                let listing = crate::conditions::Evaluated::listing(p);
                 let d = decide(&Input {
                     agent: &agent,
                     narrowing: &Narrowing::default(),
@@ -124,10 +125,11 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                     path: &path,
                     switches: &Switches::default(),
                     approved: false,
+                    evaluated: &listing,
                 });
                 match d {
                     Decision::Allow { .. } => row.allow.push(p.name.clone()),
-                    Decision::Park => row.park.push(p.name.clone()),
+                    Decision::Park { .. } => row.park.push(p.name.clone()),
                     Decision::Deny { .. } => row.deny.push(p.name.clone()),
                 }
             }
