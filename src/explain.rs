@@ -404,11 +404,7 @@ pub fn parse_cases(file: &str, text: &str) -> Result<Vec<PolicyCase>, String> {
 
 /// Runs policy cases (`dir`: where `body_file`s are found); returns the report and
 /// whether all passed.
-pub fn run_cases(
-    snap: &Snapshot,
-    cases: &[PolicyCase],
-    dir: &std::path::Path,
-) -> (String, bool) {
+pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase], dir: &std::path::Path) -> (String, bool) {
     let mut out = String::new();
     let mut failed = 0;
     for (i, c) in cases.iter().enumerate() {
@@ -441,7 +437,9 @@ pub fn run_cases(
             Ok(e) => {
                 e.decision == c.expect
                     && c.reason.as_ref().is_none_or(|r| *r == e.reason)
-                    && c.condition.as_ref().is_none_or(|w| Some(w) == e.condition.as_ref())
+                    && c.condition
+                        .as_ref()
+                        .is_none_or(|w| Some(w) == e.condition.as_ref())
             }
             Err(_) => false,
         };

@@ -106,7 +106,11 @@ pub fn profile_patterns(snap: &Snapshot) -> Vec<String> {
             if matches_nothing(&known, &e.glob.0) {
                 out.push(warning(
                     &known,
-                    &format!("profiles.{name}.{} (when `{}`)", e.list.as_str(), e.when.text),
+                    &format!(
+                        "profiles.{name}.{} (when `{}`)",
+                        e.list.as_str(),
+                        e.when.text
+                    ),
                     &e.glob.0,
                 ));
             }

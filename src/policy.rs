@@ -212,7 +212,10 @@ fn conditional<'a>(
 /// ` (the condition `…` failed: …)` for a detail, when it failed.
 fn failure(e: &CondEntry, why: Option<&str>) -> String {
     match why {
-        Some(w) => format!(" (the condition `{}` could not be evaluated: {w})", e.when.text),
+        Some(w) => format!(
+            " (the condition `{}` could not be evaluated: {w})",
+            e.when.text
+        ),
         None => String::new(),
     }
 }
@@ -433,7 +436,7 @@ mod tests {
                 tool: t,
                 path: "/x",
                 switches: s,
-                    approved: false,
+                approved: false,
                 evaluated: &Evaluated::default(),
             })
         };
@@ -479,7 +482,7 @@ mod tests {
                 tool: t,
                 path: "/items/EXPORT",
                 switches: &none,
-                    approved: false,
+                approved: false,
                 evaluated: &Evaluated::default(),
             })
         };

@@ -342,11 +342,10 @@ where
         metrics::histogram!("portcullis_gate_seconds").record(gate.as_secs_f64());
     })?;
     // Only a request a condition on `request.body` can apply to is read before the gate.
-    let (req, read) =
-        match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
-            Some(_) => crate::conditions::body::read(snap, req).await?,
-            None => (req.map(http_body_util::Either::Left), None),
-        };
+    let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
+        Some(_) => crate::conditions::body::read(snap, req).await?,
+        None => (req.map(http_body_util::Either::Left), None),
+    };
     let decide_started = std::time::Instant::now();
     let judged = crate::pipeline::decide_for(
         snap,

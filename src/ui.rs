@@ -76,6 +76,8 @@ struct Detail {
     /// The tool's description from the configuration in force (override or spec).
     description: Option<Vec<Piece>>,
     risk: String,
+    /// The condition that parked it or set its risk, as written in the config.
+    condition: Option<String>,
     agent: String,
     tenant: String,
     credential: String,
@@ -433,6 +435,7 @@ async fn detail(
         required: a.required_approvals,
         state: a.state.as_str().into(),
         risk: a.risk.to_string(),
+        condition: a.condition.clone(),
         tenant: a.tenant.clone().unwrap_or_else(|| "-".into()),
         created_at: ts(a.created_at_ms),
         expires_at: ts(a.expires_at_ms),

@@ -62,7 +62,10 @@ pub fn request<'v>(
             .into_iter()
             .map(|(k, vs)| {
                 let list: Vec<Owned<'v>> = vs.into_iter().map(owned).collect();
-                (CelMapKey::from(k), Box::new(CelList::from(list)) as Owned<'v>)
+                (
+                    CelMapKey::from(k),
+                    Box::new(CelList::from(list)) as Owned<'v>,
+                )
             })
             .collect();
         m.insert("query".into(), map(q));

@@ -105,10 +105,11 @@ pub fn evaluate(agent: &Agent, tool: &mut Tool, f: &Facts) -> Result<Evaluated, 
         return Ok(Evaluated::default());
     };
     let parsed = match (needs.body, f.body) {
-        (true, Some(Read::Bytes { bytes, json: true })) => Some(
-            body::parse_object(bytes)
-                .map_err(|e| Uninspectable(format!("the body cannot be read as one JSON object: {e}")))?,
-        ),
+        (true, Some(Read::Bytes { bytes, json: true })) => {
+            Some(body::parse_object(bytes).map_err(|e| {
+                Uninspectable(format!("the body cannot be read as one JSON object: {e}"))
+            })?)
+        }
         (true, Some(Read::Bytes { json: false, .. })) => {
             return Err(Uninspectable(
                 "a condition reads the body, and it is not sent as JSON (Content-Type)".into(),

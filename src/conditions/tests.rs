@@ -41,7 +41,15 @@ fn snap(text: &str) -> Result<Snapshot, String> {
 
 fn ask(s: &Snapshot, method: &str, target: &str, body: Option<&str>) -> Explanation {
     let body = body.map(|b| json_body(b.as_bytes().to_vec()));
-    explain_with(s, &Switches::default(), "bot", method, target, body.as_ref()).unwrap()
+    explain_with(
+        s,
+        &Switches::default(),
+        "bot",
+        method,
+        target,
+        body.as_ref(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -58,19 +66,36 @@ fn refunds_by_amount() {
         .conditions
         .contains(&("request.body.amount > 100".into(), "true".into())));
     // A double compares with an int literal.
-    let e = ask(&s, "POST", "/tickets/7/refund", Some(r#"{"amount": 150.5}"#));
+    let e = ask(
+        &s,
+        "POST",
+        "/tickets/7/refund",
+        Some(r#"{"amount": 150.5}"#),
+    );
     assert_eq!(e.decision, "park");
     // Between the two: no grant holds, nothing parks.
     let e = ask(&s, "POST", "/tickets/7/refund", Some(r#"{"amount": 75}"#));
-    assert_eq!((e.decision.as_str(), e.reason.as_str()), ("deny", "not_granted"));
-    assert!(e.detail.contains("only when `request.body.amount <= 50`"), "{}", e.detail);
+    assert_eq!(
+        (e.decision.as_str(), e.reason.as_str()),
+        ("deny", "not_granted")
+    );
+    assert!(
+        e.detail.contains("only when `request.body.amount <= 50`"),
+        "{}",
+        e.detail
+    );
 }
 
 #[test]
 fn failures_take_the_safe_side() {
     let s = snap(CONFIG).unwrap();
     // No `amount`: the grant fails (not granted), the approval fails (holds): parked.
-    let e = ask(&s, "POST", "/tickets/7/refund", Some(r#"{"currency": "EUR"}"#));
+    let e = ask(
+        &s,
+        "POST",
+        "/tickets/7/refund",
+        Some(r#"{"currency": "EUR"}"#),
+    );
     assert_eq!(e.decision, "park", "{e:?}");
     assert!(e
         .conditions
@@ -106,16 +131,25 @@ fn bodies_that_cannot_be_inspected_are_refused() {
 fn query_raises_risk_and_params_deny() {
     let s = snap(CONFIG).unwrap();
     let e = ask(&s, "DELETE", "/tickets/7", None);
-    assert_eq!((e.decision.as_str(), e.risk.as_deref()), ("allow", Some("high")));
+    assert_eq!(
+        (e.decision.as_str(), e.risk.as_deref()),
+        ("allow", Some("high"))
+    );
     let e = ask(&s, "DELETE", "/tickets/7?force=true", None);
     assert_eq!(e.risk.as_deref(), Some("critical"), "{e:?}");
-    assert_eq!((e.decision.as_str(), e.reason.as_str()), ("deny", "risk_ceiling"));
+    assert_eq!(
+        (e.decision.as_str(), e.reason.as_str()),
+        ("deny", "risk_ceiling")
+    );
     assert_eq!(
         e.condition.as_deref(),
         Some("has(request.query.force) && 'true' in request.query.force")
     );
     let e = ask(&s, "GET", "/tickets/666", None);
-    assert_eq!((e.decision.as_str(), e.reason.as_str()), ("deny", "profile_deny"));
+    assert_eq!(
+        (e.decision.as_str(), e.reason.as_str()),
+        ("deny", "profile_deny")
+    );
     let e = ask(&s, "GET", "/tickets/7", None);
     assert_eq!(e.decision, "allow");
     assert!(e.conditions.iter().all(|(_, o)| o == "false"), "{e:?}");
@@ -151,8 +185,9 @@ fn bad_conditions_are_config_errors() {
         assert!(e.contains(key) && e.contains(says), "{key}: {e}");
     }
     // Lowering below the method's risk is allowed when the override says so.
-    let lowered = CONFIG
-        .replace("risk: critical }", "risk: low }")
-        .replace("        risk: high\n", "        risk: high\n        risk_floor: false\n");
+    let lowered = CONFIG.replace("risk: critical }", "risk: low }").replace(
+        "        risk: high\n",
+        "        risk: high\n        risk_floor: false\n",
+    );
     snap(&lowered).unwrap();
 }

@@ -1347,7 +1347,12 @@ fn compile_profiles(
             }
         }
         let mut conditional = Vec::new();
-        let tools = globs(format!("{at}.tools"), &p.tools, List::Tools, &mut conditional)?;
+        let tools = globs(
+            format!("{at}.tools"),
+            &p.tools,
+            List::Tools,
+            &mut conditional,
+        )?;
         let approval = globs(
             format!("{at}.approval"),
             &p.approval,
