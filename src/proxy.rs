@@ -343,7 +343,20 @@ where
     })?;
     // Only a request a condition on `request.body` can apply to is read before the gate.
     let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
-        Some(_) => crate::conditions::body::read(snap, req).await?,
+        // A body that breaks off is one the condition cannot read: denied.
+        Some(_) => crate::conditions::body::read(snap, req)
+            .await
+            .map_err(|e| match e {
+                Error::BadRequest {
+                    reason: "bad_body", ..
+                } => crate::pipeline::denial(
+                    snap,
+                    "uninspectable_body",
+                    "a condition reads the body, and it could not be read".into(),
+                    Some(&tool),
+                ),
+                e => e,
+            })?,
         None => (req.map(http_body_util::Either::Left), None),
     };
     let decide_started = std::time::Instant::now();
