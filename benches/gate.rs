@@ -22,8 +22,8 @@
 use criterion::Criterion;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 use portcullis::canon;
-use portcullis::config::Snapshot;
 use portcullis::conditions::body::Read;
+use portcullis::config::Snapshot;
 use portcullis::policy::{decide, Agent, Decision, Input, Narrowing, Switches};
 use std::fmt::Write;
 use std::hint::black_box;
@@ -250,7 +250,11 @@ fn refund_body() -> Vec<u8> {
         if i > 0 {
             items.push_str(", ");
         }
-        let _ = write!(items, r#"{{"sku": "SKU-{i:05}", "qty": {}, "price": 9.5}}"#, i % 4 + 1);
+        let _ = write!(
+            items,
+            r#"{{"sku": "SKU-{i:05}", "qty": {}, "price": 9.5}}"#,
+            i % 4 + 1
+        );
         i += 1;
         body = format!(
             r#"{{"amount": 42, "currency": "EUR", "reason": "damaged in transit", "items": [{items}]}}"#
@@ -468,13 +472,19 @@ fn main() {
                 c.name
             );
         }
-        println!("\nconditions ns/request, 1 KiB JSON body (target: cond_body ≤ cond_none + 5000):");
+        println!(
+            "\nconditions ns/request, 1 KiB JSON body (target: cond_body ≤ cond_none + 5000):"
+        );
         let mut got = Vec::new();
         for c in &c_cases {
             let ns = time(&|| cg.run(black_box(c)));
             println!("conditions ns/request {:<12} {ns:>8.0}", c.name);
             got.push(ns);
         }
-        println!("conditions ns/request {:<12} {:>8.0}", "difference", got[1] - got[0]);
+        println!(
+            "conditions ns/request {:<12} {:>8.0}",
+            "difference",
+            got[1] - got[0]
+        );
     }
 }

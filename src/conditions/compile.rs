@@ -104,9 +104,11 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
                 // The whole object is read (`request == …`, `"body" in request`).
                 "request" => *needs = needs.union(Needs::all()),
                 "agent" | "tool" => {}
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown variable `{other}`: a condition reads `request`, `agent` and `tool`"
-                )),
+                ))
+                }
             }
             Ok(())
         }

@@ -191,3 +191,29 @@ fn bad_conditions_are_config_errors() {
     );
     snap(&lowered).unwrap();
 }
+
+#[test]
+fn when_risk_renames_and_profile_entries_see_the_new_name() {
+    let text = CONFIG.replace(
+        r#"name: tickets.refund, risk: medium }"#,
+        r#"name: tickets.refund, risk: medium,
+          when_risk: [{ when: "request.body.amount > 1000", name: tickets.refund_large, risk: critical }] }"#,
+    )
+    .replace(
+        "      - { tool: tickets.refund, when: \"request.body.amount > 100\" }",
+        "      - { tool: tickets.refund, when: \"request.body.amount > 100\" }\n      - tickets.refund_large",
+    );
+    let s = snap(&text).unwrap();
+    let e = ask(&s, "POST", "/tickets/7/refund", Some(r#"{"amount": 5000}"#));
+    assert_eq!(e.tool.as_deref(), Some("tickets.refund_large"), "{e:?}");
+    assert_eq!(e.risk.as_deref(), Some("critical"));
+    assert_eq!(e.decision, "park");
+    assert_eq!(
+        e.condition.as_deref(),
+        Some("request.body.amount > 1000"),
+        "the rename decided which entry parked it"
+    );
+    let e = ask(&s, "POST", "/tickets/7/refund", Some(r#"{"amount": 5}"#));
+    assert_eq!(e.tool.as_deref(), Some("tickets.refund"));
+    assert_eq!(e.decision, "allow");
+}

@@ -6,7 +6,7 @@
 use crate::common::{run_bin, Behaviour, Head, Proxy, Upstream};
 use crate::mcp::{text_of, Mcp};
 use crate::support::admin::{assert_denied, issue, op_ok, policy_version, Deny};
-use crate::support::approvals::{agent_call, check_parked};
+use crate::support::approvals::{self as ap, agent_call, check_parked};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -17,7 +17,8 @@ const FORCE: &str = "has(request.query.force) && 'true' in request.query.force";
 
 fn config(url: &str) -> String {
     format!(
-        r#"{head}limits: {{ max_inspected_body_bytes: 4096 }}
+        r#"{head}  - {{ name: alice, token_sha256: "{alice}", roles: [viewer, approver] }}
+limits: {{ max_inspected_body_bytes: 4096 }}
 upstreams:
   api: {{ url: "{url}/v1" }}
 routes:
@@ -44,7 +45,8 @@ profiles:
 agents:
   bot: {{ profile: support, tenant: acme }}
 "#,
-        head = Head::new()
+        head = Head::new(),
+        alice = ap::sha_hex(ap::ALICE),
     )
 }
 
@@ -103,6 +105,12 @@ async fn refunds_are_granted_or_parked_by_amount() {
     };
     assert_denied("refund of 75", &r, &want);
     assert_eq!(r.json()["condition"], SMALL);
+    // Approved, it is replayed (its conditions run again over the parked bytes).
+    let r = ap::approve(p.admin, ap::ALICE, id, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    ap::wait_state(p.admin, id, "executed", ap::BOUND).await;
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.last().body, large, "replayed byte for byte");
     // Audit records carry the deciding condition.
     let recs = records(&p);
     let by_decision = |d: &str| {
@@ -113,7 +121,7 @@ async fn refunds_are_granted_or_parked_by_amount() {
     assert_eq!(by_decision("allow")["condition"], SMALL);
     assert_eq!(by_decision("park")["condition"], LARGE);
     assert_eq!(by_decision("deny")["condition"], SMALL);
-    assert_eq!(up.hits(), 1);
+    assert_eq!(up.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
