@@ -1,7 +1,7 @@
 //! The one path from a canonical request to a decision: classify → route checks →
-//! conditions → `decide`. The proxy and `explain` both call [`classify`] then
-//! [`decide_for`] ([`judge`] runs both), so a dry run cannot drift from what the proxy
-//! does. Between the two the proxy reads the body, when a condition needs it.
+//! conditions → `decide`. The proxy calls [`classify`] then [`decide_for`], reading the
+//! body between the two when a condition needs it; `explain` calls [`judge`], which
+//! runs the same two steps, so a dry run cannot drift from what the proxy does.
 
 use crate::canon::{Canonical, Method};
 use crate::classify::{Tool, Unclassified};

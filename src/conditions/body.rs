@@ -143,6 +143,25 @@ impl<'de> Visitor<'de> for Build {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// What the gate accepts is exactly what `validate: request`'s strict parser
+        /// accepts as an object: one meaning of "a JSON object with no repeated key".
+        #[test]
+        fn agrees_with_the_validator(b in proptest::collection::vec(
+            prop_oneof![
+                Just(b'{'), Just(b'}'), Just(b'['), Just(b']'), Just(b':'), Just(b','),
+                Just(b'"'), Just(b'a'), Just(b'b'), Just(b'1'), Just(b' '), Just(b'\\'),
+                Just(b'u'), Just(b'0'), Just(b'6'), Just(0xff),
+            ],
+            0..40,
+        )) {
+            let ours = parse_object(&b).is_ok();
+            let theirs = crate::openapi::validate::strict_json(&b).is_ok_and(|v| v.is_object());
+            prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&b));
+        }
+    }
 
     #[test]
     fn strict_objects_only() {
