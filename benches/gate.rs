@@ -486,5 +486,20 @@ fn main() {
             "difference",
             got[1] - got[0]
         );
+        // Its parts: the strict parse of the body (building only `amount`, or all of it).
+        let raw = refund_body();
+        let parse = |keys: Option<&[&str]>| {
+            time(&|| {
+                black_box(
+                    portcullis::conditions::body::parse_object(black_box(&raw), keys).is_ok(),
+                );
+                Decision::Park { condition: None }
+            })
+        };
+        let (some, all) = (parse(Some(&["amount"])), parse(None));
+        println!(
+            "conditions ns/request {:<12} {some:>8.0} (every member built: {all:.0})",
+            "parse_1k"
+        );
     }
 }

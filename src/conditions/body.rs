@@ -11,7 +11,8 @@ use cel::common::types::{
 use cel::common::value::Val;
 use http_body_util::{Either, Full};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 /// A CEL value that may borrow from the body's bytes.
 pub type Owned<'v> = Box<dyn Val + 'v>;
@@ -58,16 +59,163 @@ where
     ))
 }
 
-/// Parses `bytes` as one JSON object with no repeated key, into CEL values that
-/// borrow its strings where they hold no escapes.
-pub fn parse_object(bytes: &[u8]) -> Result<Owned<'_>, String> {
+/// Parses `bytes` as one JSON object with no repeated key at any depth, into CEL
+/// values that borrow its strings where they hold no escapes. With `keys`, only those
+/// top-level members are built; every other member is still read and checked.
+pub fn parse_object<'a>(bytes: &'a [u8], keys: Option<&[&str]>) -> Result<Owned<'a>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = Seed.deserialize(&mut de).map_err(|e| e.to_string())?;
+    let v = de
+        .deserialize_any(Top { keys })
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    if !v.1 {
-        return Err("the body is not a JSON object".into());
+    Ok(v)
+}
+
+/// Keys seen in one object: a short list, a set past [`LINEAR`] keys.
+struct Seen<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: Option<HashSet<Cow<'de, str>>>,
+}
+
+const LINEAR: usize = 16;
+
+impl<'de> Seen<'de> {
+    fn new() -> Self {
+        Seen {
+            few: Vec::new(),
+            many: None,
+        }
     }
-    Ok(v.0)
+    /// Records `k`; an error if it was seen already.
+    fn insert<E: serde::de::Error>(&mut self, k: Cow<'de, str>) -> Result<(), E> {
+        let dup = match &mut self.many {
+            Some(set) => set.contains(&k),
+            None => self.few.contains(&k),
+        };
+        if dup {
+            return Err(E::custom(format!("the key `{k}` appears twice")));
+        }
+        match &mut self.many {
+            Some(set) => {
+                set.insert(k);
+            }
+            None if self.few.len() < LINEAR => self.few.push(k),
+            None => {
+                let mut set: HashSet<Cow<'de, str>> = self.few.drain(..).collect();
+                set.insert(k);
+                self.many = Some(set);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The top level: an object, some of whose members are built.
+struct Top<'k> {
+    keys: Option<&'k [&'k str]>,
+}
+
+fn not_object<E: serde::de::Error>() -> E {
+    E::custom("the body is not a JSON object")
+}
+
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = Owned<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Err(not_object())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+        Err(not_object())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = Seen::new();
+        let mut out: HashMap<CelMapKey<'de>, Owned<'de>> = HashMap::new();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            if self.keys.is_none_or(|ks| ks.contains(&&*k)) {
+                let (v, _) = map.next_value_seed(Seed)?;
+                seen.insert(k.clone())?;
+                out.insert(key(k), v);
+            } else {
+                map.next_value_seed(Scan)?;
+                seen.insert(k)?;
+            }
+        }
+        Ok(Box::new(CelMap::from(out)))
+    }
+}
+
+fn key<'de>(k: Cow<'de, str>) -> CelMapKey<'de> {
+    match k {
+        Cow::Borrowed(s) => CelMapKey::from(s),
+        Cow::Owned(s) => CelMapKey::from(s),
+    }
+}
+
+/// Reads a value without building it, refusing a repeated key in any object in it.
+struct Scan;
+
+impl<'de> DeserializeSeed<'de> for Scan {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Scan)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Scan)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = Seen::new();
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+            map.next_value_seed(Scan)?;
+            seen.insert(k)?;
+        }
+        Ok(())
+    }
 }
 
 /// Builds a CEL value; the flag says whether it is a map.
@@ -124,15 +272,12 @@ impl<'de> Visitor<'de> for Build {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: HashMap<CelMapKey<'de>, Owned<'de>> = HashMap::new();
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
             let (v, _) = map.next_value_seed(Seed)?;
-            let dup = match &k {
-                std::borrow::Cow::Borrowed(s) => out.insert(CelMapKey::from(*s), v).is_some(),
-                std::borrow::Cow::Owned(s) => out.insert(CelMapKey::from(s.clone()), v).is_some(),
-            };
-            if dup {
+            let shown = k.clone();
+            if out.insert(key(k), v).is_some() {
                 return Err(serde::de::Error::custom(format!(
-                    "the key `{k}` appears twice"
+                    "the key `{shown}` appears twice"
                 )));
             }
         }
@@ -157,7 +302,8 @@ mod tests {
             ],
             0..40,
         )) {
-            let ours = parse_object(&b).is_ok();
+            let ours = parse_object(&b, None).is_ok();
+            prop_assert_eq!(ours, parse_object(&b, Some(&["a"])).is_ok());
             let theirs = crate::openapi::validate::strict_json(&b).is_ok_and(|v| v.is_object());
             prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&b));
         }
@@ -165,7 +311,14 @@ mod tests {
 
     #[test]
     fn strict_objects_only() {
-        assert!(parse_object(br#"{"amount": 50, "items": [{"q": 1}], "s": "a\"b"}"#).is_ok());
+        assert!(parse_object(br#"{"amount": 50, "items": [{"q": 1}], "s": "a\"b"}"#, None).is_ok());
+        // Many keys: past the linear list, a set.
+        let many: String = (0..40).map(|i| format!("\"k{i}\": {i}, ")).collect();
+        assert!(parse_object(format!("{{{many}\"z\": 0}}").as_bytes(), Some(&["z"])).is_ok());
+        let e = parse_object(format!("{{{many}\"k3\": 0}}").as_bytes(), Some(&["z"]))
+            .err()
+            .unwrap();
+        assert!(e.contains("`k3` appears twice"), "{e}");
         for (bad, says) in [
             (&br#"{"amount": 1, "amount": 1000}"#[..], "twice"),
             (br#"{"x": {"k": 1, "k": 2}}"#, "twice"),
@@ -177,7 +330,14 @@ mod tests {
             (b"{\"a\": \"\xff\"}", "unicode"),
             (b"", "EOF"),
         ] {
-            let e = parse_object(bad).err().unwrap();
+            let e = parse_object(bad, None).err().unwrap();
+            // Members that are not built are checked all the same.
+            let e2 = parse_object(bad, Some(&["other"])).err().unwrap();
+            assert!(
+                e2.contains(says),
+                "{:?}: {e2}",
+                String::from_utf8_lossy(bad)
+            );
             assert!(e.contains(says), "{:?}: {e}", String::from_utf8_lossy(bad));
         }
     }

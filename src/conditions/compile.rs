@@ -49,6 +49,10 @@ pub struct Condition {
     /// The expression as written in the config (what deny answers and audit records name).
     pub text: Arc<str>,
     pub needs: Needs,
+    /// The top-level body keys it reads (`request.body.amount` → `amount`); `None` when
+    /// it reads the body as a whole (`size(request.body)`, `request.body[k]`). Only
+    /// these are built as CEL values; the rest of the body is still checked.
+    pub body_keys: Option<Vec<String>>,
     program: Program,
 }
 
@@ -80,21 +84,50 @@ pub fn compile(text: &str) -> Result<Condition, String> {
         .map_err(|e| format!("CEL: {}", e.to_string().replace('\n', "; ")))?;
     let mut needs = Needs::default();
     let mut bound = Vec::new();
-    check(program.expression(), &mut bound, &mut needs)?;
+    let mut keys = Keys::default();
+    check(program.expression(), &mut bound, &mut needs, &mut keys)?;
     if let Expr::Literal(l) = &program.expression().expr {
         if !matches!(l, LiteralValue::Boolean(_)) {
             return Err("a condition must be true or false, not a constant value".into());
         }
     }
+    let mut names = keys.names;
+    names.sort();
+    names.dedup();
     Ok(Condition {
         text: text.into(),
         needs,
+        body_keys: (!keys.whole).then_some(names),
         program,
     })
 }
 
+/// The body keys a condition reads.
+#[derive(Default)]
+struct Keys {
+    whole: bool,
+    names: Vec<String>,
+}
+
+/// `request.body.FIELD` (with `request` free): `FIELD`.
+fn body_field<'a>(s: &'a cel::common::ast::SelectExpr, bound: &[String]) -> Option<&'a str> {
+    let Expr::Select(inner) = &s.operand.expr else {
+        return None;
+    };
+    let Expr::Ident(root) = &inner.operand.expr else {
+        return None;
+    };
+    (root == "request" && inner.field == "body" && !inner.test && !bound.iter().any(|b| b == root))
+        .then_some(s.field.as_str())
+}
+
 /// Walks the expression: free variables, the fields read off them, and what they need.
-fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(), String> {
+fn check(
+    e: &IdedExpr,
+    bound: &mut Vec<String>,
+    needs: &mut Needs,
+    keys: &mut Keys,
+) -> Result<(), String> {
     match &e.expr {
         Expr::Ident(name) => {
             if bound.iter().any(|b| b == name) {
@@ -102,7 +135,10 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
             }
             match name.as_str() {
                 // The whole object is read (`request == …`, `"body" in request`).
-                "request" => *needs = needs.union(Needs::all()),
+                "request" => {
+                    *needs = needs.union(Needs::all());
+                    keys.whole = true;
+                }
                 "agent" | "tool" => {}
                 other => {
                     return Err(format!(
@@ -113,13 +149,18 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
             Ok(())
         }
         Expr::Select(s) => {
+            if let Some(field) = body_field(s, bound) {
+                needs.body = true;
+                keys.names.push(field.to_string());
+                return Ok(());
+            }
             if let Expr::Ident(root) = &s.operand.expr {
                 if !bound.iter().any(|b| b == root) {
                     let fields = match root.as_str() {
                         "request" => REQUEST_FIELDS,
                         "agent" => AGENT_FIELDS,
                         "tool" => TOOL_FIELDS,
-                        _ => return check(&s.operand, bound, needs),
+                        _ => return check(&s.operand, bound, needs, keys),
                     };
                     if !fields.contains(&s.field.as_str()) {
                         return Err(format!(
@@ -130,7 +171,10 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
                     }
                     if root == "request" {
                         match s.field.as_str() {
-                            "body" => needs.body = true,
+                            "body" => {
+                                needs.body = true;
+                                keys.whole = true;
+                            }
                             "params" => needs.params = true,
                             "query" => needs.query = true,
                             "headers" => needs.headers = true,
@@ -140,17 +184,17 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
                     return Ok(());
                 }
             }
-            check(&s.operand, bound, needs)
+            check(&s.operand, bound, needs, keys)
         }
         Expr::Call(c) => {
             if let Some(t) = &c.target {
-                check(t, bound, needs)?;
+                check(t, bound, needs, keys)?;
             }
-            c.args.iter().try_for_each(|a| check(a, bound, needs))
+            c.args.iter().try_for_each(|a| check(a, bound, needs, keys))
         }
         Expr::Comprehension(c) => {
-            check(&c.iter_range, bound, needs)?;
-            check(&c.accu_init, bound, needs)?;
+            check(&c.iter_range, bound, needs, keys)?;
+            check(&c.accu_init, bound, needs, keys)?;
             let mark = bound.len();
             bound.push(c.iter_var.clone());
             if let Some(v) = &c.iter_var2 {
@@ -159,24 +203,27 @@ fn check(e: &IdedExpr, bound: &mut Vec<String>, needs: &mut Needs) -> Result<(),
             bound.push(c.accu_var.clone());
             let r = [&c.loop_cond, &c.loop_step, &c.result]
                 .into_iter()
-                .try_for_each(|x| check(x, bound, needs));
+                .try_for_each(|x| check(x, bound, needs, keys));
             bound.truncate(mark);
             r
         }
-        Expr::List(l) => l.elements.iter().try_for_each(|x| check(x, bound, needs)),
+        Expr::List(l) => l
+            .elements
+            .iter()
+            .try_for_each(|x| check(x, bound, needs, keys)),
         Expr::Map(m) => m.entries.iter().try_for_each(|en| match &en.expr {
             EntryExpr::MapEntry(me) => {
-                check(&me.key, bound, needs)?;
-                check(&me.value, bound, needs)
+                check(&me.key, bound, needs, keys)?;
+                check(&me.value, bound, needs, keys)
             }
-            EntryExpr::StructField(f) => check(&f.value, bound, needs),
+            EntryExpr::StructField(f) => check(&f.value, bound, needs, keys),
         }),
         Expr::Struct(s) => s.entries.iter().try_for_each(|en| match &en.expr {
             EntryExpr::MapEntry(me) => {
-                check(&me.key, bound, needs)?;
-                check(&me.value, bound, needs)
+                check(&me.key, bound, needs, keys)?;
+                check(&me.value, bound, needs, keys)
             }
-            EntryExpr::StructField(f) => check(&f.value, bound, needs),
+            EntryExpr::StructField(f) => check(&f.value, bound, needs, keys),
         }),
         Expr::Literal(_) | Expr::Unspecified => Ok(()),
     }
@@ -188,8 +235,12 @@ mod tests {
 
     #[test]
     fn load_time_checks() {
-        let c = compile("request.body.amount > 100").unwrap();
+        let c = compile("request.body.amount > 100 || has(request.body.coupon)").unwrap();
         assert!(c.needs.body && !c.needs.query);
+        assert_eq!(c.body_keys, Some(vec!["amount".into(), "coupon".into()]));
+        for whole in ["size(request.body) > 2", "request.body['amount'] > 1"] {
+            assert_eq!(compile(whole).unwrap().body_keys, None, "{whole}");
+        }
         let c = compile("'true' in request.query.force").unwrap();
         assert!(c.needs.query && !c.needs.body);
         let c = compile("agent.tenant == 'acme' && tool.risk == 'high'").unwrap();

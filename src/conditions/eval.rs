@@ -94,6 +94,27 @@ pub fn needs(agent: &Agent, tool: &Tool) -> Option<Needs> {
     any.then_some(n)
 }
 
+/// The top-level body keys the applicable conditions read; `None`: the whole body.
+fn body_keys<'a>(agent: &'a Agent, tool: &'a Tool) -> Option<Vec<&'a str>> {
+    let names = names_of(tool);
+    let entries: Vec<&'a CondEntry> = agent
+        .profile
+        .conditional
+        .iter()
+        .filter(|e| names.iter().any(|n| e.glob.matches(n)))
+        .collect();
+    let conds = tool
+        .when_risk
+        .iter()
+        .flat_map(|w| w.iter().map(|w| &*w.when))
+        .chain(entries.into_iter().map(|e| &*e.when));
+    let mut out: Vec<&str> = Vec::new();
+    for c in conds.filter(|c| c.needs.body) {
+        out.extend(c.body_keys.as_ref()?.iter().map(String::as_str));
+    }
+    Some(out)
+}
+
 /// A body that a condition needs but that cannot be read as one JSON object.
 #[derive(Debug)]
 pub struct Uninspectable(pub String);
@@ -106,7 +127,8 @@ pub fn evaluate(agent: &Agent, tool: &mut Tool, f: &Facts) -> Result<Evaluated, 
     };
     let parsed = match (needs.body, f.body) {
         (true, Some(Read::Bytes { bytes, json: true })) => {
-            Some(body::parse_object(bytes).map_err(|e| {
+            let keys = body_keys(agent, tool);
+            Some(body::parse_object(bytes, keys.as_deref()).map_err(|e| {
                 Uninspectable(format!("the body cannot be read as one JSON object: {e}"))
             })?)
         }
