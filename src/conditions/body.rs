@@ -64,62 +64,97 @@ where
 /// top-level members are built; every other member is still read and checked.
 pub fn parse_object<'a>(bytes: &'a [u8], keys: Option<&[&str]>) -> Result<Owned<'a>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut seen = Vec::new();
     let v = de
-        .deserialize_any(Top { keys })
+        .deserialize_any(Top {
+            keys,
+            seen: &mut seen,
+        })
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(v)
 }
 
-/// Keys seen in one object: a short list, a set past [`LINEAR`] keys.
-struct Seen<'de> {
-    few: Vec<Cow<'de, str>>,
-    many: Option<HashSet<Cow<'de, str>>>,
-}
-
+/// An object's keys past this many are checked in a set rather than by a scan.
 const LINEAR: usize = 16;
 
-impl<'de> Seen<'de> {
-    fn new() -> Self {
-        Seen {
-            few: Vec::new(),
-            many: None,
+/// The keys of one object being read, kept on a stack shared by the whole document
+/// (`seen[start..]`), or in a set once there are more than [`LINEAR`] of them.
+struct Frame<'de> {
+    start: usize,
+    set: Option<HashSet<Cow<'de, str>>>,
+}
+
+impl<'de> Frame<'de> {
+    fn new(seen: &[Cow<'de, str>]) -> Self {
+        Frame {
+            start: seen.len(),
+            set: None,
         }
     }
-    /// Records `k`; an error if it was seen already.
-    fn insert<E: serde::de::Error>(&mut self, k: Cow<'de, str>) -> Result<(), E> {
-        let dup = match &mut self.many {
-            Some(set) => set.contains(&k),
-            None => self.few.contains(&k),
+    /// Records `k`; an error if this object named it already.
+    fn add<E: serde::de::Error>(
+        &mut self,
+        seen: &mut Vec<Cow<'de, str>>,
+        k: Cow<'de, str>,
+    ) -> Result<(), E> {
+        let dup = match &mut self.set {
+            Some(set) => !set.insert(k.clone()),
+            None => seen[self.start..].contains(&k),
         };
         if dup {
             return Err(E::custom(format!("the key `{k}` appears twice")));
         }
-        match &mut self.many {
-            Some(set) => {
-                set.insert(k);
-            }
-            None if self.few.len() < LINEAR => self.few.push(k),
-            None => {
-                let mut set: HashSet<Cow<'de, str>> = self.few.drain(..).collect();
-                set.insert(k);
-                self.many = Some(set);
+        if self.set.is_none() {
+            seen.push(k);
+            if seen.len() - self.start > LINEAR {
+                self.set = Some(seen.drain(self.start..).collect());
             }
         }
         Ok(())
     }
+    fn end(self, seen: &mut Vec<Cow<'de, str>>) {
+        seen.truncate(self.start);
+    }
+}
+
+/// A key, borrowed from the body unless it holds an escape.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(Key)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
 }
 
 /// The top level: an object, some of whose members are built.
-struct Top<'k> {
+struct Top<'k, 's, 'de> {
     keys: Option<&'k [&'k str]>,
+    seen: &'s mut Vec<Cow<'de, str>>,
 }
 
 fn not_object<E: serde::de::Error>() -> E {
     E::custom("the body is not a JSON object")
 }
 
-impl<'de> Visitor<'de> for Top<'_> {
+impl<'de> Visitor<'de> for Top<'_, '_, 'de> {
     type Value = Owned<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -147,18 +182,20 @@ impl<'de> Visitor<'de> for Top<'_> {
         Err(not_object())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut seen = Seen::new();
+        let seen = self.seen;
+        let mut frame = Frame::new(seen);
         let mut out: HashMap<CelMapKey<'de>, Owned<'de>> = HashMap::new();
-        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(k) = map.next_key_seed(Key)? {
             if self.keys.is_none_or(|ks| ks.contains(&&*k)) {
                 let (v, _) = map.next_value_seed(Seed)?;
-                seen.insert(k.clone())?;
+                frame.add(seen, k.clone())?;
                 out.insert(key(k), v);
             } else {
-                map.next_value_seed(Scan)?;
-                seen.insert(k)?;
+                map.next_value_seed(Scan { seen: &mut *seen })?;
+                frame.add(seen, k)?;
             }
         }
+        frame.end(seen);
         Ok(Box::new(CelMap::from(out)))
     }
 }
@@ -171,16 +208,18 @@ fn key<'de>(k: Cow<'de, str>) -> CelMapKey<'de> {
 }
 
 /// Reads a value without building it, refusing a repeated key in any object in it.
-struct Scan;
+struct Scan<'s, 'de> {
+    seen: &'s mut Vec<Cow<'de, str>>,
+}
 
-impl<'de> DeserializeSeed<'de> for Scan {
+impl<'de> DeserializeSeed<'de> for Scan<'_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(Scan)
+        d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Scan {
+impl<'de> Visitor<'de> for Scan<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -205,15 +244,22 @@ impl<'de> Visitor<'de> for Scan {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Scan)?.is_some() {}
+        while seq
+            .next_element_seed(Scan {
+                seen: &mut *self.seen,
+            })?
+            .is_some()
+        {}
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = Seen::new();
-        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-            map.next_value_seed(Scan)?;
-            seen.insert(k)?;
+        let seen = self.seen;
+        let mut frame = Frame::new(seen);
+        while let Some(k) = map.next_key_seed(Key)? {
+            map.next_value_seed(Scan { seen: &mut *seen })?;
+            frame.add(seen, k)?;
         }
+        frame.end(seen);
         Ok(())
     }
 }
@@ -272,7 +318,7 @@ impl<'de> Visitor<'de> for Build {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: HashMap<CelMapKey<'de>, Owned<'de>> = HashMap::new();
-        while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(k) = map.next_key_seed(Key)? {
             let (v, _) = map.next_value_seed(Seed)?;
             let shown = k.clone();
             if out.insert(key(k), v).is_some() {
