@@ -105,6 +105,16 @@ async fn refunds_are_granted_or_parked_by_amount() {
     };
     assert_denied("refund of 75", &r, &want);
     assert_eq!(r.json()["condition"], SMALL);
+    // `GET /explain` with the same body says the same, naming the condition.
+    let e = op_ok(
+        &p,
+        "GET",
+        "/explain?agent=bot&method=POST&path=/tickets/7/refund&body=%7B%22amount%22%3A500%7D",
+        None,
+    )
+    .await;
+    assert_eq!(e["decision"], "park", "{e}");
+    assert_eq!(e["condition"], LARGE, "{e}");
     // Approved, it is replayed (its conditions run again over the parked bytes).
     let r = ap::approve(p.admin, ap::ALICE, id, None).await;
     assert_eq!(r.status, 200, "{}", r.text());
