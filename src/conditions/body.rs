@@ -63,7 +63,9 @@ where
 /// values that borrow its strings where they hold no escapes. With `keys`, only those
 /// top-level members are built; every other member is still read and checked.
 pub fn parse_object<'a>(bytes: &'a [u8], keys: Option<&[&str]>) -> Result<Owned<'a>, String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // UTF-8 checked once over the whole body, not string by string.
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let mut seen = Vec::new();
     let v = de
         .deserialize_any(Top {
@@ -373,7 +375,7 @@ mod tests {
             (b"[1, 2]", "not a JSON object"),
             (b"5", "not a JSON object"),
             (b"{} {}", "trailing"),
-            (b"{\"a\": \"\xff\"}", "unicode"),
+            (b"{\"a\": \"\xff\"}", "not UTF-8"),
             (b"", "EOF"),
         ] {
             let e = parse_object(bad, None).err().unwrap();
