@@ -237,8 +237,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
                 })
             };
             let (agent, method, path) = (need("agent")?, need("method")?, need("path")?);
+            // `body`: the request's JSON body (what conditions on `request.body` read).
+            let body = query_param(&req, "body").map(|b| explain::json_body(b.into_bytes()));
             let switches = app.switches.current(&app.store).await?;
-            let e = explain::explain(&app.live.load().snap, &switches, &agent, &method, &path)?;
+            let e = explain::explain_with(
+                &app.live.load().snap,
+                &switches,
+                &agent,
+                &method,
+                &path,
+                body.as_ref(),
+            )?;
             ok(serde_json::to_value(e).unwrap_or_default())
         }
         (&Method::GET, ["approvals"]) => {

@@ -128,3 +128,38 @@ pub fn too_large_limit(e: &(dyn std::error::Error + 'static)) -> Option<u64> {
     }
     None
 }
+
+/// Reads a request body whole, refusing more than `limit` bytes (413) — a declared
+/// Content-Length over it before anything is read.
+pub async fn collect_limited<B>(
+    headers: &http::HeaderMap,
+    body: B,
+    limit: u64,
+) -> Result<Bytes, crate::error::Error>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use crate::error::Error;
+    let declared: Option<u64> = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::BodyTooLarge { limit }
+            } else {
+                Error::BadRequest {
+                    reason: "bad_body",
+                    detail: "the request body could not be read".into(),
+                }
+            }
+        })
+}

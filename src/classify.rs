@@ -97,6 +97,10 @@ pub struct Tool {
     /// The spec operation behind this request: the one matched, or the one an override
     /// shadows at this path and method.
     pub op: Option<Arc<Operation>>,
+    /// The `when_risk` entries of the override that named it (none for most tools).
+    pub when_risk: Option<Arc<[crate::conditions::WhenRisk]>>,
+    /// The `when_risk` condition that set this request's risk and name, once evaluated.
+    pub condition: Option<Arc<str>>,
 }
 
 impl Tool {
@@ -204,6 +208,8 @@ pub struct Override {
     pub risk: Risk,
     pub approval_ttl: Option<Duration>,
     pub description: Option<String>,
+    /// `when_risk`: conditions that set the risk (and name) of a request (`None`: none).
+    pub when_risk: Option<Arc<[crate::conditions::WhenRisk]>>,
 }
 
 /// A known template: from `paths` (every method) or from specs (their methods), with
@@ -544,6 +550,8 @@ impl Classifier {
                     aliases: Vec::new(),
                     source: Source::Override,
                     op,
+                    when_risk: o.when_risk.clone(),
+                    condition: None,
                 });
             }
         }
@@ -561,6 +569,8 @@ impl Classifier {
                     aliases: Vec::new(),
                     source: Source::Spec,
                     op: Some(op.clone()),
+                    when_risk: None,
+                    condition: None,
                 });
             }
             if !known.all_methods && r.unknown_deny && strict {
@@ -581,6 +591,8 @@ impl Classifier {
                     Source::Heuristic
                 },
                 op: None,
+                when_risk: None,
+                condition: None,
             });
         }
         if r.unknown_deny && strict {
@@ -598,6 +610,8 @@ impl Classifier {
             aliases: Vec::new(),
             source: Source::Heuristic,
             op: None,
+            when_risk: None,
+            condition: None,
         })
     }
 }
@@ -786,6 +800,7 @@ mod tests {
                 risk: Risk::Critical,
                 approval_ttl: None,
                 description: None,
+                when_risk: None,
             }],
             &["/tickets/{id}".into(), "/tickets/{id}/comments".into()],
             vec![Pattern::new("/tickets/{id}/export").unwrap()],

@@ -75,6 +75,12 @@ pub enum Cmd {
         config: PathBuf,
         #[arg(long)]
         agent: String,
+        /// The request's JSON body (what conditions on `request.body` read).
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// The file holding the request's JSON body.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
         method: String,
         path: String,
     },
@@ -304,9 +310,20 @@ pub async fn run(cli: Cli) -> i32 {
         Cmd::Explain {
             config,
             agent,
+            body,
+            body_file,
             method,
             path,
-        } => explain_cmd(config, &agent, &method, &path),
+        } => {
+            let body = match (body, body_file) {
+                (Some(b), _) => Ok(Some(b.into_bytes())),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map(Some)
+                    .map_err(|e| Error::Internal(format!("{}: {e}", f.display()))),
+                (None, None) => Ok(None),
+            };
+            body.and_then(|b| explain_cmd(config, &agent, &method, &path, b))
+        }
         Cmd::Test { config, file } => policy_test(config, file),
         Cmd::Demo(opts) => crate::demo_run::run(opts).await,
         Cmd::DemoApi { listen } => match demo::start_api_on(listen).await {
@@ -696,10 +713,24 @@ fn check(path: PathBuf, require_secrets: bool) -> Result<(), Error> {
     Ok(())
 }
 
-fn explain_cmd(path: PathBuf, agent: &str, method: &str, target: &str) -> Result<(), Error> {
+fn explain_cmd(
+    path: PathBuf,
+    agent: &str,
+    method: &str,
+    target: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(), Error> {
     // Deciding needs no secret: explain works offline, without the upstream credentials.
     let (snap, _) = Snapshot::load_offline(&path)?;
-    let e = explain::explain(&snap, &Switches::default(), agent, method, target)?;
+    let body = body.map(explain::json_body);
+    let e = explain::explain_with(
+        &snap,
+        &Switches::default(),
+        agent,
+        method,
+        target,
+        body.as_ref(),
+    )?;
     println!("{e}");
     Ok(())
 }
@@ -710,7 +741,8 @@ fn policy_test(path: PathBuf, file: PathBuf) -> Result<(), Error> {
         .map_err(|e| Error::Internal(format!("{}: {e}", file.display())))?;
     let cases =
         explain::parse_cases(&file.display().to_string(), &text).map_err(Error::Internal)?;
-    let (report, passed) = explain::run_cases(&snap, &cases);
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    let (report, passed) = explain::run_cases(&snap, &cases, dir);
     print!("{report}");
     if passed {
         Ok(())

@@ -15,6 +15,8 @@ pub struct Denial {
     pub tool: Option<Arc<str>>,
     pub risk: Option<Risk>,
     pub policy_version: Arc<str>,
+    /// The condition that decided it (`request.body.amount > 100`), when one did.
+    pub condition: Option<Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,9 @@ impl Error {
                 o.insert("risk".into(), r.as_str().into());
             }
             o.insert("policy_version".into(), d.policy_version.as_ref().into());
+            if let Some(c) = &d.condition {
+                o.insert("condition".into(), c.as_ref().into());
+            }
         }
         o.insert("request_id".into(), request_id.into());
         let mut resp = body::json_response(self.status(), &v);

@@ -2,6 +2,7 @@
 //! files, and per-agent tool listings — all through the same canon, classify and decide.
 
 use crate::canon;
+use crate::conditions::{body::Read, Outcome};
 use crate::config::Snapshot;
 use crate::error::Error;
 use crate::pipeline;
@@ -27,6 +28,13 @@ pub struct Explanation {
     pub decision: String,
     pub reason: String,
     pub detail: String,
+    /// Every condition evaluated, in order: `(expression, outcome)` with outcome
+    /// `true`, `false` or `error: …`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<(String, String)>,
+    /// The condition that decided the request, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
     pub policy_version: String,
 }
 
@@ -37,6 +45,30 @@ pub fn explain(
     agent: &str,
     method: &str,
     target: &str,
+) -> Result<Explanation, Error> {
+    explain_with(snap, switches, agent, method, target, None)
+}
+
+/// A request body for a dry run, sent as JSON (`body:`) or as given.
+pub fn json_body(bytes: Vec<u8>) -> Read {
+    if bytes.is_empty() {
+        Read::Empty
+    } else {
+        Read::Bytes {
+            bytes: bytes.into(),
+            json: true,
+        }
+    }
+}
+
+/// [`explain`] with a request body (what conditions on `request.body` read).
+pub fn explain_with(
+    snap: &Snapshot,
+    switches: &Switches,
+    agent: &str,
+    method: &str,
+    target: &str,
+    body: Option<&Read>,
 ) -> Result<Explanation, Error> {
     let a = snap.agents.get(agent).ok_or_else(|| Error::BadRequest {
         reason: "unknown_agent",
@@ -68,10 +100,12 @@ pub fn explain(
         decision: "deny".into(),
         reason: String::new(),
         detail: String::new(),
+        conditions: Vec::new(),
+        condition: None,
         policy_version: snap.policy_version.to_string(),
     };
-    // The proxy's own path: canonicalise, then `pipeline::judge` (no body, no token
-    // narrowing, no rate). A refusal is explained with the reason the proxy gives.
+    // The proxy's own path: canonicalise, then `pipeline::judge` (the body given, no
+    // token narrowing, no rate). A refusal is explained with the reason the proxy gives.
     let c = match canon::canonicalize(&m, &uri, http::Version::HTTP_11, &h) {
         Ok(c) => c,
         Err(err) => return Ok(refused(e, &err)),
@@ -79,18 +113,44 @@ pub fn explain(
     e.method = c.method.as_str().into();
     e.path = c.path_and_query();
     let mut seen = None;
+    if matches!(body, Some(Read::Bytes { .. })) {
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
+    let carries = matches!(body, Some(Read::Bytes { .. }));
     let judged = pipeline::judge(
         snap,
         a,
         &Narrowing::default(),
         switches,
         &c,
-        false,
+        &h,
+        body,
+        carries,
         &mut |tool| {
             seen = tool.cloned();
             Ok(())
         },
     );
+    if let Ok(j) = &judged {
+        // The tool as its conditions left it (risk, name).
+        seen = Some(j.tool.clone());
+        e.conditions = j
+            .evaluated
+            .trail
+            .iter()
+            .map(|(text, o)| {
+                let o = match o {
+                    Outcome::Holds(b) => b.to_string(),
+                    Outcome::Failed(why) => format!("error: {why}"),
+                };
+                (text.to_string(), o)
+            })
+            .collect();
+        e.condition = j.decision.condition().map(|c| c.to_string());
+    }
     if let Some(tool) = &seen {
         let route = &snap.routes[tool.route];
         e.tool = Some(tool.name.to_string());
@@ -126,8 +186,18 @@ pub fn explain(
             e.decision = j.decision.label().into();
             e.reason = j.decision.reason().into();
             e.detail = match j.decision {
-                Decision::Park => format!("`{}` waits for an operator's approval", j.tool.name),
-                Decision::Allow { rule } => format!("allowed by the profile's `{rule}` rule"),
+                Decision::Park { condition: Some(c) } => format!(
+                    "`{}` waits for an operator's approval (condition `{c}`)",
+                    j.tool.name
+                ),
+                Decision::Park { condition: None } => {
+                    format!("`{}` waits for an operator's approval", j.tool.name)
+                }
+                Decision::Allow {
+                    rule,
+                    condition: Some(c),
+                } => format!("allowed by the profile's `{rule}` rule (condition `{c}`)"),
+                Decision::Allow { rule, .. } => format!("allowed by the profile's `{rule}` rule"),
                 Decision::Deny { detail, .. } => detail,
             };
             Ok(e)
@@ -169,6 +239,9 @@ impl std::fmt::Display for Explanation {
             o(&self.route),
             o(&self.upstream)
         )?;
+        for (text, outcome) in &self.conditions {
+            writeln!(f, "when:     {text} → {outcome}")?;
+        }
         writeln!(f, "decision: {} ({})", self.decision, self.reason)?;
         writeln!(f, "because:  {}", self.detail)?;
         write!(f, "policy:   {}", self.policy_version)
@@ -260,6 +333,8 @@ pub fn agent_tools(
             continue;
         };
         let path = tooltable::sample_path(&row.template);
+        // A conditional entry is listed as it may hold: granted, parked, not denied.
+        let listing = crate::conditions::Evaluated::listing(&agent.profile);
         let d = decide(&Input {
             agent,
             narrowing,
@@ -267,10 +342,11 @@ pub fn agent_tools(
             path: &path,
             switches,
             approved: false,
+            evaluated: &listing,
         });
         let posture = match d {
             Decision::Allow { .. } => "allow",
-            Decision::Park => "approval",
+            Decision::Park { .. } => "approval",
             Decision::Deny { .. } => continue,
         };
         let m = crate::canon::Method::parse(&row.method).unwrap_or(crate::canon::Method::Get);
@@ -291,6 +367,15 @@ pub struct PolicyCase {
     pub expect: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The request's JSON body, written as YAML (`body: { amount: 50 }`).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Or the file holding the body (sent as JSON), relative to the test file.
+    #[serde(default)]
+    pub body_file: Option<String>,
+    /// The condition expected to decide (`request.body.amount > 100`).
+    #[serde(default)]
+    pub condition: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,8 +402,9 @@ pub fn parse_cases(file: &str, text: &str) -> Result<Vec<PolicyCase>, String> {
     }
 }
 
-/// Runs policy cases; returns the report and whether all passed.
-pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
+/// Runs policy cases (`dir`: where `body_file`s are found); returns the report and
+/// whether all passed.
+pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase], dir: &std::path::Path) -> (String, bool) {
     let mut out = String::new();
     let mut failed = 0;
     for (i, c) in cases.iter().enumerate() {
@@ -326,13 +412,35 @@ pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
             .name
             .clone()
             .unwrap_or_else(|| format!("#{} {} {}", i + 1, c.agent, c.request));
-        let got = match c.request.trim().split_once(' ') {
-            Some((m, p)) => explain(snap, &Switches::default(), &c.agent, m.trim(), p.trim())
-                .map_err(|e| e.to_string()),
-            None => Err(format!("`{}`: expected `METHOD /path`", c.request)),
+        let body = match (&c.body, &c.body_file) {
+            (Some(_), Some(_)) => Err("give `body` or `body_file`, not both".to_string()),
+            (Some(v), None) => Ok(Some(json_body(serde_json::to_vec(v).unwrap_or_default()))),
+            (None, Some(f)) => std::fs::read(dir.join(f))
+                .map(|b| Some(json_body(b)))
+                .map_err(|e| format!("body_file `{f}`: {e}")),
+            (None, None) => Ok(None),
+        };
+        let got = match (c.request.trim().split_once(' '), body) {
+            (_, Err(e)) => Err(e),
+            (Some((m, p)), Ok(body)) => explain_with(
+                snap,
+                &Switches::default(),
+                &c.agent,
+                m.trim(),
+                p.trim(),
+                body.as_ref(),
+            )
+            .map_err(|e| e.to_string()),
+            (None, _) => Err(format!("`{}`: expected `METHOD /path`", c.request)),
         };
         let ok = match &got {
-            Ok(e) => e.decision == c.expect && c.reason.as_ref().is_none_or(|r| *r == e.reason),
+            Ok(e) => {
+                e.decision == c.expect
+                    && c.reason.as_ref().is_none_or(|r| *r == e.reason)
+                    && c.condition
+                        .as_ref()
+                        .is_none_or(|w| Some(w) == e.condition.as_ref())
+            }
             Err(_) => false,
         };
         if ok {
@@ -340,16 +448,23 @@ pub fn run_cases(snap: &Snapshot, cases: &[PolicyCase]) -> (String, bool) {
         } else {
             failed += 1;
             out.push_str(&format!("FAIL  {label}\n"));
-            let want = match &c.reason {
+            let mut want = match &c.reason {
                 Some(r) => format!("{} ({r})", c.expect),
                 None => c.expect.clone(),
             };
+            if let Some(w) = &c.condition {
+                want.push_str(&format!(" when `{w}`"));
+            }
             out.push_str(&format!("  - expected: {want}\n"));
             match got {
                 Ok(e) => out.push_str(&format!(
-                    "  + got:      {} ({}) — tool {}, risk {}: {}\n",
+                    "  + got:      {} ({}){} — tool {}, risk {}: {}\n",
                     e.decision,
                     e.reason,
+                    e.condition
+                        .as_ref()
+                        .map(|w| format!(" when `{w}`"))
+                        .unwrap_or_default(),
                     e.tool.unwrap_or_default(),
                     e.risk.unwrap_or_default(),
                     e.detail

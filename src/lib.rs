@@ -13,6 +13,7 @@ pub mod canon;
 pub mod classify;
 pub mod cli;
 pub mod cli_view;
+pub mod conditions;
 pub mod config;
 pub mod conn_limits;
 pub mod conn_watch;

@@ -25,6 +25,11 @@ pub fn known_tools(snap: &Snapshot) -> BTreeSet<String> {
     for rules in &snap.classifier.routes {
         for o in &rules.overrides {
             out.insert(o.name.to_string());
+            for w in o.when_risk.iter().flat_map(|w| w.iter()) {
+                if let Some(n) = &w.name {
+                    out.insert(n.to_string());
+                }
+            }
         }
         for k in 0..rules.known.len() {
             for m in METHODS {
@@ -95,6 +100,19 @@ pub fn profile_patterns(snap: &Snapshot) -> Vec<String> {
                         &g.0,
                     ));
                 }
+            }
+        }
+        for e in &p.conditional {
+            if matches_nothing(&known, &e.glob.0) {
+                out.push(warning(
+                    &known,
+                    &format!(
+                        "profiles.{name}.{} (when `{}`)",
+                        e.list.as_str(),
+                        e.when.text
+                    ),
+                    &e.glob.0,
+                ));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! point (proxy, replay, explain, policy tests) calls it with the same inputs.
 
 use crate::classify::{Pattern, Risk, Tool};
+use crate::conditions::{Condition, Evaluated, Outcome};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -52,7 +53,35 @@ pub struct Profile {
     pub max_risk: Risk,
     pub approval: Vec<Glob>,
     pub deny: Vec<Glob>,
+    /// The `{ tool, when }` entries of `tools`, `approval` and `deny`.
+    pub conditional: Vec<CondEntry>,
     pub rate_per_minute: Option<u32>,
+}
+
+/// Which list of a profile an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    Tools,
+    Approval,
+    Deny,
+}
+
+impl List {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            List::Tools => "tools",
+            List::Approval => "approval",
+            List::Deny => "deny",
+        }
+    }
+}
+
+/// A profile entry that holds only when its condition does (`{ tool: PATTERN, when: EXPR }`).
+#[derive(Debug, Clone)]
+pub struct CondEntry {
+    pub list: List,
+    pub glob: Glob,
+    pub when: Arc<Condition>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +120,8 @@ pub struct Input<'a> {
     pub switches: &'a Switches,
     /// An operator already approved this exact request (replay).
     pub approved: bool,
+    /// The outcomes of the profile's conditional entries for this request.
+    pub evaluated: &'a Evaluated,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +129,17 @@ pub enum Decision {
     /// `rule` names what granted it: `admin`, `tools`, `approved`.
     Allow {
         rule: &'static str,
+        condition: Option<Arc<str>>,
     },
     Deny {
         reason: &'static str,
         detail: String,
+        /// The condition that decided it, when one did.
+        condition: Option<Arc<str>>,
     },
-    Park,
+    Park {
+        condition: Option<Arc<str>>,
+    },
 }
 
 impl Decision {
@@ -111,20 +147,77 @@ impl Decision {
         match self {
             Decision::Allow { .. } => "allow",
             Decision::Deny { .. } => "deny",
-            Decision::Park => "park",
+            Decision::Park { .. } => "park",
         }
     }
     pub fn reason(&self) -> &'static str {
         match self {
-            Decision::Allow { rule } => rule,
+            Decision::Allow { rule, .. } => rule,
             Decision::Deny { reason, .. } => reason,
-            Decision::Park => "approval_required",
+            Decision::Park { .. } => "approval_required",
+        }
+    }
+    /// The condition that decided it, when one did.
+    pub fn condition(&self) -> Option<&Arc<str>> {
+        match self {
+            Decision::Allow { condition, .. }
+            | Decision::Deny { condition, .. }
+            | Decision::Park { condition } => condition.as_ref(),
         }
     }
 }
 
 fn deny(reason: &'static str, detail: String) -> Decision {
-    Decision::Deny { reason, detail }
+    Decision::Deny {
+        reason,
+        detail,
+        condition: None,
+    }
+}
+
+fn deny_by(reason: &'static str, detail: String, condition: &Arc<str>) -> Decision {
+    Decision::Deny {
+        reason,
+        detail,
+        condition: Some(condition.clone()),
+    }
+}
+
+/// The first conditional entry of `list` matching one of `names` that holds; a failed
+/// condition holds when `failed_holds` (deny, approval) and not otherwise (grants).
+/// Returns the entry, the name and the failure, if it failed.
+fn conditional<'a>(
+    p: &'a Profile,
+    ev: &'a Evaluated,
+    list: List,
+    mut names: impl Iterator<Item = &'a str>,
+    failed_holds: bool,
+) -> Option<(&'a CondEntry, &'a str, Option<&'a str>)> {
+    names.find_map(|n| {
+        p.conditional.iter().enumerate().find_map(|(i, e)| {
+            if e.list != list || !e.glob.matches(n) {
+                return None;
+            }
+            match ev.entry(i) {
+                Some(Outcome::Holds(true)) => Some((e, n, None)),
+                Some(Outcome::Holds(false)) => None,
+                Some(Outcome::Failed(why)) => failed_holds.then_some((e, n, Some(why.as_str()))),
+                // Not evaluated (a caller without the request): the safe side.
+                None => failed_holds.then_some((e, n, Some("it was not evaluated"))),
+            }
+        })
+    })
+}
+
+/// ` (the condition `…` failed: …)` for a detail, when it failed.
+fn failure(e: &CondEntry, why: Option<&str>) -> String {
+    match why {
+        Some(w) => format!(
+            " (the condition `{}` could not be evaluated: {w})",
+            e.when.text
+        ),
+        None => String::new(),
+    }
 }
 
 /// The gate. First match wins; see DESIGN.md "Identity, then the gate".
@@ -152,6 +245,23 @@ pub fn decide(i: &Input) -> Decision {
     if let Some(n) = t.names().find(|n| any_match(&p.deny, n)) {
         return deny("profile_deny", format!("profile `{}` denies `{n}`", p.name));
     }
+    if let Some((e, n, why)) = conditional(p, i.evaluated, List::Deny, t.names(), true) {
+        return deny_by(
+            "profile_deny",
+            format!(
+                "profile `{}` denies `{n}` when `{}`{}",
+                p.name,
+                e.when.text,
+                failure(e, why)
+            ),
+            &e.when.text,
+        );
+    }
+    // A grant holds for a name through a plain entry, or a conditional one that holds.
+    let granted = |n: &str| {
+        any_match(&p.tools, n)
+            || conditional(p, i.evaluated, List::Tools, std::iter::once(n), false).is_some()
+    };
     // Grants hold only if they hold for every name: a spelling a lenient backend routes
     // to another handler (`/items/EXPORT`) must be granted as that handler too.
     if let Some(tools) = &i.narrowing.tools {
@@ -173,17 +283,30 @@ pub fn decide(i: &Input) -> Decision {
             );
         }
     }
-    if t.names().any(|n| any_match(&p.approval, n)) {
+    let approval = if t.names().any(|n| any_match(&p.approval, n)) {
+        Some(None)
+    } else {
+        conditional(p, i.evaluated, List::Approval, t.names(), true)
+            .map(|(e, _, _)| Some(e.when.text.clone()))
+    };
+    if let Some(condition) = approval {
+        let condition = condition.or_else(|| t.condition.clone());
         return if i.approved {
-            Decision::Allow { rule: "approved" }
+            Decision::Allow {
+                rule: "approved",
+                condition,
+            }
         } else {
-            Decision::Park
+            Decision::Park { condition }
         };
     }
     if p.admin {
-        return Decision::Allow { rule: "admin" };
+        return Decision::Allow {
+            rule: "admin",
+            condition: None,
+        };
     }
-    if any_match(&p.tools, name) {
+    if granted(name) {
         let mut ceiling = p.max_risk;
         if let Some(r) = i.narrowing.max_risk {
             ceiling = ceiling.min(r);
@@ -192,8 +315,18 @@ pub fn decide(i: &Input) -> Decision {
             ceiling = ceiling.min(Risk::Low);
         }
         if t.risk <= ceiling {
-            return match t.names().find(|n| !any_match(&p.tools, n)) {
-                None => Decision::Allow { rule: "tools" },
+            // The grant's condition, when only a conditional entry grants the name.
+            let condition = if any_match(&p.tools, name) {
+                None
+            } else {
+                conditional(p, i.evaluated, List::Tools, std::iter::once(name), false)
+                    .map(|(e, _, _)| e.when.text.clone())
+            };
+            return match t.names().find(|n| !granted(n)) {
+                None => Decision::Allow {
+                    rule: "tools",
+                    condition: condition.or_else(|| t.condition.clone()),
+                },
                 Some(n) => deny(
                     "not_granted",
                     format!(
@@ -218,7 +351,30 @@ pub fn decide(i: &Input) -> Decision {
         } else {
             format!("the ceiling is {ceiling}")
         };
-        return deny(reason, format!("`{name}` is {} risk; {why}", t.risk));
+        let detail = format!("`{name}` is {} risk; {why}", t.risk);
+        return match &t.condition {
+            Some(c) => deny_by(reason, format!("{detail} (risk set when `{c}`)"), c),
+            None => deny(reason, detail),
+        };
+    }
+    // A conditional grant whose condition did not hold names it.
+    if let Some((e, why)) = p.conditional.iter().enumerate().find_map(|(ix, e)| {
+        (e.list == List::Tools && e.glob.matches(name)).then(|| match i.evaluated.entry(ix) {
+            Some(Outcome::Failed(w)) => (e, Some(w.as_str())),
+            None => (e, Some("it was not evaluated")),
+            _ => (e, None),
+        })
+    }) {
+        return deny_by(
+            "not_granted",
+            format!(
+                "profile `{}` grants `{name}` only when `{}`{}",
+                p.name,
+                e.when.text,
+                failure(e, why)
+            ),
+            &e.when.text,
+        );
     }
     deny(
         "not_granted",
@@ -245,6 +401,7 @@ mod tests {
             max_risk: Risk::Medium,
             approval: vec![Glob("tickets.refund".into())],
             deny: vec![Glob("*.purge".into())],
+            conditional: vec![],
             rate_per_minute: None,
         }
     }
@@ -280,6 +437,7 @@ mod tests {
                 path: "/x",
                 switches: s,
                 approved: false,
+                evaluated: &Evaluated::default(),
             })
         };
         assert!(matches!(
@@ -290,7 +448,7 @@ mod tests {
             }
         ));
         t.aliases = vec!["tickets.refund".into()];
-        assert_eq!(d(&t, &none), Decision::Park);
+        assert_eq!(d(&t, &none), Decision::Park { condition: None });
         t.aliases = vec!["tickets.comments.list".into()];
         let paused = Switches {
             paused_tools: vec![Glob("tickets.comments.list".into())],
@@ -325,12 +483,16 @@ mod tests {
                 path: "/items/EXPORT",
                 switches: &none,
                 approved: false,
+                evaluated: &Evaluated::default(),
             })
         };
         let mut t = tool("items.get", Risk::Low);
         assert_eq!(
             d(&t, &Narrowing::default()),
-            Decision::Allow { rule: "tools" }
+            Decision::Allow {
+                rule: "tools",
+                condition: None
+            }
         );
         t.aliases = vec!["items.export.list".into()];
         let cases: [(Narrowing, &str); 2] = [
@@ -345,7 +507,7 @@ mod tests {
         ];
         for (n, want) in cases {
             match d(&t, &n) {
-                Decision::Deny { reason, detail } => {
+                Decision::Deny { reason, detail, .. } => {
                     assert_eq!(reason, want);
                     assert!(detail.contains("items.export.list"), "{detail}");
                 }
@@ -365,6 +527,8 @@ mod tests {
             source: crate::classify::Source::Paths,
             op: None,
             aliases: vec![],
+            when_risk: None,
+            condition: None,
         }
     }
 
@@ -692,14 +856,220 @@ mod tests {
                 path,
                 switches: s,
                 approved,
+                evaluated: &Evaluated::default(),
             });
             let got = match &d {
-                Decision::Allow { rule } => format!("allow:{rule}"),
-                Decision::Park => "park".into(),
+                Decision::Allow { rule, .. } => format!("allow:{rule}"),
+                Decision::Park { .. } => "park".into(),
                 Decision::Deny { reason, .. } => reason.to_string(),
             };
             assert_eq!(got, want, "{what}");
         }
+    }
+
+    fn entry(list: List, glob: &str, when: &str) -> CondEntry {
+        CondEntry {
+            list,
+            glob: Glob(glob.into()),
+            when: Arc::new(crate::conditions::compile::compile(when).unwrap()),
+        }
+    }
+
+    /// Conditions only narrow an entry that matches; the precedence is the table's.
+    #[test]
+    fn conditions_table() {
+        let small = "request.body.amount <= 50";
+        let big = "request.body.amount > 100";
+        let forced = "'true' in request.query.force";
+        let p = Profile {
+            tools: vec![Glob("tickets.get".into())],
+            approval: vec![],
+            deny: vec![Glob("*.purge".into())],
+            conditional: vec![
+                entry(List::Tools, "tickets.refund", small),
+                entry(List::Approval, "tickets.refund", big),
+                entry(List::Deny, "tickets.delete", forced),
+                entry(List::Tools, "tickets.delete", "true"),
+                entry(List::Tools, "tickets.purge", "true"),
+            ],
+            max_risk: Risk::High,
+            ..profile()
+        };
+        let a = agent(p, None);
+        let o = |v: Option<bool>| v.map(Outcome::Holds);
+        let failed = || Some(Outcome::Failed("no such key `amount`".into()));
+        let paused = Switches {
+            paused_tools: vec![Glob("tickets.*".into())],
+            ..Default::default()
+        };
+        let none = Switches::default();
+        let mut raised = tool("tickets.delete", Risk::Critical);
+        raised.condition = Some(forced.into());
+        type Row<'a> = (
+            &'a str,
+            Tool,
+            Vec<Option<Outcome>>,
+            &'a Switches,
+            &'a str,
+            Option<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "small refund granted by its condition",
+                tool("tickets.refund", Risk::Medium),
+                vec![o(Some(true)), o(Some(false)), None, None, None],
+                &none,
+                "allow:tools",
+                Some(small),
+            ),
+            (
+                "large refund parked by its condition",
+                tool("tickets.refund", Risk::Medium),
+                vec![o(Some(false)), o(Some(true)), None, None, None],
+                &none,
+                "park",
+                Some(big),
+            ),
+            (
+                "in between: neither holds, not granted",
+                tool("tickets.refund", Risk::Medium),
+                vec![o(Some(false)), o(Some(false)), None, None, None],
+                &none,
+                "not_granted",
+                Some(small),
+            ),
+            (
+                "a failed grant does not grant; a failed approval parks",
+                tool("tickets.refund", Risk::Medium),
+                vec![failed(), failed(), None, None, None],
+                &none,
+                "park",
+                Some(big),
+            ),
+            (
+                "a failed grant alone is not granted",
+                tool("tickets.refund", Risk::Medium),
+                vec![failed(), o(Some(false)), None, None, None],
+                &none,
+                "not_granted",
+                Some(small),
+            ),
+            (
+                "not evaluated is the safe side (approval holds)",
+                tool("tickets.refund", Risk::Medium),
+                vec![],
+                &none,
+                "park",
+                Some(big),
+            ),
+            (
+                "a pause beats a holding grant",
+                tool("tickets.refund", Risk::Medium),
+                vec![o(Some(true)), o(Some(false)), None, None, None],
+                &paused,
+                "paused",
+                None,
+            ),
+            (
+                "a conditional deny that holds denies",
+                tool("tickets.delete", Risk::High),
+                vec![None, None, o(Some(true)), o(Some(true)), None],
+                &none,
+                "profile_deny",
+                Some(forced),
+            ),
+            (
+                "a conditional deny that does not hold leaves the grant",
+                tool("tickets.delete", Risk::High),
+                vec![None, None, o(Some(false)), o(Some(true)), None],
+                &none,
+                "allow:tools",
+                Some("true"),
+            ),
+            (
+                "a failed deny denies",
+                tool("tickets.delete", Risk::High),
+                vec![None, None, failed(), o(Some(true)), None],
+                &none,
+                "profile_deny",
+                Some(forced),
+            ),
+            (
+                "a plain deny beats a holding conditional grant",
+                tool("tickets.purge", Risk::Low),
+                vec![None, None, None, None, o(Some(true))],
+                &none,
+                "profile_deny",
+                None,
+            ),
+            (
+                "a risk a condition raised past the ceiling names it",
+                raised,
+                vec![None, None, o(Some(false)), o(Some(true)), None],
+                &none,
+                "risk_ceiling",
+                Some(forced),
+            ),
+        ];
+        for (what, t, entries, s, want, want_cond) in rows {
+            let ev = Evaluated {
+                entries,
+                trail: vec![],
+            };
+            let d = decide(&Input {
+                agent: &a,
+                narrowing: &Narrowing::default(),
+                tool: &t,
+                path: "/tickets/1",
+                switches: s,
+                approved: false,
+                evaluated: &ev,
+            });
+            let got = match &d {
+                Decision::Allow { rule, .. } => format!("allow:{rule}"),
+                Decision::Park { .. } => "park".into(),
+                Decision::Deny { reason, .. } => reason.to_string(),
+            };
+            assert_eq!(got, want, "{what}: {d:?}");
+            assert_eq!(d.condition().map(|c| &**c), want_cond, "{what}: {d:?}");
+            if let Decision::Deny { detail, .. } = &d {
+                if let Some(c) = want_cond {
+                    assert!(detail.contains(c), "{what}: {detail}");
+                }
+            }
+        }
+    }
+
+    /// A conditional grant must hold for every name the request goes by.
+    #[test]
+    fn conditional_grants_hold_for_every_alias() {
+        let p = Profile {
+            tools: vec![],
+            approval: vec![],
+            conditional: vec![entry(List::Tools, "items.get", "true")],
+            max_risk: Risk::High,
+            ..profile()
+        };
+        let a = agent(p, None);
+        let mut t = tool("items.get", Risk::Low);
+        t.aliases = vec!["items.export.list".into()];
+        let ev = Evaluated {
+            entries: vec![Some(Outcome::Holds(true))],
+            trail: vec![],
+        };
+        let d = decide(&Input {
+            agent: &a,
+            narrowing: &Narrowing::default(),
+            tool: &t,
+            path: "/items/EXPORT",
+            switches: &Switches::default(),
+            approved: false,
+            evaluated: &ev,
+        });
+        assert!(
+            matches!(&d, Decision::Deny { reason: "not_granted", detail, .. } if detail.contains("items.export.list")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Trace {
     /// The tool's metrics label (bounded; see `metrics::tool_label`).
     pub tool_label: Option<Arc<str>>,
     pub risk: Option<crate::classify::Risk>,
+    /// The condition that decided the request, when one did.
+    pub condition: Option<Arc<str>>,
     /// The policy in force when the request was decided.
     pub policy_version: Option<Arc<str>>,
     pub remote_addr: Option<IpAddr>,
@@ -138,6 +140,7 @@ where
         },
         tool: trace.tool.as_ref().map(|t| t.to_string()),
         risk: trace.risk.map(|r| r.to_string()),
+        condition: trace.condition.as_ref().map(|c| c.to_string()),
         policy_version: Some(
             trace
                 .policy_version
@@ -356,36 +359,77 @@ where
     // The one path from canonical request to decision (`explain` runs it too). Once
     // the request has a tool, it is traced and counted against the agent's rate —
     // refused or not.
-    let judged = crate::pipeline::judge(
+    let tool = crate::pipeline::classify(snap, &c, body_on_bodiless, &mut |tool| {
+        if let Some(tool) = tool {
+            trace.tool = Some(tool.name.clone());
+            trace.tool_label = Some(crate::metrics::tool_label(Some(tool)));
+            trace.risk = Some(tool.risk);
+        }
+        // A request an MCP `tools/call` built must be the tool that was called: an
+        // argument that moved it elsewhere (`/`, `..`) is refused, never forwarded.
+        if let Via::Mcp { tool: called, .. } = via {
+            if tool.is_none_or(|t| t.name != *called) {
+                return Err(tool_mismatch(called, tool.map(|t| &*t.name)));
+            }
+        }
+        rate_limit(&live, &who)
+    });
+    let mut gate = gate_started.elapsed();
+    let tool = tool.inspect_err(|_| {
+        metrics::histogram!("portcullis_gate_seconds").record(gate.as_secs_f64());
+    })?;
+    // Only a request a condition on `request.body` can apply to is read before the gate.
+    let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
+        // A body that breaks off is one the condition cannot read: denied.
+        Some(_) => crate::conditions::body::read(snap, req)
+            .await
+            .map_err(|e| match e {
+                Error::BadRequest {
+                    reason: "bad_body", ..
+                } => crate::pipeline::denial(
+                    snap,
+                    "uninspectable_body",
+                    "a condition reads the body, and it could not be read".into(),
+                    Some(&tool),
+                ),
+                e => e,
+            })?,
+        None => (req.map(http_body_util::Either::Left), None),
+    };
+    let decide_started = std::time::Instant::now();
+    let judged = crate::pipeline::decide_for(
         snap,
         &who.agent,
         &who.token.narrowing,
         &switches,
         &c,
-        body_on_bodiless,
-        &mut |tool| {
-            if let Some(tool) = tool {
-                trace.tool = Some(tool.name.clone());
-                trace.tool_label = Some(crate::metrics::tool_label(Some(tool)));
-                trace.risk = Some(tool.risk);
-            }
-            // A request an MCP `tools/call` built must be the tool that was called: an
-            // argument that moved it elsewhere (`/`, `..`) is refused, never forwarded.
-            if let Via::Mcp { tool: called, .. } = via {
-                if tool.is_none_or(|t| t.name != *called) {
-                    return Err(tool_mismatch(called, tool.map(|t| &*t.name)));
-                }
-            }
-            rate_limit(&live, &who)
-        },
+        req.headers(),
+        read.as_ref(),
+        tool,
     );
-    metrics::histogram!("portcullis_gate_seconds").record(gate_started.elapsed().as_secs_f64());
-    let crate::pipeline::Judged { tool, decision } = judged?;
+    gate += decide_started.elapsed();
+    metrics::histogram!("portcullis_gate_seconds").record(gate.as_secs_f64());
+    match &judged {
+        Ok(j) => {
+            trace.tool = Some(j.tool.name.clone());
+            trace.risk = Some(j.tool.risk);
+            trace.condition = j.decision.condition().cloned();
+        }
+        Err(Error::Denied(d)) => {
+            if d.tool.is_some() {
+                trace.tool = d.tool.clone();
+                trace.risk = d.risk;
+            }
+            trace.condition = d.condition.clone();
+        }
+        Err(_) => {}
+    }
+    let crate::pipeline::Judged { tool, decision, .. } = judged?;
     let route = &snap.routes[tool.route];
     // `validate: request`: the operation's schema, before anything is forwarded or parked.
     let req = crate::openapi::validate::request(snap, &tool, &c, req).await?;
     spend_budget(app, &who).await?;
-    if decision == Decision::Park {
+    if let Decision::Park { condition } = &decision {
         let (parts, body) = req.into_parts();
         trace.recorded = true;
         let r = approval::park(
@@ -403,6 +447,7 @@ where
                 trace.started.unwrap_or_else(std::time::Instant::now),
             ),
             via,
+            condition.as_deref(),
         )
         .await;
         trace.recorded = r.is_ok();

@@ -117,6 +117,7 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                     owner: None,
                     resources: None,
                 };
+                let listing = crate::conditions::Evaluated::listing(p);
                 let d = decide(&Input {
                     agent: &agent,
                     narrowing: &Narrowing::default(),
@@ -124,10 +125,11 @@ pub fn rows(snap: &Snapshot) -> Vec<Row> {
                     path: &path,
                     switches: &Switches::default(),
                     approved: false,
+                    evaluated: &listing,
                 });
                 match d {
                     Decision::Allow { .. } => row.allow.push(p.name.clone()),
-                    Decision::Park => row.park.push(p.name.clone()),
+                    Decision::Park { .. } => row.park.push(p.name.clone()),
                     Decision::Deny { .. } => row.deny.push(p.name.clone()),
                 }
             }
@@ -196,6 +198,7 @@ pub fn render(snap: &Snapshot) -> String {
     for c in &cells {
         line(&mut s, &c.iter().map(String::as_str).collect::<Vec<_>>());
     }
+    conditions(snap, &mut s);
     for (short, long) in &snap.shadows {
         let _ = writeln!(s, "note: route {long} takes precedence over {short} for paths under {long} (longest prefix wins)");
     }
@@ -213,6 +216,46 @@ pub fn render(snap: &Snapshot) -> String {
     openapi_notes(snap, &mut s);
     let _ = writeln!(s, "policy_version: {}", snap.policy_version);
     s
+}
+
+/// The conditional entries of each profile and the conditional risks of tools. The
+/// table above counts a conditional grant or approval as holding, a conditional deny as not.
+fn conditions(snap: &Snapshot, s: &mut String) {
+    let mut lines = Vec::new();
+    for (name, p) in &snap.profiles {
+        for e in &p.conditional {
+            lines.push(format!(
+                "  profile {name}  {:<8}  {}  when {}",
+                e.list.as_str(),
+                e.glob.0,
+                e.when.text
+            ));
+        }
+    }
+    for r in &snap.classifier.routes {
+        for o in &r.overrides {
+            for w in o.when_risk.iter().flat_map(|w| w.iter()) {
+                let rename = w
+                    .name
+                    .as_ref()
+                    .map(|n| format!(" as {n}"))
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "  tool    {}  risk {}{rename} when {}",
+                    o.name, w.risk, w.when.text
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            s,
+            "conditions (in the table a conditional grant or approval counts as holding, a conditional deny as not):"
+        );
+        for l in lines {
+            let _ = writeln!(s, "{l}");
+        }
+    }
 }
 
 /// The first line of a description, at most 72 characters (the table's last column).

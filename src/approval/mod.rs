@@ -31,7 +31,6 @@ use crate::identity::Identity;
 use crate::store::{now_ms, Cas, TimeIndex};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -149,6 +148,9 @@ pub struct Approval {
     /// `preview: current`: the resource as read at park time; never changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<preview::Preview>,
+    /// The condition that parked it or set its risk (`request.body.amount > 100`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 /// The upstream's response as it was, kept for the agent.
@@ -347,6 +349,7 @@ pub async fn park<B>(
     request_id: &str,
     origin: (Option<std::net::IpAddr>, std::time::Instant),
     via: &crate::proxy::Via,
+    condition: Option<&str>,
 ) -> Result<Response<crate::body::Body>, Error>
 where
     B: http_body::Body<Data = Bytes>,
@@ -379,27 +382,7 @@ where
         .limits
         .max_body_bytes
         .min(snap.limits.max_parked_body_bytes);
-    let declared: Option<u64> = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Error::BodyTooLarge { limit });
-    }
-    let body: Bytes = http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Error::BodyTooLarge { limit }
-            } else {
-                Error::BadRequest {
-                    reason: "bad_body",
-                    detail: "the request body could not be read".into(),
-                }
-            }
-        })?
-        .to_bytes();
+    let body = crate::body::collect_limited(headers, body, limit).await?;
     if let Some(f) = crate::override_scan::format_of(headers)?.filter(|_| !body.is_empty()) {
         let mut scan = crate::override_scan::Scanner::new(f);
         if scan.feed(&body).and_then(|_| scan.finish()).is_err() {
@@ -462,6 +445,7 @@ where
         upstream_status: None,
         rationale,
         preview,
+        condition: condition.map(str::to_string),
     };
     let raw = encode(&a);
     if !app
@@ -494,6 +478,7 @@ where
         risk: Some(a.risk.to_string()),
         decision: Some("park".into()),
         reason: Some("approval_required".into()),
+        condition: a.condition.clone(),
         policy_version: Some(a.policy_version.clone()),
         body_sha256: Some(a.body_sha256.clone()),
         approval_id: Some(a.id.clone()),

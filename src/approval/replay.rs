@@ -5,6 +5,7 @@
 use super::{audit, load, request_sha256, transition, Lease, Loaded, State, StoredResult};
 use crate::app::App;
 use crate::canon::{Canonical, Method};
+use crate::conditions::{body::Read, context::Facts};
 use crate::error::Error;
 use crate::policy::{decide, Decision, Input};
 use crate::store::now_ms;
@@ -136,12 +137,50 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (a.path.clone(), None),
     };
-    let tool = match snap.classifier.classify(method, &path) {
+    let mut tool = match snap.classifier.classify(method, &path) {
         Ok(t) => t,
         Err(_) => return refuse("policy_changed", "the path is no longer routed".into()).await,
     };
     let route = &snap.routes[tool.route];
     let up = &snap.upstreams[route.upstream];
+    let c = Canonical {
+        method,
+        path,
+        query,
+        host: up.authority.to_string(),
+        encoded_slash: false,
+    };
+    let mut kept = HeaderMap::new();
+    for (k, v) in &a.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            kept.append(k, v);
+        }
+    }
+    // The conditions run again, over the parked bytes, under the policy in force.
+    let read = if body.is_empty() {
+        Read::Empty
+    } else {
+        Read::Bytes {
+            bytes: Bytes::from(body.clone()),
+            json: crate::override_scan::format_of(&kept).ok().flatten()
+                == Some(crate::override_scan::Format::Json),
+        }
+    };
+    let facts = Facts {
+        c: &c,
+        headers: &kept,
+        upstream: up,
+        body: Some(&read),
+    };
+    let evaluated = match crate::conditions::eval::evaluate(&agent, &mut tool, &facts) {
+        Ok(e) => e,
+        Err(crate::conditions::eval::Uninspectable(d)) => {
+            return refuse("policy_changed", format!("uninspectable_body: {d}")).await
+        }
+    };
     if *tool.name != *a.tool || up.name != a.upstream || agent.tenant != a.tenant {
         return refuse(
             "policy_changed",
@@ -155,11 +194,12 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
         agent: &agent,
         narrowing: &narrowing,
         tool: &tool,
-        path: &path,
+        path: &c.path,
         switches: &switches,
         approved: true,
+        evaluated: &evaluated,
     });
-    if let Decision::Deny { reason, detail } = d {
+    if let Decision::Deny { reason, detail, .. } = d {
         return refuse("policy_changed", format!("{reason}: {detail}")).await;
     }
     if !matches!(d, Decision::Allow { .. }) {
@@ -177,23 +217,6 @@ async fn prepare(app: &App, l: &Loaded) -> Result<Option<Ready>, Error> {
         .await;
     }
 
-    // Send exactly once.
-    let c = Canonical {
-        method,
-        path,
-        query,
-        host: up.authority.to_string(),
-        encoded_slash: false,
-    };
-    let mut kept = HeaderMap::new();
-    for (k, v) in &a.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            kept.append(k, v);
-        }
-    }
     let mut headers = upstream::outbound_headers(
         &kept,
         up,

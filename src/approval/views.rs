@@ -93,6 +93,9 @@ pub fn operator_view(a: &Approval, body: Option<&[u8]>) -> Value {
         }
     }
     o.insert("policy_version".into(), a.policy_version.clone().into());
+    if let Some(c) = &a.condition {
+        o.insert("condition".into(), c.as_str().into());
+    }
     o.insert("votes".into(), json!(a.approvals));
     o.insert("decided_by".into(), json!(a.decided_by));
     o.insert("reason".into(), json!(a.reason));

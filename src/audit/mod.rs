@@ -58,6 +58,9 @@ pub struct Record {
     /// The JSON-RPC id of that `tools/call`, as JSON text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jsonrpc_id: Option<String>,
+    /// The condition that decided the request (`request.body.amount > 100`), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
     /// `refusals_aggregated`: how many refusals, and the first and last of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,

@@ -10,7 +10,7 @@ pub use store_redis::{Redacted, RedisSettings, RedisTarget, SentinelSettings, Wa
 
 use crate::canon::Method;
 use crate::classify::{self, Classifier, Override, Pattern, Risk, RouteRules};
-use crate::policy::{Agent, Glob, Profile};
+use crate::policy::{Agent, CondEntry, Glob, List, Profile};
 use http::{HeaderName, HeaderValue};
 use locate::Locator;
 use raw::RawConfig;
@@ -127,6 +127,8 @@ pub struct Limits {
     /// Parks one agent may have reading their bodies into the store at once (each up to
     /// `max_parked_body_bytes` in memory); more are answered 429 `parking_concurrency`.
     pub max_concurrent_parks_per_agent: u32,
+    /// The most of a body read for a condition on `request.body`.
+    pub max_inspected_body_bytes: u64,
 }
 
 /// How often the background work runs and how long its bounds last (`timers:`).
@@ -655,6 +657,13 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
             if let Some(on) = preview_option(c, &format!("{tat}.preview"), t.preview.as_deref())? {
                 preview_tools.push((Arc::<str>::from(name.as_str()), on));
             }
+            let floor = methods.as_ref().map_or(Risk::Low, |ms| {
+                ms.iter()
+                    .map(|m| Risk::of_method(*m))
+                    .max()
+                    .unwrap_or(Risk::Low)
+            });
+            let when_risk = compile_when_risk(c, &tat, t, risk, floor)?;
             overrides.push(Override {
                 methods,
                 pattern,
@@ -662,6 +671,7 @@ fn compile(c: &Ctx, raw: RawConfig, file: &Path) -> Result<Snapshot, ConfigError
                 risk,
                 approval_ttl,
                 description: t.description.clone(),
+                when_risk,
             });
         }
         let sensitive = r
@@ -1047,6 +1057,7 @@ fn compile_limits(c: &Ctx, l: &raw::RawLimits) -> Result<Limits, ConfigError> {
         max_connections: l.max_connections.unwrap_or(10_000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256),
         max_concurrent_parks_per_agent: l.max_concurrent_parks_per_agent.unwrap_or(4),
+        max_inspected_body_bytes: l.max_inspected_body_bytes.unwrap_or(1_048_576),
     };
     if limits.max_header_bytes < 8192 {
         return Err(c.err("limits.max_header_bytes", "must be at least 8192"));
@@ -1266,22 +1277,99 @@ fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstrea
     })
 }
 
+/// A tool override's `when_risk` entries. An entry's risk may not be below the method's
+/// default risk (`floor`) unless the override says `risk_floor: false`.
+fn compile_when_risk(
+    c: &Ctx,
+    tat: &str,
+    t: &raw::RawTool,
+    risk: Risk,
+    floor: Risk,
+) -> Result<Option<Arc<[crate::conditions::WhenRisk]>>, ConfigError> {
+    if t.when_risk.is_empty() {
+        if t.risk_floor.is_some() {
+            return Err(c.err(
+                &format!("{tat}.risk_floor"),
+                "`risk_floor` applies to `when_risk` entries, and there are none",
+            ));
+        }
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (wi, w) in t.when_risk.iter().enumerate() {
+        let wat = format!("{tat}.when_risk[{wi}]");
+        let when = crate::conditions::compile::compile(&w.when)
+            .map_err(|m| c.err(&format!("{wat}.when"), m))?;
+        let r = match &w.risk {
+            Some(s) => Risk::parse(s).ok_or_else(|| {
+                c.err(
+                    &format!("{wat}.risk"),
+                    format!("`{s}`: expected low, medium, high or critical"),
+                )
+            })?,
+            None => risk,
+        };
+        if w.risk.is_none() && w.name.is_none() {
+            return Err(c.err(&wat, "a `when_risk` entry sets a `risk`, a `name` or both"));
+        }
+        if r < floor && t.risk_floor != Some(false) {
+            return Err(c.err(
+                &format!("{wat}.risk"),
+                format!(
+                    "`{r}` is below the method's risk ({floor}); say `risk_floor: false` on the override to allow it"
+                ),
+            ));
+        }
+        if let Some(n) = &w.name {
+            if n.is_empty() || n.contains(['*', ' ']) {
+                return Err(c.err(
+                    &format!("{wat}.name"),
+                    "must be a non-empty name without `*` or spaces",
+                ));
+            }
+        }
+        out.push(crate::conditions::WhenRisk {
+            when: Arc::new(when),
+            risk: r,
+            name: w.name.as_deref().map(Arc::from),
+            raises: r >= risk,
+        });
+    }
+    Ok(Some(out.into()))
+}
+
 fn compile_profiles(
     c: &Ctx,
     raw: &BTreeMap<String, raw::RawProfile>,
 ) -> Result<BTreeMap<String, Arc<Profile>>, ConfigError> {
-    let globs = |path: String, v: &Option<Vec<String>>| -> Result<Vec<Glob>, ConfigError> {
-        let v = v.as_deref().unwrap_or_default();
-        v.iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if s.is_empty() {
-                    Err(c.err(&format!("{path}[{i}]"), "empty pattern"))
-                } else {
-                    Ok(Glob(s.clone()))
-                }
-            })
-            .collect()
+    // Plain entries become globs; `{ tool, when }` entries conditional ones.
+    let globs = |path: String,
+                 v: &Option<Vec<raw::RawEntry>>,
+                 list: List,
+                 conditional: &mut Vec<CondEntry>|
+     -> Result<Vec<Glob>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, e) in v.as_deref().unwrap_or_default().iter().enumerate() {
+            let (pattern, at) = match e {
+                raw::RawEntry::Plain(s) => (s, format!("{path}[{i}]")),
+                raw::RawEntry::When(w) => (&w.tool, format!("{path}[{i}].tool")),
+            };
+            if pattern.is_empty() {
+                return Err(c.err(&at, "empty pattern"));
+            }
+            match e {
+                raw::RawEntry::Plain(s) => out.push(Glob(s.clone())),
+                raw::RawEntry::When(w) => conditional.push(CondEntry {
+                    list,
+                    glob: Glob(w.tool.clone()),
+                    when: Arc::new(
+                        crate::conditions::compile::compile(&w.when)
+                            .map_err(|m| c.err(&format!("{path}[{i}].when"), m))?,
+                    ),
+                }),
+            }
+        }
+        Ok(out)
     };
     let mut out = BTreeMap::new();
     for (name, p) in raw {
@@ -1323,16 +1411,31 @@ fn compile_profiles(
                 return Err(c.err(&format!("{at}.rate_limit.per_minute"), "must be at least 1"));
             }
         }
+        let mut conditional = Vec::new();
+        let tools = globs(
+            format!("{at}.tools"),
+            &p.tools,
+            List::Tools,
+            &mut conditional,
+        )?;
+        let approval = globs(
+            format!("{at}.approval"),
+            &p.approval,
+            List::Approval,
+            &mut conditional,
+        )?;
+        let deny = globs(format!("{at}.deny"), &p.deny, List::Deny, &mut conditional)?;
         out.insert(
             name.clone(),
             Arc::new(Profile {
                 name: name.clone(),
                 admin,
-                tools: globs(format!("{at}.tools"), &p.tools)?,
+                tools,
                 resources: p.resources.clone(),
                 max_risk,
-                approval: globs(format!("{at}.approval"), &p.approval)?,
-                deny: globs(format!("{at}.deny"), &p.deny)?,
+                approval,
+                deny,
+                conditional,
                 rate_per_minute: p.rate_limit.as_ref().map(|r| r.per_minute),
             }),
         );

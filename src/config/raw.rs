@@ -218,6 +218,8 @@ pub struct RawLimits {
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub max_concurrent_parks_per_agent: Option<u32>,
+    /// The most of a body read for a condition on `request.body` (else 413).
+    pub max_inspected_body_bytes: Option<u64>,
 }
 
 /// Background cadences; the defaults suit production, tests shorten them.
@@ -383,6 +385,39 @@ pub struct RawTool {
     /// `current` or `none`: overrides the route's `preview` for this tool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
+    /// Conditions that set the risk (and name) of a request: the first that holds wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when_risk: Vec<RawWhenRisk>,
+    /// `false`: a `when_risk` entry may lower the risk below the method's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_floor: Option<bool>,
+}
+
+/// `{ when: EXPR, risk: RISK, name: NAME }` under a tool override's `when_risk`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhenRisk {
+    pub when: String,
+    #[serde(default)]
+    pub risk: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A profile's `tools`, `approval` or `deny` entry: a pattern, or a pattern that holds
+/// only when a condition does.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawEntry {
+    Plain(String),
+    When(RawWhenEntry),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhenEntry {
+    pub tool: String,
+    pub when: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -391,15 +426,15 @@ pub struct RawProfile {
     #[serde(default)]
     pub admin: Option<bool>,
     #[serde(default)]
-    pub tools: Option<Vec<String>>,
+    pub tools: Option<Vec<RawEntry>>,
     #[serde(default)]
     pub resources: Option<Vec<String>>,
     #[serde(default)]
     pub max_risk: Option<String>,
     #[serde(default)]
-    pub approval: Option<Vec<String>>,
+    pub approval: Option<Vec<RawEntry>>,
     #[serde(default)]
-    pub deny: Option<Vec<String>>,
+    pub deny: Option<Vec<RawEntry>>,
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
     /// Overrides of the top-level `signals:` for this profile's agents.

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::override_scan::{self, Format};
 use bytes::Bytes;
 use http::{header, Request};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{Either, Full};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -287,23 +287,7 @@ where
         .limits
         .max_parked_body_bytes
         .min(snap.limits.max_body_bytes);
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Error::BodyTooLarge { limit });
-    }
-    let bytes = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Error::BodyTooLarge { limit }
-            } else {
-                Error::BadRequest {
-                    reason: "bad_body",
-                    detail: "the request body could not be read".into(),
-                }
-            }
-        })?
-        .to_bytes();
+    let bytes = crate::body::collect_limited(&parts.headers, body, limit).await?;
     let value = strict_json(&bytes).map_err(|e| {
         violation(
             "/body".into(),

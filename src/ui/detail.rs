@@ -62,6 +62,8 @@ pub struct Detail {
     description: Option<Vec<Piece>>,
     risk: String,
     risk_why: String,
+    /// The condition that parked it or set its risk, as written in the config.
+    condition: Option<String>,
     rationale: Option<Vec<Piece>>,
     preview: Option<PreviewView>,
     agent: String,
@@ -312,6 +314,7 @@ pub async fn page(
         state: a.state.as_str().into(),
         risk: a.risk.to_string(),
         risk_why: cx.risk_why.unwrap_or("").to_string(),
+        condition: a.condition.clone(),
         owner: cx.owner.clone().unwrap_or_else(|| "-".into()),
         issued_by: cx.issued_by.clone().unwrap_or_else(|| "-".into()),
         parked_today: cx.parked_today,

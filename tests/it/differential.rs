@@ -1124,6 +1124,7 @@ fn lenient_violations(snap: &Snapshot, who: Who, r: &Recorded) -> Vec<String> {
                     path: &p,
                     switches: &Switches::default(),
                     approved: false,
+                    evaluated: &Default::default(),
                 }) {
                     Decision::Allow { .. } => continue,
                     d => format!(

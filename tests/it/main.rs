@@ -20,6 +20,7 @@ mod bench_smoke;
 mod canary;
 mod canon_rejections;
 mod check_cli;
+mod conditions;
 mod connections;
 mod demo_cli;
 mod deploy_manifests;
