@@ -4,10 +4,10 @@
 # adds the demo agent's bearer token (the suite has no option to send one). Failures not
 # in baseline.yml fail the run. Needs npm (Node.js ≥ 22 is fetched from the npm registry
 # when the machine's is older), nginx, and a built binary (PORTCULLIS_BIN, default
-# target/debug/portcullis).
+# $CARGO_TARGET_DIR/debug/portcullis, else target/debug/portcullis).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bin=${PORTCULLIS_BIN:-target/debug/portcullis}
+bin=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-target}/debug/portcullis}
 tools=target/mcp-conformance
 here=tests/mcp_conformance
 suite_version=0.1.16
