@@ -61,15 +61,7 @@ async fn the_proxies_follow_a_failover_with_approvals_and_switches_intact() {
 
     // Both proxies serve again once a replica is promoted.
     for p in [&a, &b] {
-        crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
-            let r = get(p.addr, "/tickets/1", &bot).await;
-            if r.status == RESULT_STATUS {
-                Ok(())
-            } else {
-                Err(format!("{} {}", r.status, r.text()))
-            }
-        })
-        .await;
+        serving_after_failover(p, &bot, &id).await;
     }
     let serving = killed.elapsed();
     let new_master = set.master_port();
@@ -201,15 +193,7 @@ async fn sentinel_over_tls_follows_a_failover() {
     set.wait_discovered();
     let killed = Instant::now();
     set.master.kill();
-    crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
-        let r = get(a.addr, "/tickets/1", &bot).await;
-        if r.status == RESULT_STATUS {
-            Ok(())
-        } else {
-            Err(format!("{} {}", r.status, r.text()))
-        }
-    })
-    .await;
+    serving_after_failover(&a, &bot, &id).await;
     let serving = killed.elapsed();
     assert_eq!(view(a.admin, &id).await["state"], "pending");
     let r = approve(a.admin, ALICE, &id, None).await;
@@ -225,4 +209,24 @@ async fn sentinel_over_tls_follows_a_failover() {
         "sentinel over TLS: serving {:.1} s after the master was killed",
         serving.as_secs_f64()
     );
+}
+
+/// Waits until `p` serves again after the master was killed: an agent request is
+/// answered and a read that needs the store (the pending approval) succeeds. An agent
+/// request alone can be answered from the caches before the proxy has noticed the
+/// dead master, and the next store read would then still find it down.
+async fn serving_after_failover(p: &Proxy, bot: &str, id: &str) {
+    crate::common::eventually("serving after the failover", FAILOVER_BOUND, || async {
+        let r = get(p.addr, "/tickets/1", bot).await;
+        if r.status != RESULT_STATUS {
+            return Err(format!("agent request: {} {}", r.status, r.text()));
+        }
+        let v = admin(p.admin, ALICE, "GET", &format!("/approvals/{id}"), None).await;
+        if v.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("GET /approvals/{id}: {} {}", v.status, v.text()))
+        }
+    })
+    .await;
 }
