@@ -3,7 +3,8 @@
 //! credential injected, hygiene applied), recorded in the trail as event `preview`,
 //! never parked and never counted against a budget or a rate. What came back (capped
 //! at `limits.max_result_bytes` and [`MAX_PREVIEW`]) is kept with the approval for the page's diff; a read
-//! that fails leaves a note instead and the park goes on.
+//! that fails leaves a note instead and the park goes on. Nothing is read while the
+//! audit trail cannot take the read's record.
 
 use crate::app::{App, Live};
 use crate::audit::Record;
@@ -58,6 +59,19 @@ pub async fn fetch(
     get.method = Method::Get;
     get.query = None;
     let started = std::time::Instant::now();
+    // Fail closed like any forward: no upstream read that the trail cannot record.
+    if !app.audit.ready() {
+        return Preview {
+            at_ms: crate::store::now_ms(),
+            status: None,
+            body: None,
+            truncated: false,
+            note: Some(
+                "the current resource was not read: the audit trail is not accepting records"
+                    .into(),
+            ),
+        };
+    }
     let read = async {
         let mut client = HeaderMap::new();
         client.insert(header::ACCEPT, HeaderValue::from_static("application/json"));

@@ -267,6 +267,10 @@ async fn rationale_over_mcp_meta_and_the_final_long_poll() {
 
 /// `preview: current` on a route of its own.
 fn preview_config(upstream: &str) -> String {
+    preview_config_with(upstream, Head::new())
+}
+
+fn preview_config_with(upstream: &str, head: Head) -> String {
     format!(
         "{head}\x20 - {{ name: issuer, token_sha256: \"{i}\", roles: [viewer, approver, admin] }}\n\
          \x20 - {{ name: alice, token_sha256: \"{a}\", roles: [viewer, approver] }}\n\
@@ -284,10 +288,75 @@ fn preview_config(upstream: &str) -> String {
          \x20     - {{ match: \"PUT /docs/{{id}}\", name: docs.replace, risk: high, preview: none }}\n\
          profiles: {{ p: {{ tools: [\"docs.get\"], approval: [\"docs.update\", \"docs.replace\"] }} }}\n\
          agents: {{ bot: {{ profile: p }} }}\n",
-        head = Head::new().without_tester(),
+        head = head.without_tester(),
         i = ap::sha_hex(ISSUER),
         a = ap::sha_hex(ALICE),
     )
+}
+
+/// The page's re-read of a previewed resource is an upstream read like any other: while
+/// the audit trail cannot take its record, nothing is sent (and the page still opens).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_preview_read_while_the_audit_trail_is_down() {
+    use crate::operator_ui::{page, sign_in};
+    use crate::support::faults::Tmpfs;
+    let Some(fs) = Tmpfs::mount("preview_audit", "size=1m") else {
+        return;
+    };
+    fs.prepare_filler();
+    let up = common::Upstream::start(common::Behaviour::Reply(
+        common::Reply::new(200, r#"{"status":"draft"}"#).header("content-type", "application/json"),
+    ))
+    .await;
+    let audit = fs.path().join("audit.jsonl");
+    let head = Head::new().audit(&format!("{{ path: \"{}\" }}", audit.display()));
+    let p = Proxy::start(
+        &preview_config_with(&up.url(), head),
+        &[("API_KEY", UPSTREAM_KEY)],
+    );
+    let (bot, _) = issue(p.admin, "bot").await;
+    let r = agent_call(
+        p.addr,
+        &bot,
+        "PATCH",
+        "/docs/3",
+        &[("content-type", "application/json")],
+        br#"{"status":"final"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = approval_id(&r.json());
+    assert_eq!(up.seen().len(), 1, "the park's preview read");
+    let cookie = sign_in(p.admin, ALICE).await;
+    let path = format!("/ui/approvals/{id}");
+    // Control: with the trail healthy, opening the page reads the resource again.
+    assert_eq!(page(p.admin, &path, Some(&cookie)).await.status, 200);
+    assert_eq!(up.seen().len(), 2, "the page's re-read");
+
+    // Full disk: a request's record fails to write and the trail reports not ready.
+    fs.fill();
+    common::eventually(
+        "the full disk is noticed",
+        Duration::from_secs(10),
+        || async {
+            let _ = common::get(p.addr, "/docs/3", &bot).await;
+            let r = common::admin_call(p.admin, "GET", "/readyz", "", None).await;
+            if r.status == 503 {
+                Ok(())
+            } else {
+                Err(format!("/readyz {}", r.status))
+            }
+        },
+    )
+    .await;
+    let before = up.seen().len();
+    let r = page(p.admin, &path, Some(&cookie)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.seen().len(),
+        before,
+        "no upstream read while the trail cannot record it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
