@@ -229,21 +229,11 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() {
-    let redis = RedisServer::start();
-    let up = Upstream::start(Behaviour::Fixed).await;
-    let prefix = random_prefix();
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
-    let sig = "  refusal_burst: { threshold: 4, window: 1m }";
-    let a = Proxy::start(
-        &cfg(Head::new().node("node-a").store(&store), &up, sig),
-        &env,
-    );
-    let b = Proxy::start(
-        &cfg(Head::new().node("node-b").store(&store), &up, sig),
-        &env,
-    );
+    let (_redis, up, a, b) = two_replicas(
+        Behaviour::Fixed,
+        "  refusal_burst: { threshold: 4, window: 1m }",
+    )
+    .await;
     let token = a.agent_token("bot").await;
     assert_eq!(call(b.addr, "GET", "/tickets/1", &token).await.status, 200);
     for i in 0..4 {
@@ -270,21 +260,11 @@ async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_split_across_replicas_fires_once() {
-    let redis = RedisServer::start();
-    let up = Upstream::start(Behaviour::Fixed).await;
-    let prefix = random_prefix();
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
-    let sig = "  refusal_burst: { threshold: 6, window: 1m }";
-    let a = Proxy::start(
-        &cfg(Head::new().node("node-a").store(&store), &up, sig),
-        &env,
-    );
-    let b = Proxy::start(
-        &cfg(Head::new().node("node-b").store(&store), &up, sig),
-        &env,
-    );
+    let (_redis, up, a, b) = two_replicas(
+        Behaviour::Fixed,
+        "  refusal_burst: { threshold: 6, window: 1m }",
+    )
+    .await;
     let token = a.agent_token("bot").await;
     // Three on each replica: neither alone is over the threshold.
     for _ in 0..3 {
@@ -746,21 +726,11 @@ async fn the_operator_page_lists_signals_and_acknowledges_one_with_a_note() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_credential_is_refused_on_the_other_replica_within_a_second() {
-    let redis = RedisServer::start();
-    let up = Upstream::start(Behaviour::StatusFromPath).await;
-    let prefix = random_prefix();
-    let url = redis.url();
-    let env = [("REDIS_URL", url.as_str())];
-    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
-    let sig = "  upstream_failures: { threshold: 2, action: revoke_credential }";
-    let a = Proxy::start(
-        &cfg(Head::new().node("node-a").store(&store), &up, sig),
-        &env,
-    );
-    let b = Proxy::start(
-        &cfg(Head::new().node("node-b").store(&store), &up, sig),
-        &env,
-    );
+    let (_redis, up, a, b) = two_replicas(
+        Behaviour::StatusFromPath,
+        "  upstream_failures: { threshold: 2, action: revoke_credential }",
+    )
+    .await;
     let token = a.agent_token("bot").await;
     assert_eq!(call(b.addr, "GET", "/tickets/1", &token).await.status, 200);
     assert_eq!(
@@ -787,4 +757,19 @@ async fn a_revoked_credential_is_refused_on_the_other_replica_within_a_second() 
         (s["kind"].as_str(), s["brake"].as_str()),
         (Some("upstream_failures"), Some("applied"))
     );
+}
+
+/// Two replicas (`node-a`, `node-b`) on one fresh redis, with `sig` in their `signals:`
+/// block, in front of one upstream behaving as `b`. Keep the redis server alive.
+async fn two_replicas(b: Behaviour, sig: &str) -> (RedisServer, Upstream, Proxy, Proxy) {
+    let redis = RedisServer::start();
+    let up = Upstream::start(b).await;
+    let prefix = random_prefix();
+    let url = redis.url();
+    let env = [("REDIS_URL", url.as_str())];
+    let store = format!("{{ redis: {{ url_env: REDIS_URL, key_prefix: \"{prefix}\" }} }}");
+    let start =
+        |node: &str| Proxy::start(&cfg(Head::new().node(node).store(&store), &up, sig), &env);
+    let (a, b) = (start("node-a"), start("node-b"));
+    (redis, up, a, b)
 }
