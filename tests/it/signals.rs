@@ -229,7 +229,7 @@ async fn a_prompt_injected_agent_is_paused_after_exactly_n_refusals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() {
-    let (_redis, up, a, b) = two_replicas(
+    let (_redis, _up, a, b) = two_replicas(
         Behaviour::Fixed,
         "  refusal_burst: { threshold: 4, window: 1m }",
     )
@@ -260,7 +260,7 @@ async fn a_burst_on_one_replica_pauses_the_agent_on_the_other_within_a_second() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_split_across_replicas_fires_once() {
-    let (_redis, up, a, b) = two_replicas(
+    let (_redis, _up, a, b) = two_replicas(
         Behaviour::Fixed,
         "  refusal_burst: { threshold: 6, window: 1m }",
     )
@@ -726,7 +726,7 @@ async fn the_operator_page_lists_signals_and_acknowledges_one_with_a_note() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_credential_is_refused_on_the_other_replica_within_a_second() {
-    let (_redis, up, a, b) = two_replicas(
+    let (_redis, _up, a, b) = two_replicas(
         Behaviour::StatusFromPath,
         "  upstream_failures: { threshold: 2, action: revoke_credential }",
     )
