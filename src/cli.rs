@@ -23,6 +23,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// Log lines queued for the writer thread before new ones are dropped (and counted
+    /// in `portcullis_log_lines_dropped_total`).
+    #[arg(long, global = true, default_value_t = crate::logging::QUEUE_LINES)]
+    pub log_queue: usize,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

@@ -26,6 +26,7 @@ pub mod explain;
 pub mod identity;
 pub mod internal;
 pub mod lint;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod metrics_scrape;

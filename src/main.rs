@@ -1,8 +1,7 @@
 //! The `portcullis` binary: parse the CLI, set up logging and TLS, run, exit.
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
+use portcullis::cli::{self, Cli};
 
 /// mimalloc: glibc malloc's cross-thread frees and consolidation were ~9 % of the
 /// proxy's CPU on the allowed path (records are built on a worker and freed by the
@@ -18,16 +17,7 @@ fn main() {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match cli.log_format {
-        LogFormat::Json => fmt.json().flatten_event(true).init(),
-        LogFormat::Pretty => fmt.init(),
-    }
+    let log = portcullis::logging::init(cli.log_format, cli.log_queue);
     // Single-threaded: `serve` starts one more single-threaded runtime per CPU for the
     // agent port when it has more than one CPU (src/server.rs says why).
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -37,9 +27,12 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
+            drop(log);
             std::process::exit(1);
         }
     };
     let code = rt.block_on(cli::run(cli));
+    // Writes out the queued log lines; `exit` runs no destructors.
+    drop(log);
     std::process::exit(code);
 }

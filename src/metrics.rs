@@ -84,6 +84,10 @@ fn describe() {
         "Agent-port connections closed right after accept, by cap (max_connections, per_ip)"
     );
     describe_counter!(
+        "portcullis_log_lines_dropped_total",
+        "Log lines dropped because the log writer's queue was full (set when /metrics is scraped)"
+    );
+    describe_counter!(
         "portcullis_connections_closed_total",
         "Connections closed by a deadline (header_timeout, idle_timeout, close_timeout)"
     );

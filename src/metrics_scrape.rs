@@ -1,6 +1,7 @@
 //! Gauges computed when `/metrics` is scraped, so alerts need no extra exporter:
 //! `portcullis_ready` (what `/readyz` would answer) and the pending approvals in the
-//! shared store with the age of the oldest one.
+//! shared store with the age of the oldest one; the log lines dropped by a full log
+//! queue.
 
 use crate::app::App;
 use crate::approval::{self, State};
@@ -11,6 +12,8 @@ use crate::store::now_ms;
 pub async fn refresh(app: &App) {
     let ready = !app.is_draining() && app.audit.ready() && app.store.ping().await.is_ok();
     metrics::gauge!("portcullis_ready").set(if ready { 1.0 } else { 0.0 });
+    metrics::counter!("portcullis_log_lines_dropped_total")
+        .absolute(crate::logging::dropped_lines());
     if let Ok(pending) = approval::list(app, Some(State::Pending)).await {
         let now = now_ms();
         let oldest_ms = pending

@@ -36,6 +36,7 @@ mod gate_e2e;
 mod h2_raw;
 mod hardening;
 mod header_hygiene;
+mod logging;
 mod mcp;
 mod mcp_differential;
 mod mcp_sdk;
