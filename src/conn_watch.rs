@@ -146,9 +146,11 @@ enum Phase {
 
 /// Drives `conn` (a hyper connection; `graceful` asks it to close gracefully) until it
 /// ends, enforcing `d`. `stop` turning true starts a graceful close (shutdown).
-/// `on_idle` is called when the idle deadline starts a close.
+/// `on_idle` is called when the idle deadline starts a close. `conn` is pinned by the
+/// caller: taken by value, it would be stored twice in this future's state (once as the
+/// argument, once pinned), on every connection for its whole life.
 pub async fn drive<C, E, G>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     mut graceful: G,
     activity: &Activity,
     d: Deadlines,
@@ -159,7 +161,6 @@ where
     C: Future<Output = Result<(), E>>,
     G: FnMut(Pin<&mut C>),
 {
-    let mut conn = pin!(conn);
     let mut on_idle = Some(on_idle);
     let mut stopping = false;
     let mut phase = Phase::Head;

@@ -360,7 +360,7 @@ async fn accept_loop(
             let activity = Activity::new(born);
             let ended = match tls {
                 None => {
-                    serve_io(
+                    Box::pin(serve_io(
                         app,
                         side,
                         conn,
@@ -369,7 +369,7 @@ async fn accept_loop(
                         &activity,
                         deadlines,
                         stop,
-                    )
+                    ))
                     .await
                 }
                 Some(acc) => {
@@ -377,7 +377,7 @@ async fn accept_loop(
                     let at = born + deadlines.header;
                     match tokio::time::timeout_at(at, acc.accept(stream)).await {
                         Ok(Ok(s)) => {
-                            serve_io(
+                            Box::pin(serve_io(
                                 app,
                                 side,
                                 conn,
@@ -386,7 +386,7 @@ async fn accept_loop(
                                 &activity,
                                 deadlines,
                                 stop,
-                            )
+                            ))
                             .await
                         }
                         Ok(Err(_)) => Ended::Closed,
@@ -441,7 +441,8 @@ where
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
         })
     });
-    let c = b.serve_connection(io, svc).into_owned();
+    let c = std::pin::pin!(b.serve_connection(io, svc).into_owned());
+    drop(b);
     conn_watch::drive(
         c,
         |c| c.graceful_shutdown(),
