@@ -79,25 +79,28 @@ async fn wait_ready(p: &Proxy, want: u16, what: &str) {
 
 /// Waits (bounded) for every id in `ids` to have a record; panics naming the missing.
 async fn wait_records(audit: &Path, ids: &[String]) -> Vec<Value> {
-    let end = Instant::now() + BOUND;
-    loop {
-        let recs = records_of(audit);
-        let have: std::collections::BTreeSet<&str> = recs
-            .iter()
-            .filter_map(|r| r["request_id"].as_str())
-            .collect();
-        let missing: Vec<&String> = ids.iter().filter(|i| !have.contains(i.as_str())).collect();
-        if missing.is_empty() {
-            return recs;
-        }
-        assert!(
-            Instant::now() < end,
-            "{} requests answered 200 have no audit record (first: {:?})",
-            missing.len(),
-            missing.first()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "every request answered 200 has its audit record",
+        BOUND,
+        || async {
+            let recs = records_of(audit);
+            let have: std::collections::BTreeSet<&str> = recs
+                .iter()
+                .filter_map(|r| r["request_id"].as_str())
+                .collect();
+            let missing: Vec<&String> = ids.iter().filter(|i| !have.contains(i.as_str())).collect();
+            if missing.is_empty() {
+                Ok(recs)
+            } else {
+                Err(format!(
+                    "{} have none (first: {:?})",
+                    missing.len(),
+                    missing.first()
+                ))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
