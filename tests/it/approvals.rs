@@ -377,34 +377,13 @@ async fn deny_records_denied_and_nothing_is_sent() {
     let id = approval_id(&park(&p, &bot, "/tickets/7/close", &[], b"{\"x\":1}").await);
 
     // A viewer and an agent credential may not deny; a deny needs a reason.
-    let r = admin(
-        p.admin,
-        CAROL,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, CAROL, &id, "no").await;
     assert_eq!(r.status, 403, "deny as a viewer: {}", r.text());
-    let r = admin(
-        p.admin,
-        &bot,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, &bot, &id, "no").await;
     assert_eq!(r.status, 403, "deny with an agent credential: {}", r.text());
     assert_eq!(view(p.admin, &id).await["state"], "pending");
 
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "not this customer"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &id, "not this customer").await;
     assert_eq!(r.status, 200, "deny: {}", r.text());
     let v = view(p.admin, &id).await;
     assert_eq!(v["state"], "denied", "{v}");
@@ -449,14 +428,7 @@ async fn retention_deletes_decided_keeps_pending(store: &str, env: &[(&str, &str
     let (bot, _) = issue(p.admin, "bot").await;
     let denied = approval_id(&park(&p, &bot, "/tickets/7/close", &[], b"{}").await);
     let pending = approval_id(&park(&p, &bot, "/tickets/8/close", &[], b"{}").await);
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{denied}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &denied, "no").await;
     assert_eq!(r.status, 200, "deny: {}", r.text());
     let path = format!("/approvals/{denied}");
     common::eventually(
@@ -540,14 +512,7 @@ async fn expiry_per_tool_ttl_then_approve_is_gone() {
     assert_eq!(v["state"], "expired", "{v}");
     let s = agent_status(&p, &bot, &id, None).await;
     assert_eq!(s.json()["status"], "expired", "{}", s.text());
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "late"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &id, "late").await;
     assert_eq!(r.status, 410, "deny after expiry: {}", r.text());
     assert_eq!(up.hits(), 0, "an expired request reached the upstream");
 }
@@ -764,14 +729,7 @@ async fn pending_quota_per_agent() {
     // The quota is per agent.
     park(&p, &other, "/tickets/4/close", &[], b"4").await;
     // A decision frees a slot.
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{a}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &a, "no").await;
     assert_eq!(r.status, 200, "{}", r.text());
     park(&p, &bot, "/tickets/5/close", &[], b"5").await;
     let r = agent_call(p.addr, &bot, "POST", "/tickets/6/close", &[], b"6").await;
@@ -1051,14 +1009,7 @@ async fn webhook_on_park_and_decision_without_secrets_or_body() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = admin(
-        p.admin,
-        BOB,
-        "POST",
-        &format!("/approvals/{id2}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, BOB, &id2, "no").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         common::poll_until_async(BOUND, || hook
