@@ -133,9 +133,14 @@ pub async fn fire(app: &App, c: Crossing) -> Option<Signal> {
 /// for a revoked credential, `c`'s credential). An alert has no brake: it stays quiet
 /// until acknowledged.
 async fn brake_lifted(app: &App, c: &Crossing, open: &str) -> bool {
-    let Ok(Some(raw)) = app.store.signal_get(open).await else {
-        // A record trimmed away (or unreadable): nothing stands in the way.
-        return true;
+    let raw = match app.store.signal_get(open).await {
+        Ok(Some(raw)) => raw,
+        // No record: either its claimer is still applying the brake (it writes the
+        // record after), or the record was trimmed away. Only an old claim leaves the
+        // way free — a young one is another replica firing this very signal.
+        Ok(None) => return claim_age_ms(open).is_none_or(|age| age >= RECORD_PENDING_MS),
+        // The store cannot say: stay quiet rather than fire twice.
+        Err(_) => return false,
     };
     let Ok(s) = serde_json::from_slice::<Signal>(&raw) else {
         return true;
@@ -152,6 +157,18 @@ async fn brake_lifted(app: &App, c: &Crossing, open: &str) -> bool {
         Some(Action::RevokeCredential) => s.credential != c.credential,
         _ => false,
     }
+}
+
+/// How long a claim may stand without its record before it counts as abandoned (the
+/// claimer writes the record right after applying the brake, within milliseconds).
+const RECORD_PENDING_MS: u64 = 30_000;
+
+/// How long ago the open signal `id` was claimed (its id is a UUIDv7, minted just
+/// before the claim); `None` for an id that carries no time.
+fn claim_age_ms(id: &str) -> Option<u64> {
+    let (secs, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
+    let at = secs.saturating_mul(1000) + u64::from(nanos) / 1_000_000;
+    Some(now_ms().saturating_sub(at))
 }
 
 async fn add_tool(app: &App, open: &str, tool: &str) {
@@ -234,5 +251,26 @@ async fn record(
     };
     if app.audit.record_durable(rec.clone()).await.is_err() {
         let _ = app.audit.record(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_is_young_until_its_record_had_time_to_be_written() {
+        let fresh = uuid::Uuid::now_v7().to_string();
+        assert!(claim_age_ms(&fresh).is_some_and(|a| a < RECORD_PENDING_MS));
+        let then = now_ms() - 60_000;
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            then / 1000,
+            (then % 1000) as u32 * 1_000_000,
+        ))
+        .to_string();
+        assert!(claim_age_ms(&old).is_some_and(|a| a >= RECORD_PENDING_MS));
+        assert_eq!(claim_age_ms("not-a-uuid"), None);
+        assert_eq!(claim_age_ms(&uuid::Uuid::nil().to_string()), None);
     }
 }

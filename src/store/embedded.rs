@@ -130,8 +130,31 @@ impl Committer {
         !self.poisoned
     }
 
+    /// A write failed: redb now refuses reads as well as writes until it is reopened.
+    fn poison(&mut self) {
+        self.poisoned = true;
+        self.db.poison();
+    }
+
     fn run(mut self) {
-        while let Ok(first) = self.queue.recv() {
+        loop {
+            // While poisoned, reopen on the cadence even with no write waiting: reads are
+            // held until then.
+            let first = if self.poisoned {
+                match self.queue.recv_timeout(REOPEN_EVERY) {
+                    Ok(op) => op,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        self.ready();
+                        continue;
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.queue.recv() {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            };
             let mut ops = vec![first];
             while ops.len() < MAX_GROUP {
                 match self.queue.try_recv() {
@@ -144,14 +167,14 @@ impl Committer {
                 continue;
             }
             let Some(db) = self.db.get() else {
-                self.poisoned = true;
+                self.poison();
                 continue;
             };
             let tx = match db.begin_write() {
                 Ok(tx) => tx,
                 Err(e) => {
                     let _ = unavailable(e);
-                    self.poisoned = true;
+                    self.poison();
                     continue;
                 }
             };
@@ -171,7 +194,7 @@ impl Committer {
                 for r in replies {
                     r(Err(unavailable("a write sharing this commit failed")));
                 }
-                self.poisoned = true;
+                self.poison();
                 continue;
             }
             match tx.commit() {
@@ -181,7 +204,7 @@ impl Committer {
                     }
                 }
                 Err(e) => {
-                    self.poisoned = true;
+                    self.poison();
                     let msg = e.to_string();
                     for r in replies {
                         r(Err(unavailable(&msg)));
@@ -312,7 +335,8 @@ impl Embedded {
     ) -> Result<T, Error> {
         let db = self
             .db
-            .get()
+            .get_or_wait(super::redb_handle::REOPEN_WAIT)
+            .await
             .ok_or_else(|| unavailable("the store is being reopened"))?;
         tokio::task::spawn_blocking(move || f(&db))
             .await

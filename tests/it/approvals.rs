@@ -377,34 +377,13 @@ async fn deny_records_denied_and_nothing_is_sent() {
     let id = approval_id(&park(&p, &bot, "/tickets/7/close", &[], b"{\"x\":1}").await);
 
     // A viewer and an agent credential may not deny; a deny needs a reason.
-    let r = admin(
-        p.admin,
-        CAROL,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, CAROL, &id, "no").await;
     assert_eq!(r.status, 403, "deny as a viewer: {}", r.text());
-    let r = admin(
-        p.admin,
-        &bot,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, &bot, &id, "no").await;
     assert_eq!(r.status, 403, "deny with an agent credential: {}", r.text());
     assert_eq!(view(p.admin, &id).await["state"], "pending");
 
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "not this customer"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &id, "not this customer").await;
     assert_eq!(r.status, 200, "deny: {}", r.text());
     let v = view(p.admin, &id).await;
     assert_eq!(v["state"], "denied", "{v}");
@@ -421,10 +400,10 @@ async fn deny_records_denied_and_nothing_is_sent() {
         b"",
     )
     .await;
-    assert!(
-        r.status == 404 || r.status == 409,
-        "/result of a denied request: want 404 or 409, got {} {}",
-        r.status,
+    assert_eq!(
+        (r.status, r.reason().as_deref()),
+        (409, Some("conflict")),
+        "/result of a denied request: {}",
         r.text()
     );
     // Denied is final: approving now is a conflict, and nothing is ever sent.
@@ -449,28 +428,22 @@ async fn retention_deletes_decided_keeps_pending(store: &str, env: &[(&str, &str
     let (bot, _) = issue(p.admin, "bot").await;
     let denied = approval_id(&park(&p, &bot, "/tickets/7/close", &[], b"{}").await);
     let pending = approval_id(&park(&p, &bot, "/tickets/8/close", &[], b"{}").await);
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{denied}/deny"),
-        Some(&json!({"reason": "no"})),
+    let r = deny(p.admin, ALICE, &denied, "no").await;
+    assert_eq!(r.status, 200, "deny: {}", r.text());
+    let path = format!("/approvals/{denied}");
+    common::eventually(
+        "a denied approval deleted with approval_retention 1s",
+        Duration::from_secs(15),
+        || async {
+            let r = admin(p.admin, ALICE, "GET", &path, None).await;
+            match r.status {
+                404 => Ok(()),
+                200 => Err("still stored".to_string()),
+                s => panic!("GET {path}: {s} {}", r.text()),
+            }
+        },
     )
     .await;
-    assert_eq!(r.status, 200, "deny: {}", r.text());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = admin(p.admin, ALICE, "GET", &format!("/approvals/{denied}"), None).await;
-        if r.status == 404 {
-            break;
-        }
-        assert_eq!(r.status, 200, "GET /approvals/{denied}: {}", r.text());
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a denied approval is still stored 15 s after deciding, with approval_retention 1s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let s = agent_status(&p, &bot, &denied, None).await;
     assert_eq!(
         s.status,
@@ -539,14 +512,7 @@ async fn expiry_per_tool_ttl_then_approve_is_gone() {
     assert_eq!(v["state"], "expired", "{v}");
     let s = agent_status(&p, &bot, &id, None).await;
     assert_eq!(s.json()["status"], "expired", "{}", s.text());
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{id}/deny"),
-        Some(&json!({"reason": "late"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &id, "late").await;
     assert_eq!(r.status, 410, "deny after expiry: {}", r.text());
     assert_eq!(up.hits(), 0, "an expired request reached the upstream");
 }
@@ -763,14 +729,7 @@ async fn pending_quota_per_agent() {
     // The quota is per agent.
     park(&p, &other, "/tickets/4/close", &[], b"4").await;
     // A decision frees a slot.
-    let r = admin(
-        p.admin,
-        ALICE,
-        "POST",
-        &format!("/approvals/{a}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, ALICE, &a, "no").await;
     assert_eq!(r.status, 200, "{}", r.text());
     park(&p, &bot, "/tickets/5/close", &[], b"5").await;
     let r = agent_call(p.addr, &bot, "POST", "/tickets/6/close", &[], b"6").await;
@@ -861,11 +820,7 @@ async fn change_then_approve_fails(agent: &str, change: Change) {
         Some(&json!({"agent": agent, "ttl": ttl})),
     )
     .await;
-    assert!(
-        r.status == 200 || r.status == 201,
-        "POST /tokens: {}",
-        r.text()
-    );
+    assert_eq!(r.status, 201, "POST /tokens: {}", r.text());
     let t = r.json();
     let (token, token_id) = (
         t["secret"].as_str().unwrap().to_string(),
@@ -898,14 +853,13 @@ async fn change_then_approve_fails(agent: &str, change: Change) {
         }
         Change::Expire => {
             // The credential is refused once it has expired.
-            let end = std::time::Instant::now() + BOUND;
-            while agent_status(&p, &token, &id, None).await.status != 401 {
-                assert!(
-                    std::time::Instant::now() < end,
-                    "a 2s credential still works after {BOUND:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            common::eventually("a 2s credential refused once expired", BOUND, || async {
+                let r = agent_status(&p, &token, &id, None).await;
+                (r.status == 401)
+                    .then_some(())
+                    .ok_or(format!("{}", r.status))
+            })
+            .await;
         }
         Change::Ungrant => {
             let text = std::fs::read_to_string(&p.config_path).unwrap();
@@ -1055,14 +1009,7 @@ async fn webhook_on_park_and_decision_without_secrets_or_body() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = admin(
-        p.admin,
-        BOB,
-        "POST",
-        &format!("/approvals/{id2}/deny"),
-        Some(&json!({"reason": "no"})),
-    )
-    .await;
+    let r = deny(p.admin, BOB, &id2, "no").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         common::poll_until_async(BOUND, || hook

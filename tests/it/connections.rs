@@ -64,15 +64,20 @@ async fn metrics(proxy: &Proxy) -> String {
 /// Polls `/metrics` (bounded) until `series` reads `want` (a close is counted just after
 /// the socket is closed); returns the last value read and the text it came from.
 async fn wait_sample(proxy: &Proxy, series: &str, want: f64) -> (Option<f64>, String) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = metrics(proxy).await;
-        let v = sample(&m, series);
-        if v == Some(want) || Instant::now() >= end {
-            return (v, m);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = eventually(
+        &format!("{series} at {want}"),
+        Duration::from_secs(10),
+        || async {
+            let m = metrics(proxy).await;
+            if sample(&m, series) == Some(want) {
+                Ok(m)
+            } else {
+                Err(m)
+            }
+        },
+    )
+    .await;
+    (Some(want), m)
 }
 
 /// A kept-alive HTTP/1.1 client connection, as an agent would hold one.
@@ -330,16 +335,7 @@ async fn connections_over_the_per_ip_cap_are_refused_at_once() {
         silent_ones.push(TcpStream::connect(proxy.addr).await.unwrap());
     }
     let open = "portcullis_connections_open{listener=\"agent\"}";
-    let mut m = String::new();
-    let mut seen = None;
-    for _ in 0..500 {
-        m = metrics(&proxy).await;
-        seen = sample(&m, open);
-        if seen == Some(5.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (seen, m) = wait_sample(&proxy, open, 5.0).await;
     assert_eq!(seen, Some(5.0), "the proxy never held 5 connections:\n{m}");
 
     // The sixth is closed at once, long before any timeout.
@@ -417,15 +413,8 @@ async fn connections_over_max_connections_are_refused_and_admin_still_answers() 
     );
     let _held = TcpStream::connect(proxy.addr).await.unwrap();
     let open = "portcullis_connections_open{listener=\"agent\"}";
-    let mut seen = None;
-    for _ in 0..500 {
-        seen = sample(&metrics(&proxy).await, open);
-        if seen == Some(2.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(seen, Some(2.0));
+    let (seen, m) = wait_sample(&proxy, open, 2.0).await;
+    assert_eq!(seen, Some(2.0), "the proxy never held 2 connections:\n{m}");
     let after = silent(proxy.addr, vec![], Duration::from_secs(5)).await;
     assert!(
         after.is_some_and(|d| d < Duration::from_secs(2)),

@@ -188,8 +188,9 @@ async fn the_printed_commands_run_verbatim_and_the_temp_dir_goes_on_exit() {
     let alice = demo.line_with("ALICE=pco_");
     let script = format!("{alice}\n{list}\n");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("sh")
-            .arg("-c")
+        // Bounded like every CLI run of the suite: a hung command fails (exit 124).
+        Command::new("timeout")
+            .args(["--kill-after=5", "60", "sh", "-c"])
             .arg(&script)
             .env_remove("PORTCULLIS_OPERATOR_TOKEN")
             .env_remove("PORTCULLIS_ADMIN")

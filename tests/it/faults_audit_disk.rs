@@ -79,25 +79,28 @@ async fn wait_ready(p: &Proxy, want: u16, what: &str) {
 
 /// Waits (bounded) for every id in `ids` to have a record; panics naming the missing.
 async fn wait_records(audit: &Path, ids: &[String]) -> Vec<Value> {
-    let end = Instant::now() + BOUND;
-    loop {
-        let recs = records_of(audit);
-        let have: std::collections::BTreeSet<&str> = recs
-            .iter()
-            .filter_map(|r| r["request_id"].as_str())
-            .collect();
-        let missing: Vec<&String> = ids.iter().filter(|i| !have.contains(i.as_str())).collect();
-        if missing.is_empty() {
-            return recs;
-        }
-        assert!(
-            Instant::now() < end,
-            "{} requests answered 200 have no audit record (first: {:?})",
-            missing.len(),
-            missing.first()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "every request answered 200 has its audit record",
+        BOUND,
+        || async {
+            let recs = records_of(audit);
+            let have: std::collections::BTreeSet<&str> = recs
+                .iter()
+                .filter_map(|r| r["request_id"].as_str())
+                .collect();
+            let missing: Vec<&String> = ids.iter().filter(|i| !have.contains(i.as_str())).collect();
+            if missing.is_empty() {
+                Ok(recs)
+            } else {
+                Err(format!(
+                    "{} have none (first: {:?})",
+                    missing.len(),
+                    missing.first()
+                ))
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,21 +303,32 @@ async fn records_past_max_pending_bytes_leave_one_gap_record() {
         .expect("the gap's first request id is one of the refused requests");
     let last = pos(gap["last_request_id"].as_str().expect("last_request_id"))
         .expect("the gap's last request id is one of the refused requests");
-    let kept: Vec<usize> = recs
+    // (index among the refused, seq) of every refused request that has a record.
+    let kept: Vec<(usize, u64)> = recs
         .iter()
-        .filter_map(|r| r["request_id"].as_str().and_then(pos))
+        .filter_map(|r| {
+            let i = r["request_id"].as_str().and_then(pos)?;
+            Some((i, r["seq"].as_u64().unwrap()))
+        })
         .collect();
     assert!(lost > 0 && !kept.is_empty(), "kept {kept:?}, lost {lost}");
-    assert!(
-        kept.iter().all(|k| *k < first) && first <= last,
-        "kept records precede the hole: kept {kept:?}, gap {first}..={last}"
-    );
+    // The gap takes the lost records' place in the order: what was kept before the hole
+    // is older than its first record and written before it; a record that still fitted
+    // the bound after the hole (the sampler refilled, or a shorter record) is newer than
+    // its last and written after it.
     let gap_seq = gap["seq"].as_u64().unwrap();
-    for r in &recs {
-        if r["request_id"].as_str().and_then(pos).is_some() {
-            assert!(r["seq"].as_u64().unwrap() < gap_seq, "{r}");
-        }
+    assert!(first <= last, "gap {first}..={last}");
+    for (i, seq) in &kept {
+        assert!(
+            (*i < first && *seq < gap_seq) || (*i > last && *seq > gap_seq),
+            "refused request #{i} (seq {seq}) is out of order around the gap of \
+             #{first}..=#{last} (seq {gap_seq}); kept {kept:?}"
+        );
     }
+    assert!(
+        kept.iter().any(|(i, _)| *i < first),
+        "the records that fitted before the hole were kept: {kept:?}"
+    );
     assert!(
         kept.len() + lost <= unauth.len(),
         "kept {} + lost {lost} > {} refused",

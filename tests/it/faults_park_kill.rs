@@ -141,7 +141,7 @@ async fn run(what: &str, store: Option<&str>, extra_env: &[(&str, &str)]) {
                 Some(&json!({"agent": format!("a{i}"), "ttl": "1h"})),
             )
             .await;
-            assert!(r.status == 200 || r.status == 201, "{}", r.text());
+            assert_eq!(r.status, 201, "{}", r.text());
             tokens.push(r.json()["secret"].as_str().unwrap().to_string());
         }
     }

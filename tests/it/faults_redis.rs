@@ -90,11 +90,19 @@ async fn scenario(fault: Fault) {
     assert_eq!(up.hits(), hits_at_503, "forwarded while redis was down");
     times.sort();
     let (median, p95, max) = (times[TIMED / 2], times[TIMED * 95 / 100], times[TIMED - 1]);
-    // Known-down refusals answer without waiting on redis (its response timeout is
-    // 500 ms); the bound leaves slack for a loaded machine and still tells the two apart.
+    eprintln!("503s while redis is known down: median {median:?}, p95 {p95:?}, max {max:?}");
+    // Known-down refusals answer without waiting on redis: a refusal that waited would
+    // spend at least the store's 500-ms response timeout. The bound counts those
+    // (a scheduler hiccup may make one slow; a proxy that waits makes them all slow),
+    // and leaves the tight latency target to the benchmarks.
+    let waited = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(500))
+        .count();
     assert!(
-        median <= Duration::from_millis(100) && p95 <= Duration::from_millis(250),
-        "503s while redis is known down took median {median:?}, p95 {p95:?} (max {max:?})"
+        waited <= TIMED / 10,
+        "{waited} of {TIMED} 503s while redis is known down took 500 ms or more \
+         (median {median:?}, p95 {p95:?}, max {max:?})"
     );
 
     let t_back = Instant::now();

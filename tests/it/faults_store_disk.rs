@@ -105,10 +105,10 @@ impl Outcomes {
 /// What the store holds: pending approvals, tokens of `other`, paused tools.
 async fn state(p: &Proxy) -> (usize, BTreeSet<String>, BTreeSet<String>) {
     let r = admin(p.admin, ALICE, "GET", "/approvals?state=pending", None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.text(), p.logs());
     let pending = r.json()["approvals"].as_array().unwrap().len();
     let r = admin(p.admin, ISSUER, "GET", "/tokens", None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 200, "{}; log:\n{}", r.text(), p.logs());
     let v = r.json();
     let list = v
         .as_array()

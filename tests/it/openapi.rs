@@ -15,7 +15,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -406,13 +405,12 @@ fn check(yaml: &str, files: &[(&str, &[u8])]) -> (i32, String, String) {
     }
     let file = dir.path().join("routes.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = common::run_bin_in(
+        Some(dir.path()),
+        &["check", "--config", file.to_str().unwrap()],
+        &[],
+        common::CLI_BOUND,
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -425,10 +423,8 @@ fn check(yaml: &str, files: &[(&str, &[u8])]) -> (i32, String, String) {
 /// the URL), and the Petstore's profiles.
 fn petstore_yaml(extra_route: &str) -> String {
     format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstore: {{ embedded: data/p.redb }}\naudit: {{ path: data/audit.jsonl }}\n\
-         operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
-         upstreams:\n  api: {{ url: \"http://127.0.0.1:9/v2\" }}\nroutes:\n{}{PETSTORE_PROFILES}",
-        common::operator_hash(),
+        "{}upstreams:\n  api: {{ url: \"http://127.0.0.1:9/v2\" }}\nroutes:\n{}{PETSTORE_PROFILES}",
+        common::Head::new(),
         petstore_route(extra_route)
     )
 }
@@ -649,12 +645,19 @@ async fn tool_listings_and_explain_carry_descriptions_and_schemas() {
     );
 
     // explain prints the operation it matched.
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["explain", "--config"])
-        .arg(&p.config_path)
-        .args(["--agent", "clerk", "GET", "/petstore/pet/7"])
-        .output()
-        .unwrap();
+    let out = common::run_bin(
+        &[
+            "explain",
+            "--config",
+            p.config_path.to_str().unwrap(),
+            "--agent",
+            "clerk",
+            "GET",
+            "/petstore/pet/7",
+        ],
+        &[],
+        common::CLI_BOUND,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -914,7 +917,7 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
     // Broken: not JSON any more. The reload is refused with the spec's place; the old
     // config stays in force.
     let good = petstore("3.0");
-    std::fs::write(&spec_path, &good[..good.len() / 2]).unwrap();
+    common::write_atomically(&spec_path, &good[..good.len() / 2]);
     let r = op(&p, "POST", "/reload", None).await;
     assert_eq!(r.status, 422, "{}", r.text());
     let v = r.json();
@@ -937,17 +940,20 @@ async fn reload_with_a_broken_spec_is_refused_and_a_changed_spec_is_a_new_policy
     let renamed = String::from_utf8(good)
         .unwrap()
         .replace("\"getPetById\"", "\"fetchPet\"");
-    std::fs::write(&spec_path, renamed).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut after = policy_version(&p).await;
-    while after == before && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = policy_version(&p).await;
-    }
-    assert_ne!(
-        after, before,
-        "the spec change was not picked up within 10 s"
-    );
+    common::write_atomically(&spec_path, renamed.as_bytes());
+    let after = common::eventually(
+        "the spec change picked up",
+        Duration::from_secs(10),
+        || async {
+            let v = policy_version(&p).await;
+            if v != before {
+                Ok(v)
+            } else {
+                Err(format!("still {v}"))
+            }
+        },
+    )
+    .await;
     assert!(
         p.wait_for_log("configuration reloaded", Duration::from_secs(10))
             .await,

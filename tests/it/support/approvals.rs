@@ -253,6 +253,18 @@ pub async fn approve(admin_addr: SocketAddr, who: &str, id: &str, body: Option<V
     .await
 }
 
+/// `POST /approvals/{id}/deny` as `who` with the operator's `reason`.
+pub async fn deny(admin_addr: SocketAddr, who: &str, id: &str, reason: &str) -> Resp {
+    admin(
+        admin_addr,
+        who,
+        "POST",
+        &format!("/approvals/{id}/deny"),
+        Some(&json!({ "reason": reason })),
+    )
+    .await
+}
+
 /// Polls `GET /approvals/{id}` (bounded) until its `state` is `want`; returns the last view.
 pub async fn wait_state(admin_addr: SocketAddr, id: &str, want: &str, bound: Duration) -> Value {
     common::eventually(

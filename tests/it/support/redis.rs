@@ -22,10 +22,16 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-/// A free port drawn at random from *below* the kernel's ephemeral range: nothing on the
-/// machine is ever handed one of these implicitly (listeners on port 0 and outgoing
-/// connections take theirs from the ephemeral range), so a server killed for a fault
-/// test gets its port back on restart instead of finding another test on it.
+/// Every port [`free_port`] handed out in this test process: never handed out twice, so
+/// the port of a server killed for a fault test stays its own until it restarts.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A free port drawn at random from *below* the kernel's ephemeral range, reserved for
+/// the rest of the test process. Nothing on the machine is ever handed one of these
+/// implicitly (listeners on port 0 and outgoing connections take theirs from the
+/// ephemeral range), and no other server of the suite is handed it again, so a server
+/// killed for a fault test gets its port back on restart instead of finding another
+/// test on it.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -37,7 +43,9 @@ pub fn free_port() -> u16 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u128(Instant::now().elapsed().as_nanos());
         let port = from + (h.finish() % u64::from(to - from)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
             return port;
         }
     }
