@@ -1,11 +1,12 @@
 //! What a new user meets first: `check`, `explain` and `test` work without the upstream
 //! secrets (and `check` says which it did not check) while `serve` still refuses to
-//! start; `check` warns about profile patterns that can match no known tool; the admin
-//! API's 401 says what to send, `GET /` leads to the operator page, and the CLI says
-//! so when `--admin` points at the agent port; `serve` on a taken port creates nothing.
+//! start; `check` warns about profile patterns that can match no known tool (spec
+//! operations are known); the admin API's 401 says what to send, `GET /` leads to the
+//! operator page, and the CLI says so when `--admin` points at the agent port; `serve`
+//! on a taken port creates nothing; the README asks for the crate's Rust and stands alone.
 
 use crate::common::{
-    admin_call, base_config, run_bin, run_bin_in, Proxy, CLI_BOUND, OPERATOR_SECRET,
+    admin_call, base_config, crate_path, run_bin, run_bin_in, Proxy, CLI_BOUND, OPERATOR_SECRET,
 };
 use std::path::Path;
 
@@ -196,6 +197,48 @@ fn check_warns_about_patterns_that_match_no_known_tool() {
             && warnings[1].contains("did you mean `tickets.delete`"),
         "{}",
         warnings[1]
+    );
+}
+
+#[test]
+fn check_knows_the_names_of_spec_operations() {
+    // An OpenAPI route's tools are named after its operations (`addPet` → `add_pet`),
+    // not after a `paths` template: a pattern naming one is known, a typo of one is not.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read(crate_path("tests/data/openapi/petstore/petstore-3.0.json")).unwrap();
+    std::fs::write(dir.path().join("petstore.json"), spec).unwrap();
+    let cfg = write(
+        dir.path(),
+        "routes.yaml",
+        r#"listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+store: { embedded: data/p.redb }
+audit: { path: data/audit.jsonl }
+upstreams: { api: { url: "http://127.0.0.1:9/v2" } }
+routes:
+  - { prefix: /petstore, upstream: api, tool_prefix: petstore, strip_prefix: true, openapi: petstore.json }
+profiles:
+  clerk: { tools: ["petstore.get_pet_by_id"], approval: ["petstore.add_pet", "petstore.ad_pet"] }
+agents: { clerk: { profile: clerk } }
+"#,
+    );
+    let out = run_bin(&["check", "--config", &cfg], &[], CLI_BOUND);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("petstore.add_pet ")),
+        "the operation is a tool: {stdout}"
+    );
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("matches no known tool"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("profiles.clerk.approval[1]")
+            && warnings[0].contains("did you mean `petstore.add_pet`"),
+        "{}",
+        warnings[0]
     );
 }
 
