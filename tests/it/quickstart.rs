@@ -388,3 +388,72 @@ fn the_cli_says_when_nothing_answers_at_admin() {
         "{stderr}"
     );
 }
+
+/// The README a new user reads first asks for the crate's own `rust-version`, and stands
+/// alone: every link is a file of this repository, no URL outside code (a rendered page
+/// would make it a link), no internal issue or pull-request number.
+#[test]
+fn the_readme_stands_alone_and_asks_for_the_crates_rust() {
+    let readme = std::fs::read_to_string(crate_path("README.md")).unwrap();
+    let cargo = std::fs::read_to_string(crate_path("Cargo.toml")).unwrap();
+    let rust = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("Cargo.toml has a rust-version")
+        .trim_matches('"');
+    assert!(
+        readme.contains(&format!("- Rust {rust} or newer")),
+        "the README's prerequisites do not ask for Rust {rust} (Cargo.toml's rust-version)"
+    );
+
+    // Prose only, line for line: fenced blocks and inline code are examples.
+    let mut fenced = false;
+    let prose: Vec<String> = readme
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return String::new();
+            }
+            if fenced {
+                return String::new();
+            }
+            l.split('`').step_by(2).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    for (n, line) in prose.iter().enumerate() {
+        let at = format!("README.md:{}: {line}", n + 1);
+        let lower = line.to_lowercase();
+        for url in ["http://", "https://", "www."] {
+            assert!(!lower.contains(url), "a URL outside code: {at}");
+        }
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let target = &rest[..rest.find(')').unwrap_or(rest.len())];
+            let file = target.split('#').next().unwrap_or_default();
+            assert!(
+                !target.contains(':') && !file.is_empty() && crate_path(file).exists(),
+                "a link to `{target}`, not a file of this repository: {at}"
+            );
+        }
+        let words: Vec<&str> = lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+        for w in &words {
+            assert!(
+                !w.strip_prefix('#').is_some_and(number),
+                "an issue number: {at}"
+            );
+        }
+        for pair in words.windows(2) {
+            assert!(
+                !(["issue", "issues", "pr"].contains(&pair[0])
+                    && number(pair[1].trim_start_matches('#'))),
+                "an issue number: {at}"
+            );
+        }
+    }
+}
