@@ -170,7 +170,7 @@ pub fn approval_text(a: &Value) -> String {
     {
         o.push_str(&format!(
             "  {}: {}\n",
-            s(&h[0], ""),
+            spelled(h[0].as_str().unwrap_or("")),
             spelled(h[1].as_str().unwrap_or(""))
         ));
     }
@@ -250,8 +250,14 @@ mod tests {
         let t = approval_text(&json!({
             "method": "PATCH", "path": "/tickets/7", "rationale": "customer asked",
             "state": "pending", "votes_line": "1 of 2 approvals — needs another approver",
-            "votes": [{"operator": "alice", "comment": "fine"}], "headers": [],
+            "votes": [{"operator": "alice", "comment": "fine"}],
+            "headers": [["content-type", "application/json"], ["x-note", "a\u{202E}b"]],
         }));
+        // Each header by its name (it used to print `-` for every name).
+        assert!(
+            t.contains("\nHeaders:\n  content-type: application/json\n  x-note: a<U+202E>b\n"),
+            "{t}"
+        );
         let mut l = t.lines();
         assert!(l.next().unwrap().contains("PATCH /tickets/7"));
         assert!(l.next().unwrap().contains("\"customer asked\""));

@@ -1,6 +1,6 @@
 //! Tool patterns that can match no known tool: a profile's `tools`, `approval` or `deny`
-//! entry (or a token's narrowing) without a wildcard that names no override and no
-//! name a `paths` template generates. A typo such as `tickets.refnd` would otherwise
+//! entry (or a token's narrowing) without a wildcard that names no override, no spec
+//! operation and no name a `paths` template generates. A typo such as `tickets.refnd` would otherwise
 //! turn a parked refund into a silent `not_granted`.
 
 use crate::canon::Method;
@@ -18,8 +18,8 @@ const METHODS: [Method; 7] = [
     Method::Options,
 ];
 
-/// Every tool name the configuration knows: overrides' names and the names `paths`
-/// templates generate for every method.
+/// Every tool name the configuration knows: overrides' names, the OpenAPI operations'
+/// names and the names `paths` templates generate for every method.
 pub fn known_tools(snap: &Snapshot) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for rules in &snap.classifier.routes {
@@ -31,9 +31,12 @@ pub fn known_tools(snap: &Snapshot) -> BTreeSet<String> {
                 }
             }
         }
-        for k in 0..rules.known.len() {
+        for (k, known) in rules.known.iter().enumerate() {
             for m in METHODS {
                 out.insert(rules.name_for(k, m).to_string());
+            }
+            for op in &known.ops {
+                out.insert(op.name.to_string());
             }
         }
     }
@@ -76,8 +79,8 @@ fn warning(known: &BTreeSet<String>, place: &str, pattern: &str) -> String {
         None => String::new(),
     };
     format!(
-        "{place}: `{pattern}` matches no known tool (no override or `paths` template has \
-         that name){hint} — a request the id heuristic names so under \
+        "{place}: `{pattern}` matches no known tool (no override, spec operation or \
+         `paths` template has that name){hint} — a request the id heuristic names so under \
          `unknown_paths: classify` is the only one it can match"
     )
 }

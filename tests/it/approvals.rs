@@ -1052,7 +1052,16 @@ async fn cli_lists_shows_approves_and_denies() {
     let up = ReplayUpstream::start().await;
     let p = start(&up, EMBEDDED, "", &[]);
     let (bot, _) = issue(p.admin, "bot").await;
-    let id = approval_id(&park(&p, &bot, "/tickets/31/close", &[], b"{\"a\":1}").await);
+    let id = approval_id(
+        &park(
+            &p,
+            &bot,
+            "/tickets/31/close",
+            &[("content-type", "application/json")],
+            b"{\"a\":1}",
+        )
+        .await,
+    );
     let id2 = approval_id(&park(&p, &bot, "/tickets/32/close", &[], b"{\"a\":2}").await);
     let sha = view(p.admin, &id).await["request_sha256"]
         .as_str()
@@ -1066,6 +1075,10 @@ async fn cli_lists_shows_approves_and_denies() {
     );
     let (ok, out) = cli(p.admin, ALICE, &["show", &id]).await;
     assert!(ok && out.contains(&sha), "approvals show:\n{out}");
+    assert!(
+        out.contains("\nHeaders:\n  content-type: application/json\n"),
+        "the header by its name:\n{out}"
+    );
 
     let (ok, out) = cli(p.admin, CAROL, &["approve", &id]).await;
     assert!(!ok, "a viewer approved through the CLI:\n{out}");

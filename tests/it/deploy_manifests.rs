@@ -357,33 +357,35 @@ fn the_systemd_unit_is_hardened_and_runs_a_serve_the_binary_accepts() {
     let stop: u64 = u["TimeoutStopSec"].trim_end_matches('s').parse().unwrap();
     assert!(stop > portcullis::server::DRAIN.as_secs());
 
-    // systemd's own check, where systemd-analyze exists (it does on this machine kind).
-    if std::process::Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        let dir = tempfile::tempdir().unwrap();
-        let copy = dir.path().join("portcullis.service");
-        std::fs::write(
-            &copy,
-            text.replace(
-                "/usr/local/bin/portcullis",
-                env!("CARGO_BIN_EXE_portcullis"),
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&copy)
+    // systemd's own check (.ci/run installs systemd-analyze where it is missing; a
+    // missing one fails here rather than passing unchecked).
+    assert!(
+        std::process::Command::new("systemd-analyze")
+            .arg("--version")
             .output()
-            .unwrap();
-        assert!(
-            out.status.success() && out.stderr.is_empty(),
-            "systemd-analyze verify: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+            .is_ok_and(|o| o.status.success()),
+        "systemd-analyze does not run here (Debian package `systemd`; .ci/run installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("portcullis.service");
+    std::fs::write(
+        &copy,
+        text.replace(
+            "/usr/local/bin/portcullis",
+            env!("CARGO_BIN_EXE_portcullis"),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The compose file: redis healthy before portcullis starts, restart policies, one image,
@@ -475,6 +477,99 @@ fn docker_compose_file_wires_what_the_binary_needs() {
     // The build context leaves target/ out.
     let ignore = std::fs::read_to_string(crate_path(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
+}
+
+/// The compose implementation on this machine: the `docker compose` plugin if it
+/// answers, else `docker-compose` (Debian's; `.ci/run` installs it). Neither: a failure.
+fn compose_cmd() -> Vec<&'static str> {
+    let works = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&["docker", "compose", "version"]) {
+        vec!["docker", "compose"]
+    } else if works(&["docker-compose", "version"]) {
+        vec!["docker-compose"]
+    } else {
+        panic!("neither `docker compose` nor `docker-compose` runs here (.ci/run installs docker-compose)")
+    }
+}
+
+/// Compose itself accepts the file (schema, interpolation, the mounted paths) with the
+/// two operator tokens exported as the README says, and refuses it, naming the variable,
+/// without them. No container runtime is needed for `config`.
+#[test]
+#[ignore = "needs docker compose or docker-compose; .ci/run runs it with --ignored"]
+fn docker_compose_config_accepts_the_file() {
+    let cmd = compose_cmd();
+    let run = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(cmd[0]);
+        c.args(&cmd[1..])
+            .args(["--file", "docker-compose.yml", "config"])
+            .current_dir(crate_path(""))
+            .env_remove("PORTCULLIS_OPERATOR_TOKEN")
+            .env_remove("PORTCULLIS_APPROVER_TOKEN");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let op = format!("pco_{}", "b".repeat(64));
+    let approver = format!("pco_{}", "d".repeat(64));
+    let (ok, out, err) = run(&[
+        ("PORTCULLIS_OPERATOR_TOKEN", &op),
+        ("PORTCULLIS_APPROVER_TOKEN", &approver),
+    ]);
+    assert!(ok, "{cmd:?} config refuses docker-compose.yml:\n{err}");
+    let c: Value = serde_yaml::from_str(&out).unwrap();
+    let pc = &c["services"]["portcullis"];
+    assert_eq!(s(&pc["environment"]["PORTCULLIS_OPERATOR_TOKEN"]), op);
+    assert_eq!(s(&pc["environment"]["PORTCULLIS_APPROVER_TOKEN"]), approver);
+    assert_eq!(
+        s(&pc["depends_on"]["redis"]["condition"]),
+        "service_healthy"
+    );
+    // The config mount resolves to this repository's file.
+    let routes = crate_path("deploy/routes.compose.yaml");
+    assert!(
+        out.contains(&routes.display().to_string()),
+        "the mount is not {}:\n{out}",
+        routes.display()
+    );
+    // The admin port, as compose reads it, is bound on the host's loopback only.
+    let admin: Vec<&Value> = pc["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|p| match p {
+            Value::String(t) => t.contains(":9090"),
+            _ => p["target"].as_u64() == Some(9090),
+        })
+        .collect();
+    assert_eq!(admin.len(), 1, "{out}");
+    let on_loopback = match admin[0] {
+        Value::String(t) => t.starts_with("127.0.0.1:"),
+        p => p["host_ip"].as_str() == Some("127.0.0.1"),
+    };
+    assert!(
+        on_loopback,
+        "admin port as compose reads it: {:?}",
+        admin[0]
+    );
+
+    let (ok, _, err) = run(&[("PORTCULLIS_APPROVER_TOKEN", &approver)]);
+    assert!(
+        !ok,
+        "compose accepted the file without PORTCULLIS_OPERATOR_TOKEN"
+    );
+    assert!(err.contains("PORTCULLIS_OPERATOR_TOKEN"), "{err}");
 }
 
 /// The README's compose walkthrough, run natively (no container runtime here): the

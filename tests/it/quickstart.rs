@@ -1,11 +1,12 @@
 //! What a new user meets first: `check`, `explain` and `test` work without the upstream
 //! secrets (and `check` says which it did not check) while `serve` still refuses to
-//! start; `check` warns about profile patterns that can match no known tool; the admin
-//! API's 401 says what to send, `GET /` leads to the operator page, and the CLI says
-//! so when `--admin` points at the agent port; `serve` on a taken port creates nothing.
+//! start; `check` warns about profile patterns that can match no known tool (spec
+//! operations are known); the admin API's 401 says what to send, `GET /` leads to the
+//! operator page, and the CLI says so when `--admin` points at the agent port; `serve`
+//! on a taken port creates nothing; the README asks for the crate's Rust and stands alone.
 
 use crate::common::{
-    admin_call, base_config, run_bin, run_bin_in, Proxy, CLI_BOUND, OPERATOR_SECRET,
+    admin_call, base_config, crate_path, run_bin, run_bin_in, Proxy, CLI_BOUND, OPERATOR_SECRET,
 };
 use std::path::Path;
 
@@ -199,6 +200,48 @@ fn check_warns_about_patterns_that_match_no_known_tool() {
     );
 }
 
+#[test]
+fn check_knows_the_names_of_spec_operations() {
+    // An OpenAPI route's tools are named after its operations (`addPet` → `add_pet`),
+    // not after a `paths` template: a pattern naming one is known, a typo of one is not.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = std::fs::read(crate_path("tests/data/openapi/petstore/petstore-3.0.json")).unwrap();
+    std::fs::write(dir.path().join("petstore.json"), spec).unwrap();
+    let cfg = write(
+        dir.path(),
+        "routes.yaml",
+        r#"listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+store: { embedded: data/p.redb }
+audit: { path: data/audit.jsonl }
+upstreams: { api: { url: "http://127.0.0.1:9/v2" } }
+routes:
+  - { prefix: /petstore, upstream: api, tool_prefix: petstore, strip_prefix: true, openapi: petstore.json }
+profiles:
+  clerk: { tools: ["petstore.get_pet_by_id"], approval: ["petstore.add_pet", "petstore.ad_pet"] }
+agents: { clerk: { profile: clerk } }
+"#,
+    );
+    let out = run_bin(&["check", "--config", &cfg], &[], CLI_BOUND);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("petstore.add_pet ")),
+        "the operation is a tool: {stdout}"
+    );
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("matches no known tool"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stdout}");
+    assert!(
+        warnings[0].contains("profiles.clerk.approval[1]")
+            && warnings[0].contains("did you mean `petstore.add_pet`"),
+        "{}",
+        warnings[0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_api_says_what_to_send_and_the_cli_knows_the_agent_port() {
     let p = Proxy::start(&base_config(), &[]);
@@ -344,4 +387,73 @@ fn the_cli_says_when_nothing_answers_at_admin() {
         stderr.contains("nothing answers at") && stderr.contains("admin_listen"),
         "{stderr}"
     );
+}
+
+/// The README a new user reads first asks for the crate's own `rust-version`, and stands
+/// alone: every link is a file of this repository, no URL outside code (a rendered page
+/// would make it a link), no internal issue or pull-request number.
+#[test]
+fn the_readme_stands_alone_and_asks_for_the_crates_rust() {
+    let readme = std::fs::read_to_string(crate_path("README.md")).unwrap();
+    let cargo = std::fs::read_to_string(crate_path("Cargo.toml")).unwrap();
+    let rust = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("Cargo.toml has a rust-version")
+        .trim_matches('"');
+    assert!(
+        readme.contains(&format!("- Rust {rust} or newer")),
+        "the README's prerequisites do not ask for Rust {rust} (Cargo.toml's rust-version)"
+    );
+
+    // Prose only, line for line: fenced blocks and inline code are examples.
+    let mut fenced = false;
+    let prose: Vec<String> = readme
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return String::new();
+            }
+            if fenced {
+                return String::new();
+            }
+            l.split('`').step_by(2).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    for (n, line) in prose.iter().enumerate() {
+        let at = format!("README.md:{}: {line}", n + 1);
+        let lower = line.to_lowercase();
+        for url in ["http://", "https://", "www."] {
+            assert!(!lower.contains(url), "a URL outside code: {at}");
+        }
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let target = &rest[..rest.find(')').unwrap_or(rest.len())];
+            let file = target.split('#').next().unwrap_or_default();
+            assert!(
+                !target.contains(':') && !file.is_empty() && crate_path(file).exists(),
+                "a link to `{target}`, not a file of this repository: {at}"
+            );
+        }
+        let words: Vec<&str> = lower
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+        for w in &words {
+            assert!(
+                !w.strip_prefix('#').is_some_and(number),
+                "an issue number: {at}"
+            );
+        }
+        for pair in words.windows(2) {
+            assert!(
+                !(["issue", "issues", "pr"].contains(&pair[0])
+                    && number(pair[1].trim_start_matches('#'))),
+                "an issue number: {at}"
+            );
+        }
+    }
 }

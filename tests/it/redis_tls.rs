@@ -1,6 +1,7 @@
 //! A production redis over TLS: `rediss://` to a TLS-only `redis-server` whose
 //! certificate a throwaway CA signed, trusted through `store.redis.ca_file`; an ACL user
-//! with its password in the URL or apart (`username` + `password_env`); a database index.
+//! with its password in the URL (from the environment or a file) or apart (`username` +
+//! `password_env`); a database index.
 //! Without the CA (system roots) or with the wrong password nothing starts, and the
 //! password appears in no log line and no error.
 
@@ -81,6 +82,39 @@ async fn rediss_with_a_private_ca_an_acl_user_and_a_db_index() {
     )
     .await;
     assert_eq!(r2.status, 200, "{}", r2.text());
+    assert_no_password("the proxy's log", &p.logs());
+    drop(p);
+
+    // The whole URL (user, password, db 3) read from a file, as a mounted secret is.
+    let secrets = tempfile::tempdir().unwrap();
+    let url_file = secrets.path().join("redis-url");
+    std::fs::write(
+        &url_file,
+        format!("rediss://{USER}:{PASSWORD}@127.0.0.1:{}/3\n", r.port()),
+    )
+    .unwrap();
+    let p = Proxy::start(
+        &config(&format!(
+            "url_file: {}, key_prefix: \"{prefix}\", ca_file: {ca}",
+            url_file.display()
+        )),
+        &[],
+    );
+    let resp = get(p.addr, "/_portcullis/tools", &token).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "the token from the first run, read from db 3: {}",
+        resp.text()
+    );
+    let sw = admin_call(p.admin, "GET", "/switches", OPERATOR_SECRET, None).await;
+    assert_eq!(sw.status, 200, "{}", sw.text());
+    assert_eq!(
+        sw.json()["paused_agents"],
+        json!(["bot"]),
+        "the second run's pause, read from db 3: {}",
+        sw.text()
+    );
     assert_no_password("the proxy's log", &p.logs());
 }
 
