@@ -300,7 +300,7 @@ start_pc() {
   local dir="$WORK/$1-$PC_SEQ"
   mkdir -p "$dir/data"
   pc_config "$2" "${3:-}" >"$dir/routes.yaml"
-  RUST_LOG=warn,portcullis::server=info NO_COLOR=1 taskset -c "$SRV_CPU" \
+  RUST_LOG=${PC_RUST_LOG:-warn,portcullis::server=info} NO_COLOR=1 taskset -c "$SRV_CPU" \
     "${PC_WRAP[@]}" "$PC" serve --config "$dir/routes.yaml" 2>"$dir/log" >/dev/null &
   PC_PID=$!
   PC_LOG="$dir/log"
@@ -348,6 +348,14 @@ if [[ -z $PROFILE ]]; then
   NOSIG_ADDR=$PC_ADDR
   NOSIG_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
   log "portcullis with signals off $NOSIG_ADDR (pid $NOSIG_PID)"
+  # The same enforcing path at the shipped default log level (`info`: one line per
+  # request, through the log queue, to a file as journald or a runtime would take it).
+  PC_RUST_LOG=info start_pc loginfo '{ embedded: data/p.redb }'
+  LOGINFO_PID=$PC_PID
+  LOGINFO_LOG=$PC_LOG
+  LOGINFO_ADDR=$PC_ADDR
+  LOGINFO_TOKEN=$(issue_token "$PC_ADMIN" bench-agent)
+  log "portcullis at the default log level $LOGINFO_ADDR (pid $LOGINFO_PID)"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -367,6 +375,7 @@ scenario() {
     passthrough) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$ADMIN_TOKEN" "" 200) ;;
     enforcing) S=("$CONNS" "$MAIN_ADDR" GET "$ITEM" "$AGENT_TOKEN" "" 200) ;;
     enforcing-nosignals) S=("$CONNS" "$NOSIG_ADDR" GET "$ITEM" "$NOSIG_TOKEN" "" 200) ;;
+    enforcing-loginfo) S=("$CONNS" "$LOGINFO_ADDR" GET "$ITEM" "$LOGINFO_TOKEN" "" 200) ;;
     deny) S=("$CONNS" "$MAIN_ADDR" DELETE "$ITEM" "$AGENT_TOKEN" "" 403) ;;
     mcp-call) S=("$CONNS" "$MAIN_ADDR" POST /mcp "$AGENT_TOKEN" "$MCP_CALL" 200 "$MCP_HEADERS") ;;
     park-redis | park-embedded) S=("$CONNS" "$PARK_ADDR" POST "$ITEM/refund" "$PARK_TOKEN" '{"amount":10}' 202) ;;
@@ -386,6 +395,7 @@ proxy_pids() {
     hyper*) echo "$HYPER_PID" ;;
     park-*) echo "$PARK_PID" ;;
     enforcing-nosignals) echo "$NOSIG_PID" ;;
+    enforcing-loginfo) echo "$LOGINFO_PID" ;;
     *) echo "$MAIN_PID" ;;
   esac
 }
@@ -398,6 +408,7 @@ server_log() {
     hyper*) echo "$WORK/hyper.out" ;;
     park-*) echo "$PARK_LOG" ;;
     enforcing-nosignals) echo "$NOSIG_LOG" ;;
+    enforcing-loginfo) echo "$LOGINFO_LOG" ;;
     *) echo "$MAIN_LOG" ;;
   esac
 }
@@ -536,7 +547,7 @@ measure() {
   fi
 }
 
-SCENARIOS=(direct nginx hyper passthrough enforcing enforcing-nosignals mcp-call deny park-redis park-embedded
+SCENARIOS=(direct nginx hyper passthrough enforcing enforcing-nosignals enforcing-loginfo mcp-call deny park-redis park-embedded
   direct-c1 nginx-c1 hyper-c1 passthrough-c1 enforcing-c1)
 # ONLY="nginx enforcing": measure a subset (while tuning; the targets table needs all).
 if [[ -n ${ONLY:-} ]]; then
@@ -639,12 +650,12 @@ if [[ -n $PROFILE ]]; then
   exit 0
 fi
 
-for s in direct nginx hyper passthrough enforcing enforcing-nosignals deny; do check_status "$s"; done
+for s in direct nginx hyper passthrough enforcing enforcing-nosignals enforcing-loginfo deny; do check_status "$s"; done
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $LOAD_BEFORE; $ROUNDS round(s) x ${#SCENARIOS[@]} measurements x ${DURATION}s, $CONNS connections"
 if ((WARMUP > 0)); then
-  for s in direct nginx passthrough enforcing enforcing-nosignals deny; do run_wrk 0 "$s" "$WARMUP" 0; done
+  for s in direct nginx passthrough enforcing enforcing-nosignals enforcing-loginfo deny; do run_wrk 0 "$s" "$WARMUP" 0; done
 fi
 
 n=${#SCENARIOS[@]}

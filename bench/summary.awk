@@ -81,10 +81,10 @@ END {
   for (r = 1; r <= rounds; r++) if (r in BAD) print "- round " r " discarded: " WHY[r]
   print ""
 
-  split("direct nginx hyper passthrough enforcing enforcing-nosignals mcp-call deny park-redis park-embedded", ORDER, " ")
+  split("direct nginx hyper passthrough enforcing enforcing-nosignals enforcing-loginfo mcp-call deny park-redis park-embedded", ORDER, " ")
   print "| scenario | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | upstream CPU µs/req | notes |"
   print "|---|---|---|---|---|---|---|---|"
-  for (o = 1; o <= 10; o++) {
+  for (o = 1; o <= 11; o++) {
     sc = ORDER[o]
     if (!(sc in PRESENT)) continue
     split("", L)
@@ -99,6 +99,7 @@ END {
     if (sc == "deny") note = "403, audit record fsynced before the answer"
     if (sc == "mcp-call") note = "the enforcing request as an MCP tools/call (2026-07-28)"
     if (sc == "enforcing-nosignals") note = "enforcing with signals: { enabled: false }"
+    if (sc == "enforcing-loginfo") note = "enforcing at the default log level (info: a line per request)"
     if (sc ~ /^park/) note = "202 parks/s, fresh store per round"
     printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", sc, conns, cell(L["rps"], 0), cell(L["p50"], 0),
       cell(L["p99"], 0), (sc == "direct" ? "–" : cell(L["pc"], 1)), cell(L["uc"], 1), note
@@ -168,6 +169,7 @@ END {
     if (RPS["hyper", r] > 0 && ("enforcing", r) in RPS) add("en_hy", RPS["enforcing", r] / RPS["hyper", r])
     if (PC["hyper", r] > 0 && PC["enforcing", r] != "") add("cpu_hy", PC["enforcing", r] - PC["hyper", r])
     if (PC["mcp-call", r] != "" && PC["enforcing", r] != "") add("mcp_en", PC["mcp-call", r] - PC["enforcing", r])
+    if (RPS["enforcing", r] > 0 && ("enforcing-loginfo", r) in RPS) add("logi", RPS["enforcing-loginfo", r] / RPS["enforcing", r])
     if (RPS["enforcing-nosignals", r] > 0 && ("enforcing", r) in RPS) add("sig", RPS["enforcing", r] / RPS["enforcing-nosignals", r])
     add("pr", RPS["park-redis", r]); add("pr99", P99["park-redis", r]); add("pe", RPS["park-embedded", r])
   }
@@ -175,6 +177,7 @@ END {
   print "|---|---|---|---|"
   printf "| enforcing / nginx throughput, same round | %s | ≥ 1.00 | %s |\n", cell(L["en_ng"], 2), verdict(stat(L["en_ng"], "med"), 1.0, 0)
   printf "| enforcing / passthrough throughput | %s | ≥ 0.95 | %s |\n", cell(L["en_pt"], 2), verdict(stat(L["en_pt"], "med"), 0.95, 0)
+  if ("logi" in L) printf "| enforcing, default log level (info) / warn throughput | %s | ≥ 0.95 | %s |\n", cell(L["logi"], 3), verdict(stat(L["logi"], "med"), 0.95, 0)
   if ("sig" in L) printf "| enforcing, signals on / off throughput | %s | ≥ 0.97 | %s |\n", cell(L["sig"], 3), verdict(stat(L["sig"], "med"), 0.97, 0)
   printf "| (passthrough / nginx throughput) | %s | – | – |\n", cell(L["pt_ng"], 2)
   printf "| enforcing CPU / nginx CPU per request | %s | ≤ 1.00 | %s |\n", cell(L["cpu"], 2), verdict(stat(L["cpu"], "med"), 1.0, 1)
