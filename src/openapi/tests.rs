@@ -436,3 +436,91 @@ fn unknown_paths_deny_knows_only_the_spec_operations() {
         crate::classify::Unclassified::UnknownPath(0)
     );
 }
+
+#[test]
+fn a_conflict_with_a_paths_template_names_the_entry_and_its_place() {
+    // matchit takes one standalone parameter or one catch-all at a segment, not both.
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(
+        dir.path(),
+        &config("    paths: [\"/pets-api/store/inventory\", \"/pets-api/pets/{*rest}\"]\n    openapi: specs/pets.yaml\n"),
+        &[("specs/pets.yaml", SPEC)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let conflicts = &s.openapi.routes[0].conflicts;
+    let mut names: Vec<&str> = conflicts.iter().map(|c| &*c.op.name).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["pets.delete_pet", "pets.get_pet_by_id", "pets.refund_pet"]
+    );
+    assert!(conflicts.iter().all(|c| matches!(
+        &c.with,
+        ConflictWith::Template { template, paths: Some(1), .. } if template == "/pets-api/pets/{*rest}"
+    )));
+    let table = crate::tooltable::render(&s);
+    let line = table
+        .lines()
+        .find(|l| l.contains("(getPetById)"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let config = dir.path().join("routes.yaml").display().to_string();
+    assert!(
+        line.starts_with("warning: template conflict on route /pets-api: spec operation GET /pets/{petId} (getPetById) at specs/pets.yaml:41:5 (template /pets-api/pets/{petId}, tool pets.get_pet_by_id) and routes[0].paths[1] `/pets-api/pets/{*rest}` at "),
+        "{line}"
+    );
+    assert!(line.contains(&format!("at {config}:10:")), "{line}");
+    assert!(
+        line.ends_with("the operation is not a known template"),
+        "{line}"
+    );
+}
+
+#[test]
+fn annotations_follow_the_method_and_the_risk_in_force() {
+    use crate::openapi::annotations;
+    // (method, risk) → (read-only, destructive, idempotent)
+    for (m, r, want) in [
+        (Method::Get, Risk::Low, (true, false, true)),
+        (Method::Head, Risk::Low, (true, false, true)),
+        (Method::Get, Risk::Critical, (true, false, true)),
+        (Method::Post, Risk::Medium, (false, false, false)),
+        (Method::Post, Risk::High, (false, true, false)),
+        (Method::Patch, Risk::Critical, (false, true, false)),
+        (Method::Put, Risk::Medium, (false, false, true)),
+        (Method::Delete, Risk::Low, (false, true, true)),
+    ] {
+        let a = annotations(m, r);
+        assert_eq!(
+            (a.read_only, a.destructive, a.idempotent),
+            want,
+            "{m:?} {r}"
+        );
+    }
+}
+
+#[test]
+fn profiles_naming_spec_tools_are_not_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config("    openapi: specs/pets.yaml\n    tools:\n      - { match: \"POST /pets-api/pets/{id}/refund\", name: pets.refund, risk: critical }\n")
+        .replace(
+            "profiles: { all: { admin: true } }",
+            "profiles:\n  all: { admin: true }\n  clerk: { tools: [pets.list_pets, pets.get_pet_by_id, pets.refund_pet], approval: [pets.refund, pets.delet_pet] }",
+        );
+    let s = load(dir.path(), &yaml, &[("specs/pets.yaml", SPEC)]).unwrap_or_else(|e| panic!("{e}"));
+    let warnings = crate::lint::profile_patterns(&s);
+    // A spec tool is known; the operation the override shadows is not (its requests carry
+    // the override's name), and a typo is still caught.
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("profiles.clerk.tools[2]: `pets.refund_pet` matches no known tool"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1]
+            .starts_with("profiles.clerk.approval[1]: `pets.delet_pet` matches no known tool")
+            && warnings[1].contains("did you mean `pets.delete_pet`?"),
+        "{}",
+        warnings[1]
+    );
+}
