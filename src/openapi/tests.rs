@@ -524,3 +524,64 @@ fn profiles_naming_spec_tools_are_not_warned_about() {
         warnings[1]
     );
 }
+
+#[test]
+fn header_parameters_responses_by_reference_and_the_first_2xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = r##"openapi: 3.0.3
+info: { title: x, version: "1" }
+components:
+  responses:
+    Made:
+      description: made
+      content:
+        application/json:
+          schema: { type: object, properties: { id: { type: integer } } }
+paths:
+  /things:
+    post:
+      operationId: makeThing
+      parameters:
+        - { name: X-Request-Tag, in: header, required: true, schema: { type: string, maxLength: 8 } }
+        - { name: Authorization, in: header, schema: { type: string } }
+        - { name: session, in: cookie, schema: { type: string } }
+        - { name: dry_run, in: query, schema: { type: boolean } }
+      responses:
+        "2XX": { description: any, content: { application/json: { schema: { type: string } } } }
+        "202": { $ref: "#/components/responses/Made" }
+        "default": { description: error }
+"##;
+    let s = load(
+        dir.path(),
+        &config("    openapi: s.yaml\n"),
+        &[("s.yaml", spec)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let op = s.openapi.by_name("pets.make_thing").unwrap();
+    let input = op.input.to_value();
+    // Header parameters are arguments (Authorization is OpenAPI's own business and left
+    // out); a required one makes `header` required; cookies are not imported.
+    assert_eq!(
+        input["properties"]["header"],
+        json!({"type": "object", "properties": {"X-Request-Tag": {"type": "string", "maxLength": 8}}, "required": ["X-Request-Tag"]})
+    );
+    assert_eq!(input["required"], json!(["header"]));
+    assert!(input["properties"].get("cookie").is_none());
+    assert_eq!(
+        input["properties"]["query"]["properties"]["dry_run"]["type"],
+        "boolean"
+    );
+    // The first 2xx is `202` (a code before a range), read through its `$ref`.
+    assert_eq!(
+        op.output.as_ref().unwrap().to_value(),
+        json!({"type": "object", "properties": {"id": {"type": "integer"}}})
+    );
+    assert!(jsonschema::draft202012::meta::is_valid(&input));
+    let table = crate::tooltable::render(&s);
+    assert!(
+        table.contains(
+            "note: spec s.yaml: not imported: 1 cookie parameters (cookies are stripped by default)"
+        ),
+        "{table}"
+    );
+}

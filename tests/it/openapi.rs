@@ -1246,3 +1246,106 @@ fn the_readme_worked_example_is_what_the_binary_prints() {
     assert_eq!(shown, printed[..printed.len() - 1], "{printed:#?}");
     assert!(printed[printed.len() - 1].starts_with("policy:   sha256:"));
 }
+
+// ---------------------------------------------------------------------------------------
+// A spec whose schema lives in another file
+// ---------------------------------------------------------------------------------------
+
+const NOTES_YAML: &str = r#"openapi: 3.1.0
+info: { title: Notes, version: "1" }
+paths:
+  /notes:
+    post:
+      operationId: addNote
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "common/schemas.yaml#/Note" }
+      responses: { "201": { description: added } }
+"#;
+
+fn note_schema(max: usize) -> String {
+    format!("Note:\n  type: object\n  required: [text]\n  properties:\n    text: {{ type: string, maxLength: {max} }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_in_a_referenced_file_validates_and_its_change_is_a_new_policy() {
+    let up = ReplayUpstream::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstore: {{ embedded: data/p.redb }}\naudit: {{ path: data/audit.jsonl }}\n\
+         operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
+         upstreams:\n  api: {{ url: \"{}\" }}\nroutes:\n\
+         \x20 - {{ prefix: /n, upstream: api, tool_prefix: notes, strip_prefix: true, openapi: specs/notes.yaml, validate: request }}\n\
+         profiles:\n  all: {{ admin: true }}\nagents:\n  bot: {{ profile: all }}\n",
+        common::operator_hash(),
+        up.url()
+    );
+    let p = Proxy::start_with_files(
+        &yaml,
+        &[],
+        &[
+            ("specs/notes.yaml", NOTES_YAML.as_bytes()),
+            ("specs/common/schemas.yaml", note_schema(10).as_bytes()),
+        ],
+    );
+    let token = p.agent_token("bot").await;
+    let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
+    let post = |body: &'static [u8]| {
+        let token = token.clone();
+        let addr = p.addr;
+        async move { agent_call(addr, &token, "POST", "/n/notes", json_ct, body).await }
+    };
+    let r = post(br#"{"text": "hello"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = post(br#"{"text": "far too long a note"}"#).await;
+    assert_eq!(
+        (
+            r.status,
+            r.json()["pointer"].as_str(),
+            r.json()["rule"].as_str()
+        ),
+        (400, Some("/body/text"), Some("maxLength")),
+        "{}",
+        r.text()
+    );
+    // The referenced file is watched and part of the policy: changing it alone reloads.
+    let before = policy_version(&p).await;
+    common::write_atomically(
+        &p.path("specs/common/schemas.yaml"),
+        note_schema(3).as_bytes(),
+    );
+    let after = common::eventually(
+        "the referenced file's change picked up",
+        Duration::from_secs(10),
+        || async {
+            let v = policy_version(&p).await;
+            if v == before {
+                Err(format!("still {v}"))
+            } else {
+                Ok(v)
+            }
+        },
+    )
+    .await;
+    let r = post(br#"{"text": "hello"}"#).await;
+    assert_eq!(
+        (r.status, r.json()["rule"].as_str()),
+        (400, Some("maxLength")),
+        "{}",
+        r.text()
+    );
+    // Broken, it refuses the reload with its own place; the last good policy serves.
+    common::write_atomically(&p.path("specs/common/schemas.yaml"), b"Note: [\n");
+    let r = op(&p, "POST", "/reload", None).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(
+        detail.contains("routes[0].openapi: ") && detail.contains("specs/common/schemas.yaml:"),
+        "{detail}"
+    );
+    assert_eq!(policy_version(&p).await, after);
+    let r = post(br#"{"text": "abc"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(up.hits(), 2);
+}
