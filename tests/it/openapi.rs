@@ -1275,6 +1275,7 @@ async fn a_schema_in_a_referenced_file_validates_and_its_change_is_a_new_policy(
     let yaml = format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstore: {{ embedded: data/p.redb }}\naudit: {{ path: data/audit.jsonl }}\n\
          operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
+         limits: {{ max_parked_body_bytes: 64 }}\n\
          upstreams:\n  api: {{ url: \"{}\" }}\nroutes:\n\
          \x20 - {{ prefix: /n, upstream: api, tool_prefix: notes, strip_prefix: true, openapi: specs/notes.yaml, validate: request }}\n\
          profiles:\n  all: {{ admin: true }}\nagents:\n  bot: {{ profile: all }}\n",
@@ -1347,5 +1348,11 @@ async fn a_schema_in_a_referenced_file_validates_and_its_change_is_a_new_policy(
     assert_eq!(policy_version(&p).await, after);
     let r = post(br#"{"text": "abc"}"#).await;
     assert_eq!(r.status, 201, "{}", r.text());
+    // A JSON body over `max_parked_body_bytes` cannot be validated: 413, nothing sent.
+    let r = post(
+        br#"{"text": "abc", "padding": "......................................................"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(up.hits(), 2);
 }
