@@ -1,7 +1,7 @@
 //! Tool patterns that can match no known tool: a profile's `tools`, `approval` or `deny`
 //! entry (or a token's narrowing) without a wildcard that names no override, no spec
-//! operation and no name a `paths` template generates. A typo such as `tickets.refnd` would otherwise
-//! turn a parked refund into a silent `not_granted`.
+//! operation and no name a `paths` template generates. A typo such as `tickets.refnd`
+//! would otherwise turn a parked refund into a silent `not_granted`.
 
 use crate::canon::Method;
 use crate::config::Snapshot;
