@@ -249,8 +249,13 @@ pub enum ConflictWith {
     /// Another operation with the same method on a template of the same shape; it names
     /// the requests (the higher risk; at equal risk the one imported first).
     Operation(Arc<Operation>),
-    /// A template matchit refused this one next to (from `paths`, or a spec's).
-    Template { template: String, why: String },
+    /// A template matchit refused this one next to; `paths` is the index of the route's
+    /// `paths` entry it is (`None`: another spec's template, or not found).
+    Template {
+        template: String,
+        why: String,
+        paths: Option<usize>,
+    },
 }
 
 const VERBS: usize = 6;
@@ -333,14 +338,18 @@ impl RouteRules {
                             matchit::InsertError::Conflict { with } => with.clone(),
                             _ => op.template.to_string(),
                         };
+                        // `paths` entries are the first known templates, in their order,
+                        // and the only ones known for every method.
+                        let other = self.known.iter().position(|k| *k.template == *template);
                         conflicts.push(Conflict {
-                            with: match self.known.iter().find(|k| *k.template == *template) {
-                                Some(other) if !other.all_methods && !other.ops.is_empty() => {
-                                    ConflictWith::Operation(other.ops[0].clone())
+                            with: match other.map(|i| (i, &self.known[i])) {
+                                Some((_, k)) if !k.all_methods && !k.ops.is_empty() => {
+                                    ConflictWith::Operation(k.ops[0].clone())
                                 }
-                                _ => ConflictWith::Template {
+                                other => ConflictWith::Template {
                                     template,
                                     why: e.to_string(),
+                                    paths: other.filter(|(_, k)| k.all_methods).map(|(i, _)| i),
                                 },
                             },
                             op,

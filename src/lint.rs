@@ -1,7 +1,7 @@
 //! Tool patterns that can match no known tool: a profile's `tools`, `approval` or `deny`
 //! entry (or a token's narrowing) without a wildcard that names no override, no spec
-//! operation and no name a `paths` template generates. A typo such as `tickets.refnd` would otherwise
-//! turn a parked refund into a silent `not_granted`.
+//! operation and no name a `paths` template generates. A typo such as `tickets.refnd`
+//! would otherwise turn a parked refund into a silent `not_granted`.
 
 use crate::canon::Method;
 use crate::config::Snapshot;
@@ -18,11 +18,25 @@ const METHODS: [Method; 7] = [
     Method::Options,
 ];
 
-/// Every tool name the configuration knows: overrides' names, the OpenAPI operations'
-/// names and the names `paths` templates generate for every method.
+/// Every tool name the configuration knows: overrides' names, the names `paths`
+/// templates generate for every method, and the names of spec operations (but those an
+/// override shadows: their requests carry the override's name).
 pub fn known_tools(snap: &Snapshot) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    let shadowed: BTreeSet<&str> = snap
+        .openapi
+        .routes
+        .iter()
+        .flat_map(|r| r.shadowed.iter().map(|(op, _)| &*op.name))
+        .collect();
     for rules in &snap.classifier.routes {
+        for k in &rules.known {
+            for op in &k.ops {
+                if !shadowed.contains(&*op.name) {
+                    out.insert(op.name.to_string());
+                }
+            }
+        }
         for o in &rules.overrides {
             out.insert(o.name.to_string());
             for w in o.when_risk.iter().flat_map(|w| w.iter()) {
@@ -31,12 +45,9 @@ pub fn known_tools(snap: &Snapshot) -> BTreeSet<String> {
                 }
             }
         }
-        for (k, known) in rules.known.iter().enumerate() {
+        for k in 0..rules.known.len() {
             for m in METHODS {
                 out.insert(rules.name_for(k, m).to_string());
-            }
-            for op in &known.ops {
-                out.insert(op.name.to_string());
             }
         }
     }
@@ -79,8 +90,8 @@ fn warning(known: &BTreeSet<String>, place: &str, pattern: &str) -> String {
         None => String::new(),
     };
     format!(
-        "{place}: `{pattern}` matches no known tool (no override, spec operation or \
-         `paths` template has that name){hint} — a request the id heuristic names so under \
+        "{place}: `{pattern}` matches no known tool (no override, spec operation or `paths` \
+         template has that name){hint} — a request the id heuristic names so under \
          `unknown_paths: classify` is the only one it can match"
     )
 }

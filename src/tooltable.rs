@@ -329,9 +329,24 @@ fn openapi_notes(snap: &Snapshot, s: &mut String) {
                     );
                     (both.remove(0), other, why)
                 }
-                ConflictWith::Template { template, why } => (
+                ConflictWith::Template {
+                    template,
+                    why,
+                    paths: Some(i),
+                } => {
+                    let key = format!("routes[{ri}].paths[{i}]");
+                    let at = crate::openapi::load::locate(&snap.file, &[vec![key.as_str()]])[0]
+                        .map(|(l, col)| format!(" at {}:{l}:{col}", snap.file.display()))
+                        .unwrap_or_default();
+                    (
+                        located(&[&c.op.source]).remove(0),
+                        format!("{key} `{template}`{at}"),
+                        format!("matchit: {why}; the operation is not a known template"),
+                    )
+                }
+                ConflictWith::Template { template, why, .. } => (
                     located(&[&c.op.source]).remove(0),
-                    format!("template {template} (a `paths` entry or another spec's)"),
+                    format!("template {template}"),
                     format!("matchit: {why}"),
                 ),
             };

@@ -183,14 +183,15 @@ fn flatten_spec_input(spec: &Value, mut generated: Value) -> Value {
     generated
 }
 
-/// MCP hints from the method and risk.
+/// MCP hints from the method and risk: the tool listings' [`crate::openapi::annotations`],
+/// with a title and `openWorldHint`.
 pub fn annotations(method: Method, risk: Risk, title: &str) -> Value {
-    let read_only = matches!(method, Method::Get | Method::Head | Method::Options);
+    let a = crate::openapi::annotations(method, risk);
     json!({
         "title": title,
-        "readOnlyHint": read_only,
-        "destructiveHint": !read_only && (method == Method::Delete || risk >= Risk::High),
-        "idempotentHint": read_only || matches!(method, Method::Put | Method::Delete),
+        "readOnlyHint": a.read_only,
+        "destructiveHint": a.destructive,
+        "idempotentHint": a.idempotent,
         "openWorldHint": true,
     })
 }

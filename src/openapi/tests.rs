@@ -436,3 +436,152 @@ fn unknown_paths_deny_knows_only_the_spec_operations() {
         crate::classify::Unclassified::UnknownPath(0)
     );
 }
+
+#[test]
+fn a_conflict_with_a_paths_template_names_the_entry_and_its_place() {
+    // matchit takes one standalone parameter or one catch-all at a segment, not both.
+    let dir = tempfile::tempdir().unwrap();
+    let s = load(
+        dir.path(),
+        &config("    paths: [\"/pets-api/store/inventory\", \"/pets-api/pets/{*rest}\"]\n    openapi: specs/pets.yaml\n"),
+        &[("specs/pets.yaml", SPEC)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let conflicts = &s.openapi.routes[0].conflicts;
+    let mut names: Vec<&str> = conflicts.iter().map(|c| &*c.op.name).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["pets.delete_pet", "pets.get_pet_by_id", "pets.refund_pet"]
+    );
+    assert!(conflicts.iter().all(|c| matches!(
+        &c.with,
+        ConflictWith::Template { template, paths: Some(1), .. } if template == "/pets-api/pets/{*rest}"
+    )));
+    let table = crate::tooltable::render(&s);
+    let line = table
+        .lines()
+        .find(|l| l.contains("(getPetById)"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let config = dir.path().join("routes.yaml").display().to_string();
+    assert!(
+        line.starts_with("warning: template conflict on route /pets-api: spec operation GET /pets/{petId} (getPetById) at specs/pets.yaml:41:5 (template /pets-api/pets/{petId}, tool pets.get_pet_by_id) and routes[0].paths[1] `/pets-api/pets/{*rest}` at "),
+        "{line}"
+    );
+    assert!(line.contains(&format!("at {config}:10:")), "{line}");
+    assert!(
+        line.ends_with("the operation is not a known template"),
+        "{line}"
+    );
+}
+
+#[test]
+fn annotations_follow_the_method_and_the_risk_in_force() {
+    use crate::openapi::annotations;
+    // (method, risk) → (read-only, destructive, idempotent)
+    for (m, r, want) in [
+        (Method::Get, Risk::Low, (true, false, true)),
+        (Method::Head, Risk::Low, (true, false, true)),
+        (Method::Get, Risk::Critical, (true, false, true)),
+        (Method::Post, Risk::Medium, (false, false, false)),
+        (Method::Post, Risk::High, (false, true, false)),
+        (Method::Patch, Risk::Critical, (false, true, false)),
+        (Method::Put, Risk::Medium, (false, false, true)),
+        (Method::Delete, Risk::Low, (false, true, true)),
+    ] {
+        let a = annotations(m, r);
+        assert_eq!(
+            (a.read_only, a.destructive, a.idempotent),
+            want,
+            "{m:?} {r}"
+        );
+    }
+}
+
+#[test]
+fn profiles_naming_spec_tools_are_not_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config("    openapi: specs/pets.yaml\n    tools:\n      - { match: \"POST /pets-api/pets/{id}/refund\", name: pets.refund, risk: critical }\n")
+        .replace(
+            "profiles: { all: { admin: true } }",
+            "profiles:\n  all: { admin: true }\n  clerk: { tools: [pets.list_pets, pets.get_pet_by_id, pets.refund_pet], approval: [pets.refund, pets.delet_pet] }",
+        );
+    let s = load(dir.path(), &yaml, &[("specs/pets.yaml", SPEC)]).unwrap_or_else(|e| panic!("{e}"));
+    let warnings = crate::lint::profile_patterns(&s);
+    // A spec tool is known; the operation the override shadows is not (its requests carry
+    // the override's name), and a typo is still caught.
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("profiles.clerk.tools[2]: `pets.refund_pet` matches no known tool"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1]
+            .starts_with("profiles.clerk.approval[1]: `pets.delet_pet` matches no known tool")
+            && warnings[1].contains("did you mean `pets.delete_pet`?"),
+        "{}",
+        warnings[1]
+    );
+}
+
+#[test]
+fn header_parameters_responses_by_reference_and_the_first_2xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = r##"openapi: 3.0.3
+info: { title: x, version: "1" }
+components:
+  responses:
+    Made:
+      description: made
+      content:
+        application/json:
+          schema: { type: object, properties: { id: { type: integer } } }
+paths:
+  /things:
+    post:
+      operationId: makeThing
+      parameters:
+        - { name: X-Request-Tag, in: header, required: true, schema: { type: string, maxLength: 8 } }
+        - { name: Authorization, in: header, schema: { type: string } }
+        - { name: session, in: cookie, schema: { type: string } }
+        - { name: dry_run, in: query, schema: { type: boolean } }
+      responses:
+        "2XX": { description: any, content: { application/json: { schema: { type: string } } } }
+        "202": { $ref: "#/components/responses/Made" }
+        "default": { description: error }
+"##;
+    let s = load(
+        dir.path(),
+        &config("    openapi: s.yaml\n"),
+        &[("s.yaml", spec)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let op = s.openapi.by_name("pets.make_thing").unwrap();
+    let input = op.input.to_value();
+    // Header parameters are arguments (Authorization is OpenAPI's own business and left
+    // out); a required one makes `header` required; cookies are not imported.
+    assert_eq!(
+        input["properties"]["header"],
+        json!({"type": "object", "properties": {"X-Request-Tag": {"type": "string", "maxLength": 8}}, "required": ["X-Request-Tag"]})
+    );
+    assert_eq!(input["required"], json!(["header"]));
+    assert!(input["properties"].get("cookie").is_none());
+    assert_eq!(
+        input["properties"]["query"]["properties"]["dry_run"]["type"],
+        "boolean"
+    );
+    // The first 2xx is `202` (a code before a range), read through its `$ref`.
+    assert_eq!(
+        op.output.as_ref().unwrap().to_value(),
+        json!({"type": "object", "properties": {"id": {"type": "integer"}}})
+    );
+    assert!(jsonschema::draft202012::meta::is_valid(&input));
+    let table = crate::tooltable::render(&s);
+    assert!(
+        table.contains(
+            "note: spec s.yaml: not imported: 1 cookie parameters (cookies are stripped by default)"
+        ),
+        "{table}"
+    );
+}

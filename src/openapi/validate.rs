@@ -130,11 +130,18 @@ impl std::fmt::Debug for RequestCheck {
 }
 
 impl RequestCheck {
-    /// Compiles the part of `op`'s input schema that a request carries: `query` and `body`.
+    /// Compiles the part of `op`'s input schema that a request carries: `query`, and
+    /// `body` when the operation's body is JSON (another body — a file upload, a form —
+    /// is forwarded as it comes, so its schema is not the validator's business).
     pub fn build(op: &Operation) -> Result<RequestCheck, String> {
         let full = op.input.to_value();
+        let checked: &[&str] = if op.json_body {
+            &["query", "body"]
+        } else {
+            &["query"]
+        };
         let mut props = Map::new();
-        for k in ["query", "body"] {
+        for &k in checked {
             if let Some(p) = full.pointer(&format!("/properties/{k}")) {
                 props.insert(k.into(), p.clone());
             }
@@ -144,7 +151,7 @@ impl RequestCheck {
             .and_then(Value::as_array)
             .map(|r| {
                 r.iter()
-                    .filter(|x| *x == "query" || *x == "body")
+                    .filter(|x| x.as_str().is_some_and(|x| checked.contains(&x)))
                     .cloned()
                     .collect()
             })

@@ -998,3 +998,366 @@ fn petstore_3_1_imports_like_3_0() {
         Method::Get
     )));
 }
+
+// ---------------------------------------------------------------------------------------
+// A list of specs, one of them YAML (3.1), with `validate: request` set per tool
+// ---------------------------------------------------------------------------------------
+
+/// A YAML 3.1 spec beside the Petstore on one route: a file upload (a required body that
+/// is not JSON) and a JSON note.
+const FILES_YAML: &str = r#"openapi: 3.1.0
+info: { title: Files, version: "1" }
+servers: [{ url: "https://files.example/v2" }]
+paths:
+  /files/{name}:
+    put:
+      operationId: putFile
+      summary: Store a file
+      requestBody:
+        required: true
+        content:
+          application/octet-stream: { schema: { type: string, contentMediaType: application/octet-stream } }
+      responses: { "204": { description: stored } }
+  /notes/{id}:
+    put:
+      operationId: putNote
+      summary: Write a note
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { type: object, required: [text], properties: { text: { type: string } } }
+      responses: { "204": { description: written } }
+"#;
+
+/// The route `/shop` with `openapi: [specs/files.yaml, specs/petstore.json]` on
+/// `upstream_url`; the route does not validate, two `tools[]` entries do.
+fn shop_yaml(upstream_url: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstore: {{ embedded: data/p.redb }}\naudit: {{ path: data/audit.jsonl }}\n\
+         operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
+         upstreams:\n  api: {{ url: \"{upstream_url}\" }}\nroutes:\n\
+         \x20 - prefix: /shop\n    upstream: api\n    tool_prefix: shop\n    strip_prefix: true\n\
+         \x20   openapi: [specs/files.yaml, specs/petstore.json]\n    tools:\n\
+         \x20     - {{ match: \"PUT /shop/files/{{name}}\", name: shop.store_file, validate: request }}\n\
+         \x20     - {{ match: \"PUT /shop/notes/{{id}}\", name: shop.write_note, validate: request }}\n\
+         profiles:\n  all: {{ admin: true }}\nagents:\n  bot: {{ profile: all, tenant: acme }}\n",
+        common::operator_hash(),
+    )
+}
+
+#[test]
+fn check_reads_a_list_of_specs_yaml_and_json() {
+    let files: &[(&str, &[u8])] = &[
+        ("specs/files.yaml", FILES_YAML.as_bytes()),
+        ("specs/petstore.json", &petstore("3.0")),
+    ];
+    let (code, out, err) = check(&shop_yaml("http://127.0.0.1:9/v2"), files);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("note: spec specs/files.yaml (OpenAPI 3.1.0, Files 1) on route /shop: 2 operations; server base path /v2, upstream `api` base path /v2; templates = /shop + <spec path> (strip_prefix: true)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("note: spec specs/petstore.json (OpenAPI 3.0.0, Swagger Petstore 1.0.0) on route /shop: {PETSTORE_OPERATIONS} operations")),
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("shop."))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Both specs' operations are tools of the one route; the overrides name theirs.
+    assert_eq!(rows.len(), PETSTORE_OPERATIONS + 2, "{out}");
+    for (tool, method, template, source) in [
+        ("shop.store_file", "PUT", "/shop/files/{name}", "override"),
+        ("shop.write_note", "PUT", "/shop/notes/{id}", "override"),
+        ("shop.get_pet_by_id", "GET", "/shop/pet/{petId}", "spec"),
+    ] {
+        assert!(
+            rows.iter()
+                .any(|r| r[0] == tool && r[1] == method && r[2] == template && r[9] == source),
+            "{tool}: {out}"
+        );
+    }
+    assert!(
+        out.contains("note: spec operation PUT /files/{name} (putFile) at specs/files.yaml:6:5 (tool shop.put_file) is shadowed by routes[0].tools[0]"),
+        "{out}"
+    );
+
+    // Two specs of the list naming one tool: both operations, each in its own file.
+    let colliding = FILES_YAML.replace("operationId: putNote", "operationId: uploadFile");
+    let (code, _, err) = check(
+        &shop_yaml("http://127.0.0.1:9/v2"),
+        &[
+            ("specs/files.yaml", colliding.as_bytes()),
+            ("specs/petstore.json", &petstore("3.0")),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("routes[0].openapi[1]: tool name `shop.upload_file` is produced by two operations: PUT /notes/{id} (uploadFile) at specs/files.yaml:15:5 and POST /pet/{petId}/uploadImage (uploadFile) at specs/petstore.json:"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tool_level_validation_checks_json_bodies_and_forwards_other_bodies_untouched() {
+    let up = ReplayUpstream::start().await;
+    let p = Proxy::start_with_files(
+        &shop_yaml(&format!("{}/v2", up.url())),
+        &[],
+        &[
+            ("specs/files.yaml", FILES_YAML.as_bytes()),
+            ("specs/petstore.json", &petstore("3.0")),
+        ],
+    );
+    let token = p.agent_token("bot").await;
+    let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
+    // The upload's required body is not JSON: validation reads the query only, and the
+    // bytes reach the upstream as sent.
+    let file: &[u8] = b"\x00\x01{not json}\xff";
+    let r = agent_call(
+        p.addr,
+        &token,
+        "PUT",
+        "/shop/files/a.bin",
+        &[("content-type", "application/octet-stream")],
+        file,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let got = up.got().pop().unwrap();
+    assert_eq!(
+        (got.target.as_str(), got.body.as_slice()),
+        ("/v2/files/a.bin", file)
+    );
+    // The note's tool validates its JSON body.
+    let r = agent_call(
+        p.addr,
+        &token,
+        "PUT",
+        "/shop/notes/1",
+        json_ct,
+        br#"{"text": 5}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (
+            v["reason"].as_str(),
+            v["pointer"].as_str(),
+            v["rule"].as_str()
+        ),
+        (Some("schema_violation"), Some("/body/text"), Some("type")),
+        "{v}"
+    );
+    let r = agent_call(p.addr, &token, "PUT", "/shop/notes/1", json_ct, br#"{}"#).await;
+    assert_eq!(
+        (r.status, r.json()["pointer"].as_str()),
+        (400, Some("/body/text")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(up.hits(), 1, "refused requests reached the upstream");
+    let r = agent_call(
+        p.addr,
+        &token,
+        "PUT",
+        "/shop/notes/1",
+        json_ct,
+        br#"{"text": "hi"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The route itself does not validate: a Petstore body the spec would refuse passes.
+    let bad_pet = br#"{"name": "rex", "photoUrls": [7]}"#;
+    let r = agent_call(p.addr, &token, "POST", "/shop/pet", json_ct, bad_pet).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(up.got().pop().unwrap().body, bad_pet);
+    assert_eq!(up.hits(), 3);
+    // The refusals are audited under the override's tool name.
+    let refused: Vec<String> = p
+        .audit_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["reason"] == "schema_violation")
+        .map(|v| v["tool"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(refused, ["shop.write_note", "shop.write_note"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's worked example
+// ---------------------------------------------------------------------------------------
+
+/// The lines of the README code block that starts with the command `cmd`.
+fn readme_block(readme: &str, cmd: &str) -> Vec<String> {
+    let start = readme
+        .find(cmd)
+        .unwrap_or_else(|| panic!("README has no `{cmd}`"));
+    readme[start + cmd.len()..]
+        .lines()
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_worked_example_is_what_the_binary_prints() {
+    let readme = std::fs::read_to_string(common::crate_path("README.md")).unwrap();
+    let root = common::crate_path("");
+    let run = |args: &[&str]| {
+        let out = common::run_bin_in(
+            Some(&root),
+            args,
+            &[("TICKETS_API_KEY", "x")],
+            Duration::from_secs(60),
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // `check`: the whole table and its notes, as printed (the policy version elided).
+    let printed: Vec<String> = run(&["check", "--config", "examples/openapi/routes.yaml"])
+        .lines()
+        .map(|l| match l.strip_prefix("policy_version: sha256:") {
+            Some(_) => "policy_version: sha256:…".to_string(),
+            None => l.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        readme_block(
+            &readme,
+            "$ TICKETS_API_KEY=x portcullis check --config examples/openapi/routes.yaml"
+        ),
+        printed
+    );
+    // `explain`: the README shows every line but the last (`policy:`).
+    let printed = run(&[
+        "explain",
+        "--config",
+        "examples/openapi/routes.yaml",
+        "--agent",
+        "support-bot",
+        "GET",
+        "/tickets-api/tickets/42",
+    ]);
+    let printed: Vec<&str> = printed.lines().collect();
+    let shown = readme_block(&readme, "$ portcullis explain --config examples/openapi/routes.yaml --agent support-bot GET /tickets-api/tickets/42");
+    assert_eq!(shown, printed[..printed.len() - 1], "{printed:#?}");
+    assert!(printed[printed.len() - 1].starts_with("policy:   sha256:"));
+}
+
+// ---------------------------------------------------------------------------------------
+// A spec whose schema lives in another file
+// ---------------------------------------------------------------------------------------
+
+const NOTES_YAML: &str = r#"openapi: 3.1.0
+info: { title: Notes, version: "1" }
+paths:
+  /notes:
+    post:
+      operationId: addNote
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "common/schemas.yaml#/Note" }
+      responses: { "201": { description: added } }
+"#;
+
+fn note_schema(max: usize) -> String {
+    format!("Note:\n  type: object\n  required: [text]\n  properties:\n    text: {{ type: string, maxLength: {max} }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_in_a_referenced_file_validates_and_its_change_is_a_new_policy() {
+    let up = ReplayUpstream::start().await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstore: {{ embedded: data/p.redb }}\naudit: {{ path: data/audit.jsonl }}\n\
+         operators:\n  - {{ name: tester, token_sha256: \"{}\", roles: [viewer, approver, admin] }}\n\
+         limits: {{ max_parked_body_bytes: 64 }}\n\
+         upstreams:\n  api: {{ url: \"{}\" }}\nroutes:\n\
+         \x20 - {{ prefix: /n, upstream: api, tool_prefix: notes, strip_prefix: true, openapi: specs/notes.yaml, validate: request }}\n\
+         profiles:\n  all: {{ admin: true }}\nagents:\n  bot: {{ profile: all }}\n",
+        common::operator_hash(),
+        up.url()
+    );
+    let p = Proxy::start_with_files(
+        &yaml,
+        &[],
+        &[
+            ("specs/notes.yaml", NOTES_YAML.as_bytes()),
+            ("specs/common/schemas.yaml", note_schema(10).as_bytes()),
+        ],
+    );
+    let token = p.agent_token("bot").await;
+    let json_ct: &[(&str, &str)] = &[("content-type", "application/json")];
+    let post = |body: &'static [u8]| {
+        let token = token.clone();
+        let addr = p.addr;
+        async move { agent_call(addr, &token, "POST", "/n/notes", json_ct, body).await }
+    };
+    let r = post(br#"{"text": "hello"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = post(br#"{"text": "far too long a note"}"#).await;
+    assert_eq!(
+        (
+            r.status,
+            r.json()["pointer"].as_str(),
+            r.json()["rule"].as_str()
+        ),
+        (400, Some("/body/text"), Some("maxLength")),
+        "{}",
+        r.text()
+    );
+    // The referenced file is watched and part of the policy: changing it alone reloads.
+    let before = policy_version(&p).await;
+    common::write_atomically(
+        &p.path("specs/common/schemas.yaml"),
+        note_schema(3).as_bytes(),
+    );
+    let after = common::eventually(
+        "the referenced file's change picked up",
+        Duration::from_secs(10),
+        || async {
+            let v = policy_version(&p).await;
+            if v == before {
+                Err(format!("still {v}"))
+            } else {
+                Ok(v)
+            }
+        },
+    )
+    .await;
+    let r = post(br#"{"text": "hello"}"#).await;
+    assert_eq!(
+        (r.status, r.json()["rule"].as_str()),
+        (400, Some("maxLength")),
+        "{}",
+        r.text()
+    );
+    // Broken, it refuses the reload with its own place; the last good policy serves.
+    common::write_atomically(&p.path("specs/common/schemas.yaml"), b"Note: [\n");
+    let r = op(&p, "POST", "/reload", None).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(
+        detail.contains("routes[0].openapi: ") && detail.contains("specs/common/schemas.yaml:"),
+        "{detail}"
+    );
+    assert_eq!(policy_version(&p).await, after);
+    let r = post(br#"{"text": "abc"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A JSON body over `max_parked_body_bytes` cannot be validated: 413, nothing sent.
+    let r = post(
+        br#"{"text": "abc", "padding": "......................................................"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(up.hits(), 2);
+}
