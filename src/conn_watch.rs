@@ -105,6 +105,39 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 }
 
 /// The deadlines one connection runs under.
+/// A handler's boxed response future; its answer is [`Tracked`], so the request stays
+/// in flight until the response body is sent. A plain struct rather than a combinator
+/// closure: hyper keeps it in the connection's request slot, and it is two pointers.
+pub struct Answer<B> {
+    handler: Pin<Box<dyn Future<Output = http::Response<B>> + Send>>,
+    in_flight: Option<InFlight>,
+}
+
+impl<B> Answer<B> {
+    pub fn new(
+        handler: Pin<Box<dyn Future<Output = http::Response<B>> + Send>>,
+        in_flight: InFlight,
+    ) -> Self {
+        Answer {
+            handler,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B> Future for Answer<B> {
+    type Output = Result<http::Response<Tracked<B>>, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let resp = std::task::ready!(self.handler.as_mut().poll(cx));
+        let in_flight = self
+            .in_flight
+            .take()
+            .expect("an Answer is not polled after it is ready");
+        Poll::Ready(Ok(resp.map(|body| Tracked::new(body, in_flight))))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
     /// From accept to the first complete request head; also how long a peer gets to
