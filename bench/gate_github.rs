@@ -18,8 +18,11 @@ use portcullis::canon;
 use portcullis::config::Snapshot;
 use portcullis::policy::{Narrowing, Switches};
 use std::hint::black_box;
-use std::io::Read;
 use std::path::Path;
+
+#[path = "github_gate.rs"]
+mod github_gate;
+use github_gate::{github_spec, github_yaml};
 
 /// (case, agent, method, target, decision): `benches/gate.rs`'s `github_*` cases.
 const CASES: [(&str, &str, &str, &str, &str); 5] = [
@@ -54,20 +57,6 @@ const CASES: [(&str, &str, &str, &str, &str); 5] = [
     ),
 ];
 
-fn config(spec: &Path) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n\
-         upstreams:\n  github: {{ url: \"https://api.github.com\", inject: {{ header: Authorization, value_env: KEY }} }}\n\
-         routes:\n  - prefix: /github\n    upstream: github\n    strip_prefix: true\n    validate: request\n    openapi: {}\n\
-         profiles:\n  \
-         scoped:\n    tools: [\"github.issues.*\", \"github.repos.get*\", \"github.pulls.list*\"]\n    \
-         max_risk: medium\n    approval: [\"github.repos.create_*\"]\n    deny: [\"*.delete*\"]\n  \
-         ops: {{ admin: true }}\n\
-         agents:\n  bot: {{ profile: scoped }}\n  opsbot: {{ profile: ops }}\n",
-        spec.display()
-    )
-}
-
 fn thread_cpu() -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -87,15 +76,8 @@ fn main() {
     let (_, agent, method, target, expect) = *CASES.iter().find(|c| c.0 == case).expect(usage);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/openapi/github/api.github.com-3.0.json.gz");
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).expect("github spec"))
-        .read_to_end(&mut bytes)
-        .expect("gunzip");
-    let spec = dir.path().join("github.json");
-    std::fs::write(&spec, bytes).expect("write spec");
-    let snap = Snapshot::parse(Path::new("bench.yaml"), &config(&spec), &|_| {
+    let spec = github_spec(dir.path());
+    let snap = Snapshot::parse(Path::new("bench.yaml"), &github_yaml(&spec), &|_| {
         Some("k".into())
     })
     .unwrap_or_else(|e| panic!("{e}"));

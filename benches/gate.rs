@@ -31,6 +31,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+#[path = "../bench/github_gate.rs"]
+mod github_gate;
+use github_gate::{github_spec, github_yaml};
+
 const ROUTES: usize = 200;
 const UPSTREAMS: usize = 10;
 
@@ -103,35 +107,6 @@ struct Gate {
     headers: HeaderMap,
     narrowing: Narrowing,
     switches: Switches,
-}
-
-/// GitHub's REST description, decompressed into `dir`; returns its path.
-fn github_spec(dir: &Path) -> std::path::PathBuf {
-    use std::io::Read;
-    let gz = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/openapi/github/api.github.com-3.0.json.gz");
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(gz).expect("github spec"))
-        .read_to_end(&mut bytes)
-        .expect("gunzip");
-    let out = dir.join("github.json");
-    std::fs::write(&out, bytes).expect("write spec");
-    out
-}
-
-/// One route importing GitHub's description, a scoped profile and an admin one.
-fn github_yaml(spec: &Path) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n\
-         upstreams:\n  github: {{ url: \"https://api.github.com\", inject: {{ header: Authorization, value_env: KEY }} }}\n\
-         routes:\n  - prefix: /github\n    upstream: github\n    strip_prefix: true\n    validate: request\n    openapi: {}\n\
-         profiles:\n  \
-         scoped:\n    tools: [\"github.issues.*\", \"github.repos.get*\", \"github.pulls.list*\"]\n    \
-         max_risk: medium\n    approval: [\"github.repos.create_*\"]\n    deny: [\"*.delete*\"]\n  \
-         ops: {{ admin: true }}\n\
-         agents:\n  bot: {{ profile: scoped }}\n  opsbot: {{ profile: ops }}\n",
-        spec.display()
-    )
 }
 
 impl Gate {
