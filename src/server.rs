@@ -380,34 +380,56 @@ async fn accept_loop(
                     Ok(Err(_)) => Ended::Closed,
                     Err(_) => Ended::HeaderTimeout,
                 },
+                // Boxed: the handshake's state (about 1.3 KB) is not carried by every
+                // plaintext connection's task.
                 Some(acc) => {
-                    match tokio::time::timeout_at(at, acc.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            // A client that agreed on HTTP/1.1 speaks HTTP/1.1; one that
-                            // agreed on h2 or on nothing is read by its first bytes.
-                            let h1 = s.get_ref().1.alpn_protocol() == Some(b"http/1.1");
-                            let b = if h1 { b.http1_only() } else { b };
-                            Box::pin(serve_io(
-                                app,
-                                side,
-                                conn,
-                                b,
-                                TokioIo::new(s),
-                                &activity,
-                                deadlines,
-                                stop,
-                            ))
-                            .await
-                        }
-                        Ok(Err(_)) => Ended::Closed,
-                        Err(_) => Ended::HeaderTimeout,
-                    }
+                    Box::pin(serve_tls(
+                        acc, stream, at, app, side, conn, b, &activity, deadlines, stop,
+                    ))
+                    .await
                 }
             };
             if ended != Ended::Closed {
                 count_close(ended.as_str());
             }
         });
+    }
+}
+
+/// The TLS handshake (bounded by `at`, the request head's deadline), then the
+/// connection. A client that agreed on HTTP/1.1 speaks HTTP/1.1; one that agreed on h2
+/// or on nothing is read by its first bytes.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    acc: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    at: tokio::time::Instant,
+    app: Arc<App>,
+    side: Side,
+    conn: Conn,
+    b: auto::Builder<TokioExecutor>,
+    activity: &Arc<Activity>,
+    deadlines: Deadlines,
+    stop: watch::Receiver<bool>,
+) -> Ended {
+    match tokio::time::timeout_at(at, acc.accept(stream)).await {
+        Ok(Ok(s)) => {
+            let h1 = s.get_ref().1.alpn_protocol() == Some(b"http/1.1");
+            let b = if h1 { b.http1_only() } else { b };
+            Box::pin(serve_io(
+                app,
+                side,
+                conn,
+                b,
+                TokioIo::new(s),
+                activity,
+                deadlines,
+                stop,
+            ))
+            .await
+        }
+        Ok(Err(_)) => Ended::Closed,
+        Err(_) => Ended::HeaderTimeout,
     }
 }
 
