@@ -104,7 +104,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The deadlines one connection runs under.
 /// A handler's boxed response future; its answer is [`Tracked`], so the request stays
 /// in flight until the response body is sent. A plain struct rather than a combinator
 /// closure: hyper keeps it in the connection's request slot, and it is two pointers.
@@ -138,6 +137,7 @@ impl<B> Future for Answer<B> {
     }
 }
 
+/// The deadlines one connection runs under.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
     /// From accept to the first complete request head; also how long a peer gets to

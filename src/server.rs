@@ -362,8 +362,8 @@ async fn accept_loop(
             // deadline as the request head.
             let at = born + deadlines.header;
             let ended = match tls {
-                None => match tokio::time::timeout_at(at, can_be_h2(&stream)).await {
-                    Ok(Ok(h2)) => {
+                None => match tokio::time::timeout_at(at, sniff(&stream, stop.clone())).await {
+                    Ok(Some(Ok(h2))) => {
                         let b = if h2 { b } else { b.http1_only() };
                         Box::pin(serve_io(
                             app,
@@ -377,7 +377,8 @@ async fn accept_loop(
                         ))
                         .await
                     }
-                    Ok(Err(_)) => Ended::Closed,
+                    // An error, or a shutdown before the first byte: nothing to drain.
+                    Ok(Some(Err(_)) | None) => Ended::Closed,
                     Err(_) => Ended::HeaderTimeout,
                 },
                 // Boxed: the handshake's state (about 1.3 KB) is not carried by every
@@ -445,6 +446,18 @@ async fn can_be_h2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; PREFACE.len()];
     let n = stream.peek(&mut buf).await?;
     Ok(buf[..n] == PREFACE[..n])
+}
+
+/// [`can_be_h2`], or `None` once a shutdown starts: a connection that has sent nothing
+/// yet is closed at once rather than holding the drain up to its head deadline.
+async fn sniff(
+    stream: &tokio::net::TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> Option<std::io::Result<bool>> {
+    tokio::select! {
+        r = can_be_h2(stream) => Some(r),
+        _ = stop.wait_for(|s| *s) => None,
+    }
 }
 
 fn count_close(reason: &'static str) {

@@ -123,3 +123,33 @@ async fn sigterm_with_an_idle_keep_alive_connection_exits_0_promptly() {
     drop(tx);
     let _ = conn.await;
 }
+
+#[tokio::test]
+async fn sigterm_with_a_connection_that_sent_nothing_exits_0_promptly() {
+    let (up, mut proxy, _token) = start().await;
+    up.release();
+    // Connected, not a byte sent: the proxy is still waiting for the first bytes (to
+    // tell HTTP/1 from h2). Shutdown closes it at once instead of waiting out the head
+    // deadline (10 s by default).
+    let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let started = Instant::now();
+    let status = proxy
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("exit within 15 s");
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown with a silent connection took {:?}",
+        started.elapsed()
+    );
+    // The proxy closed it: the read ends (EOF or reset), it does not hang.
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await
+    .expect("the silent connection was closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "read {r:?}");
+}
