@@ -25,6 +25,22 @@ async fn wait_refused(addr: std::net::SocketAddr, what: &str) {
     .await
 }
 
+/// SIGTERM, then exit code 0 well inside the head deadline (10 s by default): nothing
+/// left open holds the drain.
+async fn exits_0_promptly(proxy: &mut Proxy, what: &str) {
+    let started = Instant::now();
+    let status = proxy
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("exit within 15 s");
+    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.logs());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown {what} took {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     let (up, mut proxy, token) = start().await;
@@ -109,17 +125,7 @@ async fn sigterm_with_an_idle_keep_alive_connection_exits_0_promptly() {
     assert_eq!(resp.status(), 200);
     drain_body(resp.into_body(), 0).await.unwrap();
 
-    let started = Instant::now();
-    let status = proxy
-        .terminate(Duration::from_secs(10))
-        .await
-        .expect("exit within 10 s");
-    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.logs());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "idle shutdown took {:?}",
-        started.elapsed()
-    );
+    exits_0_promptly(&mut proxy, "with an idle keep-alive connection").await;
     drop(tx);
     let _ = conn.await;
 }
@@ -132,17 +138,7 @@ async fn sigterm_with_a_connection_that_sent_nothing_exits_0_promptly() {
     // tell HTTP/1 from h2). Shutdown closes it at once instead of waiting out the head
     // deadline (10 s by default).
     let mut silent = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let started = Instant::now();
-    let status = proxy
-        .terminate(Duration::from_secs(15))
-        .await
-        .expect("exit within 15 s");
-    assert_eq!(status.code(), Some(0), "log:\n{}", proxy.logs());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "shutdown with a silent connection took {:?}",
-        started.elapsed()
-    );
+    exits_0_promptly(&mut proxy, "with a silent connection").await;
     // The proxy closed it: the read ends (EOF or reset), it does not hang.
     let mut buf = [0u8; 16];
     let r = tokio::time::timeout(
