@@ -360,7 +360,7 @@ fn assert_absent(place: &str, hay: &[u8], needles: &[(String, String)]) {
     }
 }
 
-fn check_client_and_logs(p: &Proxy, seen: &Seen, needles: &[(String, String)], id: &str) {
+async fn check_client_and_logs(p: &Proxy, seen: &Seen, needles: &[(String, String)], id: &str) {
     for (what, r) in &seen.responses {
         assert_absent(
             &format!("the response to `{what}`"),
@@ -368,7 +368,7 @@ fn check_client_and_logs(p: &Proxy, seen: &Seen, needles: &[(String, String)], i
             needles,
         );
     }
-    let logs = p.logs();
+    let logs = p.logs_synced().await;
     assert!(
         logs.contains("DEBUG") || logs.contains("\"level\":\"DEBUG\""),
         "RUST_LOG=debug produced no debug lines; the log check would be vacuous:\n{logs}"
@@ -429,7 +429,7 @@ async fn embedded_run(pepper: Option<&str>) {
     }
     let digest = stored_digest(&t, pepper);
     let everywhere_else = with_digest(&needles, &digest);
-    check_client_and_logs(&p, &seen, &everywhere_else, &t.id);
+    check_client_and_logs(&p, &seen, &everywhere_else, &t.id).await;
 
     let status = p.terminate(Duration::from_secs(20)).await;
     assert!(status.is_some(), "the proxy did not exit on SIGTERM");
@@ -480,7 +480,7 @@ async fn embedded_run(pepper: Option<&str>) {
     // The logs written during shutdown too.
     assert_absent(
         "the proxy's logs after shutdown",
-        p.logs().as_bytes(),
+        p.logs_synced().await.as_bytes(),
         &everywhere_else,
     );
 }
@@ -536,7 +536,7 @@ async fn canaries_never_leak_with_the_redis_store() {
     needles.push(("redis password".into(), redis_password.clone()));
     let digest = stored_digest(&t, None);
     let everywhere_else = with_digest(&needles, &digest);
-    check_client_and_logs(&p, &seen, &everywhere_else, &t.id);
+    check_client_and_logs(&p, &seen, &everywhere_else, &t.id).await;
 
     let dump = redis.dump();
     assert!(

@@ -342,6 +342,9 @@ pub struct Proxy {
     /// The operator-facing listener.
     pub admin: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// Set when the proxy's stderr reached end of file (the process exited and every
+    /// line it wrote has been read).
+    stderr_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -386,6 +389,7 @@ fn drain_into(
     mut r: impl Read + Send + 'static,
     logs: Arc<Mutex<String>>,
     ready: Option<std::sync::mpsc::Sender<String>>,
+    done: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(&mut r);
@@ -393,7 +397,12 @@ fn drain_into(
         loop {
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    if let Some(d) = &done {
+                        d.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    return;
+                }
                 Ok(_) => {
                     let line = strip_ansi(&String::from_utf8_lossy(&buf));
                     logs.lock().unwrap().push_str(&line);
@@ -451,8 +460,19 @@ impl Proxy {
         let mut child = cmd.spawn().expect("spawn portcullis");
         let logs = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
-        drain_into(child.stderr.take().expect("stderr"), logs.clone(), Some(tx));
-        drain_into(child.stdout.take().expect("stdout"), logs.clone(), None);
+        let stderr_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        drain_into(
+            child.stderr.take().expect("stderr"),
+            logs.clone(),
+            Some(tx),
+            Some(stderr_done.clone()),
+        );
+        drain_into(
+            child.stdout.take().expect("stdout"),
+            logs.clone(),
+            None,
+            None,
+        );
 
         let line = match rx.recv_timeout(STARTUP) {
             Ok(l) => l,
@@ -475,6 +495,7 @@ impl Proxy {
             addr,
             admin,
             logs,
+            stderr_done,
         }
     }
 
@@ -492,6 +513,48 @@ impl Proxy {
     /// Everything the process wrote to stderr and stdout so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// The logs, up to everything the proxy had logged when this was called. Log lines
+    /// reach stderr through the proxy's log queue and its writer thread, so a line about
+    /// something that just happened may not be in the pipe yet: this sends an
+    /// unauthenticated request, whose `request refused` line (info, with the request id
+    /// the 401 carries) is written after every line queued before it, and waits for it.
+    /// Checks that a line is absent (canaries) or present read these.
+    /// Once the process has exited (the marker cannot connect), this waits instead for
+    /// its stderr to be read to the end (it writes out its queued lines before it exits).
+    pub async fn logs_synced(&self) -> String {
+        let marker = send(
+            self.addr,
+            request("GET", self.addr, "/_portcullis-log-sync", "")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+        let r = match marker {
+            Ok(r) => r,
+            Err(e) => {
+                let done = self.stderr_done.clone();
+                assert!(
+                    poll_until_async(Duration::from_secs(10), || done
+                        .load(std::sync::atomic::Ordering::Acquire))
+                    .await,
+                    "no marker ({e}) and the proxy's stderr did not end: is it still running?"
+                );
+                return self.logs();
+            }
+        };
+        assert_eq!(r.status, 401, "log sync marker: {}", r.text());
+        let id = r
+            .header("x-request-id")
+            .expect("a 401 carries X-Request-Id")
+            .to_string();
+        assert!(
+            self.wait_for_log(&id, Duration::from_secs(10)).await,
+            "the marker request {id} never reached the log:\n{}",
+            self.logs()
+        );
+        self.logs()
     }
 
     /// Waits (bounded) for `needle` to appear in the logs; whether it did.

@@ -355,7 +355,7 @@ async fn injected_secret_never_reaches_the_agent_or_the_logs() {
             .await,
         "the last request was never logged"
     );
-    let logs = f.proxy.logs();
+    let logs = f.proxy.logs_synced().await;
     assert!(!logs.is_empty());
     assert!(
         !logs.contains(CANARY) && !logs.contains(API_KEY),
@@ -405,7 +405,7 @@ async fn upstream_failure_does_not_leak_the_secret() {
         "the failed request was never logged"
     );
     assert!(
-        !proxy.logs().contains(CANARY),
+        !proxy.logs_synced().await.contains(CANARY),
         "secret in the proxy's log:\n{}",
         proxy.logs()
     );

@@ -447,12 +447,11 @@ async fn audit_dir_removed_requests_fail_closed_then_recover() {
         "audit write errors are counted: {:#?}",
         m.all("portcullis_audit_write_errors_total")
     );
+    let logs = p.logs_synced().await;
     assert!(
-        p.logs()
-            .lines()
+        logs.lines()
             .any(|l| l.contains("ERROR") && l.to_ascii_lowercase().contains("audit")),
-        "the failure is loud in the log:\n{}",
-        p.logs()
+        "the failure is loud in the log:\n{logs}"
     );
     assert!(
         !p.path(AUDIT_DIR).exists(),

@@ -104,8 +104,21 @@ async fn restarting_a_replica_with_the_same_node_name_leaves_the_others_replay_a
     );
     let replaying =
         |p: &Proxy| p.logs().contains("replaying approved request") && p.logs().contains(&id);
-    let a_owns = replaying(&a);
-    assert!(a_owns || replaying(&b), "one of them replays");
+    // The log line is written by the log's own thread: wait for it, not only the hit.
+    let a_owns = crate::common::eventually(
+        "one of them logs the replay",
+        Duration::from_secs(10),
+        || async {
+            if replaying(&a) {
+                Ok(true)
+            } else if replaying(&b) {
+                Ok(false)
+            } else {
+                Err("no replay line yet".to_string())
+            }
+        },
+    )
+    .await;
     // Restart the replica that does not own the replay (same name, new process).
     let (owner, other) = if a_owns {
         (&a, &mut b)

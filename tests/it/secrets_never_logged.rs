@@ -230,7 +230,7 @@ async fn cookie_body_and_bearer_secrets_appear_in_no_audit_line_and_no_log_line(
             "{what}: its request id is not in the log"
         );
     }
-    let logs = p.logs();
+    let logs = p.logs_synced().await;
     assert!(
         logs.contains("DEBUG"),
         "RUST_LOG=debug produced no debug lines; the log check would be vacuous:\n{logs}"
@@ -330,7 +330,7 @@ async fn redact_query_values_are_redacted_in_the_audit_path() {
         .collect();
     assert_absent("the audit file", &audit, &needles);
     // Nor are they logged, even at debug level.
-    let logs = p.logs();
+    let logs = p.logs_synced().await;
     assert!(logs.contains("DEBUG"), "no debug lines:\n{logs}");
     assert_absent("the proxy's log (RUST_LOG=debug)", &logs, &needles);
 }
