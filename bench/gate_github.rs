@@ -13,7 +13,7 @@
 //!   target/release/examples/bench-gate-github allow $n 2>&1 | grep 'refs:'; done
 //! ```
 
-use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use http::{Method, Uri, Version};
 use portcullis::canon;
 use portcullis::config::Snapshot;
 use portcullis::policy::{Narrowing, Switches};
@@ -22,7 +22,7 @@ use std::path::Path;
 
 #[path = "github_gate.rs"]
 mod github_gate;
-use github_gate::{github_spec, github_yaml};
+use github_gate::{github_spec, github_yaml, request_headers};
 
 /// (case, agent, method, target, decision): `benches/gate.rs`'s `github_*` cases.
 const CASES: [(&str, &str, &str, &str, &str); 5] = [
@@ -82,17 +82,7 @@ fn main() {
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let agent = snap.agents[agent].clone();
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
-    headers.insert(
-        http::header::AUTHORIZATION,
-        HeaderValue::from_static("Bearer pcx_0123456789abcdef_secret"),
-    );
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-    headers.insert(
-        http::header::USER_AGENT,
-        HeaderValue::from_static("agent/1.0"),
-    );
+    let headers = request_headers();
     let method: Method = method.parse().expect("method");
     let uri: Uri = target.parse().expect("target");
     let (narrowing, switches) = (Narrowing::default(), Switches::default());

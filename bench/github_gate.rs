@@ -1,7 +1,24 @@
-//! The GitHub-description gate setup shared by `benches/gate.rs` (its `github_*` cases)
-//! and the `bench-gate-github` driver: the spec, decompressed, and the config on it.
+//! The gate-benchmark setup shared by `benches/gate.rs` and the `bench-gate-github`
+//! driver: an agent request's headers, GitHub's spec decompressed, and the config on it.
 
+use http::{HeaderMap, HeaderValue};
 use std::path::Path;
+
+/// The headers of an agent's request (Host, a bearer credential, Accept, User-Agent).
+pub fn request_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer pcx_0123456789abcdef_secret"),
+    );
+    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+    headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static("agent/1.0"),
+    );
+    headers
+}
 
 /// GitHub's REST description, decompressed into `dir`; returns its path.
 pub fn github_spec(dir: &Path) -> std::path::PathBuf {

@@ -20,7 +20,7 @@
 //! strictly, the values built, the expression run); target: ≤ 5 µs more.
 
 use criterion::Criterion;
-use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+use http::{HeaderMap, Method, Uri, Version};
 use portcullis::canon;
 use portcullis::conditions::body::Read;
 use portcullis::config::Snapshot;
@@ -33,7 +33,7 @@ use std::time::Instant;
 
 #[path = "../bench/github_gate.rs"]
 mod github_gate;
-use github_gate::{github_spec, github_yaml};
+use github_gate::{github_spec, github_yaml, request_headers};
 
 const ROUTES: usize = 200;
 const UPSTREAMS: usize = 10;
@@ -119,17 +119,7 @@ impl Gate {
     fn from_yaml(text: &str) -> Gate {
         let snap = Snapshot::parse(Path::new("bench.yaml"), text, &|_| Some("k".into()))
             .unwrap_or_else(|e| panic!("the generated config is invalid: {e}"));
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::HOST, HeaderValue::from_static("api.example"));
-        headers.insert(
-            http::header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer pcx_0123456789abcdef_secret"),
-        );
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-        headers.insert(
-            http::header::USER_AGENT,
-            HeaderValue::from_static("agent/1.0"),
-        );
+        let headers = request_headers();
         Gate {
             snap,
             headers,
