@@ -33,6 +33,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -361,7 +362,18 @@ where
     // only a few parks per agent read bodies at once: one agent cannot hold
     // concurrency × max_parked_body_bytes of memory.
     let quota = snap.limits.max_pending_per_agent;
-    if app.store.pending_count(&who.agent.id).await? >= u64::from(quota) {
+    let limit = snap
+        .limits
+        .max_body_bytes
+        .min(snap.limits.max_parked_body_bytes);
+    let mut collect = std::pin::pin!(crate::body::collect_limited(headers, body, limit));
+    // A body that arrived whole with the head costs nothing to take: then the quota is
+    // checked once, atomically, where the approval is created. Otherwise it is looked at
+    // first, so a full quota is answered without waiting for (or holding) the body.
+    let early = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
+    if !matches!(early, std::task::Poll::Ready(Ok(_)))
+        && app.store.pending_count(&who.agent.id).await? >= u64::from(quota)
+    {
         return Err(pending_quota(&who.agent.id, quota));
     }
     let _reading = app
@@ -378,11 +390,10 @@ where
             ),
             retry_after: 1,
         })?;
-    let limit = snap
-        .limits
-        .max_body_bytes
-        .min(snap.limits.max_parked_body_bytes);
-    let body = crate::body::collect_limited(headers, body, limit).await?;
+    let body = match early {
+        std::task::Poll::Ready(b) => b?,
+        std::task::Poll::Pending => collect.await?,
+    };
     if let Some(f) = crate::override_scan::format_of(headers)?.filter(|_| !body.is_empty()) {
         let mut scan = crate::override_scan::Scanner::new(f);
         if scan.feed(&body).and_then(|_| scan.finish()).is_err() {
