@@ -352,7 +352,9 @@ where
         if !app.audit.has_room() {
             return Err(Audit::unavailable());
         }
-        return internal::handle(app, &live, &who, &c).await;
+        // Boxed, like the other rare branches below: their state would otherwise sit in
+        // every request's future, and be copied with it.
+        return Box::pin(internal::handle(app, &live, &who, &c)).await;
     }
     let body_on_bodiless = carries_body(&c, req.headers(), req.body());
     let switches = app.switches.current(&app.store).await?;
@@ -381,7 +383,7 @@ where
     // Only a request a condition on `request.body` can apply to is read before the gate.
     let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
         // A body that breaks off is one the condition cannot read: denied.
-        Some(_) => crate::conditions::body::read(snap, req)
+        Some(_) => Box::pin(crate::conditions::body::read(snap, req))
             .await
             .map_err(|e| match e {
                 Error::BadRequest {
@@ -427,12 +429,16 @@ where
     let crate::pipeline::Judged { tool, decision, .. } = judged?;
     let route = &snap.routes[tool.route];
     // `validate: request`: the operation's schema, before anything is forwarded or parked.
-    let req = crate::openapi::validate::request(snap, &tool, &c, req).await?;
+    let req = if crate::openapi::validate::applies(&tool) {
+        Box::pin(crate::openapi::validate::request(snap, &tool, &c, req)).await?
+    } else {
+        req.map(http_body_util::Either::Left)
+    };
     spend_budget(app, &who).await?;
     if let Decision::Park { condition } = &decision {
         let (parts, body) = req.into_parts();
         trace.recorded = true;
-        let r = approval::park(
+        let r = Box::pin(approval::park(
             app,
             &live,
             &who,
@@ -448,7 +454,7 @@ where
             ),
             via,
             condition.as_deref(),
-        )
+        ))
         .await;
         trace.recorded = r.is_ok();
         return r;

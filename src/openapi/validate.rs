@@ -249,8 +249,14 @@ fn scalar(s: &str, kinds: u8) -> Value {
     Value::String(s.to_string())
 }
 
+/// Whether [`request`] checks anything for this tool (an operation with a schema).
+pub fn applies(tool: &Tool) -> bool {
+    tool.op.as_deref().is_some_and(|op| op.check.is_some())
+}
+
 /// Validates `req` when its tool's operation asks for it; returns the request with its
 /// body as received (read whole only when it is JSON to validate).
+
 pub async fn request<B>(
     snap: &Snapshot,
     tool: &Tool,
