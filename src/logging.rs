@@ -12,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 /// container runtime) is slow.
 pub const QUEUE_LINES: usize = 16_384;
 
+/// Bytes of lines the writer thread gathers before a write when many are queued.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Keeps the writer thread alive; dropping it writes out what is queued. Hold it for
@@ -24,7 +27,12 @@ pub fn init(format: LogFormat, queue_lines: usize) -> Guard {
         .lossy(true)
         .buffered_lines_limit(queue_lines.max(1))
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        // The writer thread drains every queued line, then flushes: under load one
+        // write(2) carries many lines, and a lone line still goes out at once.
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     let _ = DROPPED.set(writer.error_counter());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
