@@ -256,7 +256,6 @@ pub fn applies(tool: &Tool) -> bool {
 
 /// Validates `req` when its tool's operation asks for it; returns the request with its
 /// body as received (read whole only when it is JSON to validate).
-
 pub async fn request<B>(
     snap: &Snapshot,
     tool: &Tool,
