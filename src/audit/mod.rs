@@ -108,7 +108,7 @@ pub fn cap_path(p: &mut String) -> bool {
 /// What reaches the writer through its channel: work someone waits for, or a nudge to
 /// look at the buffer of records nobody waits for.
 pub(crate) enum Msg {
-    /// Boxed: the bounded channel allocates its slots up front.
+    /// Boxed: the channel's slots stay one pointer wide.
     Job(Box<Job>),
     Wake,
     /// Write and fsync everything buffered, then answer (shutdown).
@@ -156,7 +156,11 @@ impl Health {
 }
 
 pub struct Audit {
-    tx: std::sync::mpsc::SyncSender<Msg>,
+    /// Unbounded: what bounds the queue is `depth` ([`Audit::admit`]) — every job is
+    /// admitted before it is sent, and `Wake` is sent only by whoever ends the writer's
+    /// idle state. A bounded channel allocated (and touched) all its slots up front:
+    /// 1.5 MiB of an idle proxy's memory at the default `max_queue_records`.
+    tx: std::sync::mpsc::Sender<Msg>,
     health: Arc<Health>,
     /// Queue depth beyond which requests are refused rather than recorded late
     /// (`audit.max_queue_records`).
@@ -177,7 +181,7 @@ impl Audit {
             path: cfg.path.clone(),
         });
         let queue = cfg.max_queue_records;
-        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let (tx, rx) = std::sync::mpsc::channel();
         let w = writer::Writer::open(cfg, node, health.clone())
             .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
         std::thread::Builder::new()
@@ -248,7 +252,7 @@ impl Audit {
                 ack: None,
             });
         if self.health.idle.swap(false, Ordering::AcqRel) {
-            let _ = self.tx.try_send(Msg::Wake);
+            let _ = self.tx.send(Msg::Wake);
         }
         Ok(())
     }
@@ -257,7 +261,7 @@ impl Audit {
     /// requests already answered are not lost with the process.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(Msg::Flush(tx)).is_ok() {
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -271,7 +275,7 @@ impl Audit {
         self.admit()?;
         if self
             .tx
-            .try_send(Msg::Job(Box::new(Job {
+            .send(Msg::Job(Box::new(Job {
                 record: r,
                 ack: Some(ack),
             })))
