@@ -200,7 +200,7 @@ impl Error {
         let mut resp = body::json_response(self.status(), &v);
         let h = resp.headers_mut();
         h.insert(
-            "portcullis-decision",
+            crate::proxy::DECISION,
             HeaderValue::from_static(self.decision()),
         );
         match self {

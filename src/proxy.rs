@@ -21,6 +21,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{info, warn};
 
+/// The header every answer on the agent port carries: allow, deny or park.
+pub const DECISION: http::HeaderName = http::HeaderName::from_static("portcullis-decision");
+
 /// Per-connection facts the request path needs.
 #[derive(Clone, Copy)]
 pub struct Conn {
@@ -165,7 +168,7 @@ where
             let status = resp.status().as_u16();
             rec.decision = Some(
                 resp.headers()
-                    .get("portcullis-decision")
+                    .get(&DECISION)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("allow")
                     .to_string(),
@@ -271,7 +274,7 @@ where
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(upstream::X_REQUEST_ID, v);
     }
     resp
 }
@@ -495,7 +498,7 @@ where
     let resp = upstream::send(&live.clients[route.upstream], up, out).await?;
     let mut resp = upstream::inbound_response(resp, up);
     resp.headers_mut()
-        .insert("portcullis-decision", HeaderValue::from_static("allow"));
+        .insert(DECISION, HeaderValue::from_static("allow"));
     Ok(resp)
 }
 
@@ -653,7 +656,7 @@ pub fn ip_text(ip: IpAddr) -> String {
 pub fn json(status: http::StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = body::json_response(status, &v);
     r.headers_mut()
-        .insert("portcullis-decision", HeaderValue::from_static("allow"));
+        .insert(DECISION, HeaderValue::from_static("allow"));
     r
 }
 

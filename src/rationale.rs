@@ -7,7 +7,7 @@ use crate::error::Error;
 use http::HeaderMap;
 
 /// The request header an agent sends its rationale in.
-pub const HEADER: &str = "portcullis-rationale";
+pub const HEADER: http::HeaderName = http::HeaderName::from_static("portcullis-rationale");
 /// The most bytes a rationale may hold after percent-decoding.
 pub const MAX_BYTES: usize = 1000;
 

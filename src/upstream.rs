@@ -20,6 +20,12 @@ use std::time::Duration;
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
+/// The proxy's own outbound headers, parsed once (a `&str` name is parsed on every use).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Headers that describe one hop and never cross the proxy.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -176,17 +182,17 @@ pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> Header
         out.insert(header::HOST, v);
     }
     if let Some(v) = o.forwarded_for.and_then(|f| HeaderValue::from_str(f).ok()) {
-        out.insert("x-forwarded-for", v);
+        out.insert(X_FORWARDED_FOR, v);
     }
     out.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if o.https { "https" } else { "http" }),
     );
     if let Some(v) = o.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        out.insert("x-forwarded-host", v);
+        out.insert(X_FORWARDED_HOST, v);
     }
     if let Ok(v) = HeaderValue::from_str(o.request_id) {
-        out.insert("x-request-id", v);
+        out.insert(X_REQUEST_ID, v);
     }
     if let (Some(h), Some(t)) = (&up.tenant_header, o.tenant) {
         if let Ok(v) = HeaderValue::from_str(t) {
@@ -281,16 +287,24 @@ pub fn mark_not_reused(h: &mut HeaderMap) {
 /// has `cookies: pass`.
 pub fn inbound_response(resp: Response<Incoming>, up: &Upstream) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
-    let named = connection_named(&parts.headers);
-    for n in named {
-        parts.headers.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        parts.headers.remove(n);
-    }
-    if !up.cookies_pass {
-        parts.headers.remove(header::SET_COOKIE);
-        parts.headers.remove("set-cookie2");
+    let stripped = |n: &HeaderName| {
+        is_hop(n.as_str()) || (!up.cookies_pass && (n == header::SET_COOKIE || n == "set-cookie2"))
+    };
+    // Most responses carry none of these: one pass over the names instead of a lookup
+    // per name. Headers a `Connection` header names are looked for only when it is there
+    // (it is itself hop-by-hop).
+    if parts.headers.keys().any(stripped) {
+        let named = connection_named(&parts.headers);
+        for n in named {
+            parts.headers.remove(n);
+        }
+        for n in HOP_BY_HOP {
+            parts.headers.remove(n);
+        }
+        if !up.cookies_pass {
+            parts.headers.remove(header::SET_COOKIE);
+            parts.headers.remove("set-cookie2");
+        }
     }
     let b = incoming.map_err(|e| -> BoxError { Box::new(e) }).boxed();
     Response::from_parts(parts, b)

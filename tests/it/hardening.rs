@@ -491,6 +491,46 @@ async fn upstream_sessions_never_reach_the_agent() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_response_headers_stop_at_the_proxy() {
+    // Headers that describe the upstream's hop, and one its `Connection` header names,
+    // never reach the agent; an ordinary header does. Also the answer with none of them,
+    // so the path that finds nothing to strip is checked against the same expectation.
+    for hop in [true, false] {
+        let mut reply = Reply::new(200, "{}").header("x-kept", "yes");
+        if hop {
+            reply = reply
+                .header("connection", "x-upstream-internal")
+                .header("x-upstream-internal", "secret-route")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-authenticate", "Basic realm=upstream")
+                .header("trailer", "x-checksum")
+                .header("set-cookie2", "legacy=1");
+        }
+        let up = Upstream::start(Behaviour::Reply(reply)).await;
+        let p = Proxy::start(&hardened_config(&up.url(), ""), &[]);
+        let bot = p.agent_token("bot").await;
+        let host = p.addr.to_string();
+        let r = raw_request(p.addr, &raw_get("GET", b"/x/items/1", &host, &bot, "")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-kept"), Some("yes"), "hop={hop}");
+        for name in [
+            "x-upstream-internal",
+            "keep-alive",
+            "proxy-authenticate",
+            "trailer",
+            "set-cookie2",
+        ] {
+            assert_eq!(r.header(name), None, "{name} reached the agent (hop={hop})");
+        }
+        assert_ne!(
+            r.header("connection"),
+            Some("x-upstream-internal"),
+            "the upstream's Connection header reached the agent"
+        );
+    }
+}
+
 // ---- class 9 -------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
