@@ -369,9 +369,12 @@ where
     let mut collect = std::pin::pin!(crate::body::collect_limited(headers, body, limit));
     // A body that arrived whole with the head costs nothing to take: then the quota is
     // checked once, atomically, where the approval is created. Otherwise it is looked at
-    // first, so a full quota is answered without waiting for (or holding) the body.
+    // first, so a full quota is answered without waiting for (or holding) the body — and
+    // also when a preview would read the upstream before the creation: an agent over its
+    // quota never makes the proxy call the upstream.
+    let previewed = preview::wanted(live, tool.route, &tool.name, c.method);
     let early = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
-    if !matches!(early, std::task::Poll::Ready(Ok(_)))
+    if (previewed || !matches!(early, std::task::Poll::Ready(Ok(_))))
         && app.store.pending_count(&who.agent.id).await? >= u64::from(quota)
     {
         return Err(pending_quota(&who.agent.id, quota));
@@ -403,7 +406,7 @@ where
     if !app.audit.ready() {
         return Err(crate::audit::Audit::unavailable());
     }
-    let preview = if preview::wanted(live, tool.route, &tool.name, c.method) {
+    let preview = if previewed {
         let whose = preview::For {
             agent: &who.agent.id,
             credential: &who.token.record.id,

@@ -294,6 +294,58 @@ fn preview_config_with(upstream: &str, head: Head) -> String {
     )
 }
 
+/// An agent over its pending quota gets 429 before anything reads the upstream: with
+/// `preview: current` the quota is looked at before the preview, even when the body came
+/// whole with the head (where, without a preview, the creation alone checks it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_quota_is_refused_before_the_preview_read() {
+    let up = common::Upstream::start(common::Behaviour::Reply(
+        common::Reply::new(200, r#"{"status":"draft"}"#).header("content-type", "application/json"),
+    ))
+    .await;
+    let cfg = format!(
+        "{}limits: {{ max_pending_per_agent: 1 }}\n",
+        preview_config(&up.url())
+    );
+    let p = Proxy::start(&cfg, &[("API_KEY", UPSTREAM_KEY)]);
+    let (bot, _) = issue(p.admin, "bot").await;
+    let call = |path: &'static str| {
+        let bot = bot.clone();
+        async move {
+            agent_call(
+                p.addr,
+                &bot,
+                "PATCH",
+                path,
+                &[("content-type", "application/json")],
+                br#"{"status":"final"}"#,
+            )
+            .await
+        }
+    };
+    let r = call("/docs/3").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(up.seen().len(), 1, "the first park's preview read");
+    let r = call("/docs/4").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["reason"], "pending_quota", "{}", r.text());
+    assert_eq!(up.seen().len(), 1, "no preview read for a refused park");
+    // Without a preview (PUT: `preview: none`), the body that came with the head is
+    // taken and the creation refuses: the same answer.
+    let r = agent_call(
+        p.addr,
+        &bot,
+        "PUT",
+        "/docs/5",
+        &[("content-type", "application/json")],
+        br#"{"status":"final"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["reason"], "pending_quota", "{}", r.text());
+    assert_eq!(up.seen().len(), 1);
+}
+
 /// The page's re-read of a previewed resource is an upstream read like any other: while
 /// the audit trail cannot take its record, nothing is sent (and the page still opens).
 #[tokio::test(flavor = "multi_thread")]
