@@ -309,38 +309,23 @@ async fn a_full_quota_is_refused_before_the_preview_read() {
     );
     let p = Proxy::start(&cfg, &[("API_KEY", UPSTREAM_KEY)]);
     let (bot, _) = issue(p.admin, "bot").await;
-    let call = |path: &'static str| {
+    let call = |method: &'static str, path: &'static str| {
         let bot = bot.clone();
         async move {
-            agent_call(
-                p.addr,
-                &bot,
-                "PATCH",
-                path,
-                &[("content-type", "application/json")],
-                br#"{"status":"final"}"#,
-            )
-            .await
+            let json = [("content-type", "application/json")];
+            agent_call(p.addr, &bot, method, path, &json, br#"{"status":"final"}"#).await
         }
     };
-    let r = call("/docs/3").await;
+    let r = call("PATCH", "/docs/3").await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(up.seen().len(), 1, "the first park's preview read");
-    let r = call("/docs/4").await;
+    let r = call("PATCH", "/docs/4").await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["reason"], "pending_quota", "{}", r.text());
     assert_eq!(up.seen().len(), 1, "no preview read for a refused park");
     // Without a preview (PUT: `preview: none`), the body that came with the head is
     // taken and the creation refuses: the same answer.
-    let r = agent_call(
-        p.addr,
-        &bot,
-        "PUT",
-        "/docs/5",
-        &[("content-type", "application/json")],
-        br#"{"status":"final"}"#,
-    )
-    .await;
+    let r = call("PUT", "/docs/5").await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.json()["reason"], "pending_quota", "{}", r.text());
     assert_eq!(up.seen().len(), 1);
