@@ -21,6 +21,17 @@ fn config(store: &str) -> String {
     )
 }
 
+/// The agent token issued in the first run authenticates: the proxy reads db 3.
+async fn token_from_db_3(p: &Proxy, token: &str) {
+    let resp = get(p.addr, "/_portcullis/tools", token).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "the token from the first run, read from db 3: {}",
+        resp.text()
+    );
+}
+
 fn assert_no_password(what: &str, text: &str) {
     assert!(
         !text.contains(PASSWORD),
@@ -66,13 +77,7 @@ async fn rediss_with_a_private_ca_an_acl_user_and_a_db_index() {
         )),
         &[("REDIS_URL", &url), ("REDIS_PASSWORD", PASSWORD)],
     );
-    let resp = get(p.addr, "/_portcullis/tools", &token).await;
-    assert_eq!(
-        resp.status,
-        200,
-        "the token from the first run, read from db 3: {}",
-        resp.text()
-    );
+    token_from_db_3(&p, &token).await;
     let r2 = admin_call(
         p.admin,
         "POST",
@@ -100,13 +105,7 @@ async fn rediss_with_a_private_ca_an_acl_user_and_a_db_index() {
         )),
         &[],
     );
-    let resp = get(p.addr, "/_portcullis/tools", &token).await;
-    assert_eq!(
-        resp.status,
-        200,
-        "the token from the first run, read from db 3: {}",
-        resp.text()
-    );
+    token_from_db_3(&p, &token).await;
     let sw = admin_call(p.admin, "GET", "/switches", OPERATOR_SECRET, None).await;
     assert_eq!(sw.status, 200, "{}", sw.text());
     assert_eq!(
