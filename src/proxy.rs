@@ -177,11 +177,10 @@ where
             rec.status = Some(status);
             if let Some(t0) = trace.upstream_started {
                 rec.upstream_status = Some(status);
-                metrics::histogram!("portcullis_upstream_seconds")
-                    .record(t0.elapsed().as_secs_f64());
+                crate::metrics::observe("portcullis_upstream_seconds", t0.elapsed().as_secs_f64());
             }
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
-            metrics::counter!("portcullis_requests_total", "decision" => "allow", "risk" => risk_label, "tool" => tool_label.to_string(), "via" => via.label()).increment(1);
+            crate::metrics::count_request("allow", risk_label, &tool_label, via.label());
             info!(request_id = %request_id, via = via.label(), agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
             // Allowed work is group-committed after the upstream answered.
             if !trace.recorded && app.audit.record(rec).is_err() {
@@ -228,7 +227,7 @@ where
                 metrics::counter!("portcullis_unauthenticated_total", "reason" => e.reason())
                     .increment(1);
             } else {
-                metrics::counter!("portcullis_requests_total", "decision" => e.decision(), "risk" => risk_label, "tool" => tool_label.to_string(), "via" => via.label()).increment(1);
+                crate::metrics::count_request(e.decision(), risk_label, &tool_label, via.label());
             }
             let level_warn = e.status().is_server_error();
             if level_warn {
@@ -381,7 +380,7 @@ where
     });
     let mut gate = gate_started.elapsed();
     let tool = tool.inspect_err(|_| {
-        metrics::histogram!("portcullis_gate_seconds").record(gate.as_secs_f64());
+        crate::metrics::observe("portcullis_gate_seconds", gate.as_secs_f64());
     })?;
     // Only a request a condition on `request.body` can apply to is read before the gate.
     let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
@@ -413,7 +412,7 @@ where
         tool,
     );
     gate += decide_started.elapsed();
-    metrics::histogram!("portcullis_gate_seconds").record(gate.as_secs_f64());
+    crate::metrics::observe("portcullis_gate_seconds", gate.as_secs_f64());
     match &judged {
         Ok(j) => {
             trace.tool = Some(j.tool.name.clone());
