@@ -153,9 +153,10 @@ pub fn count_request(
     tool: &std::sync::Arc<str>,
     via: &'static str,
 ) {
+    let handle = || metrics::counter!("portcullis_requests_total", "decision" => decision, "risk" => risk, "tool" => tool.to_string(), "via" => via);
     if HANDLE.get().is_none() {
         // No recorder of ours yet: the macro reaches whatever is installed.
-        metrics::counter!("portcullis_requests_total", "decision" => decision, "risk" => risk, "tool" => tool.to_string(), "via" => via).increment(1);
+        handle().increment(1);
         return;
     }
     REQUESTS.with_borrow_mut(|m| {
@@ -167,7 +168,7 @@ pub fn count_request(
         if m.len() >= MAX_CACHED_HANDLES {
             m.clear();
         }
-        let c = metrics::counter!("portcullis_requests_total", "decision" => decision, "risk" => risk, "tool" => tool.to_string(), "via" => via);
+        let c = handle();
         c.increment(1);
         m.insert(key, c);
     });
