@@ -12,6 +12,7 @@ mod chain;
 mod files;
 pub mod tail;
 pub mod verify;
+mod watch;
 mod writer;
 
 pub use chain::{redact_query, LINE_HASH_SUFFIX_LEN};
@@ -138,20 +139,32 @@ pub(crate) struct Health {
     /// A full queue was reported (ERROR) and has not drained since: once per episode.
     pub full_reported: AtomicBool,
     pub path: std::path::PathBuf,
+    /// Set once the file is open: spares the request path a `stat` while nothing on
+    /// the path changed.
+    pub watch: std::sync::OnceLock<watch::PathWatch>,
 }
 
 impl Health {
-    /// One `stat`: the file the writer appends to is still the one at the path.
-    /// Catches a removed directory or a replaced file before anything is forwarded.
+    /// The file the writer appends to is still the one at the path. Catches a removed
+    /// directory or a replaced file before anything is forwarded: one `stat`, or, while
+    /// the directories on the path report no change, one `ioctl` (`watch`).
     fn file_in_place(&self) -> bool {
         let before = self.swaps.load(Ordering::Acquire);
         if before % 2 == 1 {
             return true;
         }
-        let ino = self.ino.load(Ordering::Acquire);
-        let same = std::fs::metadata(&self.path)
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::MetadataExt::ino(&m) == ino);
-        same || self.swaps.load(Ordering::Acquire) != before
+        // (may pass, verified by the `stat`)
+        let look = || {
+            let ino = self.ino.load(Ordering::Acquire);
+            let same = std::fs::metadata(&self.path)
+                .is_ok_and(|m| m.is_file() && std::os::unix::fs::MetadataExt::ino(&m) == ino);
+            (same || self.swaps.load(Ordering::Acquire) != before, same)
+        };
+        match self.watch.get() {
+            Some(w) if w.quiet() => true,
+            Some(w) => w.confirm(look),
+            None => look().0,
+        }
     }
 }
 
@@ -179,11 +192,13 @@ impl Audit {
             idle: AtomicBool::new(false),
             full_reported: AtomicBool::new(false),
             path: cfg.path.clone(),
+            watch: std::sync::OnceLock::new(),
         });
         let queue = cfg.max_queue_records;
         let (tx, rx) = std::sync::mpsc::channel();
         let w = writer::Writer::open(cfg, node, health.clone())
             .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
+        let _ = health.watch.set(watch::PathWatch::new(&cfg.path));
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))

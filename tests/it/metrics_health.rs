@@ -463,6 +463,41 @@ async fn audit_dir_removed_requests_fail_closed_then_recover() {
     check_after_recovery(&p, &r, &old).await;
 }
 
+/// The audit file moved away (a log rotation by rename, without telling the proxy) and
+/// a file renamed onto its path: each time, the next allowed request is refused, not
+/// forwarded — the request path notices a change on the path without a `stat` per
+/// request, and still before anything is forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_file_renamed_away_or_over_next_allowed_request_is_not_forwarded() {
+    let (up, p, bot) = start().await;
+    let r = call(p.addr, "GET", "/tickets/1", &bot).await;
+    assert_eq!(r.status, 200);
+    wait_request_record(&p.path(AUDIT), r.header("x-request-id").unwrap()).await;
+
+    std::fs::rename(p.path(AUDIT), p.path(&format!("{AUDIT}.moved"))).unwrap();
+    let hits = up.hits();
+    let r = call(p.addr, "GET", "/tickets/2", &bot).await;
+    assert_eq!(up.hits(), hits, "forwarded after the audit file moved away");
+    assert_audit_unavailable("first allowed request after the audit file moved", &r);
+
+    let r = wait_recovered(&p, &up, &bot).await;
+    wait_request_record(&p.path(AUDIT), r.header("x-request-id").unwrap()).await;
+    let other = p.path(&format!("{AUDIT}.other"));
+    std::fs::write(&other, b"").unwrap();
+    std::fs::rename(&other, p.path(AUDIT)).unwrap();
+    let hits = up.hits();
+    let r = call(p.addr, "GET", "/tickets/3", &bot).await;
+    assert_eq!(
+        up.hits(),
+        hits,
+        "forwarded after a file was renamed over the audit file"
+    );
+    assert_audit_unavailable(
+        "first allowed request after the audit file was replaced",
+        &r,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_path_replaced_by_a_directory_fails_closed_then_recovers() {
     let (up, p, bot) = start().await;
