@@ -186,7 +186,7 @@ impl App {
             event: "reload",
             operator: Some(by.to_string()),
             decision: Some(result.into()),
-            reason: r.as_ref().err().map(|e| e.to_string()),
+            reason: r.as_ref().err().map(|e| e.to_string().into()),
             old_policy_version: old,
             policy_version: new,
             ..Default::default()

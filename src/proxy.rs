@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -126,8 +127,8 @@ where
         method: Some(
             trace
                 .method
-                .map(str::to_string)
-                .unwrap_or_else(|| raw_method.as_str().chars().take(32).collect()),
+                .map(Cow::Borrowed)
+                .unwrap_or_else(|| Cow::Owned(raw_method.as_str().chars().take(32).collect())),
         ),
         path: Some(match trace.path.as_deref() {
             Some(p) => redact_query(p, &snap.audit.redact_query),
@@ -142,7 +143,7 @@ where
             Via::Http => None,
         },
         tool: trace.tool.as_ref().map(|t| t.to_string()),
-        risk: trace.risk.map(|r| r.to_string()),
+        risk: trace.risk.map(|r| Cow::Borrowed(r.as_str())),
         condition: trace.condition.as_ref().map(|c| c.to_string()),
         policy_version: Some(
             trace
@@ -166,20 +167,20 @@ where
     let mut resp = match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            rec.decision = Some(
-                resp.headers()
-                    .get(&DECISION)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("allow")
-                    .to_string(),
-            );
-            rec.reason = Some("granted".into());
+            rec.decision = Some(match resp.headers().get(&DECISION) {
+                None => Cow::Borrowed("allow"),
+                Some(v) if v == "allow" => Cow::Borrowed("allow"),
+                Some(v) => Cow::Owned(v.to_str().unwrap_or("allow").to_string()),
+            });
+            rec.reason = Some(Cow::Borrowed("granted"));
             rec.status = Some(status);
+            let now = std::time::Instant::now();
             if let Some(t0) = trace.upstream_started {
                 rec.upstream_status = Some(status);
-                crate::metrics::observe("portcullis_upstream_seconds", t0.elapsed().as_secs_f64());
+                let waited = now.saturating_duration_since(t0);
+                crate::metrics::observe("portcullis_upstream_seconds", waited.as_secs_f64());
             }
-            rec.duration_us = Some(started.elapsed().as_micros() as u64);
+            rec.duration_us = Some(now.saturating_duration_since(started).as_micros() as u64);
             crate::metrics::count_request("allow", risk_label, &tool_label, via.label());
             info!(request_id = %request_id, via = via.label(), agent.id = trace.agent.as_deref().unwrap_or(""), tool.name = %tool_label, risk = risk_label, decision = "allow", status, duration_us = rec.duration_us, "request");
             // Allowed work is group-committed after the upstream answered.
@@ -204,8 +205,8 @@ where
             signals::meter(&app, snap, agent, resp)
         }
         Err(e) => {
-            rec.decision = Some(e.decision().to_string());
-            rec.reason = Some(e.reason().to_string());
+            rec.decision = Some(Cow::Borrowed(e.decision()));
+            rec.reason = Some(Cow::Borrowed(e.reason()));
             rec.status = Some(e.status().as_u16());
             rec.duration_us = Some(started.elapsed().as_micros() as u64);
             if let Error::BadGateway { .. } | Error::GatewayTimeout { .. } = e {
@@ -378,16 +379,23 @@ where
         }
         rate_limit(&live, &who)
     });
-    let mut gate = gate_started.elapsed();
     let tool = tool.inspect_err(|_| {
-        crate::metrics::observe("portcullis_gate_seconds", gate.as_secs_f64());
+        crate::metrics::observe(
+            "portcullis_gate_seconds",
+            gate_started.elapsed().as_secs_f64(),
+        );
     })?;
+    // The gate's time: what it spent before a body a condition reads, plus what it spent
+    // since that body arrived (one clock read when no body is read).
+    let mut gate_clock = (std::time::Duration::ZERO, gate_started);
     // Only a request a condition on `request.body` can apply to is read before the gate.
     let (req, read) = match crate::conditions::eval::needs(&who.agent, &tool).filter(|n| n.body) {
         // A body that breaks off is one the condition cannot read: denied.
-        Some(_) => Box::pin(crate::conditions::body::read(snap, req))
-            .await
-            .map_err(|e| match e {
+        Some(_) => {
+            gate_clock.0 = gate_started.elapsed();
+            let read = Box::pin(crate::conditions::body::read(snap, req)).await;
+            gate_clock.1 = std::time::Instant::now();
+            read.map_err(|e| match e {
                 Error::BadRequest {
                     reason: "bad_body", ..
                 } => crate::pipeline::denial(
@@ -397,10 +405,10 @@ where
                     Some(&tool),
                 ),
                 e => e,
-            })?,
+            })?
+        }
         None => (req.map(http_body_util::Either::Left), None),
     };
-    let decide_started = std::time::Instant::now();
     let judged = crate::pipeline::decide_for(
         snap,
         &who.agent,
@@ -411,7 +419,7 @@ where
         read.as_ref(),
         tool,
     );
-    gate += decide_started.elapsed();
+    let gate = gate_clock.0 + gate_clock.1.elapsed();
     crate::metrics::observe("portcullis_gate_seconds", gate.as_secs_f64());
     match &judged {
         Ok(j) => {

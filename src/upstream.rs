@@ -178,8 +178,8 @@ pub fn outbound_headers(client: &HeaderMap, up: &Upstream, o: &Origin) -> Header
             out.append(name.clone(), value.clone());
         }
     }
-    if let Ok(v) = HeaderValue::from_str(up.authority.as_str()) {
-        out.insert(header::HOST, v);
+    if let Some(v) = &up.host {
+        out.insert(header::HOST, v.clone());
     }
     if let Some(v) = o.forwarded_for.and_then(|f| HeaderValue::from_str(f).ok()) {
         out.insert(X_FORWARDED_FOR, v);

@@ -20,6 +20,7 @@ pub use chain::{redact_query, LINE_HASH_SUFFIX_LEN};
 use crate::config::AuditConfig;
 use crate::error::Error;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -34,12 +35,12 @@ pub struct Record {
     pub credential: Option<String>,
     pub tenant: Option<String>,
     pub remote_addr: Option<String>,
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
     pub path: Option<String>,
     pub tool: Option<String>,
-    pub risk: Option<String>,
-    pub decision: Option<String>,
-    pub reason: Option<String>,
+    pub risk: Option<Cow<'static, str>>,
+    pub decision: Option<Cow<'static, str>>,
+    pub reason: Option<Cow<'static, str>>,
     pub policy_version: Option<String>,
     pub body_sha256: Option<String>,
     pub approval_id: Option<String>,

@@ -312,7 +312,7 @@ impl Writer {
         let o = self.outage.take().expect("recover runs in an outage");
         let marker = Record {
             event: "audit_resumed",
-            reason: Some(o.error.clone()),
+            reason: Some(o.error.clone().into()),
             count: Some(self.backlog.kept),
             comment: Some(format!(
                 "the audit trail could not be written for {} ms: requests that would have \

@@ -173,6 +173,8 @@ pub struct Upstream {
     pub name: String,
     pub https: bool,
     pub authority: http::uri::Authority,
+    /// The `Host` the upstream receives (its authority), built once.
+    pub host: Option<HeaderValue>,
     /// The URL's path without a trailing slash ("" for none).
     pub base_path: String,
     pub ca_file: Option<PathBuf>,
@@ -1266,6 +1268,7 @@ fn compile_upstream(c: &Ctx, name: &str, u: &raw::RawUpstream) -> Result<Upstrea
     Ok(Upstream {
         name: name.into(),
         https,
+        host: HeaderValue::from_str(authority.as_str()).ok(),
         authority,
         base_path,
         ca_file,

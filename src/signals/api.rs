@@ -57,7 +57,7 @@ pub async fn ack(app: &App, id: &str, op: &str, note: Option<String>) -> Result<
         operator: Some(op.to_string()),
         agent: Some(s.agent.clone()),
         credential: s.credential.clone(),
-        reason: Some(format!("signal:{}", s.kind)),
+        reason: Some(format!("signal:{}", s.kind).into()),
         decision: Some("ok".into()),
         comment: Some(match &note {
             Some(n) => format!("signal {}: {n}", s.id),
