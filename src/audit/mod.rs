@@ -140,8 +140,8 @@ pub(crate) struct Health {
     /// A full queue was reported (ERROR) and has not drained since: once per episode.
     pub full_reported: AtomicBool,
     pub path: std::path::PathBuf,
-    /// Set once the file is open: spares the request path a `stat` while nothing on
-    /// the path changed.
+    /// Set once the file is open, where the path can be watched: spares the request
+    /// path a `stat` while nothing on the path changed.
     pub watch: std::sync::OnceLock<watch::PathWatch>,
 }
 
@@ -199,7 +199,9 @@ impl Audit {
         let (tx, rx) = std::sync::mpsc::channel();
         let w = writer::Writer::open(cfg, node, health.clone())
             .map_err(|e| Error::Internal(format!("audit log {}: {e}", cfg.path.display())))?;
-        let _ = health.watch.set(watch::PathWatch::new(&cfg.path));
+        if let Some(w) = watch::PathWatch::new(&cfg.path) {
+            let _ = health.watch.set(w);
+        }
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
