@@ -3,6 +3,7 @@
 //! request's risk is the highest over every spelling a lenient backend would accept.
 
 use crate::canon::Method;
+use crate::fastmap::FastMap;
 use crate::openapi::Operation;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -395,7 +396,7 @@ impl RouteRules {
 #[derive(Debug)]
 pub struct Classifier {
     pub routes: Vec<RouteRules>,
-    by_first: HashMap<String, Vec<usize>>,
+    by_first: FastMap<String, Vec<usize>>,
     root: Vec<usize>,
     global_sensitive: Vec<Pattern>,
 }
@@ -413,7 +414,7 @@ fn first_segment(path: &str) -> &str {
 
 impl Classifier {
     pub fn new(routes: Vec<RouteRules>, global_sensitive: Vec<Pattern>) -> Classifier {
-        let mut by_first: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_first: FastMap<String, Vec<usize>> = FastMap::default();
         let mut root = Vec::new();
         for (i, r) in routes.iter().enumerate() {
             if r.prefix == "/" {

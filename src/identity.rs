@@ -4,6 +4,7 @@
 
 use crate::classify::Risk;
 use crate::error::Error;
+use crate::fastmap::FastMap;
 use crate::policy::{Agent, Glob, Narrowing};
 use crate::store::{now_ms, Store, TokenRecord};
 use hmac::{Hmac, Mac};
@@ -138,7 +139,7 @@ pub struct Identity {
 #[derive(Default)]
 pub struct Credentials {
     /// Credentials the store knows, with the feed generation and time they were read in.
-    cache: RwLock<HashMap<String, Entry>>,
+    cache: RwLock<FastMap<String, Entry>>,
     /// Ids the store does not know, in their own bounded map: ids are server-generated
     /// UUIDv7s, so an unknown one is never about to become valid, and a flood of
     /// made-up ids costs one store round trip each, not one per request — and cannot
@@ -245,7 +246,7 @@ impl Credentials {
         &self,
         store: &Store,
         pepper: Option<&[u8]>,
-        agents: &HashMap<String, Arc<Agent>>,
+        agents: &FastMap<String, Arc<Agent>>,
         h: &http::HeaderMap,
     ) -> Result<Identity, Error> {
         let token = bearer(h).ok_or(Error::Unauthorized)?;

@@ -23,6 +23,7 @@ pub mod demo_run;
 pub mod digest;
 pub mod error;
 pub mod explain;
+pub mod fastmap;
 pub mod identity;
 pub mod internal;
 pub mod lint;

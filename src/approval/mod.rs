@@ -513,10 +513,10 @@ where
             rec.truncated = Some(true);
         }
     }
-    let l = Loaded { a: a.clone(), raw };
+    let l = Loaded { a, raw };
     if let Err(e) = app.audit.record_durable(rec).await {
         // Unrecorded work must not wait for approval: fail it, answer 503.
-        let mut f = a.clone();
+        let mut f = l.a.clone();
         f.state = State::Failed;
         f.reason = Some("audit_unavailable".into());
         f.lease = None;
@@ -525,7 +525,7 @@ where
     }
     // The park record is durable: only now may it be decided (and so executed). If this
     // does not happen (crash, store error, deadline), the sweeper fails it `unaudited`.
-    let mut p = a.clone();
+    let mut p = l.a.clone();
     p.state = State::Pending;
     p.lease = None;
     let a = transition(app, &l, p, None)

@@ -10,6 +10,7 @@
 mod backlog;
 mod chain;
 mod files;
+mod line;
 pub mod tail;
 pub mod verify;
 mod watch;

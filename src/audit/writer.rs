@@ -67,17 +67,6 @@ struct Outage {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
-    seq: u64,
-    #[serde(serialize_with = "as_display")]
-    ts: humantime::Rfc3339Timestamp,
-    node: &'a str,
-    #[serde(flatten)]
-    rec: &'a Record,
-    prev: &'a str,
-}
-
-#[derive(Serialize)]
 struct Checkpoint<'a> {
     seq: u64,
     #[serde(serialize_with = "as_display")]
@@ -470,17 +459,7 @@ impl Writer {
     fn line(&mut self, rec: &Record, out: &mut Vec<u8>) {
         self.seq += 1;
         let start = out.len();
-        serde_json::to_writer(
-            &mut *out,
-            &Line {
-                seq: self.seq,
-                ts: now_rfc3339(),
-                node: &self.node,
-                rec,
-                prev: &self.prev,
-            },
-        )
-        .expect("records serialise");
+        super::line::write(out, self.seq, &now_rfc3339(), &self.node, rec, &self.prev);
         self.prev = chain::seal_in_place(out, start);
         out.push(b'\n');
         if let Some((every, key)) = &self.checkpoint {

@@ -10,6 +10,7 @@ pub use store_redis::{Redacted, RedisSettings, RedisTarget, SentinelSettings, Wa
 
 use crate::canon::Method;
 use crate::classify::{self, Classifier, Override, Pattern, Risk, RouteRules};
+use crate::fastmap::FastMap;
 use crate::policy::{Agent, CondEntry, Glob, List, Profile};
 use http::{HeaderName, HeaderValue};
 use locate::Locator;
@@ -247,7 +248,7 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub classifier: Classifier,
     pub profiles: BTreeMap<String, Arc<Profile>>,
-    pub agents: HashMap<String, Arc<Agent>>,
+    pub agents: FastMap<String, Arc<Agent>>,
     /// Route prefixes shadowed by a longer one: (shorter, longer).
     pub shadows: Vec<(String, String)>,
     /// The routes' OpenAPI specs (`openapi:`), as imported into `classifier`.
@@ -1457,8 +1458,8 @@ fn compile_agents(
     raw: &BTreeMap<String, raw::RawAgent>,
     profiles: &BTreeMap<String, Arc<Profile>>,
     upstreams: &[Upstream],
-) -> Result<HashMap<String, Arc<Agent>>, ConfigError> {
-    let mut out = HashMap::new();
+) -> Result<FastMap<String, Arc<Agent>>, ConfigError> {
+    let mut out = FastMap::default();
     for (id, a) in raw {
         let at = format!("agents.{id}");
         if id.is_empty()

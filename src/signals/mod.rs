@@ -22,8 +22,8 @@ pub mod window;
 
 pub use config::{Action, Kind};
 
+use crate::fastmap::FastMap;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use window::Tracks;
@@ -47,7 +47,7 @@ impl AgentTracks {
 /// small; it is replaced whole when an agent is first seen, and read without a lock).
 #[derive(Default)]
 pub struct Signals {
-    agents: ArcSwap<HashMap<String, Arc<AgentTracks>>>,
+    agents: ArcSwap<FastMap<String, Arc<AgentTracks>>>,
     insert: Mutex<()>,
 }
 
@@ -132,7 +132,7 @@ impl Signals {
         if let Some(t) = cur.get(agent) {
             return t.clone();
         }
-        let mut next = HashMap::clone(&cur);
+        let mut next = FastMap::clone(&cur);
         let t = Arc::new(AgentTracks::default());
         next.insert(agent.to_string(), t.clone());
         self.agents.store(Arc::new(next));
@@ -140,7 +140,7 @@ impl Signals {
     }
 
     /// Every agent with counters, for the flusher.
-    pub fn all(&self) -> Arc<HashMap<String, Arc<AgentTracks>>> {
+    pub fn all(&self) -> Arc<FastMap<String, Arc<AgentTracks>>> {
         self.agents.load_full()
     }
 

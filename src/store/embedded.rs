@@ -504,47 +504,42 @@ impl Embedded {
             record.to_vec(),
             body.to_vec(),
         );
-        let ev = id.clone();
-        let ok = self
-            .write(move |tx| {
-                {
-                    let mut counts = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
-                    let n = counts
-                        .get(agent.as_str())
-                        .map_err(unavailable)?
-                        .map_or(0, |g| g.value());
-                    if n >= u64::from(max_pending) {
-                        return Ok(false);
-                    }
-                    counts.insert(agent.as_str(), n + 1).map_err(unavailable)?;
-                    tx.open_table(PENDING)
-                        .map_err(unavailable)?
-                        .insert(format!("{agent}/{id}").as_str(), 1)
-                        .map_err(unavailable)?;
-                    tx.open_table(DUE)
-                        .map_err(unavailable)?
-                        .insert(due_key(expires_at_ms, &id).as_str(), 1)
-                        .map_err(unavailable)?;
-                    tx.open_table(BY_STATE)
-                        .map_err(unavailable)?
-                        .insert(format!("{state}/{id}").as_str(), 1)
-                        .map_err(unavailable)?;
-                    tx.open_table(APPROVALS)
-                        .map_err(unavailable)?
-                        .insert(id.as_str(), record.as_slice())
-                        .map_err(unavailable)?;
-                    tx.open_table(BODIES)
-                        .map_err(unavailable)?
-                        .insert(id.as_str(), body.as_slice())
-                        .map_err(unavailable)?;
+        // No change notice (as with redis): nobody can wait on an id not yet answered.
+        self.write(move |tx| {
+            {
+                let mut counts = tx.open_table(PENDING_COUNT).map_err(unavailable)?;
+                let n = counts
+                    .get(agent.as_str())
+                    .map_err(unavailable)?
+                    .map_or(0, |g| g.value());
+                if n >= u64::from(max_pending) {
+                    return Ok(false);
                 }
-                Ok(true)
-            })
-            .await?;
-        if ok {
-            let _ = self.events.send(Event::Approval(ev));
-        }
-        Ok(ok)
+                counts.insert(agent.as_str(), n + 1).map_err(unavailable)?;
+                tx.open_table(PENDING)
+                    .map_err(unavailable)?
+                    .insert(format!("{agent}/{id}").as_str(), 1)
+                    .map_err(unavailable)?;
+                tx.open_table(DUE)
+                    .map_err(unavailable)?
+                    .insert(due_key(expires_at_ms, &id).as_str(), 1)
+                    .map_err(unavailable)?;
+                tx.open_table(BY_STATE)
+                    .map_err(unavailable)?
+                    .insert(format!("{state}/{id}").as_str(), 1)
+                    .map_err(unavailable)?;
+                tx.open_table(APPROVALS)
+                    .map_err(unavailable)?
+                    .insert(id.as_str(), record.as_slice())
+                    .map_err(unavailable)?;
+                tx.open_table(BODIES)
+                    .map_err(unavailable)?
+                    .insert(id.as_str(), body.as_slice())
+                    .map_err(unavailable)?;
+            }
+            Ok(true)
+        })
+        .await
     }
 
     pub async fn get_blob(&self, name: &'static str, id: &str) -> Result<Option<Vec<u8>>, Error> {

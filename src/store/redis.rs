@@ -94,13 +94,15 @@ impl RedisStore {
             last_seen: Arc::new(AtomicU64::new(0)),
             feed_gen: Arc::new(AtomicU64::new(0)),
             epoch,
-            // The change notice is published by the script itself: one round trip.
+            // No change notice on creation: nobody can be waiting on an approval whose
+            // id has not been answered yet (it is, after the `pending` change, which
+            // announces it). The other scripts publish their notice themselves.
             create: redis::Script::new(
                 "if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end \
                  redis.call('SET', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], ARGV[2]) \
                  redis.call('SADD', KEYS[3], ARGV[4]) redis.call('SADD', KEYS[4], ARGV[4]) \
                  redis.call('SADD', KEYS[5], ARGV[4]) redis.call('ZADD', KEYS[6], ARGV[5], ARGV[4]) \
-                 redis.call('PUBLISH', KEYS[7], 'approval:' .. ARGV[4]) return 1",
+                 return 1",
             ),
             cas: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
@@ -466,7 +468,6 @@ impl RedisStore {
             .key(self.key("approvals"))
             .key(self.key(&format!("state:{state}")))
             .key(self.key(index_key(TimeIndex::Expiry)))
-            .key(self.channel())
             .arg(record)
             .arg(body)
             .arg(max_pending)
