@@ -60,46 +60,54 @@ pub(crate) fn write(
     string(out, node);
     out.extend_from_slice(b",\"event\":");
     string(out, event);
-    opt_str(out, "request_id", request_id.as_deref());
-    opt_str(out, "agent", agent.as_deref());
-    opt_str(out, "credential", credential.as_deref());
-    opt_str(out, "tenant", tenant.as_deref());
-    opt_str(out, "remote_addr", remote_addr.as_deref());
-    opt_str(out, "method", method.as_deref());
-    opt_str(out, "path", path.as_deref());
-    opt_str(out, "tool", tool.as_deref());
-    opt_str(out, "risk", risk.as_deref());
-    opt_str(out, "decision", decision.as_deref());
-    opt_str(out, "reason", reason.as_deref());
-    opt_str(out, "policy_version", policy_version.as_deref());
-    opt_str(out, "body_sha256", body_sha256.as_deref());
-    opt_str(out, "approval_id", approval_id.as_deref());
-    opt_str(out, "operator", operator.as_deref());
-    opt_num(out, "status", status.map(u64::from));
-    opt_num(out, "upstream_status", upstream_status.map(u64::from));
-    opt_num(out, "duration_us", *duration_us);
-    opt_str(out, "comment", comment.as_deref());
-    opt_str(out, "old_policy_version", old_policy_version.as_deref());
+    opt_str(out, b",\"request_id\":", request_id.as_deref());
+    opt_str(out, b",\"agent\":", agent.as_deref());
+    opt_str(out, b",\"credential\":", credential.as_deref());
+    opt_str(out, b",\"tenant\":", tenant.as_deref());
+    opt_str(out, b",\"remote_addr\":", remote_addr.as_deref());
+    opt_str(out, b",\"method\":", method.as_deref());
+    opt_str(out, b",\"path\":", path.as_deref());
+    opt_str(out, b",\"tool\":", tool.as_deref());
+    opt_str(out, b",\"risk\":", risk.as_deref());
+    opt_str(out, b",\"decision\":", decision.as_deref());
+    opt_str(out, b",\"reason\":", reason.as_deref());
+    opt_str(out, b",\"policy_version\":", policy_version.as_deref());
+    opt_str(out, b",\"body_sha256\":", body_sha256.as_deref());
+    opt_str(out, b",\"approval_id\":", approval_id.as_deref());
+    opt_str(out, b",\"operator\":", operator.as_deref());
+    opt_num(out, b",\"status\":", status.map(u64::from));
+    opt_num(
+        out,
+        b",\"upstream_status\":",
+        upstream_status.map(u64::from),
+    );
+    opt_num(out, b",\"duration_us\":", *duration_us);
+    opt_str(out, b",\"comment\":", comment.as_deref());
+    opt_str(
+        out,
+        b",\"old_policy_version\":",
+        old_policy_version.as_deref(),
+    );
     // From here on a field is left out when it is absent.
     if let Some(t) = truncated {
-        key(out, "truncated");
+        out.extend_from_slice(b",\"truncated\":");
         out.extend_from_slice(if *t { b"true" } else { b"false" });
     }
     if let Some(v) = via {
-        key(out, "via");
+        out.extend_from_slice(b",\"via\":");
         string(out, v);
     }
-    some_str(out, "jsonrpc_id", jsonrpc_id.as_deref());
-    some_str(out, "condition", condition.as_deref());
+    some_str(out, b",\"jsonrpc_id\":", jsonrpc_id.as_deref());
+    some_str(out, b",\"condition\":", condition.as_deref());
     if let Some(n) = count {
-        key(out, "count");
+        out.extend_from_slice(b",\"count\":");
         num(out, *n);
     }
-    some_str(out, "first_request_id", first_request_id.as_deref());
-    some_str(out, "last_request_id", last_request_id.as_deref());
-    some_str(out, "rationale", rationale.as_deref());
+    some_str(out, b",\"first_request_id\":", first_request_id.as_deref());
+    some_str(out, b",\"last_request_id\":", last_request_id.as_deref());
+    some_str(out, b",\"rationale\":", rationale.as_deref());
     if let Some(s) = signal {
-        key(out, "signal");
+        out.extend_from_slice(b",\"signal\":");
         serde_json::to_writer(&mut *out, s).expect("signal evidence serialises");
     }
     out.extend_from_slice(b",\"prev\":");
@@ -107,28 +115,22 @@ pub(crate) fn write(
     out.push(b'}');
 }
 
-/// `,"name":` — every key is a fixed identifier with nothing to escape.
-fn key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
-}
-
 fn num(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// A field serde writes as `null` when absent.
-fn opt_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
-    key(out, name);
+/// A field serde writes as `null` when absent. `key` is the whole `,"name":` (a fixed
+/// identifier, nothing to escape).
+fn opt_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
+    out.extend_from_slice(key);
     match v {
         Some(s) => string(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
 
-fn opt_num(out: &mut Vec<u8>, name: &str, v: Option<u64>) {
-    key(out, name);
+fn opt_num(out: &mut Vec<u8>, key: &[u8], v: Option<u64>) {
+    out.extend_from_slice(key);
     match v {
         Some(n) => num(out, n),
         None => out.extend_from_slice(b"null"),
@@ -136,9 +138,9 @@ fn opt_num(out: &mut Vec<u8>, name: &str, v: Option<u64>) {
 }
 
 /// A field serde leaves out when absent.
-fn some_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
+fn some_str(out: &mut Vec<u8>, key: &[u8], v: Option<&str>) {
     if let Some(s) = v {
-        key(out, name);
+        out.extend_from_slice(key);
         string(out, s);
     }
 }
@@ -146,11 +148,7 @@ fn some_str(out: &mut Vec<u8>, name: &str, v: Option<&str>) {
 /// A JSON string. serde_json escapes exactly `"`, `\` and the bytes below 0x20; a
 /// string without them is copied as it is (UTF-8 is written unescaped either way).
 fn string(out: &mut Vec<u8>, s: &str) {
-    // No early exit: the fold compiles to a vector loop.
-    let escape = s
-        .bytes()
-        .fold(false, |e, b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if escape {
+    if needs_escape(s.as_bytes()) {
         serde_json::to_writer(&mut *out, s).expect("strings serialise");
     } else {
         out.reserve(s.len() + 2);
@@ -158,6 +156,18 @@ fn string(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     }
+}
+
+/// Whether any byte is one serde_json escapes. Whole 16-byte blocks without an early
+/// exit, so the compiler turns each into a few vector compares.
+fn needs_escape(b: &[u8]) -> bool {
+    let hit = |x: u8| (x < 0x20) | (x == b'"') | (x == b'\\');
+    let mut blocks = b.chunks_exact(16);
+    let mut any = false;
+    for block in &mut blocks {
+        any |= block.iter().fold(false, |e, &x| e | hit(x));
+    }
+    any | blocks.remainder().iter().fold(false, |e, &x| e | hit(x))
 }
 
 #[cfg(test)]
@@ -262,6 +272,9 @@ mod tests {
         );
         v.push("x".repeat(1000) + "\n" + &"y".repeat(33));
         v.push("z".repeat(1031));
+        // An escape in the last whole block, and one in the bytes after the blocks.
+        v.push("q".repeat(15) + "\"" + &"q".repeat(16));
+        v.push("q".repeat(16) + "\\");
         v
     }
 
