@@ -19,7 +19,7 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, v: &T) -> Response<Body> {
     let mut bytes = serde_json::to_vec(v).unwrap_or_default();
     bytes.push(b'\n');
     let mut r = Response::new(full(bytes));

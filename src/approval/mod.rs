@@ -537,13 +537,29 @@ where
         .a;
     metrics::gauge!("portcullis_parked").increment(1.0);
     info!(request_id, approval_id = %a.id, agent.id = %a.agent, tool.name = %a.tool, risk = %a.risk, decision = "park", "parked for approval");
+    // The fields in the order a JSON object built with `json!` had them (sorted), so
+    // the body is what it was, without building a map first.
+    #[derive(Serialize)]
+    struct Parked<'a> {
+        approval_id: &'a str,
+        expires_at: String,
+        poll: String,
+        request_sha256: &'a str,
+        risk: Risk,
+        status: &'static str,
+        tool: &'a str,
+    }
     let mut r = crate::body::json_response(
         StatusCode::ACCEPTED,
-        &serde_json::json!({
-            "status": "pending", "approval_id": a.id, "tool": a.tool, "risk": a.risk,
-            "expires_at": rfc3339(a.expires_at_ms), "poll": format!("/_portcullis/approvals/{}", a.id),
-            "request_sha256": a.request_sha256,
-        }),
+        &Parked {
+            approval_id: &a.id,
+            expires_at: rfc3339(a.expires_at_ms),
+            poll: format!("/_portcullis/approvals/{}", a.id),
+            request_sha256: &a.request_sha256,
+            risk: a.risk,
+            status: "pending",
+            tool: &a.tool,
+        },
     );
     r.headers_mut().insert(
         "portcullis-decision",
