@@ -6,17 +6,55 @@
 //! serde_json itself. The tests compare the two writers on hostile strings.
 
 use super::Record;
-use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The record's time as humantime's `format_rfc3339_micros` writes it
+/// (`2026-12-01T04:05:06.123456Z`), with the date and time of day worked out once per
+/// second instead of once per record.
+pub(crate) struct Stamp {
+    sec: u64,
+    text: [u8; 27],
+    /// Where the fixed layout does not hold (before 1970, after 9999): humantime's own
+    /// text, which fails there as it did before this cache.
+    other: String,
+}
+
+impl Stamp {
+    pub(crate) fn new() -> Stamp {
+        Stamp {
+            sec: u64::MAX,
+            text: *b"1970-01-01T00:00:00.000000Z",
+            other: String::new(),
+        }
+    }
+
+    pub(crate) fn at(&mut self, t: SystemTime) -> &str {
+        let Ok(d) = t.duration_since(UNIX_EPOCH) else {
+            self.other = humantime::format_rfc3339_micros(t).to_string();
+            return &self.other;
+        };
+        if d.as_secs() != self.sec {
+            let whole =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(d.as_secs()))
+                    .to_string();
+            if whole.len() != 20 {
+                self.other = humantime::format_rfc3339_micros(t).to_string();
+                return &self.other;
+            }
+            self.text[..19].copy_from_slice(&whole.as_bytes()[..19]);
+            self.sec = d.as_secs();
+        }
+        let mut us = d.subsec_micros();
+        for digit in self.text[20..26].iter_mut().rev() {
+            *digit = b'0' + (us % 10) as u8;
+            us /= 10;
+        }
+        std::str::from_utf8(&self.text).expect("the stamp is ASCII")
+    }
+}
 
 /// Appends the line (without the chain's `hash` and without the newline) to `out`.
-pub(crate) fn write(
-    out: &mut Vec<u8>,
-    seq: u64,
-    ts: &impl std::fmt::Display,
-    node: &str,
-    rec: &Record,
-    prev: &str,
-) {
+pub(crate) fn write(out: &mut Vec<u8>, seq: u64, ts: &str, node: &str, rec: &Record, prev: &str) {
     // Exhaustive on purpose: a field added to `Record` does not compile here until it
     // is written (the order below is the struct's, which is serde's).
     let Record {
@@ -55,7 +93,7 @@ pub(crate) fn write(
     num(out, seq);
     // An RFC 3339 timestamp has nothing to escape.
     out.extend_from_slice(b",\"ts\":\"");
-    let _ = write!(out, "{ts}");
+    out.extend_from_slice(ts.as_bytes());
     out.extend_from_slice(b"\",\"node\":");
     string(out, node);
     out.extend_from_slice(b",\"event\":");
@@ -191,7 +229,7 @@ mod tests {
     fn both(rec: &Record, node: &str, prev: &str) -> (String, String) {
         let ts = "2026-12-01T04:05:06.123456Z";
         let mut ours = Vec::new();
-        write(&mut ours, 18_446_744_073_709_551_615, &ts, node, rec, prev);
+        write(&mut ours, 18_446_744_073_709_551_615, ts, node, rec, prev);
         let theirs = serde_json::to_vec(&Reference {
             seq: u64::MAX,
             ts,
@@ -276,6 +314,34 @@ mod tests {
         v.push("q".repeat(15) + "\"" + &"q".repeat(16));
         v.push("q".repeat(16) + "\\");
         v
+    }
+
+    #[test]
+    fn the_stamp_is_humantimes_text_across_seconds_days_and_leap_years() {
+        let mut stamp = Stamp::new();
+        let at = |s: u64, us: u32| UNIX_EPOCH + Duration::new(s, us * 1000);
+        let mut times = vec![
+            at(0, 0),
+            at(0, 999_999),
+            at(951_782_400, 1),           // 2000-02-29, a leap day
+            at(1_709_164_799, 5),         // 2024-02-28T23:59:59
+            at(1_709_164_800, 0),         // 2024-02-29
+            at(4_107_542_399, 10),        // 2100-02-28T23:59:59 (2100 is no leap year)
+            at(4_107_542_400, 0),         // 2100-03-01
+            at(253_402_300_799, 999_999), // 9999-12-31T23:59:59, humantime's last
+        ];
+        // Many records in one second (the cached date), then the next second.
+        let base = 1_764_561_906;
+        times.extend((0..50).map(|i| at(base, i * 20_011)));
+        times.extend((0..3).map(|i| at(base + 1, i)));
+        times.push(at(base, 7)); // back in time (a clock step): recomputed
+        for t in times {
+            assert_eq!(
+                stamp.at(t),
+                humantime::format_rfc3339_micros(t).to_string(),
+                "{t:?}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub struct Writer {
     outage: Option<Outage>,
     health: Arc<Health>,
     last_sync: Instant,
+    stamp: super::line::Stamp,
 }
 
 /// The sink is down: since when, why, and when to try again.
@@ -139,6 +140,7 @@ impl Writer {
             outage: None,
             health,
             last_sync: Instant::now(),
+            stamp: super::line::Stamp::new(),
         })
     }
 
@@ -459,7 +461,8 @@ impl Writer {
     fn line(&mut self, rec: &Record, out: &mut Vec<u8>) {
         self.seq += 1;
         let start = out.len();
-        super::line::write(out, self.seq, &now_rfc3339(), &self.node, rec, &self.prev);
+        let ts = self.stamp.at(std::time::SystemTime::now());
+        super::line::write(out, self.seq, ts, &self.node, rec, &self.prev);
         self.prev = chain::seal_in_place(out, start);
         out.push(b'\n');
         if let Some((every, key)) = &self.checkpoint {
