@@ -387,6 +387,37 @@ async fn check_events(b: &Backend) {
         })
         .await;
     }
+    // An approval is announced by its changes, not by its creation: nobody can be
+    // waiting on an id that has not been answered yet. The token notice published after
+    // the creation arrives with no approval notice before it.
+    assert!(s
+        .create_approval("ev1", "a", "parking", b"rec-ev1", b"", 5, u64::MAX)
+        .await
+        .unwrap());
+    s.put_token(&record("eeee0002", "a", now_ms()))
+        .await
+        .unwrap();
+    expect_event(&mut rx, "Token(eeee0002) after a creation", |e| match e {
+        Event::Approval(id) => panic!("creating approval {id} published a change notice"),
+        e => *e == Event::Token("eeee0002".into()),
+    })
+    .await;
+    assert!(s
+        .cas_approval(portcullis::store::Cas {
+            id: "ev1",
+            agent: "a",
+            old: b"rec-ev1",
+            new: b"rec-ev1-pending",
+            old_state: "parking",
+            new_state: "pending",
+            result: None,
+        })
+        .await
+        .unwrap());
+    expect_event(&mut rx, "Approval(ev1) after parking -> pending", |e| {
+        *e == Event::Approval("ev1".into())
+    })
+    .await;
 }
 
 async fn check_schema_recorded(b: &Backend) {
